@@ -1,0 +1,229 @@
+"""``strata``: the one command-line entry point.
+
+    strata up | down | status          the local stack (embedded default, loopback only)
+    strata send PATH...                send DICOM files/folders to the ingest SCP (C-STORE)
+    strata find [--patient-id ...]     search studies (C-FIND) and print a table
+    strata config                      list every setting with its env name and default
+    strata serve ingest|index          run one service in the foreground (used by ``up``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from common.errors import StrataError
+from common.settings import Settings
+
+
+def _table(headers: list[str], rows: Iterable[Iterable[object]]) -> str:
+    rows = [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [len(h) for h in headers]
+    for r in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, r, strict=False)]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    out = [line.format(*headers), line.format(*("-" * w for w in widths))]
+    out += [line.format(*r) for r in rows]
+    return "\n".join(out)
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from stack import local
+
+    print(f"starting the Strata stack (data in {settings.home}) ...", file=sys.stderr)
+    local.up(settings)
+    print(_table(["service", "state", "pid", "endpoint"], local.status(settings)))
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    from stack import local
+
+    stopped = local.down(settings)
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from stack import local
+
+    rows = local.status(settings)
+    print(_table(["service", "state", "pid", "endpoint"], rows))
+    return 0 if all(r[1] == "running" for r in rows) else 3
+
+
+def _files(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file())
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise StrataError(f"no such file or directory: {p}")
+    return out
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    from pydicom import dcmread
+    from pynetdicom import AE
+    from tqdm import tqdm
+
+    files = _files(args.paths)
+    items = []
+    skipped = 0
+    for f in files:
+        try:
+            ds = dcmread(str(f), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            meta = ds.file_meta
+            items.append((f, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+        except Exception:
+            skipped += 1
+    if not items:
+        print(f"no DICOM files to send ({skipped} skipped)", file=sys.stderr)
+        return 2
+    contexts = sorted({(c, ts) for _, c, ts in items})
+    if len(contexts) > 128:
+        raise StrataError("more than 128 (SOP class, transfer syntax) pairs: send in batches")
+    ae = AE(ae_title=args.calling_ae)
+    ae.maximum_pdu_size = 0
+    for c, ts in contexts:
+        ae.add_requested_context(c, ts)
+    host = args.host or settings.bind_host
+    port = args.port or settings.ingest_port
+    assoc = ae.associate(host, port, ae_title=args.called_ae or settings.ingest_ae_title)
+    if not assoc.is_established:
+        print(f"association to {host}:{port} was not accepted", file=sys.stderr)
+        return 1
+    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ok = failed = 0
+    total_bytes = 0
+    try:
+        with tqdm(total=len(items), unit="inst", disable=args.quiet) as bar:
+            for f, _, _ in items:
+                st = assoc.send_c_store(f)
+                code = getattr(st, "Status", None)
+                if code == 0:
+                    ok += 1
+                    total_bytes += f.stat().st_size
+                else:
+                    failed += 1
+                    shown = f"0x{code:04X}" if code is not None else "no response"
+                    tqdm.write(f"FAILED {f}: {shown} {getattr(st, 'ErrorComment', '')}")
+                bar.update(1)
+    finally:
+        assoc.release()
+    print(f"sent {ok} instances ({total_bytes / 1e6:.1f} MB), {failed} failed, "
+          f"{skipped} not DICOM")
+    return 0 if failed == 0 else 1
+
+
+def cmd_find(settings: Settings, args: argparse.Namespace) -> int:
+    from pydicom import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = args.patient_id or ""
+    ds.PatientName = args.name or ""
+    ds.StudyDate = args.date or ""
+    ds.ModalitiesInStudy = args.modality or ""
+    ds.AccessionNumber = args.accession or ""
+    ds.StudyDescription = ""
+    ds.StudyInstanceUID = ""
+    ds.NumberOfStudyRelatedSeries = ""
+    ds.NumberOfStudyRelatedInstances = ""
+    ae = AE(ae_title=args.calling_ae)
+    ae.add_requested_context(FIND)
+    assoc = ae.associate(settings.bind_host, settings.qr_port, ae_title=settings.qr_ae_title)
+    if not assoc.is_established:
+        print("query SCP did not accept the association", file=sys.stderr)
+        return 1
+    rows = []
+    try:
+        for status, ident in assoc.send_c_find(ds, FIND):
+            if status and status.Status in (0xFF00, 0xFF01) and ident is not None:
+                mods = ident.get("ModalitiesInStudy") or []
+                mods = [mods] if isinstance(mods, str) else list(mods)
+                rows.append([
+                    ident.get("PatientID", ""), ident.get("PatientName", ""),
+                    ident.get("StudyDate", ""), "/".join(mods),
+                    ident.get("AccessionNumber", ""), ident.get("StudyDescription", ""),
+                    ident.get("NumberOfStudyRelatedSeries", ""),
+                    ident.get("NumberOfStudyRelatedInstances", ""),
+                    ident.get("StudyInstanceUID", ""),
+                ])
+            elif status and status.Status not in (0x0000,):
+                print(f"C-FIND failed: 0x{status.Status:04X} {status.get('ErrorComment', '')}",
+                      file=sys.stderr)
+                return 1
+    finally:
+        assoc.release()
+    print(_table(["patient id", "name", "date", "modalities", "accession", "description",
+                  "series", "instances", "study uid"], rows))
+    print(f"{len(rows)} studies")
+    return 0
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    print(_table(["env", "default", "meaning"], Settings.describe()))
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from cli import serve
+
+    {"ingest": serve.serve_ingest, "index": serve.serve_index}[args.service](settings)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="strata", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="start the local stack").set_defaults(fn=cmd_up)
+    sub.add_parser("down", help="stop the local stack").set_defaults(fn=cmd_down)
+    sub.add_parser("status", help="show the local stack").set_defaults(fn=cmd_status)
+    sub.add_parser("config", help="list settings").set_defaults(fn=cmd_config)
+    s = sub.add_parser("send", help="send DICOM files (C-STORE)")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--called-ae")
+    s.add_argument("--calling-ae", default="STRATA_CLI")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_send)
+    f = sub.add_parser("find", help="search studies (C-FIND), wildcards * and ? allowed")
+    f.add_argument("--patient-id")
+    f.add_argument("--name", help="patient name, e.g. 'DOE*'")
+    f.add_argument("--date", help="study date or range, e.g. 20240101-20240131")
+    f.add_argument("--modality", help="modality in study, e.g. CT or CT\\MR")
+    f.add_argument("--accession")
+    f.add_argument("--calling-ae", default="STRATA_CLI")
+    f.set_defaults(fn=cmd_find)
+    sv = sub.add_parser("serve", help="run one service in the foreground")
+    sv.add_argument("service", choices=["ingest", "index"])
+    sv.set_defaults(fn=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+    try:
+        settings = Settings.from_env()
+        return int(args.fn(settings, args))
+    except StrataError as exc:
+        print(f"strata: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Building and reading event envelopes (proto/strata/v1/events.proto)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from proto.strata.v1 import events_pb2 as pb
+
+SCHEMA_VERSION = 1
+SOFTWARE_VERSION = "0.1.0"
+
+
+def timestamp(dt: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(dt.astimezone(UTC))
+    return ts
+
+
+def envelope(
+    payload: pb.InstanceStored | pb.InstanceQuarantined,
+    *,
+    study_uid: str,
+    service: str,
+    node: str,
+    occurred_at: datetime | None = None,
+    event_id: str | None = None,
+) -> pb.Envelope:
+    """Wrap a payload. The event id and time are fixed here, once, when the fact happened."""
+    env = pb.Envelope(
+        event_id=event_id or str(uuid.uuid4()),
+        event_type=type(payload).__name__,
+        schema_version=SCHEMA_VERSION,
+        occurred_at=timestamp(occurred_at or datetime.now(UTC)),
+        producer=pb.Producer(service=service, node=node, version=SOFTWARE_VERSION),
+        study_instance_uid=study_uid,
+    )
+    field = {
+        "InstanceStored": "instance_stored",
+        "InstanceQuarantined": "instance_quarantined",
+    }[env.event_type]
+    getattr(env, field).CopyFrom(payload)
+    return env
+
+
+def decode(value: bytes) -> pb.Envelope:
+    env = pb.Envelope()
+    env.ParseFromString(value)
+    return env

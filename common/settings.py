@@ -1,0 +1,148 @@
+"""Typed settings, loaded in one place per process from ``STRATA_*`` environment variables.
+
+Every setting has a default that works for the embedded single-machine stack (everything on
+127.0.0.1, data under one directory), an environment name, and a docstring-like help text.
+No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PREFIX = "STRATA_"
+
+
+def _setting(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best here
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = _setting(
+        Path.home() / ".strata",
+        "Directory holding all local state: Kafka log, chDB index, hot tier, logs, pid files.",
+    )
+    node_name: str = _setting("node-1", "Name of this archive node, recorded in every event.")
+    bind_host: str = _setting(
+        "127.0.0.1", "Address every listener binds to. Loopback unless configured deliberately."
+    )
+
+    # --- Kafka (the log) ---
+    kafka_bootstrap: str = _setting(
+        "127.0.0.1:9092", "Kafka bootstrap servers (host:port[,host:port...])."
+    )
+    kafka_controller_port: int = _setting(
+        9093, "Controller port of the embedded KRaft broker (local stack only)."
+    )
+    kafka_heap: str = _setting("512m", "JVM heap of the embedded Kafka broker.")
+    kafka_version: str = _setting("3.9.1", "Apache Kafka version of the embedded broker (Maven).")
+    topic_prefix: str = _setting("strata", "Prefix of every topic name.")
+    study_partitions: int = _setting(
+        3, "Partitions of the study-events topic (fixed at creation: a key's partition is stable)."
+    )
+    replication_factor: int = _setting(1, "Replication factor of created topics.")
+
+    # --- ClickHouse (the index) ---
+    clickhouse_dsn: str = _setting(
+        "",
+        "ClickHouse DSN. Empty = embedded chDB at <home>/index. "
+        "e.g. http://user:pw@host:8123 for a server; chdb:///abs/path for another chDB path.",
+    )
+    clickhouse_database: str = _setting("strata", "ClickHouse database of the index.")
+
+    # --- ingest (C-STORE SCP) ---
+    ingest_ae_title: str = _setting("STRATA", "AE title of the ingest (C-STORE) SCP.")
+    ingest_port: int = _setting(11112, "Port of the ingest (C-STORE/C-ECHO) SCP.")
+    max_pdu: int = _setting(
+        0, "Maximum PDU size we receive (0 = unlimited, the fastest for large objects)."
+    )
+    network_timeout: float = _setting(60.0, "Seconds without network activity before abort.")
+    acse_timeout: float = _setting(30.0, "Seconds to wait for association messages.")
+    dimse_timeout: float = _setting(60.0, "Seconds to wait for DIMSE messages.")
+    event_timeout: float = _setting(
+        15.0, "Seconds to wait for Kafka to confirm an event before answering a failure status."
+    )
+
+    # --- query (DIMSE Q/R SCP) ---
+    qr_ae_title: str = _setting("STRATA_QR", "AE title of the query/retrieve SCP.")
+    qr_port: int = _setting(11113, "Port of the query/retrieve (C-FIND/C-ECHO) SCP.")
+    find_limit: int = _setting(10000, "Maximum C-FIND matches returned for one request.")
+
+    # --- processors ---
+    index_batch_size: int = _setting(2000, "Maximum events per index write batch.")
+    index_batch_window: float = _setting(
+        0.05, "Seconds to wait to fill an index batch (trades latency for throughput)."
+    )
+
+    # ---------------------------------------------------------------- derived paths
+    @property
+    def hot_dir(self) -> Path:
+        return self.home / "hot"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.home / "kafka"
+
+    @property
+    def index_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{(self.home / 'index').resolve()}"
+
+    @property
+    def study_topic(self) -> str:
+        """Source-of-truth topic of study-scoped events (keyed by StudyInstanceUID)."""
+        return f"{self.topic_prefix}.study-events.v1"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.type, raw, f.name)
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as environment variables, to hand to child processes."""
+        return {
+            PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(env name, default, help) for every setting, for docs and ``strata config``."""
+        return [
+            (PREFIX + f.name.upper(), str(f.default), f.metadata["help"])
+            for f in dataclasses.fields(cls)
+        ]
+
+
+def _coerce(type_name: Any, raw: str, name: str) -> Any:
+    t = type_name if isinstance(type_name, str) else type_name.__name__
+    try:
+        if t == "Path":
+            return Path(raw).expanduser()
+        if t == "int":
+            return int(raw)
+        if t == "float":
+            return float(raw)
+        if t == "bool":
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{PREFIX}{name.upper()}={raw!r}: expected {t}") from exc

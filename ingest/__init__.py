@@ -1,0 +1,1 @@
+"""The DICOM receive path: C-ECHO and C-STORE SCP (and later STOW), with its durability contract."""

@@ -1,0 +1,92 @@
+"""The ingest SCP: C-ECHO and C-STORE over DIMSE (pynetdicom).
+
+Handlers are plain functions; the C-STORE handler's return value is the status, and it is
+success only when the store service says the durability contract holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification
+
+from ingest.store import Received, StoreService
+
+log = logging.getLogger(__name__)
+
+
+def set_nodelay(event: evt.Event) -> None:
+    """Nagle's algorithm costs DIMSE ~40 ms per small PDU exchange: disable it on every socket."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def handle_echo(event: evt.Event) -> int:
+    return 0x0000
+
+
+def make_store_handler(service: StoreService) -> Any:
+    def handle_store(event: evt.Event) -> Dataset:
+        req = event.request
+        assoc = event.assoc
+        rx = Received(
+            path=Path(event.dataset_path),
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            calling_ae=assoc.requestor.ae_title.strip(),
+            called_ae=assoc.acceptor.ae_title.strip(),
+            peer_address=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        )
+        outcome = service.store(rx)
+        rsp = Dataset()
+        rsp.Status = outcome.status
+        if not outcome.ok:
+            log.warning(
+                "refused sop=%s from %s: 0x%04X %s",
+                rx.sop_instance_uid,
+                rx.calling_ae,
+                outcome.status,
+                outcome.comment,
+            )
+            rsp.ErrorComment = outcome.comment[:64]
+        return rsp
+
+    return handle_store
+
+
+def build_ae(ae_title: str, max_pdu: int, timeouts: dict[str, float]) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.maximum_pdu_size = max_pdu
+    ae.network_timeout = timeouts["network"]
+    ae.acse_timeout = timeouts["acse"]
+    ae.dimse_timeout = timeouts["dimse"]
+    ae.maximum_associations = 64
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+def configure_receive(incoming: Path) -> None:
+    """Spool C-STORE datasets to files as they arrive (no in-memory copy of the object), in the
+    tier's incoming directory so the final move is a rename on the same filesystem."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    tempfile.tempdir = str(incoming)
+
+
+def handlers(service: StoreService) -> list[tuple[Any, Any]]:
+    return [
+        (evt.EVT_CONN_OPEN, set_nodelay),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, make_store_handler(service)),
+    ]

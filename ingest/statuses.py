@@ -1,0 +1,16 @@
+"""C-STORE statuses answered by the ingest SCP (PS3.4 Annex B.2.3 and PS3.7 Annex C).
+
+Refused (A7xx) statuses are retryable: the sender should try again later. Error (A9xx, Cxxx)
+statuses tell the sender the object itself is the problem.
+"""
+
+SUCCESS = 0x0000
+# Refused: Out of Resources. Our dependencies (disk, event log) could not make the object durable.
+OUT_OF_RESOURCES_STORAGE = 0xA700
+OUT_OF_RESOURCES_EVENT_LOG = 0xA710
+# Error: Data Set does not match SOP Class (dataset SOP class/instance differs from the command).
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+# Error: Cannot understand (C000-CFFF), with our sub-codes.
+CANNOT_UNDERSTAND_MISSING_UID = 0xC001
+CANNOT_UNDERSTAND_INVALID_UID = 0xC002
+CANNOT_UNDERSTAND_UNDECODABLE = 0xC003

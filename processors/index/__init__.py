@@ -1,0 +1,1 @@
+"""The study index: patients, studies, series and instances materialized in ClickHouse."""

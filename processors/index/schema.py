@@ -1,0 +1,96 @@
+"""ClickHouse schema of the index (documented in docs/index-schema.md).
+
+Invariants encoded here:
+- Every row is derived from one event and carries its log position (``log_partition``,
+  ``log_offset``). Tables are ReplacingMergeTree(log_version) so a redelivered event writes an
+  identical row that collapses with itself, and a later event for the same key supersedes an
+  earlier one. Since every study-scoped event of one study lives in one partition (keyed by
+  StudyInstanceUID), ``log_offset`` orders a study's rows totally; it is the version.
+- Reads use FINAL (or argMax on log_version) so they never see superseded versions.
+- Patient-level answers are grouped from ``studies`` (one row per study, its current
+  patient), so a corrected patient identity never leaves a stale patient row behind.
+- Dates are DICOM DA strings 'YYYYMMDD' (lexicographic order = date order), times are stored
+  raw plus normalized to 'HHMMSS' for range matching; '' means absent.
+"""
+
+from __future__ import annotations
+
+PATIENT_COLUMNS = """
+    patient_id String,
+    issuer_of_patient_id String,
+    patient_name String,
+    patient_birth_date String,
+    patient_sex LowCardinality(String),
+"""
+
+STUDY_COLUMNS = """
+    study_uid String,
+    study_date String,
+    study_time String,
+    study_time_norm String,
+    accession_number String,
+    study_id String,
+    study_description String,
+    referring_physician_name String,
+"""
+
+SERIES_COLUMNS = """
+    series_uid String,
+    modality LowCardinality(String),
+    series_number Nullable(Int64),
+    series_description String,
+    body_part_examined LowCardinality(String),
+"""
+
+LOG_COLUMNS = """
+    log_partition UInt32,
+    log_offset UInt64,
+    log_version UInt64,
+    event_id String,
+"""
+
+
+def ddl(db: str) -> list[str]:
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        # One row per instance (latest version wins).
+        f"""CREATE TABLE IF NOT EXISTS {db}.instances (
+            {PATIENT_COLUMNS}
+            {STUDY_COLUMNS}
+            {SERIES_COLUMNS}
+            sop_uid String,
+            sop_class_uid LowCardinality(String),
+            instance_number Nullable(Int64),
+            transfer_syntax_uid LowCardinality(String),
+            size_bytes UInt64,
+            sha256 String,
+            tier LowCardinality(String),
+            storage_key String,
+            calling_ae_title LowCardinality(String),
+            called_ae_title LowCardinality(String),
+            ingest_node LowCardinality(String),
+            received_at DateTime64(3, 'UTC'),
+            header_json String CODEC(ZSTD(3)),
+            {LOG_COLUMNS}
+        ) ENGINE = ReplacingMergeTree(log_version)
+        ORDER BY (study_uid, series_uid, sop_uid)""",
+        # One row per series: the series attributes of its latest instance event.
+        f"""CREATE TABLE IF NOT EXISTS {db}.series (
+            study_uid String,
+            {SERIES_COLUMNS}
+            header_json String CODEC(ZSTD(3)),
+            {LOG_COLUMNS}
+        ) ENGINE = ReplacingMergeTree(log_version)
+        ORDER BY (study_uid, series_uid)""",
+        # One row per study: patient + study attributes of its latest instance event.
+        f"""CREATE TABLE IF NOT EXISTS {db}.studies (
+            {PATIENT_COLUMNS}
+            {STUDY_COLUMNS}
+            header_json String CODEC(ZSTD(3)),
+            {LOG_COLUMNS}
+        ) ENGINE = ReplacingMergeTree(log_version)
+        ORDER BY study_uid""",
+    ]
+
+
+TABLES = ("instances", "series", "studies")

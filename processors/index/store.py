@@ -1,0 +1,64 @@
+"""ClickHouse adapter of the index (chDB in-process or a server over HTTP: one code path, the
+DSN decides). Vendor errors become common.errors here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from common.errors import Unavailable
+from processors.index.projection import Rows
+from processors.index.schema import ddl
+
+log = logging.getLogger(__name__)
+
+
+class IndexStore:
+    def __init__(self, dsn: str, database: str) -> None:
+        self.database = database
+        try:
+            self.client = clickhouse_connect.get_client(dsn=dsn)
+        except Exception as exc:  # chDB lock errors, connection refused...
+            raise Unavailable(f"cannot open the index at {dsn}: {exc}") from exc
+        self._columns: dict[str, list[str]] = {}
+
+    def migrate(self) -> None:
+        for stmt in ddl(self.database):
+            self.client.command(stmt)
+        for table in ("instances", "series", "studies"):
+            cols = self.client.query(
+                "SELECT name FROM system.columns WHERE database={db:String} AND table={t:String} "
+                "ORDER BY position",
+                parameters={"db": self.database, "t": table},
+            ).result_rows
+            self._columns[table] = [c[0] for c in cols]
+
+    def write(self, rows: Rows) -> int:
+        """Insert rows (idempotent: versions collapse on log position)."""
+        n = 0
+        try:
+            for table, rs in rows.items():
+                if not rs:
+                    continue
+                cols = self._columns[table]
+                data = [[r[c] for c in cols] for r in rs]
+                self.client.insert(f"{self.database}.{table}", data, column_names=cols)
+                n += len(rs)
+        except ClickHouseError as exc:
+            raise Unavailable(f"index write failed: {exc}") from exc
+        return n
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        try:
+            return list(self.client.query(sql, parameters=parameters or {}).result_rows)
+        except ClickHouseError as exc:
+            raise Unavailable(f"index query failed: {exc}") from exc
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # pragma: no cover - best effort
+            pass

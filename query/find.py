@@ -1,0 +1,230 @@
+"""The find feature: a C-FIND identifier -> matches from the index -> response identifiers.
+
+Matching is relational (keys of any level above the query level restrict the result) which
+serves both hierarchical and relational SCUs. Return keys are answered from indexed columns,
+or else from the stored DICOM header of the matched entity; an attribute the archive does not
+know is returned empty, as PS3.4 C.4.1.1.3.2 allows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydicom import Dataset
+from pydicom.datadict import dictionary_VR
+
+from common.errors import Invalid
+from query.matching import ATTRIBUTES, LEVELS, Attr, MatchError, Params, condition
+
+_STUDY_COLS = (
+    "patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex, "
+    "study_uid, study_date, study_time, study_time_norm, accession_number, study_id, "
+    "study_description, referring_physician_name"
+)
+_SERIES_COLS = "series_uid, modality, series_number, series_description, body_part_examined"
+
+
+class Index(Protocol):
+    database: str
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        ...
+
+
+@dataclass(frozen=True)
+class FindQuery:
+    level: str
+    keys: list[tuple[str, str]]  # (keyword, raw query value) for every key in the identifier
+    limit: int
+
+
+def parse_identifier(identifier: Dataset, limit: int) -> FindQuery:
+    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+    if level not in LEVELS:
+        raise Invalid(f"QueryRetrieveLevel {level!r} is not one of {', '.join(LEVELS)}")
+    keys: list[tuple[str, str]] = []
+    for elem in identifier:
+        kw = elem.keyword
+        if not kw or kw in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+            continue
+        if elem.VR == "SQ":
+            keys.append((kw, ""))  # sequence matching not supported: universal
+            continue
+        value = elem.value
+        if value is None:
+            raw = ""
+        elif isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+            raw = "\\".join(str(v) for v in value)
+        else:
+            raw = str(value)
+        keys.append((kw, raw))
+    return FindQuery(level, keys, limit)
+
+
+def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
+    """SQL, parameters and the list of selected column names for the query."""
+    params = Params()
+    lvl = LEVELS.index(q.level)
+    conds: dict[str, list[str]] = {"plain": [], "agg": []}
+    for kw, raw in q.keys:
+        attr = ATTRIBUTES.get(kw)
+        if attr is None or LEVELS.index(attr.level) > lvl:
+            continue  # unknown or lower-level key: return-only / ignored for matching
+        if attr.aggregate and attr.level != q.level:
+            continue
+        try:
+            c = condition(attr, raw, params)
+        except MatchError as exc:
+            raise Invalid(str(exc)) from exc
+        if c:
+            conds["agg" if attr.aggregate else "plain"].append(c)
+    where = " AND ".join(conds["plain"]) or "1"
+    having = " AND ".join(conds["agg"]) or "1"
+    limit = int(q.limit)
+
+    if q.level == "PATIENT":
+        cols = [
+            "patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
+            "patient_sex", "header_json", "n_studies", "n_series", "n_instances",
+        ]
+        sql = f"""
+        SELECT p.patient_id, p.issuer_of_patient_id, p.patient_name, p.patient_birth_date,
+               p.patient_sex, p.header_json, p.n_studies, c.n_series, c.n_instances
+        FROM (
+            SELECT patient_id, issuer_of_patient_id,
+                   argMax(patient_name, log_version) AS patient_name,
+                   argMax(patient_birth_date, log_version) AS patient_birth_date,
+                   argMax(patient_sex, log_version) AS patient_sex,
+                   argMax(header_json, log_version) AS header_json,
+                   count() AS n_studies
+            FROM {db}.studies FINAL
+            GROUP BY patient_id, issuer_of_patient_id
+        ) AS p
+        INNER JOIN (
+            SELECT patient_id, issuer_of_patient_id,
+                   uniqExact(series_uid) AS n_series, count() AS n_instances
+            FROM {db}.instances FINAL
+            GROUP BY patient_id, issuer_of_patient_id
+        ) AS c USING (patient_id, issuer_of_patient_id)
+        WHERE ({where}) AND ({having})
+        ORDER BY p.patient_id, p.issuer_of_patient_id
+        LIMIT {limit}"""
+        return sql, params.values, cols
+
+    if q.level == "STUDY":
+        cols = [c.strip() for c in _STUDY_COLS.split(",")] + [
+            "header_json", "modalities_in_study", "sop_classes_in_study", "n_series",
+            "n_instances",
+        ]
+        sql = f"""
+        SELECT s.*, a.modalities_in_study, a.sop_classes_in_study, a.n_series, a.n_instances
+        FROM (
+            SELECT {_STUDY_COLS}, header_json FROM {db}.studies FINAL WHERE {where}
+        ) AS s
+        INNER JOIN (
+            SELECT study_uid,
+                   arraySort(groupUniqArray(modality)) AS modalities_in_study,
+                   arraySort(groupUniqArray(sop_class_uid)) AS sop_classes_in_study,
+                   uniqExact(series_uid) AS n_series, count() AS n_instances
+            FROM {db}.instances FINAL
+            WHERE study_uid IN (SELECT study_uid FROM {db}.studies FINAL WHERE {where})
+            GROUP BY study_uid
+        ) AS a USING (study_uid)
+        WHERE {having}
+        ORDER BY s.study_date DESC, s.study_time DESC, s.study_uid
+        LIMIT {limit}"""
+        return sql, params.values, cols
+
+    if q.level == "SERIES":
+        study_cols = [c.strip() for c in _STUDY_COLS.split(",")]
+        cols = study_cols + [c.strip() for c in _SERIES_COLS.split(",")] + [
+            "header_json", "n_instances",
+        ]
+        sql = f"""
+        SELECT {", ".join("s." + c for c in study_cols)},
+               {", ".join("se." + c.strip() for c in _SERIES_COLS.split(","))},
+               se.header_json, c.n_instances
+        FROM (SELECT study_uid, {_SERIES_COLS}, header_json FROM {db}.series FINAL) AS se
+        INNER JOIN (SELECT {_STUDY_COLS} FROM {db}.studies FINAL) AS s USING (study_uid)
+        INNER JOIN (
+            SELECT study_uid, series_uid, count() AS n_instances
+            FROM {db}.instances FINAL GROUP BY study_uid, series_uid
+        ) AS c USING (study_uid, series_uid)
+        WHERE ({where}) AND ({having})
+        ORDER BY s.study_uid, se.series_number, se.series_uid
+        LIMIT {limit}"""
+        return sql, params.values, cols
+
+    cols = [c.strip() for c in _STUDY_COLS.split(",")] + [
+        c.strip() for c in _SERIES_COLS.split(",")
+    ] + ["sop_uid", "sop_class_uid", "instance_number", "header_json"]
+    sql = f"""
+    SELECT {", ".join(cols)} FROM {db}.instances FINAL
+    WHERE {where}
+    ORDER BY study_uid, series_uid, instance_number, sop_uid
+    LIMIT {limit}"""
+    return sql, params.values, cols
+
+
+def find(index: Index, q: FindQuery) -> Iterator[Dataset]:
+    sql, params, cols = build_sql(q, index.database)
+    for row in index.query(sql, params):
+        yield to_identifier(q, dict(zip(cols, row, strict=True)))
+
+
+def _format(attr: Attr, value: Any) -> Any:
+    if value is None:
+        return None
+    if attr.vr.endswith("[]"):
+        return list(value)
+    if attr.vr == "IS":
+        return str(value)
+    return value
+
+
+def to_identifier(q: FindQuery, row: dict[str, Any]) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = q.level
+    header: dict[str, Any] | None = None
+    for kw, _raw in q.keys:
+        attr = ATTRIBUTES.get(kw)
+        if attr is not None and attr.column in row:
+            value = _format(attr, row[attr.column])
+            setattr(ds, kw, value if value not in (None, "") else None)
+            continue
+        if header is None:
+            header = json.loads(row.get("header_json") or "{}")
+        _from_header(ds, kw, header)
+    if _needs_utf8(ds):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    return ds
+
+
+def _from_header(ds: Dataset, keyword: str, header: dict[str, Any]) -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return
+    key = f"{tag:08X}"
+    if key in header:
+        try:
+            elem = Dataset.from_json({key: header[key]})[tag]
+            ds.add(elem)
+            return
+        except Exception:
+            pass
+    ds.add_new(tag, dictionary_VR(tag), None)
+
+
+def _needs_utf8(ds: Dataset) -> bool:
+    for elem in ds:
+        v = elem.value
+        if isinstance(v, str) and not v.isascii():
+            return True
+        if elem.VR == "PN" and v is not None and not str(v).isascii():
+            return True
+    return False

@@ -1,0 +1,111 @@
+"""The embedded local stack: everything on loopback, data under one directory.
+
+up:   Kafka broker (KRaft) -> topics -> index node (processors + query SCP) -> ingest node
+down: in reverse order, each drained gracefully (ingest first, so no association is cut)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+from common.errors import Unavailable
+from common.kafka import ensure_topics
+from common.settings import Settings
+from stack.kafka import broker
+from stack.procs import Proc
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    proc: Proc
+    endpoint: str
+
+
+def services(settings: Settings) -> list[Service]:
+    def p(name: str) -> Proc:
+        return Proc(name, settings.run_dir, settings.log_dir)
+
+    h = settings.bind_host
+    return [
+        Service("kafka", broker.proc(settings), f"kafka://{settings.kafka_bootstrap}"),
+        Service("index", p("index"), f"dicom://{settings.qr_ae_title}@{h}:{settings.qr_port}"),
+        Service(
+            "ingest", p("ingest"), f"dicom://{settings.ingest_ae_title}@{h}:{settings.ingest_port}"
+        ),
+    ]
+
+
+def up(settings: Settings, timeout: float = 120.0) -> None:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    svc = {s.name: s for s in services(settings)}
+    broker.start(settings)
+    broker.wait_ready(settings, timeout)
+    ensure_topics(settings)
+    env = {**_base_env(), **settings.to_env()}
+    python = sys.executable
+    svc["index"].proc.start([python, "-m", "cli.main", "serve", "index"], env=env)
+    wait_echo(settings.bind_host, settings.qr_port, settings.qr_ae_title, svc["index"].proc,
+              timeout)
+    svc["ingest"].proc.start([python, "-m", "cli.main", "serve", "ingest"], env=env)
+    wait_echo(settings.bind_host, settings.ingest_port, settings.ingest_ae_title,
+              svc["ingest"].proc, timeout)
+
+
+def down(settings: Settings) -> list[str]:
+    stopped = []
+    for s in reversed(services(settings)):
+        if s.proc.stop(grace=60.0):
+            stopped.append(s.name)
+    return stopped
+
+
+def status(settings: Settings) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for s in services(settings):
+        pid = s.proc.pid()
+        rows.append((s.name, "running" if pid else "stopped", str(pid or "-"), s.endpoint))
+    return rows
+
+
+def echo(host: str, port: int, ae_title: str) -> bool:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="STRATA_CLI")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 5
+    ae.network_timeout = 5
+    assoc = ae.associate(host, port, ae_title=ae_title)
+    if not assoc.is_established:
+        return False
+    try:
+        st = assoc.send_c_echo()
+        return bool(st) and st.Status == 0
+    finally:
+        assoc.release()
+
+
+def wait_echo(host: str, port: int, ae_title: str, proc: Proc, timeout: float) -> None:
+    import logging
+
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.pid():
+            raise Unavailable(f"{proc.name} exited during start-up; log tail:\n{proc.tail(30)}")
+        try:
+            if echo(host, port, ae_title):
+                return
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise Unavailable(f"{proc.name} did not answer C-ECHO within {timeout:.0f}s:\n{proc.tail(30)}")
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
