@@ -1,10 +1,10 @@
 """``strata``: the one command-line entry point.
 
-    strata up | down | status          the local stack (embedded default, loopback only)
-    strata send PATH...                send DICOM files/folders to the ingest SCP (C-STORE)
-    strata find [--patient-id ...]     search studies (C-FIND) and print a table
-    strata config                      list every setting with its env name and default
-    strata serve ingest|index          run one service in the foreground (used by ``up``)
+strata up | down | status          the local stack (embedded default, loopback only)
+strata send PATH...                send DICOM files/folders to the ingest SCP (C-STORE)
+strata find [--patient-id ...]     search studies (C-FIND) and print a table
+strata config                      list every setting with its env name and default
+strata serve ingest|index          run one service in the foreground (used by ``up``)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _table(headers: list[str], rows: Iterable[Iterable[object]]) -> str:
     widths = [len(h) for h in headers]
     for r in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, r, strict=False)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*headers), line.format(*("-" * w for w in widths))]
     out += [line.format(*r) for r in rows]
     return "\n".join(out)
@@ -117,8 +117,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
                 bar.update(1)
     finally:
         assoc.release()
-    print(f"sent {ok} instances ({total_bytes / 1e6:.1f} MB), {failed} failed, "
-          f"{skipped} not DICOM")
+    print(f"sent {ok} instances ({total_bytes / 1e6:.1f} MB), {failed} failed, {skipped} not DICOM")
     return 0 if failed == 0 else 1
 
 
@@ -150,22 +149,43 @@ def cmd_find(settings: Settings, args: argparse.Namespace) -> int:
             if status and status.Status in (0xFF00, 0xFF01) and ident is not None:
                 mods = ident.get("ModalitiesInStudy") or []
                 mods = [mods] if isinstance(mods, str) else list(mods)
-                rows.append([
-                    ident.get("PatientID", ""), ident.get("PatientName", ""),
-                    ident.get("StudyDate", ""), "/".join(mods),
-                    ident.get("AccessionNumber", ""), ident.get("StudyDescription", ""),
-                    ident.get("NumberOfStudyRelatedSeries", ""),
-                    ident.get("NumberOfStudyRelatedInstances", ""),
-                    ident.get("StudyInstanceUID", ""),
-                ])
+                rows.append(
+                    [
+                        ident.get("PatientID", ""),
+                        ident.get("PatientName", ""),
+                        ident.get("StudyDate", ""),
+                        "/".join(mods),
+                        ident.get("AccessionNumber", ""),
+                        ident.get("StudyDescription", ""),
+                        ident.get("NumberOfStudyRelatedSeries", ""),
+                        ident.get("NumberOfStudyRelatedInstances", ""),
+                        ident.get("StudyInstanceUID", ""),
+                    ]
+                )
             elif status and status.Status not in (0x0000,):
-                print(f"C-FIND failed: 0x{status.Status:04X} {status.get('ErrorComment', '')}",
-                      file=sys.stderr)
+                print(
+                    f"C-FIND failed: 0x{status.Status:04X} {status.get('ErrorComment', '')}",
+                    file=sys.stderr,
+                )
                 return 1
     finally:
         assoc.release()
-    print(_table(["patient id", "name", "date", "modalities", "accession", "description",
-                  "series", "instances", "study uid"], rows))
+    print(
+        _table(
+            [
+                "patient id",
+                "name",
+                "date",
+                "modalities",
+                "accession",
+                "description",
+                "series",
+                "instances",
+                "study uid",
+            ],
+            rows,
+        )
+    )
     print(f"{len(rows)} studies")
     return 0
 
@@ -183,8 +203,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="strata", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="strata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="start the local stack").set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(fn=cmd_down)

@@ -48,7 +48,9 @@ def serve_ingest(settings: Settings) -> None:
         (settings.bind_host, settings.ingest_port), block=False, evt_handlers=handlers(service)
     )
     log.info(
-        "ingest SCP %s listening on %s:%d", settings.ingest_ae_title, settings.bind_host,
+        "ingest SCP %s listening on %s:%d",
+        settings.ingest_ae_title,
+        settings.bind_host,
         settings.ingest_port,
     )
     _wait_for_signal()
@@ -81,7 +83,9 @@ def serve_index(settings: Settings) -> None:
             evt_handlers=handlers(index, settings.find_limit),
         )
         log.info(
-            "query SCP %s listening on %s:%d", settings.qr_ae_title, settings.bind_host,
+            "query SCP %s listening on %s:%d",
+            settings.qr_ae_title,
+            settings.bind_host,
             settings.qr_port,
         )
 

@@ -57,7 +57,9 @@ def create_app(settings: Settings, index: IndexStore) -> faust.App:
                     # rather than wedge the projection (it stays in the log for inspection).
                     log.error(
                         "undecodable record at %s[%d]@%d skipped",
-                        ev.message.topic, ev.message.partition, ev.message.offset,
+                        ev.message.topic,
+                        ev.message.partition,
+                        ev.message.offset,
                     )
                     continue
                 batch.append(rows_for(env, ev.message.partition, ev.message.offset))

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
+from pydicom.valuerep import PersonName
 
 from common.errors import Invalid
 from query.matching import ATTRIBUTES, LEVELS, Attr, MatchError, Params, condition
@@ -30,8 +31,9 @@ _SERIES_COLS = "series_uid, modality, series_number, series_description, body_pa
 class Index(Protocol):
     database: str
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        ...
+    def query(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]: ...
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,15 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
 
     if q.level == "PATIENT":
         cols = [
-            "patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
-            "patient_sex", "header_json", "n_studies", "n_series", "n_instances",
+            "patient_id",
+            "issuer_of_patient_id",
+            "patient_name",
+            "patient_birth_date",
+            "patient_sex",
+            "header_json",
+            "n_studies",
+            "n_series",
+            "n_instances",
         ]
         sql = f"""
         SELECT p.patient_id, p.issuer_of_patient_id, p.patient_name, p.patient_birth_date,
@@ -116,7 +125,10 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
 
     if q.level == "STUDY":
         cols = [c.strip() for c in _STUDY_COLS.split(",")] + [
-            "header_json", "modalities_in_study", "sop_classes_in_study", "n_series",
+            "header_json",
+            "modalities_in_study",
+            "sop_classes_in_study",
+            "n_series",
             "n_instances",
         ]
         sql = f"""
@@ -126,7 +138,7 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
         ) AS s
         INNER JOIN (
             SELECT study_uid,
-                   arraySort(groupUniqArray(modality)) AS modalities_in_study,
+                   arraySort(groupUniqArrayIf(modality, modality != '')) AS modalities_in_study,
                    arraySort(groupUniqArray(sop_class_uid)) AS sop_classes_in_study,
                    uniqExact(series_uid) AS n_series, count() AS n_instances
             FROM {db}.instances FINAL
@@ -140,9 +152,14 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
 
     if q.level == "SERIES":
         study_cols = [c.strip() for c in _STUDY_COLS.split(",")]
-        cols = study_cols + [c.strip() for c in _SERIES_COLS.split(",")] + [
-            "header_json", "n_instances",
-        ]
+        cols = (
+            study_cols
+            + [c.strip() for c in _SERIES_COLS.split(",")]
+            + [
+                "header_json",
+                "n_instances",
+            ]
+        )
         sql = f"""
         SELECT {", ".join("s." + c for c in study_cols)},
                {", ".join("se." + c.strip() for c in _SERIES_COLS.split(","))},
@@ -158,9 +175,11 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
         LIMIT {limit}"""
         return sql, params.values, cols
 
-    cols = [c.strip() for c in _STUDY_COLS.split(",")] + [
-        c.strip() for c in _SERIES_COLS.split(",")
-    ] + ["sop_uid", "sop_class_uid", "instance_number", "header_json"]
+    cols = (
+        [c.strip() for c in _STUDY_COLS.split(",")]
+        + [c.strip() for c in _SERIES_COLS.split(",")]
+        + ["sop_uid", "sop_class_uid", "instance_number", "header_json"]
+    )
     sql = f"""
     SELECT {", ".join(cols)} FROM {db}.instances FINAL
     WHERE {where}
@@ -189,8 +208,17 @@ def to_identifier(q: FindQuery, row: dict[str, Any]) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = q.level
     header: dict[str, Any] | None = None
+    lvl = LEVELS.index(q.level)
     for kw, _raw in q.keys:
         attr = ATTRIBUTES.get(kw)
+        if attr is not None and (
+            LEVELS.index(attr.level) > lvl or (attr.aggregate and attr.level != q.level)
+        ):
+            # Not known at this level: a lower-level key would otherwise be answered from one
+            # arbitrary instance's header, and another level's count from this level's column
+            # of the same name (n_instances, n_series). Return it empty.
+            setattr(ds, kw, None)
+            continue
         if attr is not None and attr.column in row:
             value = _format(attr, row[attr.column])
             setattr(ds, kw, value if value not in (None, "") else None)
@@ -221,10 +249,12 @@ def _from_header(ds: Dataset, keyword: str, header: dict[str, Any]) -> None:
 
 
 def _needs_utf8(ds: Dataset) -> bool:
-    for elem in ds:
-        v = elem.value
-        if isinstance(v, str) and not v.isascii():
-            return True
-        if elem.VR == "PN" and v is not None and not str(v).isascii():
+    # iterall: values inside sequences (e.g. CodeMeaning) and every value of a multi-valued
+    # attribute count too, or they would go out undeclared in the default repertoire.
+    for elem in ds.iterall():
+        if elem.VR == "SQ" or elem.value is None:
+            continue
+        values = elem.value if elem.VM > 1 else [elem.value]
+        if any(isinstance(v, str | PersonName) and not str(v).isascii() for v in values):
             return True
     return False

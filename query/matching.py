@@ -158,9 +158,10 @@ def condition(attr: Attr, raw: str, params: Params, column: str | None = None) -
             raise MatchError(f"not an IS value: {value!r}") from exc
         return f"{col} IN {params.add(nums, 'Array(Int64)')}"
     if vr == "PN":
+        # lowerUTF8, not lower: ClickHouse's lower() folds ASCII only ('MÜLLER' -> 'mÜller').
         if has_wildcard(value):
-            return f"lower({col}) LIKE lower({params.add(like_pattern(value), 'String')})"
-        return f"lower({col}) = lower({params.add(value, 'String')})"
+            return f"lowerUTF8({col}) LIKE lowerUTF8({params.add(like_pattern(value), 'String')})"
+        return f"lowerUTF8({col}) = lowerUTF8({params.add(value, 'String')})"
     # CS, SH, LO, AE, ...: case-sensitive (PS3.4 C.2.2.2.1)
     if has_wildcard(value):
         return f"{col} LIKE {params.add(like_pattern(value), 'String')}"

@@ -47,11 +47,17 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
     env = {**_base_env(), **settings.to_env()}
     python = sys.executable
     svc["index"].proc.start([python, "-m", "cli.main", "serve", "index"], env=env)
-    wait_echo(settings.bind_host, settings.qr_port, settings.qr_ae_title, svc["index"].proc,
-              timeout)
+    wait_echo(
+        settings.bind_host, settings.qr_port, settings.qr_ae_title, svc["index"].proc, timeout
+    )
     svc["ingest"].proc.start([python, "-m", "cli.main", "serve", "ingest"], env=env)
-    wait_echo(settings.bind_host, settings.ingest_port, settings.ingest_ae_title,
-              svc["ingest"].proc, timeout)
+    wait_echo(
+        settings.bind_host,
+        settings.ingest_port,
+        settings.ingest_ae_title,
+        svc["ingest"].proc,
+        timeout,
+    )
 
 
 def down(settings: Settings) -> list[str]:

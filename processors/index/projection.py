@@ -43,6 +43,8 @@ def json_value(header: dict[str, Any], tag: str) -> str:
             while groups and not groups[-1]:
                 groups.pop()
             out.append("=".join(groups))
+        elif v is None:  # an empty value inside a multi-valued attribute (PS3.18 F.2.5)
+            out.append("")
         else:
             out.append(str(v))
     return "\\".join(out).strip()
@@ -127,7 +129,9 @@ def rows_for(env: pb.Envelope, partition: int, offset: int) -> Rows:
     }
     return {
         "instances": [instance],
-        "series": [{"study_uid": e.study_instance_uid, **series, "header_json": e.header_json, **log}],
+        "series": [
+            {"study_uid": e.study_instance_uid, **series, "header_json": e.header_json, **log}
+        ],
         "studies": [{**patient, **study, "header_json": e.header_json, **log}],
     }
 

@@ -3,6 +3,7 @@ DSN decides). Vendor errors become common.errors here."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -58,7 +59,5 @@ class IndexStore:
             raise Unavailable(f"index query failed: {exc}") from exc
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # best effort at shutdown
             self.client.close()
-        except Exception:  # pragma: no cover - best effort
-            pass

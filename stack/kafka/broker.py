@@ -32,17 +32,30 @@ def ensure_jars(settings: Settings) -> Path:
                 f"'{tool}' not found: the embedded Kafka broker needs Java 17+ and Maven "
                 "(Debian: apt-get install default-jre-headless maven)"
             )
-    print(f"fetching Apache Kafka {settings.kafka_version} from Maven Central (once)...",
-          file=sys.stderr)
+    print(
+        f"fetching Apache Kafka {settings.kafka_version} from Maven Central (once)...",
+        file=sys.stderr,
+    )
     tmp = libs.with_name("libs.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     r = subprocess.run(
-        ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={tmp}", f"-Dkafka.version={settings.kafka_version}"],
-        capture_output=True, text=True,
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            f"-Dkafka.version={settings.kafka_version}",
+        ],
+        capture_output=True,
+        text=True,
     )
     if r.returncode != 0:
-        raise Unavailable(f"mvn could not fetch the Kafka jars:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+        raise Unavailable(
+            f"mvn could not fetch the Kafka jars:\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+        )
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
     return libs
@@ -52,33 +65,35 @@ def _properties(settings: Settings) -> str:
     host = settings.bind_host
     port = int(settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
     ctl = settings.kafka_controller_port
-    return "\n".join([
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@{host}:{ctl}",
-        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctl}",
-        f"advertised.listeners=PLAINTEXT://{host}:{port}",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        f"log.dirs={settings.kafka_dir / 'data'}",
-        # One broker: internal topics cannot have more replicas than brokers.
-        "offsets.topic.replication.factor=1",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "min.insync.replicas=1",
-        "default.replication.factor=1",
-        "num.partitions=3",
-        "group.initial.rebalance.delay.ms=0",
-        # Topics are created deliberately (with their retention), never by a typo.
-        "auto.create.topics.enable=false",
-        "num.network.threads=2",
-        "num.io.threads=4",
-        # Durability: the OS page cache plus acks=all is Kafka's model; on one node we also
-        # flush each message so an acknowledged event survives power loss, not just kill -9.
-        "log.flush.interval.messages=1",
-        "",
-    ])
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{host}:{ctl}",
+            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctl}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={settings.kafka_dir / 'data'}",
+            # One broker: internal topics cannot have more replicas than brokers.
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "min.insync.replicas=1",
+            "default.replication.factor=1",
+            "num.partitions=3",
+            "group.initial.rebalance.delay.ms=0",
+            # Topics are created deliberately (with their retention), never by a typo.
+            "auto.create.topics.enable=false",
+            "num.network.threads=2",
+            "num.io.threads=4",
+            # Durability: the OS page cache plus acks=all is Kafka's model; on one node we also
+            # flush each message so an acknowledged event survives power loss, not just kill -9.
+            "log.flush.interval.messages=1",
+            "",
+        ]
+    )
 
 
 def proc(settings: Settings) -> Proc:
@@ -103,17 +118,35 @@ def start(settings: Settings) -> int:
     cp = f"{libs}/*"
     if not (kdir / "data" / "meta.properties").exists():
         r = subprocess.run(
-            ["java", "-cp", cp, "kafka.tools.StorageTool", "format", "-t",
-             _cluster_id(kdir), "-c", str(props), "--ignore-formatted"],
-            capture_output=True, text=True,
+            [
+                "java",
+                "-cp",
+                cp,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _cluster_id(kdir),
+                "-c",
+                str(props),
+                "--ignore-formatted",
+            ],
+            capture_output=True,
+            text=True,
         )
         if r.returncode != 0:
             raise Unavailable(f"kafka storage format failed: {r.stdout}{r.stderr}")
     argv = [
-        "java", f"-Xms{settings.kafka_heap}", f"-Xmx{settings.kafka_heap}",
-        "-XX:+UseG1GC", "-XX:ActiveProcessorCount=2", "-Djava.awt.headless=true",
+        "java",
+        f"-Xms{settings.kafka_heap}",
+        f"-Xmx{settings.kafka_heap}",
+        "-XX:+UseG1GC",
+        "-XX:ActiveProcessorCount=2",
+        "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{log4j}",
-        "-cp", cp, "kafka.Kafka", str(props),
+        "-cp",
+        cp,
+        "kafka.Kafka",
+        str(props),
     ]
     return proc(settings).start(argv)
 
@@ -140,9 +173,7 @@ def wait_ready(settings: Settings, timeout: float = 60.0) -> None:
         try:
             with socket.create_connection((host, int(port)), timeout=1):
                 pass
-            md = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(
-                timeout=5
-            )
+            md = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=5)
             if md.brokers:
                 return
         except Exception:

@@ -1,0 +1,59 @@
+# Strata: the two commands of the README are `make up` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: up down status test test-unit test-integration test-e2e deps lint typecheck proto clean
+
+$(BIN)/strata: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+## Run the archive: the embedded default stack on loopback (Kafka KRaft, chDB, hot tier on disk).
+up: $(BIN)/strata
+	$(BIN)/strata up
+
+down:
+	$(BIN)/strata down
+
+status:
+	$(BIN)/strata status
+
+## Test prerequisites no pip package provides: DCMTK (the real DICOM peer), Java + Maven (Kafka).
+deps:
+	@missing=""; \
+	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "please install:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+
+## Run the tests: unit, integration (real Kafka + chDB) and e2e (real DCMTK peers).
+test: deps $(BIN)/strata
+	$(BIN)/pytest -ra
+
+test-unit: $(BIN)/strata
+	$(BIN)/pytest -ra tests/unit
+
+test-integration: deps $(BIN)/strata
+	$(BIN)/pytest -ra tests/integration
+
+test-e2e: deps $(BIN)/strata
+	$(BIN)/pytest -ra tests/e2e
+
+lint: $(BIN)/strata
+	$(BIN)/ruff check .
+
+typecheck: $(BIN)/strata
+	$(BIN)/mypy common ingest processors archive query cli stack
+
+## Regenerate protobuf code (committed; tests/unit/test_proto_current.py checks it is current).
+proto: $(BIN)/strata
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. proto/strata/v1/*.proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
