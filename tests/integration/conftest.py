@@ -1,0 +1,23 @@
+"""Shared fixtures of the integration tests.
+
+chDB runs ClickHouse in-process and a process can open only ONE chDB path, so every test of a
+pytest run shares one session-scoped index; tests isolate their data by distinct UIDs and
+patient ids, never by separate stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from processors.index.store import IndexStore
+
+
+@pytest.fixture(scope="session")
+def chdb_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IndexStore]:
+    path = tmp_path_factory.mktemp("chdb") / "idx"
+    index = IndexStore(f"chdb://{path}", "strata")
+    index.migrate()
+    yield index
+    index.close()
