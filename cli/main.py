@@ -198,7 +198,11 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from cli import serve
 
-    {"ingest": serve.serve_ingest, "index": serve.serve_index}[args.service](settings)
+    {
+        "ingest": serve.serve_ingest,
+        "ingest-worker": serve.serve_ingest_worker,
+        "index": serve.serve_index,
+    }[args.service](settings)
     return 0
 
 
@@ -228,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--calling-ae", default="STRATA_CLI")
     f.set_defaults(fn=cmd_find)
     sv = sub.add_parser("serve", help="run one service in the foreground")
-    sv.add_argument("service", choices=["ingest", "index"])
+    sv.add_argument("service", choices=["ingest", "ingest-worker", "index"])
     sv.set_defaults(fn=cmd_serve)
     return p
 

@@ -6,9 +6,6 @@ This is the one place that wires adapters to services (the bootstrap of each pro
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-import time
 
 from common.settings import Settings
 
@@ -24,43 +21,18 @@ def _logging() -> None:
 
 
 def serve_ingest(settings: Settings) -> None:
-    """The ingest node: C-ECHO/C-STORE SCP writing to the hot tier and publishing events."""
-    from archive.hot import HotTier
-    from common.kafka import EventPublisher
-    from ingest.scp import build_ae, configure_receive, handlers
-    from ingest.store import StoreService
+    """The ingest node: workers (C-STORE SCP), relay (outbox -> Kafka), health and metrics."""
+    from ingest.node import run_node
 
     _logging()
-    hot = HotTier(settings.hot_dir)
-    configure_receive(hot.incoming)
-    publisher = EventPublisher(settings)
-    service = StoreService(hot, publisher, settings.study_topic, settings.node_name)
-    ae = build_ae(
-        settings.ingest_ae_title,
-        settings.max_pdu,
-        {
-            "network": settings.network_timeout,
-            "acse": settings.acse_timeout,
-            "dimse": settings.dimse_timeout,
-        },
-    )
-    server = ae.start_server(
-        (settings.bind_host, settings.ingest_port), block=False, evt_handlers=handlers(service)
-    )
-    log.info(
-        "ingest SCP %s listening on %s:%d",
-        settings.ingest_ae_title,
-        settings.bind_host,
-        settings.ingest_port,
-    )
-    _wait_for_signal()
-    # Drain: stop accepting, let running associations finish their stores, then close.
-    server.shutdown()
-    deadline = time.monotonic() + settings.network_timeout
-    while server.active_associations and time.monotonic() < deadline:
-        time.sleep(0.1)
-    publisher.close()
-    log.info("ingest SCP stopped")
+    run_node(settings)
+
+
+def serve_ingest_worker(settings: Settings) -> None:
+    from ingest.node import run_worker
+
+    _logging()
+    run_worker(settings)
 
 
 def serve_index(settings: Settings) -> None:
@@ -94,11 +66,3 @@ def serve_index(settings: Settings) -> None:
     finally:
         ae.shutdown()
         index.close()
-
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set():
-        stop.wait(1.0)

@@ -1,4 +1,4 @@
-"""Kafka adapter: the idempotent event producer and topic administration (confluent-kafka).
+"""Kafka adapter: topic administration (confluent-kafka). The producer is ingest.relay.
 
 Vendor errors are translated into common.errors here.
 """
@@ -6,10 +6,9 @@ Vendor errors are translated into common.errors here.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from common.errors import Unavailable
@@ -34,7 +33,10 @@ def source_of_truth_topics(settings: Settings) -> list[TopicSpec]:
         "min.insync.replicas": str(min(2, settings.replication_factor)),
         "unclean.leader.election.enable": "false",
     }
-    return [TopicSpec(settings.study_topic, settings.study_partitions, forever)]
+    return [
+        TopicSpec(settings.study_topic, settings.study_partitions, forever),
+        TopicSpec(settings.quarantine_topic, 1, forever),
+    ]
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
@@ -61,58 +63,3 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise Unavailable(f"cannot create topic {name}: {exc}") from exc
     return created
-
-
-class EventPublisher:
-    """Publishes events with an idempotent producer and acks=all; ``publish`` returns only once
-    the broker has acknowledged the record as durable (all in-sync replicas)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._timeout = settings.event_timeout
-        self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "enable.idempotence": True,  # implies acks=all, bounded in-flight, retries
-                "acks": "all",
-                "linger.ms": 1,
-                "compression.type": "lz4",
-                # Give up when the caller gives up, so an answered failure is rarely a late
-                # success (a late success is still safe: consumers deduplicate).
-                "delivery.timeout.ms": int(self._timeout * 1000),
-                "socket.nagle.disable": True,
-            }
-        )
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
-        self._poller.start()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.05)
-
-    def publish(self, topic: str, key: str, value: bytes) -> tuple[int, int]:
-        """Returns (partition, offset). Raises Unavailable if not durable within the timeout."""
-        done = threading.Event()
-        result: dict[str, object] = {}
-
-        def on_delivery(err: KafkaError | None, msg: object) -> None:
-            result["err"] = err
-            result["msg"] = msg
-            done.set()
-
-        try:
-            self._producer.produce(topic, value=value, key=key.encode(), on_delivery=on_delivery)
-        except (KafkaException, BufferError) as exc:
-            raise Unavailable(f"event log refused the event: {exc}") from exc
-        if not done.wait(self._timeout + 1.0):
-            raise Unavailable("event log did not confirm the event in time")
-        err = result["err"]
-        if err is not None:
-            raise Unavailable(f"event log did not store the event: {err}")
-        msg = result["msg"]
-        return msg.partition(), msg.offset()  # type: ignore[attr-defined]
-
-    def close(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._poller.join(timeout=2)
-        self._producer.flush(timeout)

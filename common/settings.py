@@ -68,6 +68,32 @@ class Settings:
         15.0, "Seconds to wait for Kafka to confirm an event before answering a failure status."
     )
 
+    ingest_workers: int = _setting(
+        0, "Ingest worker processes sharing the port (SO_REUSEPORT); 0 = one per CPU core."
+    )
+    ingest_http_port: int = _setting(
+        8081, "Port of the ingest node's /healthz and /metrics (Prometheus) endpoint."
+    )
+    outbox_mode: str = _setting(
+        "spool",
+        "When Kafka is unreachable: 'spool' keeps accepting into the fsync'd outbox (published "
+        "in order later); 'refuse' answers a retryable failure (A710) instead.",
+    )
+    outbox_refuse_after: float = _setting(
+        5.0, "In 'refuse' mode: refuse once the oldest unpublished event is this many s old."
+    )
+    outbox_max_depth: int = _setting(
+        1_000_000, "Unpublished events beyond which even 'spool' mode refuses (A710)."
+    )
+    max_object_bytes: int = _setting(
+        4 * 1024**3, "Largest object accepted; larger ones are refused and quarantined."
+    )
+    ae_config: str = _setting(
+        "",
+        'JSON file of known calling AEs: {"allow_unknown": bool, "aes": {"AET": {"site":'
+        ' ..., "institution": ..., "issuer_of_patient_id": ...}}}. Empty = accept any AE.',
+    )
+
     # --- query (DIMSE Q/R SCP) ---
     qr_ae_title: str = _setting("STRATA_QR", "AE title of the query/retrieve SCP.")
     qr_port: int = _setting(11113, "Port of the query/retrieve (C-FIND/C-ECHO) SCP.")
@@ -99,6 +125,19 @@ class Settings:
     @property
     def index_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{(self.home / 'index').resolve()}"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.home / "ingest" / "outbox.sqlite"
+
+    @property
+    def quarantine_topic(self) -> str:
+        """Source-of-truth topic of refused arrivals (InstanceQuarantined)."""
+        return f"{self.topic_prefix}.quarantine.v1"
 
     @property
     def study_topic(self) -> str:

@@ -1,7 +1,8 @@
 """The ingest SCP: C-ECHO and C-STORE over DIMSE (pynetdicom).
 
 Handlers are plain functions; the C-STORE handler's return value is the status, and it is
-success only when the store service says the durability contract holds.
+success only when the store service says the durability contract holds. Metrics hang off the
+outcome and off notification events.
 """
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ from __future__ import annotations
 import logging
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom import transport as _transport
 
+from ingest import metrics
 from ingest.store import Received, StoreService
 
 log = logging.getLogger(__name__)
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def set_nodelay(event: evt.Event) -> None:
@@ -32,8 +36,18 @@ def handle_echo(event: evt.Event) -> int:
     return 0x0000
 
 
+def on_accepted(event: evt.Event) -> None:
+    metrics.ASSOCIATIONS.labels("accepted").inc()
+
+
+def on_rejected(event: evt.Event) -> None:
+    metrics.ASSOCIATIONS.labels("rejected").inc()
+    log.warning("association rejected for calling AE %s", event.assoc.requestor.ae_title.strip())
+
+
 def make_store_handler(service: StoreService) -> Any:
     def handle_store(event: evt.Event) -> Dataset:
+        t0 = time.perf_counter()
         req = event.request
         assoc = event.assoc
         rx = Received(
@@ -48,7 +62,13 @@ def make_store_handler(service: StoreService) -> Any:
         outcome = service.store(rx)
         rsp = Dataset()
         rsp.Status = outcome.status
-        if not outcome.ok:
+        if outcome.ok:
+            metrics.INSTANCES.labels("duplicate" if outcome.duplicate else "stored").inc()
+            if outcome.event is not None:
+                metrics.BYTES.inc(outcome.event.instance_stored.size_bytes)
+        else:
+            metrics.INSTANCES.labels("refused").inc()
+            metrics.REFUSED.labels(outcome.reason or "other").inc()
             log.warning(
                 "refused sop=%s from %s: 0x%04X %s",
                 rx.sop_instance_uid,
@@ -57,21 +77,27 @@ def make_store_handler(service: StoreService) -> Any:
                 outcome.comment,
             )
             rsp.ErrorComment = outcome.comment[:64]
+        metrics.STORE_SECONDS.observe(time.perf_counter() - t0)
         return rsp
 
     return handle_store
 
 
-def build_ae(ae_title: str, max_pdu: int, timeouts: dict[str, float]) -> AE:
+def build_ae(
+    ae_title: str, max_pdu: int, timeouts: dict[str, float], allow_list: list[str] | None = None
+) -> AE:
     ae = AE(ae_title=ae_title)
     ae.maximum_pdu_size = max_pdu
     ae.network_timeout = timeouts["network"]
     ae.acse_timeout = timeouts["acse"]
     ae.dimse_timeout = timeouts["dimse"]
     ae.maximum_associations = 64
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    if allow_list is not None:
+        # Unknown calling AE -> A-ASSOCIATE-RJ, permanent, "calling AE title not recognized".
+        ae.require_calling_aet = allow_list
+    ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     return ae
 
 
@@ -84,9 +110,26 @@ def configure_receive(incoming: Path) -> None:
     tempfile.tempdir = str(incoming)
 
 
-def handlers(service: StoreService) -> list[tuple[Any, Any]]:
+def enable_reuseport() -> None:
+    """Let several worker processes listen on one port; the kernel spreads connections.
+    pynetdicom builds its server socket itself, so the option is set in its bind step."""
+    original = _transport.AssociationServer.server_bind
+    if getattr(original, "_strata_reuseport", False):
+        return
+
+    def server_bind(self: Any) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        original(self)
+
+    server_bind._strata_reuseport = True  # type: ignore[attr-defined]
+    _transport.AssociationServer.server_bind = server_bind  # type: ignore[method-assign]
+
+
+def handlers(service: StoreService) -> list[Any]:
     return [
         (evt.EVT_CONN_OPEN, set_nodelay),
+        (evt.EVT_ACCEPTED, on_accepted),
+        (evt.EVT_REJECTED, on_rejected),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, make_store_handler(service)),
     ]

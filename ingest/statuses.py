@@ -14,3 +14,6 @@ DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND_MISSING_UID = 0xC001
 CANNOT_UNDERSTAND_INVALID_UID = 0xC002
 CANNOT_UNDERSTAND_UNDECODABLE = 0xC003
+# Refused: the object exceeds the configured size limit (not retryable as is; A7xx because
+# PS3.4 has no better class for a resource limit of the receiver).
+OUT_OF_RESOURCES_OBJECT_TOO_LARGE = 0xA720

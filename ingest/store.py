@@ -1,16 +1,21 @@
 """The store feature: turn a received object into a durable object plus a durable event.
 
-Plain functions over two ports (the hot tier and the event publisher): no pynetdicom here, so
+Plain functions over ports (the hot tier, the outbox, the quarantine): no pynetdicom here, so
 the contract can be tested without a network. The contract (DESIGN.md invariant 1):
 success is returned only after the bytes are fsync'd in the tier AND the InstanceStored event
-is acknowledged by Kafka (acks=all, idempotent producer). Any failure before that yields a
-failure status and the sender keeps responsibility for the object.
+is durable in the fsync'd outbox, which the relay publishes to Kafka in order. Any failure
+before that yields a failure status and the sender keeps responsibility for the object.
+
+Arrivals: same SOP Instance UID and same bytes as an earlier arrival = idempotent duplicate
+(success, nothing new). Same UID, other bytes = a new version (new object key, new event that
+names the superseded sha256). Refused objects go to quarantine with an InstanceQuarantined event.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +27,7 @@ from common import dicom
 from common.errors import Invalid, Unavailable
 from common.events import envelope, timestamp
 from ingest import statuses
+from ingest.config import AEConfig
 from proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -33,8 +39,25 @@ class ObjectTier(Protocol):
     def put_file(self, key: str, src: Path) -> bool: ...
 
 
-class Publisher(Protocol):
-    def publish(self, topic: str, key: str, value: bytes) -> tuple[int, int]: ...
+class EventLog(Protocol):
+    """The outbox (ingest.outbox.Outbox) as the store feature sees it."""
+
+    def append(
+        self,
+        *,
+        event_id: str,
+        topic: str,
+        key: str,
+        value: bytes,
+        sop_uid: str | None = None,
+        sha256: str | None = None,
+    ) -> object: ...
+
+    def latest_sha256(self, sop_uid: str) -> str | None: ...
+
+    def depth(self) -> int: ...
+
+    def oldest_pending_age(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -56,61 +79,141 @@ class Outcome:
     status: int
     comment: str = ""
     event: pb.Envelope | None = None
+    duplicate: bool = False
+    reason: str = ""  # machine-readable refusal reason (metrics label), "" on success
 
     @property
     def ok(self) -> bool:
         return self.status == statuses.SUCCESS
 
 
+@dataclass(frozen=True)
+class Limits:
+    max_object_bytes: int = 4 * 1024**3
+    refuse_when_log_down: bool = False  # outbox mode 'refuse'
+    refuse_after_s: float = 5.0
+    max_outbox_depth: int = 1_000_000
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str, comment: str) -> None:
+        super().__init__(comment)
+        self.status, self.reason, self.comment = status, reason, comment
+
+
 @dataclass
 class StoreService:
     tier: ObjectTier
-    publisher: Publisher
+    outbox: EventLog
     topic: str
+    quarantine_topic: str
+    quarantine_dir: Path
     node: str
+    aes: AEConfig
+    limits: Limits
 
     def store(self, rx: Received) -> Outcome:
         try:
+            self._check_log_accepting()
+        except Refused as r:
+            return Outcome(r.status, r.comment, reason=r.reason)
+        size, sha = _digest(rx.path)
+        try:
+            ds, uids = self._validate(rx, size)
+        except Refused as r:
+            return self._quarantine(rx, r, size, sha)
+        try:
+            return self._accept(rx, ds, uids, size, sha)
+        except Unavailable as exc:
+            log.error("store of sop=%s failed: %s", rx.sop_instance_uid, exc)
+            return Outcome(
+                statuses.OUT_OF_RESOURCES_STORAGE,
+                "storage unavailable",
+                reason="storage-unavailable",
+            )
+
+    # ------------------------------------------------------------------ steps
+    def _check_log_accepting(self) -> None:
+        depth = self.outbox.depth() if self.limits.max_outbox_depth else 0
+        if depth >= self.limits.max_outbox_depth:
+            raise Refused(
+                statuses.OUT_OF_RESOURCES_EVENT_LOG,
+                "outbox-full",
+                "event log unavailable and local spool full",
+            )
+        if self.limits.refuse_when_log_down and (
+            self.outbox.oldest_pending_age() > self.limits.refuse_after_s
+        ):
+            raise Refused(
+                statuses.OUT_OF_RESOURCES_EVENT_LOG,
+                "event-log-unavailable",
+                "event log unavailable",
+            )
+
+    def _validate(self, rx: Received, size: int) -> tuple[object, dict[str, str]]:
+        if size > self.limits.max_object_bytes:
+            raise Refused(
+                statuses.OUT_OF_RESOURCES_OBJECT_TOO_LARGE,
+                "too-large",
+                f"object of {size} bytes exceeds the limit",
+            )
+        try:
+            dicom.check_structure(rx.path)
             ds = dicom.read_header(rx.path)
         except Invalid as exc:
-            return Outcome(statuses.CANNOT_UNDERSTAND_UNDECODABLE, str(exc)[:64])
-
+            raise Refused(
+                statuses.CANNOT_UNDERSTAND_UNDECODABLE, "undecodable", str(exc)[:64]
+            ) from exc
         uids = {k: dicom.text(ds, k) for k in REQUIRED_UIDS}
         missing = [k for k, v in uids.items() if not v]
         if missing:
-            return Outcome(statuses.CANNOT_UNDERSTAND_MISSING_UID, f"missing {','.join(missing)}")
+            raise Refused(
+                statuses.CANNOT_UNDERSTAND_MISSING_UID,
+                "missing-uid",
+                f"missing {','.join(missing)}",
+            )
         invalid = [k for k, v in uids.items() if not dicom.is_valid_uid(v)]
         if invalid:
-            return Outcome(statuses.CANNOT_UNDERSTAND_INVALID_UID, f"invalid {','.join(invalid)}")
+            raise Refused(
+                statuses.CANNOT_UNDERSTAND_INVALID_UID,
+                "invalid-uid",
+                f"invalid {','.join(invalid)}",
+            )
         if uids["SOPClassUID"] != rx.sop_class_uid:
-            return Outcome(
-                statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the request"
+            raise Refused(
+                statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "sop-class-mismatch",
+                "SOPClassUID differs from the request",
             )
         if uids["SOPInstanceUID"] != rx.sop_instance_uid:
-            return Outcome(
+            raise Refused(
                 statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "sop-instance-mismatch",
                 "SOPInstanceUID differs from the request",
             )
+        return ds, uids
 
-        size, sha = _digest(rx.path)
+    def _accept(
+        self, rx: Received, ds: object, uids: dict[str, str], size: int, sha: str
+    ) -> Outcome:
         key = instance_key(
             uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"], sha
         )
-        try:
-            self.tier.put_file(key, rx.path)
-        except Unavailable as exc:
-            log.error("hot tier write failed for sop=%s: %s", rx.sop_instance_uid, exc)
-            return Outcome(statuses.OUT_OF_RESOURCES_STORAGE, "storage unavailable")
-
+        # 1. bytes durable (content-addressed key: a retransmission lands on the same key)
+        self.tier.put_file(key, rx.path)
+        # 2. event durable (fsync'd outbox; deduplicated on (sop, sha256))
+        previous = self.outbox.latest_sha256(uids["SOPInstanceUID"])
+        ae = self.aes.lookup(rx.calling_ae)
         now = datetime.now(UTC)
+        issuer = dicom.text(ds, "IssuerOfPatientID") or ae.issuer_of_patient_id
         payload = pb.InstanceStored(
             sop_class_uid=uids["SOPClassUID"],
             sop_instance_uid=uids["SOPInstanceUID"],
             series_instance_uid=uids["SeriesInstanceUID"],
             study_instance_uid=uids["StudyInstanceUID"],
             patient=pb.PatientRef(
-                patient_id=dicom.text(ds, "PatientID"),
-                issuer_of_patient_id=dicom.text(ds, "IssuerOfPatientID"),
+                patient_id=normalize_id(dicom.text(ds, "PatientID")),
+                issuer_of_patient_id=normalize_id(issuer),
             ),
             modality=dicom.text(ds, "Modality"),
             transfer_syntax_uid=rx.transfer_syntax_uid,
@@ -122,8 +225,11 @@ class StoreService:
             peer_address=rx.peer_address,
             ingest_node=self.node,
             received_at=timestamp(now),
-            header_json=dicom.header_json(ds),
+            header_json=dicom.header_json(ds),  # the original header, as received
             received_via=rx.via,
+            supersedes_sha256=previous if previous and previous != sha else "",
+            calling_ae_site=ae.site,
+            calling_ae_institution=ae.institution,
         )
         env = envelope(
             payload,
@@ -132,14 +238,57 @@ class StoreService:
             node=self.node,
             occurred_at=now,
         )
-        try:
-            self.publisher.publish(self.topic, uids["StudyInstanceUID"], env.SerializeToString())
-        except Unavailable as exc:
-            # The bytes are durable but unannounced: the sender gets a retryable failure and will
-            # send again; the retry lands on the same content-addressed key (no second copy).
-            log.error("event log unavailable for sop=%s: %s", rx.sop_instance_uid, exc)
-            return Outcome(statuses.OUT_OF_RESOURCES_EVENT_LOG, "event log unavailable")
+        appended = self.outbox.append(
+            event_id=env.event_id,
+            topic=self.topic,
+            key=uids["StudyInstanceUID"],
+            value=env.SerializeToString(),
+            sop_uid=uids["SOPInstanceUID"],
+            sha256=sha,
+        )
+        if not getattr(appended, "new", True):
+            return Outcome(statuses.SUCCESS, duplicate=True)
         return Outcome(statuses.SUCCESS, event=env)
+
+    def _quarantine(self, rx: Received, r: Refused, size: int, sha: str) -> Outcome:
+        """Keep the refused bytes and record why; the sender gets the precise status."""
+        key = f"{sha}.dcm"
+        try:
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            dst = self.quarantine_dir / key
+            if not dst.exists():
+                rx.path.rename(dst)
+            q = pb.InstanceQuarantined(
+                reason=r.reason,
+                detail=r.comment,
+                dimse_status=r.status,
+                sop_class_uid=rx.sop_class_uid,
+                sop_instance_uid=rx.sop_instance_uid,
+                size_bytes=size,
+                sha256=sha,
+                location=pb.StorageLocation(tier="quarantine", key=key),
+                calling_ae_title=rx.calling_ae,
+                called_ae_title=rx.called_ae,
+                peer_address=rx.peer_address,
+                ingest_node=self.node,
+                received_at=timestamp(datetime.now(UTC)),
+            )
+            env = envelope(q, study_uid="", service="ingest", node=self.node)
+            self.outbox.append(
+                event_id=env.event_id,
+                topic=self.quarantine_topic,
+                key=rx.sop_instance_uid or str(uuid.uuid4()),
+                value=env.SerializeToString(),
+            )
+        except (OSError, Unavailable) as exc:
+            log.error("quarantine of a refused object failed: %s", exc)
+        return Outcome(r.status, r.comment, reason=r.reason)
+
+
+def normalize_id(value: str) -> str:
+    """Patient ID / issuer as an identity key: surrounding blanks and NULs removed (PS3.5 pads
+    LO values with spaces; equipment sometimes with NULs). Case is kept: IDs are opaque."""
+    return value.strip(" \0\t")
 
 
 def _digest(path: Path) -> tuple[int, str]:

@@ -127,8 +127,22 @@ def rows_for(env: pb.Envelope, partition: int, offset: int) -> Rows:
         "header_json": e.header_json,
         **log,
     }
+    version = {
+        "study_uid": e.study_instance_uid,
+        "series_uid": e.series_instance_uid,
+        "sop_uid": e.sop_instance_uid,
+        "sha256": e.sha256,
+        "supersedes_sha256": e.supersedes_sha256,
+        "size_bytes": e.size_bytes,
+        "tier": e.location.tier,
+        "storage_key": e.location.key,
+        "calling_ae_title": e.calling_ae_title,
+        "received_at": instance["received_at"],
+        **log,
+    }
     return {
         "instances": [instance],
+        "instance_versions": [version],
         "series": [
             {"study_uid": e.study_instance_uid, **series, "header_json": e.header_json, **log}
         ],

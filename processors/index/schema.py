@@ -74,6 +74,21 @@ def ddl(db: str) -> list[str]:
             {LOG_COLUMNS}
         ) ENGINE = ReplacingMergeTree(log_version)
         ORDER BY (study_uid, series_uid, sop_uid)""",
+        # Every stored version of every instance (history: same SOP Instance UID, other bytes).
+        f"""CREATE TABLE IF NOT EXISTS {db}.instance_versions (
+            study_uid String,
+            series_uid String,
+            sop_uid String,
+            sha256 String,
+            supersedes_sha256 String,
+            size_bytes UInt64,
+            tier LowCardinality(String),
+            storage_key String,
+            calling_ae_title LowCardinality(String),
+            received_at DateTime64(3, 'UTC'),
+            {LOG_COLUMNS}
+        ) ENGINE = ReplacingMergeTree(log_version)
+        ORDER BY (study_uid, series_uid, sop_uid, sha256)""",
         # One row per series: the series attributes of its latest instance event.
         f"""CREATE TABLE IF NOT EXISTS {db}.series (
             study_uid String,
@@ -93,4 +108,4 @@ def ddl(db: str) -> list[str]:
     ]
 
 
-TABLES = ("instances", "series", "studies")
+TABLES = ("instances", "instance_versions", "series", "studies")

@@ -12,7 +12,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from common.errors import Unavailable
 from processors.index.projection import Rows
-from processors.index.schema import ddl
+from processors.index.schema import TABLES, ddl
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class IndexStore:
     def migrate(self) -> None:
         for stmt in ddl(self.database):
             self.client.command(stmt)
-        for table in ("instances", "series", "studies"):
+        for table in TABLES:
             cols = self.client.query(
                 "SELECT name FROM system.columns WHERE database={db:String} AND table={t:String} "
                 "ORDER BY position",

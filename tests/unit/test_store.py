@@ -12,21 +12,41 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from archive.hot import HotTier
 from common.errors import Unavailable
 from ingest import statuses
-from ingest.store import Received, StoreService
+from ingest.config import AEConfig, CallingAE
+from ingest.outbox import Outbox
+from ingest.store import Limits, Received, StoreService
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 
 
-class FakeLog:
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.records: list[tuple[str, str, bytes]] = []
+class FakeLog(Outbox):
+    """The real SQLite outbox (a local file), with a switch to make appends fail."""
 
-    def publish(self, topic: str, key: str, value: bytes) -> tuple[int, int]:
+    def __init__(self, path: Path, fail: bool = False) -> None:
+        super().__init__(path)
+        self.fail = fail
+
+    def append(self, **kw):  # type: ignore[override]
         if self.fail:
-            raise Unavailable("broker down")
-        self.records.append((topic, key, value))
-        return 0, len(self.records) - 1
+            raise Unavailable("disk full")
+        return super().append(**kw)
+
+    @property
+    def records(self) -> list[tuple[str, str, bytes]]:
+        return [(p.topic, p.key, p.value) for p in self.pending(10_000)]
+
+
+def service(tmp: Path, hot: HotTier, log: Outbox | None = None, **limits) -> StoreService:
+    return StoreService(
+        tier=hot,
+        outbox=log or FakeLog(tmp / "ob.sqlite"),
+        topic="t",
+        quarantine_topic="q",
+        quarantine_dir=tmp / "quarantine",
+        node="n1",
+        aes=AEConfig(aes={"CT1": CallingAE("CT1", "north", "General", "GH")}),
+        limits=Limits(**limits),
+    )
 
 
 def spool(tmp: Path, hot: HotTier, mutate=None) -> tuple[Path, pydicom.Dataset]:
@@ -58,8 +78,8 @@ def hot(tmp_path: Path) -> HotTier:
 
 
 def test_success_only_after_bytes_and_event(tmp_path: Path, hot: HotTier) -> None:
-    log = FakeLog()
-    svc = StoreService(hot, log, "t", "n1")
+    log = FakeLog(tmp_path / "ob.sqlite")
+    svc = service(tmp_path, hot, log)
     p, ds = spool(tmp_path, hot)
     data = p.read_bytes()
     out = svc.store(rx(p, ds))
@@ -73,48 +93,114 @@ def test_success_only_after_bytes_and_event(tmp_path: Path, hot: HotTier) -> Non
     assert e.patient.patient_id == ds.PatientID and e.modality == ds.Modality
     assert e.calling_ae_title == "CT1" and e.ingest_node == "n1"
     assert "7FE00010" not in e.header_json and "00100010" in e.header_json
+    # per-AE attributes; the AE's default issuer fills a missing Issuer of Patient ID
+    assert e.calling_ae_site == "north" and e.patient.issuer_of_patient_id == "GH"
 
 
-def test_event_log_down_answers_retryable_failure(tmp_path: Path, hot: HotTier) -> None:
-    svc = StoreService(hot, FakeLog(fail=True), "t", "n1")
+def test_same_bytes_again_is_an_idempotent_duplicate(tmp_path: Path, hot: HotTier) -> None:
+    log = FakeLog(tmp_path / "ob.sqlite")
+    svc = service(tmp_path, hot, log)
+    p, ds = spool(tmp_path, hot)
+    data = p.read_bytes()
+    assert svc.store(rx(p, ds)).ok
+    p2 = hot.incoming / "again.dcm"
+    p2.write_bytes(data)
+    out = svc.store(rx(p2, ds))
+    assert out.ok and out.duplicate and out.event is None
+    assert len(log.records) == 1
+    assert len(list(hot.root.rglob("*.dcm"))) == 1
+
+
+def test_other_bytes_same_uid_is_a_new_version(tmp_path: Path, hot: HotTier) -> None:
+    log = FakeLog(tmp_path / "ob.sqlite")
+    svc = service(tmp_path, hot, log)
+    p, ds = spool(tmp_path, hot)
+    first = svc.store(rx(p, ds)).event.instance_stored
+    p2, ds2 = spool(tmp_path, hot, lambda d: setattr(d, "StudyDescription", "corrected"))
+    second = svc.store(rx(p2, ds2)).event.instance_stored
+    assert second.sha256 != first.sha256
+    assert second.supersedes_sha256 == first.sha256
+    assert hot.exists(first.location.key) and hot.exists(second.location.key)
+    assert len(log.records) == 2
+
+
+def test_refused_bytes_are_quarantined_with_an_event(tmp_path: Path, hot: HotTier) -> None:
+    log = FakeLog(tmp_path / "ob.sqlite")
+    p, ds = spool(tmp_path, hot, lambda d: delattr(d, "StudyInstanceUID"))
+    data = p.read_bytes()
+    out = service(tmp_path, hot, log).store(rx(p, ds))
+    assert out.status == statuses.CANNOT_UNDERSTAND_MISSING_UID
+    [(topic, _key, value)] = log.records
+    assert topic == "q"
+    from common.events import decode
+
+    q = decode(value).instance_quarantined
+    assert q.reason == "missing-uid" and q.dimse_status == out.status
+    assert (tmp_path / "quarantine" / q.location.key).read_bytes() == data
+
+
+def test_truncated_dataset_is_refused(tmp_path: Path, hot: HotTier) -> None:
+    p, ds = spool(tmp_path, hot)
+    p.write_bytes(p.read_bytes()[:-100])
+    out = service(tmp_path, hot).store(rx(p, ds))
+    assert out.status == statuses.CANNOT_UNDERSTAND_UNDECODABLE and "truncated" in out.comment
+
+
+def test_oversize_object_is_refused(tmp_path: Path, hot: HotTier) -> None:
+    p, ds = spool(tmp_path, hot)
+    out = service(tmp_path, hot, max_object_bytes=1000).store(rx(p, ds))
+    assert out.status == statuses.OUT_OF_RESOURCES_OBJECT_TOO_LARGE
+
+
+def test_refuse_mode_refuses_when_log_is_behind(tmp_path: Path, hot: HotTier) -> None:
+    log = FakeLog(tmp_path / "ob.sqlite")
+    svc = service(tmp_path, hot, log, refuse_when_log_down=True, refuse_after_s=0.0)
+    p, ds = spool(tmp_path, hot)
+    assert svc.store(rx(p, ds)).ok  # nothing pending yet: accepted, now pending
+    import time
+
+    time.sleep(0.01)
+    p2, ds2 = spool(tmp_path, hot, lambda d: setattr(d, "SOPInstanceUID", generate_uid()))
+    assert svc.store(rx(p2, ds2)).status == statuses.OUT_OF_RESOURCES_EVENT_LOG
+
+
+def test_outbox_failure_answers_retryable_failure(tmp_path: Path, hot: HotTier) -> None:
+    svc = service(tmp_path, hot, FakeLog(tmp_path / "ob.sqlite", fail=True))
     p, ds = spool(tmp_path, hot)
     out = svc.store(rx(p, ds))
-    assert out.status == statuses.OUT_OF_RESOURCES_EVENT_LOG
     assert 0xA700 <= out.status <= 0xA7FF  # "Refused: out of resources": the sender retries
 
 
 @pytest.mark.parametrize("attr", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
 def test_missing_uid_is_cannot_understand(tmp_path: Path, hot: HotTier, attr: str) -> None:
-    log = FakeLog()
+    log = FakeLog(tmp_path / "ob.sqlite")
     p, ds = spool(tmp_path, hot, lambda d: delattr(d, attr))
-    out = StoreService(hot, log, "t", "n1").store(rx(p, ds, sop_instance_uid="1.2.3"))
+    out = service(tmp_path, hot, log).store(rx(p, ds, sop_instance_uid="1.2.3"))
     assert out.status in (
         statuses.CANNOT_UNDERSTAND_MISSING_UID,
         statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
     )
     if attr != "SOPInstanceUID":
         assert out.status == statuses.CANNOT_UNDERSTAND_MISSING_UID and attr in out.comment
-    assert log.records == []
+    assert [t for t, _, _ in log.records] == ["q"]  # only the quarantine record
 
 
 def test_invalid_uid(tmp_path: Path, hot: HotTier) -> None:
     p, ds = spool(tmp_path, hot, lambda d: setattr(d, "StudyInstanceUID", "1.2.abc"))
-    out = StoreService(hot, FakeLog(), "t", "n1").store(rx(p, ds))
+    out = service(tmp_path, hot).store(rx(p, ds))
     assert out.status == statuses.CANNOT_UNDERSTAND_INVALID_UID
 
 
 def test_sop_class_mismatch(tmp_path: Path, hot: HotTier) -> None:
     p, ds = spool(tmp_path, hot)
-    out = StoreService(hot, FakeLog(), "t", "n1").store(
-        rx(p, ds, sop_class_uid="1.2.840.10008.5.1.4.1.1.4")
-    )
+    out = service(tmp_path, hot).store(rx(p, ds, sop_class_uid="1.2.840.10008.5.1.4.1.1.4"))
     assert out.status == statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS
 
 
 def test_garbage_is_undecodable(tmp_path: Path, hot: HotTier) -> None:
     p = hot.incoming / "junk.dcm"
     p.write_bytes(b"this is not a DICOM file at all")
-    out = StoreService(hot, FakeLog(), "t", "n1").store(
+    out = service(tmp_path, hot).store(
         Received(p, "1.2", "1.2.3", ExplicitVRLittleEndian, "A", "B", "x")
     )
     assert out.status == statuses.CANNOT_UNDERSTAND_UNDECODABLE

@@ -55,7 +55,7 @@ class PatientRef(_message.Message):
     def __init__(self, patient_id: _Optional[str] = ..., issuer_of_patient_id: _Optional[str] = ...) -> None: ...
 
 class InstanceStored(_message.Message):
-    __slots__ = ("sop_class_uid", "sop_instance_uid", "series_instance_uid", "study_instance_uid", "patient", "modality", "transfer_syntax_uid", "size_bytes", "sha256", "location", "calling_ae_title", "called_ae_title", "peer_address", "ingest_node", "received_at", "header_json", "received_via")
+    __slots__ = ("sop_class_uid", "sop_instance_uid", "series_instance_uid", "study_instance_uid", "patient", "modality", "transfer_syntax_uid", "size_bytes", "sha256", "location", "calling_ae_title", "called_ae_title", "peer_address", "ingest_node", "received_at", "header_json", "received_via", "supersedes_sha256", "calling_ae_site", "calling_ae_institution")
     SOP_CLASS_UID_FIELD_NUMBER: _ClassVar[int]
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,9 @@ class InstanceStored(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     HEADER_JSON_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_VIA_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDES_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CALLING_AE_SITE_FIELD_NUMBER: _ClassVar[int]
+    CALLING_AE_INSTITUTION_FIELD_NUMBER: _ClassVar[int]
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str
@@ -90,10 +93,13 @@ class InstanceStored(_message.Message):
     received_at: _timestamp_pb2.Timestamp
     header_json: str
     received_via: str
-    def __init__(self, sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., patient: _Optional[_Union[PatientRef, _Mapping]] = ..., modality: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., peer_address: _Optional[str] = ..., ingest_node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., header_json: _Optional[str] = ..., received_via: _Optional[str] = ...) -> None: ...
+    supersedes_sha256: str
+    calling_ae_site: str
+    calling_ae_institution: str
+    def __init__(self, sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., patient: _Optional[_Union[PatientRef, _Mapping]] = ..., modality: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., peer_address: _Optional[str] = ..., ingest_node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., header_json: _Optional[str] = ..., received_via: _Optional[str] = ..., supersedes_sha256: _Optional[str] = ..., calling_ae_site: _Optional[str] = ..., calling_ae_institution: _Optional[str] = ...) -> None: ...
 
 class InstanceQuarantined(_message.Message):
-    __slots__ = ("reason", "detail", "dimse_status", "sop_class_uid", "sop_instance_uid", "study_instance_uid", "size_bytes", "sha256", "location", "calling_ae_title", "called_ae_title", "peer_address", "ingest_node", "received_at")
+    __slots__ = ("reason", "detail", "dimse_status", "sop_class_uid", "sop_instance_uid", "study_instance_uid", "size_bytes", "sha256", "location", "calling_ae_title", "called_ae_title", "peer_address", "ingest_node", "received_at", "series_instance_uid")
     REASON_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     DIMSE_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +114,7 @@ class InstanceQuarantined(_message.Message):
     PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     INGEST_NODE_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     reason: str
     detail: str
     dimse_status: int
@@ -122,4 +129,5 @@ class InstanceQuarantined(_message.Message):
     peer_address: str
     ingest_node: str
     received_at: _timestamp_pb2.Timestamp
-    def __init__(self, reason: _Optional[str] = ..., detail: _Optional[str] = ..., dimse_status: _Optional[int] = ..., sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., peer_address: _Optional[str] = ..., ingest_node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    series_instance_uid: str
+    def __init__(self, reason: _Optional[str] = ..., detail: _Optional[str] = ..., dimse_status: _Optional[int] = ..., sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., peer_address: _Optional[str] = ..., ingest_node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., series_instance_uid: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,196 @@
+"""The ingest node: N worker processes sharing the DICOM port, one relay, one health/metrics
+endpoint.
+
+    node (this process) ── relay thread: outbox -> Kafka, in order
+      │                 └─ HTTP /healthz, /metrics (merged from every worker)
+      ├─ worker 1: C-STORE SCP (SO_REUSEPORT) -> hot tier + outbox
+      └─ worker N: ...
+
+A worker that dies (even kill -9) is restarted; what it acknowledged is already durable in the
+hot tier and the outbox. SIGTERM drains: workers stop accepting and finish their associations,
+then the relay publishes what is left (if Kafka is up) and the node exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from common.settings import Settings
+
+log = logging.getLogger("strata.ingest")
+
+
+def prepare_metrics_dir(settings: Settings) -> str:
+    d = settings.run_dir / "metrics-ingest"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(d)
+    return str(d)
+
+
+def run_node(settings: Settings) -> None:
+    metrics_dir = prepare_metrics_dir(settings)  # before prometheus_client is imported
+    from ingest import metrics
+    from ingest.outbox import Outbox
+    from ingest.relay import Relay
+
+    outbox = Outbox(settings.outbox_path)
+    relay = Relay(outbox, settings.kafka_bootstrap, on_published=metrics.PUBLISHED.inc)
+    relay.start()
+    n = settings.ingest_workers or os.cpu_count() or 1
+    env = {**os.environ, **settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    argv = [sys.executable, "-m", "cli.main", "serve", "ingest-worker"]
+    workers: list[subprocess.Popen[bytes]] = [subprocess.Popen(argv, env=env) for _ in range(n)]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def health() -> dict[str, Any]:
+        alive = sum(1 for w in workers if w.poll() is None)
+        age = outbox.oldest_pending_age()
+        state = {
+            "workers": alive,
+            "workers_wanted": n,
+            "kafka_up": relay.kafka_ok,
+            "outbox_depth": outbox.depth(),
+            "outbox_oldest_seconds": round(age, 3),
+        }
+        # Healthy = can accept and make durable. Kafka down with the spool working is
+        # "degraded" (still accepting, durable locally), not unhealthy.
+        state["status"] = "ok" if alive and relay.kafka_ok else ("degraded" if alive else "down")
+        return state
+
+    server = _http_server(settings, health)
+    log.info(
+        "ingest node: %d workers on %s:%d, health/metrics on :%d",
+        n,
+        settings.bind_host,
+        settings.ingest_port,
+        settings.ingest_http_port,
+    )
+    while not stop.is_set():
+        for i, w in enumerate(workers):
+            if w.poll() is not None and not stop.is_set():
+                log.error("ingest worker pid=%d exited (%s); restarting", w.pid, w.returncode)
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(w.pid)
+                workers[i] = subprocess.Popen(argv, env=env)
+        metrics.OUTBOX_DEPTH.set(outbox.depth())
+        metrics.OUTBOX_OLDEST.set(outbox.oldest_pending_age())
+        metrics.KAFKA_UP.set(1 if relay.kafka_ok else 0)
+        metrics.WORKERS.set(sum(1 for w in workers if w.poll() is None))
+        stop.wait(0.5)
+
+    log.info("ingest node: draining")
+    for w in workers:
+        if w.poll() is None:
+            w.send_signal(signal.SIGTERM)
+    for w in workers:
+        try:
+            w.wait(timeout=settings.network_timeout + 5)
+        except subprocess.TimeoutExpired:
+            w.kill()
+    relay.stop(drain_timeout=10.0)
+    server.shutdown()
+    outbox.close()
+    log.info("ingest node stopped (outbox depth %d)", outbox.depth())
+
+
+def _http_server(settings: Settings, health: Any) -> ThreadingHTTPServer:
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        generate_latest,
+        multiprocess,
+    )
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            if self.path.startswith("/metrics"):
+                registry = CollectorRegistry()
+                multiprocess.MultiProcessCollector(registry)
+                body = generate_latest(registry)
+                ctype = CONTENT_TYPE_LATEST
+                code = 200
+            elif self.path.startswith("/healthz"):
+                state = health()
+                body = json.dumps(state).encode()
+                ctype = "application/json"
+                code = 200 if state["status"] != "down" else 503
+            else:
+                body, ctype, code = b"not found\n", "text/plain", 404
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((settings.bind_host, settings.ingest_http_port), Handler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server
+
+
+def run_worker(settings: Settings) -> None:
+    """One ingest worker: the C-STORE SCP writing to the hot tier and the outbox."""
+    from archive.hot import HotTier
+    from ingest import config
+    from ingest.outbox import Outbox
+    from ingest.scp import build_ae, configure_receive, enable_reuseport, handlers
+    from ingest.store import Limits, StoreService
+
+    hot = HotTier(settings.hot_dir)
+    configure_receive(hot.incoming)
+    enable_reuseport()
+    aes = config.load(settings.ae_config)
+    service = StoreService(
+        tier=hot,
+        outbox=Outbox(settings.outbox_path),
+        topic=settings.study_topic,
+        quarantine_topic=settings.quarantine_topic,
+        quarantine_dir=settings.quarantine_dir,
+        node=settings.node_name,
+        aes=aes,
+        limits=Limits(
+            max_object_bytes=settings.max_object_bytes,
+            refuse_when_log_down=settings.outbox_mode == "refuse",
+            refuse_after_s=settings.outbox_refuse_after,
+            max_outbox_depth=settings.outbox_max_depth,
+        ),
+    )
+    ae = build_ae(
+        settings.ingest_ae_title,
+        settings.max_pdu,
+        {
+            "network": settings.network_timeout,
+            "acse": settings.acse_timeout,
+            "dimse": settings.dimse_timeout,
+        },
+        allow_list=aes.allow_list,
+    )
+    server = ae.start_server(
+        (settings.bind_host, settings.ingest_port), block=False, evt_handlers=handlers(service)
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        stop.wait(1.0)
+    # Drain: stop accepting, let running associations finish their stores, then exit.
+    server.shutdown()
+    deadline = time.monotonic() + settings.network_timeout
+    while server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
