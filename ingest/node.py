@@ -44,6 +44,7 @@ def run_node(settings: Settings) -> None:
     from ingest.outbox import Outbox
     from ingest.relay import Relay
 
+    _purge_incoming(settings)
     outbox = Outbox(settings.outbox_path)
     relay = Relay(outbox, settings.kafka_bootstrap, on_published=metrics.PUBLISHED.inc)
     relay.start()
@@ -105,6 +106,15 @@ def run_node(settings: Settings) -> None:
     server.shutdown()
     outbox.close()
     log.info("ingest node stopped (outbox depth %d)", outbox.depth())
+
+
+def _purge_incoming(settings: Settings) -> None:
+    """Partial receptions left by a killed worker: never acknowledged, so never stored. Safe to
+    remove at node start, before any worker runs."""
+    incoming = settings.hot_dir / ".incoming"
+    if incoming.is_dir():
+        for f in incoming.iterdir():
+            f.unlink(missing_ok=True)
 
 
 def _http_server(settings: Settings, health: Any) -> ThreadingHTTPServer:

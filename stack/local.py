@@ -51,10 +51,11 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
         settings.bind_host, settings.qr_port, settings.qr_ae_title, svc["index"].proc, timeout
     )
     svc["ingest"].proc.start([python, "-m", "cli.main", "serve", "ingest"], env=env)
-    wait_echo(
+    # Readiness through /healthz, not C-ECHO: the calling-AE allow-list may refuse our probe.
+    wait_healthy(
         settings.bind_host,
+        settings.ingest_http_port,
         settings.ingest_port,
-        settings.ingest_ae_title,
         svc["ingest"].proc,
         timeout,
     )
@@ -109,6 +110,35 @@ def wait_echo(host: str, port: int, ae_title: str, proc: Proc, timeout: float) -
             pass
         time.sleep(0.3)
     raise Unavailable(f"{proc.name} did not answer C-ECHO within {timeout:.0f}s:\n{proc.tail(30)}")
+
+
+def health(host: str, http_port: int) -> dict[str, object] | None:
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{http_port}/healthz", timeout=2) as r:
+            return dict(json.loads(r.read()))
+    except Exception:
+        return None
+
+
+def wait_healthy(host: str, http_port: int, dicom_port: int, proc: Proc, timeout: float) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.pid():
+            raise Unavailable(f"{proc.name} exited during start-up; log tail:\n{proc.tail(30)}")
+        h = health(host, http_port)
+        if h and h.get("workers") == h.get("workers_wanted"):
+            try:
+                with socket.create_connection((host, dicom_port), timeout=1):
+                    return
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise Unavailable(f"{proc.name} not healthy within {timeout:.0f}s:\n{proc.tail(30)}")
 
 
 def _base_env() -> dict[str, str]:

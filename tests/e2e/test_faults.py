@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # two workers
     s = make_stack(tmp_path_factory.mktemp("fault-home"))
     s.env["STRATA_INGEST_WORKERS"] = "2"
     s.up()
@@ -42,9 +42,21 @@ def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def start_storescu(stack: Stack, files: list[Path]) -> subprocess.Popen[str]:
     require_tool("storescu")
     return subprocess.Popen(
-        ["storescu", "-v", "-aet", "FAULTCT", "-aec", stack.settings.ingest_ae_title,
-         "127.0.0.1", str(stack.settings.ingest_port), *map(str, files)],
-        env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            "storescu",
+            "-v",
+            "-aet",
+            "FAULTCT",
+            "-aec",
+            stack.settings.ingest_ae_title,
+            "127.0.0.1",
+            str(stack.settings.ingest_port),
+            *map(str, files),
+        ],
+        env=dcmtk_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -75,12 +87,16 @@ def send_until_acked(stack: Stack, files: list[Path], acked: set[str]) -> set[st
 
 def study_events(stack: Stack, study_uid: str) -> list[events_pb2.InstanceStored]:
     topic = stack.settings.study_topic
-    c = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap,
-                  "group.id": f"fault-{time.time_ns()}", "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": stack.settings.kafka_bootstrap,
+            "group.id": f"fault-{time.time_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in parts}
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
         c.assign([TopicPartition(topic, p, 0) for p in parts])
         out, done = [], {p for p, e in ends.items() if e == 0}
         deadline = time.monotonic() + 60
@@ -103,8 +119,14 @@ def wait_indexed(stack: Stack, study_uid: str, n: int, timeout: float = 60) -> i
     deadline = time.monotonic() + timeout
     got = -1
     while time.monotonic() < deadline:
-        got = len(findscu(stack.settings.qr_port, stack.settings.qr_ae_title, "IMAGE",
-                          {"StudyInstanceUID": study_uid, "SOPInstanceUID": ""}))
+        got = len(
+            findscu(
+                stack.settings.qr_port,
+                stack.settings.qr_ae_title,
+                "IMAGE",
+                {"StudyInstanceUID": study_uid, "SOPInstanceUID": ""},
+            )
+        )
         if got >= n:
             return got
         time.sleep(0.5)
@@ -118,7 +140,8 @@ def assert_exact(stack: Stack, files: list[Path], study_uid: str) -> None:
     assert wait_indexed(stack, study_uid, len(sops)) == len(sops)
     events = study_events(stack, study_uid)
     assert sorted(e.sop_instance_uid for e in events) == sorted(sops), (
-        "exactly one InstanceStored per acknowledged instance")
+        "exactly one InstanceStored per acknowledged instance"
+    )
     for e in events:
         data = (stack.settings.hot_dir / e.location.key).read_bytes()
         assert hashlib.sha256(data).hexdigest() == e.sha256 and len(data) == e.size_bytes
@@ -151,8 +174,7 @@ def test_kill_ingest_worker_mid_association(fstack: Stack, tmp_path: Path) -> No
     sender = start_storescu(fstack, files)
     time.sleep(1.0)
     node = int((fstack.settings.run_dir / "ingest.pid").read_text())
-    workers = [int(p) for p in
-               Path(f"/proc/{node}/task/{node}/children").read_text().split()]
+    workers = [int(p) for p in Path(f"/proc/{node}/task/{node}/children").read_text().split()]
     assert workers, "the ingest node should have worker processes"
     for w in workers:
         os.kill(w, signal.SIGKILL)
