@@ -1,13 +1,16 @@
 """The hot tier: objects on a local filesystem.
 
-Durability: an object is durable only after its bytes are fsync'd, it was renamed into place
-and the directory entries were fsync'd. ``put_file`` returns only then.
+Durability: an object is durable only after its bytes are fsync'd, it was linked into place
+and the directory entries on its path were fsync'd. ``put_file`` returns only then. Directories
+already made durable by this process are remembered, so the usual cost is two fsyncs: the
+file and its directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -19,15 +22,16 @@ TIER = "hot"
 
 class HotTier:
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.incoming = root / ".incoming"
+        self.root = root.resolve()
+        self.incoming = self.root / ".incoming"
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self._durable_dirs: set[str] = {str(self.root)}
+        self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
-        p = (self.root / key).resolve()
-        if self.root.resolve() not in p.parents:
+        if key.startswith("/") or ".." in key.split("/") or "\0" in key:
             raise Invalid(f"key escapes the tier root: {key!r}")
-        return p
+        return self.root / key
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -41,19 +45,39 @@ class HotTier:
         dst = self.path(key)
         try:
             _fsync_file(src)
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            self._ensure_dir(dst.parent)
             try:
                 # link() fails if dst exists: the atomic "create if absent" we need.
                 os.link(src, dst)
                 created = True
             except FileExistsError:
                 created = False
-            os.unlink(src)
-            _fsync_dir_chain(dst.parent, self.root)
-            _fsync_dir(src.parent)
+            os.unlink(src)  # the spool entry needs no durability: it is never read again
+            if created:
+                _fsync_dir(str(dst.parent))
         except OSError as exc:
             raise Unavailable(f"hot tier write failed: {exc.strerror}") from exc
         return created
+
+    def _ensure_dir(self, d: Path) -> None:
+        """Create ``d`` and make every directory entry on its path durable (once)."""
+        s = str(d)
+        if s in self._durable_dirs:
+            return
+        missing = []
+        p = d
+        while str(p) not in self._durable_dirs and p != p.parent:
+            missing.append(p)
+            p = p.parent
+        d.mkdir(parents=True, exist_ok=True)
+        # fsync each new directory's parent (its entry) from the top down, then the leaf.
+        for m in reversed(missing):
+            _fsync_dir(str(m.parent))
+        _fsync_dir(s)
+        with self._lock:
+            self._durable_dirs.update(str(m) for m in missing)
+            if len(self._durable_dirs) > 100_000:  # bounded memory; re-fsync is harmless
+                self._durable_dirs = {str(self.root)}
 
     @contextlib.contextmanager
     def open(self, key: str) -> Iterator[BinaryIO]:
@@ -73,20 +97,9 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir_chain(leaf: Path, root: Path) -> None:
-    """fsync ``leaf`` and each parent up to ``root``: new directories must be durable too."""
-    d = leaf
-    root = root.resolve()
-    while True:
-        _fsync_dir(d)
-        if d.resolve() == root or d.parent == d:
-            break
-        d = d.parent

@@ -18,4 +18,4 @@ def instance_key(study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> 
             raise Invalid(f"{name} UID is not a valid UID: {uid!r}")
     if not _SHA256.match(sha256):
         raise Invalid("sha256 must be 64 lowercase hex digits")
-    return f"studies/{study_uid}/{series_uid}/{sop_uid}/{sha256}.dcm"
+    return f"studies/{study_uid}/{series_uid}/{sop_uid}.{sha256}.dcm"

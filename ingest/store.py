@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -111,6 +112,9 @@ class StoreService:
     node: str
     aes: AEConfig
     limits: Limits
+    _sampled_at: float = field(default=-1e9, init=False, repr=False)
+    _depth: int = field(default=0, init=False, repr=False)
+    _oldest: float = field(default=0.0, init=False, repr=False)
 
     def store(self, rx: Received) -> Outcome:
         try:
@@ -134,16 +138,22 @@ class StoreService:
 
     # ------------------------------------------------------------------ steps
     def _check_log_accepting(self) -> None:
-        depth = self.outbox.depth() if self.limits.max_outbox_depth else 0
-        if depth >= self.limits.max_outbox_depth:
+        """Refuse (retryably) when the spool is full or, in 'refuse' mode, Kafka is behind.
+        The outbox state is sampled at most every 100 ms: two queries per image add up."""
+        now = time.monotonic()
+        if now - self._sampled_at > 0.1:
+            self._depth = self.outbox.depth()
+            self._oldest = (
+                self.outbox.oldest_pending_age() if self.limits.refuse_when_log_down else 0.0
+            )
+            self._sampled_at = now
+        if self._depth >= self.limits.max_outbox_depth:
             raise Refused(
                 statuses.OUT_OF_RESOURCES_EVENT_LOG,
                 "outbox-full",
                 "event log unavailable and local spool full",
             )
-        if self.limits.refuse_when_log_down and (
-            self.outbox.oldest_pending_age() > self.limits.refuse_after_s
-        ):
+        if self.limits.refuse_when_log_down and self._oldest > self.limits.refuse_after_s:
             raise Refused(
                 statuses.OUT_OF_RESOURCES_EVENT_LOG,
                 "event-log-unavailable",
