@@ -159,7 +159,7 @@ def test_refuse_mode_refuses_when_log_is_behind(tmp_path: Path, hot: HotTier) ->
     assert svc.store(rx(p, ds)).ok  # nothing pending yet: accepted, now pending
     import time
 
-    time.sleep(0.01)
+    time.sleep(0.15)  # the outbox state is sampled every 100 ms
     p2, ds2 = spool(tmp_path, hot, lambda d: setattr(d, "SOPInstanceUID", generate_uid()))
     assert svc.store(rx(p2, ds2)).status == statuses.OUT_OF_RESOURCES_EVENT_LOG
 
