@@ -53,7 +53,143 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     rows = local.status(settings)
     print(_table(["service", "state", "pid", "endpoint"], rows))
+    detail = local.log_status(settings)
+    if detail:
+        print()
+        print(_table(["topic", "log end", "indexed", "lag", "ingest outbox"], detail))
     return 0 if all(r[1] == "running" for r in rows) else 3
+
+
+def _index_http(settings: Settings, path: str, timeout: float = 120) -> dict:
+    import json
+    import urllib.request
+
+    url = f"http://{settings.bind_host}:{settings.index_http_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return dict(json.loads(r.read()))
+    except OSError as exc:
+        raise StrataError(f"the index node does not answer at {url}: {exc}") from exc
+
+
+def _positions(raw: dict) -> dict[str, dict[int, int]]:
+    return {t: {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
+
+
+def _fresh_index(path: Path, database: str):  # noqa: ANN202 - IndexStore, imported lazily
+    import shutil
+
+    from processors.index.store import IndexStore
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    index = IndexStore(f"chdb://{path.resolve()}", database)
+    index.migrate()
+    return index
+
+
+def _replay(settings: Settings, index, until, start=None, quiet=False):  # noqa: ANN001,ANN202
+    from tqdm import tqdm
+
+    from processors.replay import replay
+
+    total = sum(
+        max(0, end - (start or {}).get(t, {}).get(p, 0))
+        for t, parts in until.items()
+        for p, end in parts.items()
+    )
+    with tqdm(total=total, unit="ev", unit_scale=True, disable=quiet, desc="replay") as bar:
+        return replay(settings.kafka_bootstrap, index, until, start=start, on_progress=bar.update)
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Rebuild the whole index from offset 0 into a fresh database."""
+    from processors.replay import end_positions
+
+    target = Path(args.into or settings.home / "rebuild" / "index")
+    until = end_positions(
+        settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
+    )
+    index = _fresh_index(target, settings.clickhouse_database)
+    res = _replay(settings, index, until, quiet=args.quiet)
+    print(
+        f"replayed {res.events} events in {res.seconds:.1f} s ({res.rate:,.0f} events/s) "
+        f"into chdb://{target.resolve()}"
+    )
+    return 0
+
+
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Rebuild from the log and compare with the live index by deterministic checksums."""
+    import shutil
+    import time
+
+    from processors.index import checksum
+    from processors.replay import end_positions
+
+    target = Path(args.into or settings.home / "verify" / "index")
+    until = end_positions(
+        settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
+    )
+    index = _fresh_index(target, settings.clickhouse_database)
+    try:
+        _replay(settings, index, until, quiet=args.quiet)
+        # Compare at one log position: wait for the live index to reach what we rebuilt, and
+        # extend the rebuild if the live index has read further meanwhile.
+        deadline = time.monotonic() + args.wait
+        while True:
+            live_pos = _positions(_index_http(settings, "/positions"))
+            mine = checksum.positions(index)
+            if live_pos == mine:
+                break
+            ahead = any(
+                o > mine.get(t, {}).get(p, 0)
+                for t, parts in live_pos.items()
+                for p, o in parts.items()
+            )
+            if ahead:
+                _replay(settings, index, live_pos, start=mine, quiet=True)
+                continue
+            if time.monotonic() > deadline:
+                print(
+                    f"the live index did not reach the rebuilt position within {args.wait}s",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.5)
+        live = _index_http(settings, "/checksums")
+        live["positions"] = _positions(live["positions"])
+        rebuilt = checksum.snapshot(index)
+        rebuilt = {
+            "positions": rebuilt["positions"],
+            "tables": {t: list(v) for t, v in rebuilt["tables"].items()},
+            "studies": rebuilt["studies"],
+        }
+        diffs = checksum.compare(live, rebuilt)
+        print(
+            _table(
+                ["table", "live rows", "rebuilt rows", "checksum"],
+                [
+                    [
+                        t,
+                        live["tables"][t][0],
+                        rebuilt["tables"][t][0],
+                        "equal" if live["tables"][t] == rebuilt["tables"][t] else "DIFFERENT",
+                    ]
+                    for t in sorted(rebuilt["tables"])
+                ],
+            )
+        )
+        print(f"studies compared: {len(rebuilt['studies'])}; log position: {mine}")
+        if diffs:
+            print("\n".join(["DIFFERENCES:"] + diffs[:50]))
+            return 1
+        print("verify: the live index equals the index rebuilt from the log")
+        return 0
+    finally:
+        index.close()
+        if not args.keep:
+            shutil.rmtree(target, ignore_errors=True)
 
 
 def _files(paths: list[str]) -> list[Path]:
@@ -89,6 +225,9 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     contexts = sorted({(c, ts) for _, c, ts in items})
     if len(contexts) > 128:
         raise StrataError("more than 128 (SOP class, transfer syntax) pairs: send in batches")
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
     ae = AE(ae_title=args.calling_ae)
     ae.maximum_pdu_size = 0
     for c, ts in contexts:
@@ -105,7 +244,15 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     try:
         with tqdm(total=len(items), unit="inst", disable=args.quiet) as bar:
             for f, _, _ in items:
-                st = assoc.send_c_store(f)
+                try:
+                    st = assoc.send_c_store(f)
+                except (ValueError, AttributeError, OSError) as exc:
+                    failed += 1
+                    tqdm.write(f"FAILED {f}: cannot send ({exc})")
+                    bar.update(1)
+                    if not assoc.is_established:
+                        break
+                    continue
                 code = getattr(st, "Status", None)
                 if code == 0:
                     ok += 1
@@ -231,6 +378,18 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--accession")
     f.add_argument("--calling-ae", default="STRATA_CLI")
     f.set_defaults(fn=cmd_find)
+    r = sub.add_parser("replay", help="rebuild the index from offset 0 into a fresh database")
+    r.add_argument("--into", help="chDB directory of the new index (default <home>/rebuild)")
+    r.add_argument("-q", "--quiet", action="store_true")
+    r.set_defaults(fn=cmd_replay)
+    v = sub.add_parser("verify", help="rebuild from the log and compare with the live index")
+    v.add_argument("--into", help="chDB directory for the rebuild (default <home>/verify)")
+    v.add_argument("--keep", action="store_true", help="keep the rebuilt index")
+    v.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for the live index to catch up"
+    )
+    v.add_argument("-q", "--quiet", action="store_true")
+    v.set_defaults(fn=cmd_verify)
     sv = sub.add_parser("serve", help="run one service in the foreground")
     sv.add_argument("service", choices=["ingest", "ingest-worker", "index"])
     sv.set_defaults(fn=cmd_serve)

@@ -20,7 +20,7 @@ def timestamp(dt: datetime) -> Timestamp:
 
 
 def envelope(
-    payload: pb.InstanceStored | pb.InstanceQuarantined,
+    payload: pb.InstanceStored | pb.InstanceQuarantined | pb.StudyStable,
     *,
     study_uid: str,
     service: str,
@@ -40,6 +40,7 @@ def envelope(
     field = {
         "InstanceStored": "instance_stored",
         "InstanceQuarantined": "instance_quarantined",
+        "StudyStable": "study_stable",
     }[env.event_type]
     getattr(env, field).CopyFrom(payload)
     return env

@@ -98,9 +98,15 @@ class Settings:
     qr_ae_title: str = _setting("STRATA_QR", "AE title of the query/retrieve SCP.")
     qr_port: int = _setting(11113, "Port of the query/retrieve (C-FIND/C-ECHO) SCP.")
     find_limit: int = _setting(10000, "Maximum C-FIND matches returned for one request.")
+    index_http_port: int = _setting(
+        8082, "Port of the index node's /healthz, /metrics, /positions and /checksums."
+    )
 
     # --- processors ---
     index_batch_size: int = _setting(2000, "Maximum events per index write batch.")
+    study_quiet_seconds: float = _setting(
+        60.0, "A study with no new instance for this long is announced StudyStable."
+    )
     index_batch_window: float = _setting(
         0.05, "Seconds to wait to fill an index batch (trades latency for throughput)."
     )

@@ -1,26 +1,32 @@
-"""The faust application of the processors, and the index agent.
+"""The faust application of the processors: the index agents, the stability timer, and the
+index node's HTTP endpoints (/healthz, /metrics, /positions, /checksums).
 
-One agent per projection. The index agent reads the study-events topic in batches, derives rows
-from each event and its log position (processors.index.projection) and writes them idempotently;
-offsets are acknowledged only after the batch is written, so a crash redelivers, never skips.
+One agent per projection. The index agents read the source-of-truth topics in batches, derive
+rows from each event and its log position (processors.index.projection) and write them
+idempotently; offsets are acknowledged only after the batch is written, so a crash redelivers,
+never skips.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import faust
 from google.protobuf.message import DecodeError
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from common.events import decode
 from common.settings import Settings
+from processors.index import checksum
 from processors.index.projection import merge, rows_for
 from processors.index.store import IndexStore
 
 log = logging.getLogger(__name__)
+
+LAG = Gauge("strata_index_lag_events", "Events in the log not yet applied to the index", ["topic"])
+APPLIED = Gauge("strata_index_events_applied", "Events applied to the index (this process)")
 
 
 def create_app(settings: Settings, index: IndexStore) -> faust.App:
@@ -29,48 +35,107 @@ def create_app(settings: Settings, index: IndexStore) -> faust.App:
         broker=f"kafka://{settings.kafka_bootstrap}",
         datadir=str(settings.home / "faust"),
         store="memory://",
-        web_enabled=False,
+        web_enabled=True,
+        web_bind=settings.bind_host,
+        web_port=settings.index_http_port,
+        web_host=settings.bind_host,
         consumer_auto_offset_reset="earliest",
         topic_replication_factor=settings.replication_factor,
         broker_commit_interval=1.0,
         producer_acks=-1,
     )
-    study_events = app.topic(
-        settings.study_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    applied = {"n": 0}
 
-    @app.agent(study_events, name="index")
-    async def index_agent(stream: Any) -> None:
-        async for events in stream.take_events(
-            settings.index_batch_size, within=settings.index_batch_window
-        ):
-            batch = []
-            for ev in events:
-                try:
-                    env = decode(ev.value)
-                except DecodeError:
-                    # A record that is not an Envelope cannot be indexed, ever: skip it loudly
-                    # rather than wedge the projection (it stays in the log for inspection).
-                    log.error(
-                        "undecodable record at %s[%d]@%d skipped",
-                        ev.message.topic,
-                        ev.message.partition,
-                        ev.message.offset,
-                    )
-                    continue
-                batch.append(rows_for(env, ev.message.partition, ev.message.offset))
-            rows = merge(batch)
-            # chDB calls block: keep the event loop (heartbeats, fetches) responsive.
-            await asyncio.to_thread(index.write, rows)
+    def index_agent_for(topic_name: str, name: str) -> None:
+        topic = app.topic(
+            topic_name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+        @app.agent(topic, name=name)
+        async def agent(stream: Any) -> None:
+            async for events in stream.take_events(
+                settings.index_batch_size, within=settings.index_batch_window
+            ):
+                batch = []
+                for ev in events:
+                    msg = ev.message
+                    try:
+                        env = decode(ev.value)
+                    except DecodeError:
+                        # Never indexable: skip loudly rather than wedge the projection (it
+                        # stays in the log for inspection).
+                        log.error(
+                            "undecodable record at %s[%d]@%d skipped",
+                            msg.topic,
+                            msg.partition,
+                            msg.offset,
+                        )
+                        continue
+                    batch.append(rows_for(env, msg.partition, msg.offset, msg.topic))
+                # chDB calls block: keep the event loop (heartbeats, fetches) responsive.
+                await asyncio.to_thread(index.write, merge(batch))
+                applied["n"] += len(batch)
+                APPLIED.set(applied["n"])
+
+    index_agent_for(settings.study_topic, "index")
+    index_agent_for(settings.quarantine_topic, "index-quarantine")
+
+    from processors.replay import end_positions
+    from processors.stability import StabilityEmitter
+
+    emitter = StabilityEmitter(
+        settings.kafka_bootstrap,
+        settings.study_topic,
+        settings.node_name,
+        settings.study_quiet_seconds,
+    )
+    topics = [settings.study_topic, settings.quarantine_topic]
+
+    def lag_and_stability() -> None:
+        ends = end_positions(settings.kafka_bootstrap, topics)
+        done = checksum.positions(index)
+        lag = {}
+        for t, parts in ends.items():
+            lag[t] = sum(o - min(done.get(t, {}).get(p, 0), o) for p, o in parts.items())
+            LAG.labels(t).set(lag[t])
+        # Decide only on a caught-up index: a study that looks quiet may have newer instances
+        # (or its announcement) still in the log.
+        if lag.get(settings.study_topic, 1) == 0:
+            n = emitter.run_once(index)
+            if n:
+                log.info("announced %d stable studies", n)
+
+    @app.timer(interval=1.0)
+    async def stability_and_lag() -> None:
+        try:
+            await asyncio.to_thread(lag_and_stability)
+        except Exception as exc:  # keep the timer alive; the next tick retries
+            log.error("stability/lag check failed: %s", exc)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok", "applied": applied["n"]})
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/positions")
+    async def positions(web: Any, request: Any) -> Any:
+        return web.json(await asyncio.to_thread(checksum.positions, index))
+
+    @app.page("/checksums")
+    async def checksums(web: Any, request: Any) -> Any:
+        return web.json(await asyncio.to_thread(checksum.snapshot, index))
 
     return app
 
 
-def run_worker(app: faust.App, on_started: Callable[[], None] | None = None) -> None:
+def run_worker(app: faust.App, on_started: Any = None) -> None:
     """Run the faust worker in this process until SIGTERM/SIGINT."""
     if on_started is not None:
 

@@ -112,6 +112,39 @@ def wait_echo(host: str, port: int, ae_title: str, proc: Proc, timeout: float) -
     raise Unavailable(f"{proc.name} did not answer C-ECHO within {timeout:.0f}s:\n{proc.tail(30)}")
 
 
+def log_status(settings: Settings) -> list[list[object]]:
+    """Per topic: log end, indexed position and lag of the index; the ingest outbox depth."""
+    import json
+    import urllib.request
+
+    from processors.replay import end_positions
+
+    try:
+        url = f"http://{settings.bind_host}:{settings.index_http_port}/positions"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            indexed = json.loads(r.read())
+        ends = end_positions(
+            settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
+        )
+    except Exception:
+        return []
+    ing = health(settings.bind_host, settings.ingest_http_port) or {}
+    rows: list[list[object]] = []
+    for topic, parts in ends.items():
+        end = sum(parts.values())
+        done = sum(min(int(indexed.get(topic, {}).get(str(p), 0)), o) for p, o in parts.items())
+        rows.append(
+            [
+                topic,
+                end,
+                done,
+                end - done,
+                ing.get("outbox_depth", "-") if topic == settings.study_topic else "",
+            ]
+        )
+    return rows
+
+
 def health(host: str, http_port: int) -> dict[str, object] | None:
     import json
     import urllib.request

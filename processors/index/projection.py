@@ -65,22 +65,88 @@ def _int_or_none(s: str) -> int | None:
         return None
 
 
-def rows_for(env: pb.Envelope, partition: int, offset: int) -> Rows:
+def _ts(t: Any) -> datetime:
+    """protobuf Timestamp -> aware datetime (epoch when unset): from the event, never the clock."""
+    return (
+        datetime.fromtimestamp(t.seconds + t.nanos / 1e9, UTC) if t.seconds or t.nanos else (_EPOCH)
+    )
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def event_row(env: pb.Envelope, topic: str, partition: int, offset: int) -> Row:
+    """The analysts' row of any event: envelope columns + a compact JSON of the payload."""
     kind = env.WhichOneof("payload")
-    if kind != "instance_stored":
-        return {}
-    e = env.instance_stored
-    header = json.loads(e.header_json) if e.header_json else {}
+    if kind == "instance_stored":
+        e = env.instance_stored
+        payload = json.dumps(
+            {
+                "sop_instance_uid": e.sop_instance_uid,
+                "series_instance_uid": e.series_instance_uid,
+                "sop_class_uid": e.sop_class_uid,
+                "modality": e.modality,
+                "size_bytes": e.size_bytes,
+                "sha256": e.sha256,
+                "supersedes_sha256": e.supersedes_sha256,
+                "tier": e.location.tier,
+                "key": e.location.key,
+                "calling_ae_title": e.calling_ae_title,
+                "ingest_node": e.ingest_node,
+            },
+            separators=(",", ":"),
+        )
+    elif kind is None:
+        payload = "{}"
+    else:
+        from google.protobuf.json_format import MessageToJson
 
-    def v(name: str) -> str:
-        return json_value(header, _T[name])
+        payload = MessageToJson(getattr(env, kind), indent=None)
+    return {
+        "topic": topic,
+        "log_partition": partition,
+        "log_offset": offset,
+        "event_id": env.event_id,
+        "event_type": env.event_type,
+        "schema_version": env.schema_version,
+        "study_uid": env.study_instance_uid,
+        "occurred_at": _ts(env.occurred_at),
+        "producer_service": env.producer.service,
+        "producer_node": env.producer.node,
+        "payload_json": payload,
+    }
 
+
+def rows_for(env: pb.Envelope, partition: int, offset: int, topic: str = "") -> Rows:
+    kind = env.WhichOneof("payload")
     log = {
         "log_partition": partition,
         "log_offset": offset,
         "log_version": offset,
         "event_id": env.event_id,
     }
+    out: Rows = {"events": [event_row(env, topic, partition, offset)]}
+    if kind == "study_stable":
+        st = env.study_stable
+        out["study_stability"] = [
+            {
+                "study_uid": st.study_instance_uid,
+                "through_partition": st.through_partition,
+                "through_offset": st.through_offset,
+                "quiet_seconds": st.quiet_seconds,
+                "last_arrival_at": _ts(st.last_arrival_at),
+                **log,
+            }
+        ]
+        return out
+    if kind != "instance_stored":
+        return out
+    e = env.instance_stored
+    header = json.loads(e.header_json) if e.header_json else {}
+
+    def v(name: str) -> str:
+        return json_value(header, _T[name])
+
     patient = {
         "patient_id": e.patient.patient_id,
         "issuer_of_patient_id": e.patient.issuer_of_patient_id,
@@ -106,6 +172,7 @@ def rows_for(env: pb.Envelope, partition: int, offset: int) -> Rows:
         "series_description": v("SeriesDescription"),
         "body_part_examined": v("BodyPartExamined"),
     }
+    received_at = _ts(e.received_at)
     instance = {
         **patient,
         **study,
@@ -121,9 +188,7 @@ def rows_for(env: pb.Envelope, partition: int, offset: int) -> Rows:
         "calling_ae_title": e.calling_ae_title,
         "called_ae_title": e.called_ae_title,
         "ingest_node": e.ingest_node,
-        "received_at": e.received_at.ToDatetime(tzinfo=UTC)
-        if e.HasField("received_at")
-        else datetime.fromtimestamp(0, UTC),
+        "received_at": received_at,
         "header_json": e.header_json,
         **log,
     }
@@ -137,17 +202,18 @@ def rows_for(env: pb.Envelope, partition: int, offset: int) -> Rows:
         "tier": e.location.tier,
         "storage_key": e.location.key,
         "calling_ae_title": e.calling_ae_title,
-        "received_at": instance["received_at"],
+        "received_at": received_at,
         **log,
     }
-    return {
-        "instances": [instance],
-        "instance_versions": [version],
-        "series": [
-            {"study_uid": e.study_instance_uid, **series, "header_json": e.header_json, **log}
-        ],
-        "studies": [{**patient, **study, "header_json": e.header_json, **log}],
-    }
+    out["instances"] = [instance]
+    out["instance_versions"] = [version]
+    out["series"] = [
+        {"study_uid": e.study_instance_uid, **series, "header_json": e.header_json, **log}
+    ]
+    out["studies"] = [
+        {**patient, **study, "last_received_at": received_at, "header_json": e.header_json, **log}
+    ]
+    return out
 
 
 def merge(batch: list[Rows]) -> Rows:

@@ -89,6 +89,32 @@ def ddl(db: str) -> list[str]:
             {LOG_COLUMNS}
         ) ENGINE = ReplacingMergeTree(log_version)
         ORDER BY (study_uid, series_uid, sop_uid, sha256)""",
+        # Every event of every source-of-truth topic, for analysts and for positions: the
+        # highest offset per (topic, partition) here is how far this index has read the log.
+        f"""CREATE TABLE IF NOT EXISTS {db}.events (
+            topic LowCardinality(String),
+            log_partition UInt32,
+            log_offset UInt64,
+            event_id String,
+            event_type LowCardinality(String),
+            schema_version UInt32,
+            study_uid String,
+            occurred_at DateTime64(3, 'UTC'),
+            producer_service LowCardinality(String),
+            producer_node LowCardinality(String),
+            payload_json String CODEC(ZSTD(3))
+        ) ENGINE = ReplacingMergeTree(log_offset)
+        ORDER BY (topic, log_partition, log_offset)""",
+        # The last StudyStable per study (through which instance event it was stable).
+        f"""CREATE TABLE IF NOT EXISTS {db}.study_stability (
+            study_uid String,
+            through_partition UInt32,
+            through_offset UInt64,
+            quiet_seconds UInt32,
+            last_arrival_at DateTime64(3, 'UTC'),
+            {LOG_COLUMNS}
+        ) ENGINE = ReplacingMergeTree(log_version)
+        ORDER BY study_uid""",
         # One row per series: the series attributes of its latest instance event.
         f"""CREATE TABLE IF NOT EXISTS {db}.series (
             study_uid String,
@@ -101,6 +127,7 @@ def ddl(db: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {db}.studies (
             {PATIENT_COLUMNS}
             {STUDY_COLUMNS}
+            last_received_at DateTime64(3, 'UTC'),
             header_json String CODEC(ZSTD(3)),
             {LOG_COLUMNS}
         ) ENGINE = ReplacingMergeTree(log_version)
@@ -108,4 +135,11 @@ def ddl(db: str) -> list[str]:
     ]
 
 
-TABLES = ("instances", "instance_versions", "series", "studies")
+TABLES = (
+    "instances",
+    "instance_versions",
+    "series",
+    "studies",
+    "events",
+    "study_stability",
+)

@@ -164,7 +164,7 @@ def test_rows_for_empty_header() -> None:
     assert inst["patient_name"] == "" and inst["series_number"] is None
 
 
-def test_rows_for_ignores_other_events() -> None:
+def test_other_events_only_reach_the_events_table() -> None:
     env = envelope(
         pb.InstanceQuarantined(reason="missing-uid", study_instance_uid=STUDY),
         study_uid=STUDY,
@@ -172,7 +172,26 @@ def test_rows_for_ignores_other_events() -> None:
         node="n",
         occurred_at=RECEIVED,
     )
-    assert rows_for(env, 0, 1) == {}
+    rows = rows_for(env, 0, 1, topic="strata.quarantine.v1")
+    assert set(rows) == {"events"}
+    [ev] = rows["events"]
+    assert ev["event_type"] == "InstanceQuarantined" and ev["topic"] == "strata.quarantine.v1"
+    assert (ev["log_partition"], ev["log_offset"]) == (0, 1)
+    assert '"reason": "missing-uid"' in ev["payload_json"] or '"reason":"missing-uid"' in (
+        ev["payload_json"].replace(" ", "")
+    )
+    assert ev["occurred_at"] == RECEIVED
+
+
+def test_study_stable_projects_to_study_stability() -> None:
+    env = envelope(
+        pb.StudyStable(study_instance_uid=STUDY, through_partition=2, through_offset=41,
+                       quiet_seconds=30),
+        study_uid=STUDY, service="processors", node="n", occurred_at=RECEIVED,
+    )
+    rows = rows_for(env, 2, 42, topic="t")
+    [st] = rows["study_stability"]
+    assert st["through_offset"] == 41 and st["log_version"] == 42 and st["study_uid"] == STUDY
 
 
 def test_merge_concatenates_per_table() -> None:

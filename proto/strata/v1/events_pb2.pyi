@@ -19,7 +19,7 @@ class Producer(_message.Message):
     def __init__(self, service: _Optional[str] = ..., node: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("event_id", "event_type", "schema_version", "occurred_at", "producer", "study_instance_uid", "instance_stored", "instance_quarantined")
+    __slots__ = ("event_id", "event_type", "schema_version", "occurred_at", "producer", "study_instance_uid", "instance_stored", "instance_quarantined", "study_stable")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class Envelope(_message.Message):
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_STORED_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    STUDY_STABLE_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     event_type: str
     schema_version: int
@@ -36,7 +37,8 @@ class Envelope(_message.Message):
     study_instance_uid: str
     instance_stored: InstanceStored
     instance_quarantined: InstanceQuarantined
-    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., schema_version: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[_Union[Producer, _Mapping]] = ..., study_instance_uid: _Optional[str] = ..., instance_stored: _Optional[_Union[InstanceStored, _Mapping]] = ..., instance_quarantined: _Optional[_Union[InstanceQuarantined, _Mapping]] = ...) -> None: ...
+    study_stable: StudyStable
+    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., schema_version: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[_Union[Producer, _Mapping]] = ..., study_instance_uid: _Optional[str] = ..., instance_stored: _Optional[_Union[InstanceStored, _Mapping]] = ..., instance_quarantined: _Optional[_Union[InstanceQuarantined, _Mapping]] = ..., study_stable: _Optional[_Union[StudyStable, _Mapping]] = ...) -> None: ...
 
 class StorageLocation(_message.Message):
     __slots__ = ("tier", "key")
@@ -131,3 +133,17 @@ class InstanceQuarantined(_message.Message):
     received_at: _timestamp_pb2.Timestamp
     series_instance_uid: str
     def __init__(self, reason: _Optional[str] = ..., detail: _Optional[str] = ..., dimse_status: _Optional[int] = ..., sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., peer_address: _Optional[str] = ..., ingest_node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., series_instance_uid: _Optional[str] = ...) -> None: ...
+
+class StudyStable(_message.Message):
+    __slots__ = ("study_instance_uid", "through_partition", "through_offset", "quiet_seconds", "last_arrival_at")
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    QUIET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ARRIVAL_AT_FIELD_NUMBER: _ClassVar[int]
+    study_instance_uid: str
+    through_partition: int
+    through_offset: int
+    quiet_seconds: int
+    last_arrival_at: _timestamp_pb2.Timestamp
+    def __init__(self, study_instance_uid: _Optional[str] = ..., through_partition: _Optional[int] = ..., through_offset: _Optional[int] = ..., quiet_seconds: _Optional[int] = ..., last_arrival_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

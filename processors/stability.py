@@ -1,0 +1,104 @@
+"""Study stability: announce StudyStable when a study has had no new instance for a quiet period.
+
+A decision, not a projection: it reads the index (when did the last instance of each study
+arrive, which burst was already announced) and emits an event. Its state is in the log itself:
+every StudyStable names the offset of the last instance it covers and is projected into
+``study_stability``, so a study is announced once per burst of arrivals, a restart does not
+announce it again, and a replay (a pure projection) never emits anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from confluent_kafka import Producer
+
+from common.events import envelope, timestamp
+from proto.strata.v1 import events_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class Index(Protocol):
+    database: str
+
+    def query(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]: ...
+
+
+def due(index: Index, quiet_seconds: float, now: datetime) -> list[tuple[str, int, int, datetime]]:
+    """Studies quiet for ``quiet_seconds`` whose latest burst was not announced yet."""
+    db = index.database
+    cutoff = now - timedelta(seconds=quiet_seconds)
+    return [
+        (str(r[0]), int(r[1]), int(r[2]), r[3])
+        for r in index.query(
+            f"""
+            SELECT s.study_uid, s.log_partition, s.log_offset, s.last_received_at
+            FROM (
+                SELECT study_uid, log_partition, log_offset, last_received_at
+                FROM {db}.studies FINAL
+                WHERE last_received_at < {{cutoff:DateTime64(3, 'UTC')}}
+            ) AS s
+            LEFT JOIN (
+                SELECT study_uid, through_offset, 1 AS announced
+                FROM {db}.study_stability FINAL
+            ) AS st USING (study_uid)
+            WHERE st.announced = 0 OR st.through_offset < s.log_offset
+            ORDER BY s.last_received_at
+            LIMIT 10000""",
+            {"cutoff": cutoff.replace(tzinfo=None)},
+        )
+    ]
+
+
+class StabilityEmitter:
+    def __init__(self, bootstrap: str, topic: str, node: str, quiet_seconds: float) -> None:
+        self.topic = topic
+        self.node = node
+        self.quiet = quiet_seconds
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "socket.nagle.disable": True,
+            }
+        )
+
+    def run_once(self, index: Index, now: datetime | None = None) -> int:
+        """Announce every due study; returns how many were announced (acknowledged by Kafka)."""
+        now = now or datetime.now(UTC)
+        studies = due(index, self.quiet, now)
+        failures: list[str] = []
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for study, partition, offset, last in studies:
+            ev = pb.StudyStable(
+                study_instance_uid=study,
+                through_partition=partition,
+                through_offset=offset,
+                quiet_seconds=int(self.quiet),
+                last_arrival_at=timestamp(last if last.tzinfo else last.replace(tzinfo=UTC)),
+            )
+            env = envelope(
+                ev, study_uid=study, service="processors", node=self.node, occurred_at=now
+            )
+            self._producer.produce(
+                self.topic,
+                key=study.encode(),
+                value=env.SerializeToString(),
+                on_delivery=on_delivery,
+            )
+        if studies:
+            self._producer.flush(30)
+            if failures:
+                log.error("StudyStable not delivered: %s", failures[:3])
+        return len(studies) - len(failures)
