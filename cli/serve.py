@@ -40,19 +40,23 @@ def serve_index(settings: Settings) -> None:
     Both live in this process because it owns the embedded index (chDB allows one process)."""
     from processors.app import create_app, run_worker
     from processors.index.store import IndexStore
+    from query.retrieve import HotSource, install_raw_send, parse_destinations
     from query.scp import build_ae, handlers
 
     _logging()
     index = IndexStore(settings.index_dsn, settings.clickhouse_database)
     index.migrate()
     app = create_app(settings, index)
+    install_raw_send()
+    source = HotSource(settings.hot_dir)
+    destinations = parse_destinations(settings.move_destinations)
     ae = build_ae(settings.qr_ae_title)
 
     def start_qr() -> None:
         ae.start_server(
             (settings.bind_host, settings.qr_port),
             block=False,
-            evt_handlers=handlers(index, settings.find_limit),
+            evt_handlers=handlers(index, settings.find_limit, source, destinations),
         )
         log.info(
             "query SCP %s listening on %s:%d",

@@ -98,6 +98,9 @@ class Settings:
     qr_ae_title: str = _setting("STRATA_QR", "AE title of the query/retrieve SCP.")
     qr_port: int = _setting(11113, "Port of the query/retrieve (C-FIND/C-ECHO) SCP.")
     find_limit: int = _setting(10000, "Maximum C-FIND matches returned for one request.")
+    move_destinations: str = _setting(
+        "", "C-MOVE destinations: 'AE=host:port,AE2=host:port'. Unknown AEs are refused (A801)."
+    )
     index_http_port: int = _setting(
         8082, "Port of the index node's /healthz, /metrics, /positions and /checksums."
     )
