@@ -53,7 +53,7 @@ typecheck: $(BIN)/strata
 
 ## Regenerate protobuf code (committed; tests/unit/test_proto_current.py checks it is current).
 proto: $(BIN)/strata
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. proto/strata/v1/*.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. proto/strata/v1/*.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

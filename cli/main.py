@@ -13,8 +13,10 @@ import argparse
 import logging
 import socket
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from common.errors import StrataError
 from common.settings import Settings
@@ -234,36 +236,56 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         ae.add_requested_context(c, ts)
     host = args.host or settings.bind_host
     port = args.port or settings.ingest_port
-    assoc = ae.associate(host, port, ae_title=args.called_ae or settings.ingest_ae_title)
+    called = args.called_ae or settings.ingest_ae_title
+
+    def connect() -> Any:
+        a = ae.associate(host, port, ae_title=called)
+        if a.is_established:
+            a.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return a
+
+    assoc = connect()
     if not assoc.is_established:
         print(f"association to {host}:{port} was not accepted", file=sys.stderr)
         return 1
-    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     ok = failed = 0
     total_bytes = 0
     try:
         with tqdm(total=len(items), unit="inst", disable=args.quiet) as bar:
             for f, _, _ in items:
-                try:
-                    st = assoc.send_c_store(f)
-                except (ValueError, AttributeError, OSError) as exc:
-                    failed += 1
-                    tqdm.write(f"FAILED {f}: cannot send ({exc})")
-                    bar.update(1)
+                # As a modality does: a lost association or a retryable status (A7xx) is
+                # retried; the archive makes a repeated arrival an idempotent duplicate.
+                code, comment = None, "association lost"
+                for attempt in range(4):
                     if not assoc.is_established:
+                        time.sleep(min(2**attempt, 5))
+                        assoc = connect()
+                        if not assoc.is_established:
+                            continue
+                    try:
+                        st = assoc.send_c_store(f)
+                    except (ValueError, AttributeError) as exc:
+                        code, comment = None, f"cannot send ({exc})"
                         break
-                    continue
-                code = getattr(st, "Status", None)
+                    except (OSError, RuntimeError):
+                        continue
+                    code = getattr(st, "Status", None)
+                    comment = str(getattr(st, "ErrorComment", ""))
+                    if code is not None and not 0xA700 <= code <= 0xA7FF:
+                        break
+                    if code is not None:
+                        time.sleep(min(2**attempt, 5))
                 if code == 0:
                     ok += 1
                     total_bytes += f.stat().st_size
                 else:
                     failed += 1
                     shown = f"0x{code:04X}" if code is not None else "no response"
-                    tqdm.write(f"FAILED {f}: {shown} {getattr(st, 'ErrorComment', '')}")
+                    tqdm.write(f"FAILED {f}: {shown} {comment}")
                 bar.update(1)
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
     print(f"sent {ok} instances ({total_bytes / 1e6:.1f} MB), {failed} failed, {skipped} not DICOM")
     return 0 if failed == 0 else 1
 

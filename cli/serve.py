@@ -52,7 +52,24 @@ def serve_index(settings: Settings) -> None:
     destinations = parse_destinations(settings.move_destinations)
     ae = build_ae(settings.qr_ae_title)
 
+    from query.grpc_service import Deps
+    from query.grpc_service import serve as serve_grpc
+
+    grpc_server: list[object] = []
+
     def start_qr() -> None:
+        grpc_server.append(
+            serve_grpc(
+                Deps(
+                    index,
+                    source,
+                    settings.kafka_bootstrap,
+                    [settings.study_topic, settings.quarantine_topic],
+                ),
+                settings.bind_host,
+                settings.grpc_port,
+            )
+        )
         ae.start_server(
             (settings.bind_host, settings.qr_port),
             block=False,

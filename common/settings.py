@@ -101,6 +101,7 @@ class Settings:
     move_destinations: str = _setting(
         "", "C-MOVE destinations: 'AE=host:port,AE2=host:port'. Unknown AEs are refused (A801)."
     )
+    grpc_port: int = _setting(50051, "Port of the gRPC query service (index node).")
     index_http_port: int = _setting(
         8082, "Port of the index node's /healthz, /metrics, /positions and /checksums."
     )

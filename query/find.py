@@ -100,8 +100,10 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
             "n_instances",
         ]
         sql = f"""
-        SELECT p.patient_id, p.issuer_of_patient_id, p.patient_name, p.patient_birth_date,
-               p.patient_sex, p.header_json, p.n_studies, c.n_series, c.n_instances
+        SELECT p.patient_id AS patient_id, p.issuer_of_patient_id AS issuer_of_patient_id,
+               p.patient_name AS patient_name, p.patient_birth_date AS patient_birth_date,
+               p.patient_sex AS patient_sex, p.header_json AS header_json,
+               p.n_studies AS n_studies, c.n_series AS n_series, c.n_instances AS n_instances
         FROM (
             SELECT patient_id, issuer_of_patient_id,
                    argMax(patient_name, log_version) AS patient_name,
@@ -161,9 +163,9 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
             ]
         )
         sql = f"""
-        SELECT {", ".join("s." + c for c in study_cols)},
-               {", ".join("se." + c.strip() for c in _SERIES_COLS.split(","))},
-               se.header_json, c.n_instances
+        SELECT {", ".join(f"s.{c} AS {c}" for c in study_cols)},
+               {", ".join(f"se.{c.strip()} AS {c.strip()}" for c in _SERIES_COLS.split(","))},
+               se.header_json AS header_json, c.n_instances AS n_instances
         FROM (SELECT study_uid, {_SERIES_COLS}, header_json FROM {db}.series FINAL) AS se
         INNER JOIN (SELECT {_STUDY_COLS} FROM {db}.studies FINAL) AS s USING (study_uid)
         INNER JOIN (

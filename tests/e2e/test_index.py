@@ -42,8 +42,14 @@ def http(stack: Stack, path: str) -> dict:
 
 
 def count_images(stack: Stack, study: str) -> int:
-    return len(findscu(stack.settings.qr_port, stack.settings.qr_ae_title, "IMAGE",
-                       {"StudyInstanceUID": study, "SOPInstanceUID": ""}))
+    return len(
+        findscu(
+            stack.settings.qr_port,
+            stack.settings.qr_ae_title,
+            "IMAGE",
+            {"StudyInstanceUID": study, "SOPInstanceUID": ""},
+        )
+    )
 
 
 def wait_for(pred, timeout: float, step: float = 0.3):  # noqa: ANN001, ANN201
@@ -64,8 +70,13 @@ def stable_events(stack: Stack) -> list[dict]:
     from proto.strata.v1 import events_pb2
 
     topic = stack.settings.study_topic
-    c = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap,
-                  "group.id": f"t-{time.time_ns()}", "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": stack.settings.kafka_bootstrap,
+            "group.id": f"t-{time.time_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
     out = []
     try:
         parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
@@ -79,8 +90,12 @@ def stable_events(stack: Stack) -> list[dict]:
             env = events_pb2.Envelope()
             env.ParseFromString(m.value())
             if env.WhichOneof("payload") == "study_stable":
-                out.append({"study": env.study_stable.study_instance_uid,
-                            "through": env.study_stable.through_offset})
+                out.append(
+                    {
+                        "study": env.study_stable.study_instance_uid,
+                        "through": env.study_stable.through_offset,
+                    }
+                )
             if m.offset() + 1 >= ends[m.partition()]:
                 done.add(m.partition())
     finally:
@@ -93,9 +108,18 @@ def test_processor_kill_under_load_then_exact(istack: Stack, tmp_path: Path) -> 
     files = ct_series(tmp_path / "s", 400, patient_id="IDX-CRASH")
     study = str(pydicom.dcmread(str(files[0])).StudyInstanceUID)
     sender = subprocess.Popen(
-        ["storescu", "-aec", istack.settings.ingest_ae_title, "127.0.0.1",
-         str(istack.settings.ingest_port), *map(str, files)],
-        env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "storescu",
+            "-aec",
+            istack.settings.ingest_ae_title,
+            "127.0.0.1",
+            str(istack.settings.ingest_port),
+            *map(str, files),
+        ],
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(3):  # kill the index node mid-batch, three times, under sustained load
         time.sleep(1.0)
         pid = int((istack.settings.run_dir / "index.pid").read_text())
@@ -122,8 +146,9 @@ def test_study_stable_once_per_burst(istack: Stack, tmp_path: Path) -> None:
     files = ct_series(tmp_path / "b", 5, patient_id="IDX-STABLE")
     study = str(pydicom.dcmread(str(files[0])).StudyInstanceUID)
     istack.cli("send", "-q", *map(str, files[:3]))
-    mine = wait_for(lambda: [e for e in stable_events(istack) if e["study"] == study],
-                    QUIET + 15, step=1.0)
+    mine = wait_for(
+        lambda: [e for e in stable_events(istack) if e["study"] == study], QUIET + 15, step=1.0
+    )
     assert len(mine) == 1, mine
     # a restart of the index node does not announce the same burst again
     pid = int((istack.settings.run_dir / "index.pid").read_text())
@@ -133,8 +158,9 @@ def test_study_stable_once_per_burst(istack: Stack, tmp_path: Path) -> None:
     assert len([e for e in stable_events(istack) if e["study"] == study]) == 1
     # new arrivals start a new burst: announced once more, covering the later instance
     istack.cli("send", "-q", *map(str, files[3:]))
-    mine = wait_for(lambda: [e for e in stable_events(istack) if e["study"] == study][1:],
-                    QUIET + 15, step=1.0)
+    mine = wait_for(
+        lambda: [e for e in stable_events(istack) if e["study"] == study][1:], QUIET + 15, step=1.0
+    )
     allm = [e for e in stable_events(istack) if e["study"] == study]
     assert len(allm) == 2 and allm[1]["through"] > allm[0]["through"]
     del mine

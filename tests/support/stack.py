@@ -47,7 +47,11 @@ class Stack:
         return r
 
     def up(self) -> None:
-        self.cli("up")
+        try:
+            self.cli("up")
+        except BaseException:
+            self.down()  # never leave half a stack running behind a failed start
+            raise
 
     def down(self) -> None:
         self.cli("down", check=False)
@@ -61,6 +65,7 @@ def make_stack(home: Path) -> Stack:
         "STRATA_QR_PORT": str(free_port()),
         "STRATA_INGEST_HTTP_PORT": str(free_port()),
         "STRATA_INDEX_HTTP_PORT": str(free_port()),
+        "STRATA_GRPC_PORT": str(free_port()),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
     env.update(ports)

@@ -185,9 +185,13 @@ def test_other_events_only_reach_the_events_table() -> None:
 
 def test_study_stable_projects_to_study_stability() -> None:
     env = envelope(
-        pb.StudyStable(study_instance_uid=STUDY, through_partition=2, through_offset=41,
-                       quiet_seconds=30),
-        study_uid=STUDY, service="processors", node="n", occurred_at=RECEIVED,
+        pb.StudyStable(
+            study_instance_uid=STUDY, through_partition=2, through_offset=41, quiet_seconds=30
+        ),
+        study_uid=STUDY,
+        service="processors",
+        node="n",
+        occurred_at=RECEIVED,
     )
     rows = rows_for(env, 2, 42, topic="t")
     [st] = rows["study_stability"]

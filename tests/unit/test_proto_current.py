@@ -20,13 +20,14 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
             "-I.",
             f"--python_out={tmp_path}",
             f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
             *protos,
         ],
         cwd=ROOT,
         check=True,
     )
     for proto in protos:
-        for suffix in ("_pb2.py", "_pb2.pyi"):
+        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
             rel = proto.replace(".proto", suffix)
             assert (tmp_path / rel).read_text() == (ROOT / rel).read_text(), (
                 f"{rel} is stale: run `make proto`"

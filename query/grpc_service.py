@@ -1,0 +1,370 @@
+"""The gRPC query service (proto/strata/v1/query.proto) over the index and the object tiers.
+
+Thin adapter: matching and SQL come from the find feature, object access from the retrieve
+feature. Errors are mapped to gRPC codes here and only here: Invalid -> INVALID_ARGUMENT,
+NotFound -> NOT_FOUND, Unavailable -> UNAVAILABLE; a query that would outlive the caller's
+deadline is cut by ClickHouse (max_execution_time) and answers DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.errors import Invalid, NotFound, StrataError, Unavailable
+from common.events import decode
+from proto.strata.v1 import query_pb2 as q
+from proto.strata.v1 import query_pb2_grpc as q_grpc
+from query.find import FindQuery, build_sql, to_identifier
+from query.matching import ATTRIBUTES
+from query.retrieve import HotSource, locate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEYS = {
+    "STUDY": [
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "ReferringPhysicianName",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyID",
+        "StudyDescription",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ],
+    "SERIES": [
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "BodyPartExamined",
+        "NumberOfSeriesRelatedInstances",
+    ],
+    "IMAGE": [
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "InstanceNumber",
+    ],
+}
+UID_COLUMN = {"STUDY": "study_uid", "SERIES": "series_uid", "IMAGE": "sop_uid"}
+DEFAULT_ORDER = {"STUDY": "-StudyDate", "SERIES": "SeriesNumber", "IMAGE": "InstanceNumber"}
+NUMERIC = {"IS"}
+
+
+@dataclass
+class Deps:
+    index: Any  # processors.index.store.IndexStore
+    source: HotSource
+    bootstrap: str
+    topics: list[str]
+
+
+def _encode_token(obj: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode()
+
+
+def _decode_token(token: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError) as exc:
+        raise Invalid("malformed page or resume token") from exc
+
+
+def _deadline_settings(context: grpc.ServicerContext) -> str:
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 3600:  # no deadline (grpc reports a huge value)
+        return ""
+    if remaining <= 0:
+        raise _Deadline()
+    return (
+        f" SETTINGS max_execution_time = {max(0.01, remaining):.3f}, timeout_overflow_mode='throw'"
+    )
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, _Deadline):
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    if isinstance(exc, Invalid):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, NotFound):
+        context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, Unavailable):
+        if "TIMEOUT_EXCEEDED" in str(exc) or "Timeout exceeded" in str(exc):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    log.exception("unexpected error in gRPC call", exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class QueryService(q_grpc.QueryServiceServicer):
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+
+    # ------------------------------------------------------------------ search
+    def SearchStudies(self, request: q.SearchRequest, context: Any) -> q.SearchResponse:  # noqa: N802
+        return self._search("STUDY", request, context)
+
+    def SearchSeries(self, request: q.SearchRequest, context: Any) -> q.SearchResponse:  # noqa: N802
+        return self._search("SERIES", request, context)
+
+    def SearchInstances(self, request: q.SearchRequest, context: Any) -> q.SearchResponse:  # noqa: N802
+        return self._search("IMAGE", request, context)
+
+    def _search(self, level: str, request: q.SearchRequest, context: Any) -> q.SearchResponse:
+        try:
+            return self._search_inner(level, request, context)
+        except (StrataError, _Deadline) as exc:
+            _abort(context, exc)
+            raise  # unreachable: abort raises
+
+    def _search_inner(self, level: str, request: q.SearchRequest, context: Any) -> q.SearchResponse:
+        for kw in list(request.match) + list(request.include):
+            if kw not in ATTRIBUTES and not _is_keyword(kw):
+                raise Invalid(f"unknown DICOM keyword {kw!r}")
+        wanted = list(
+            dict.fromkeys(DEFAULT_KEYS[level] + list(request.include) + list(request.match))
+        )
+        keys = [(kw, request.match.get(kw, "")) for kw in wanted]
+        page_size = min(request.page_size or 100, 1000)
+        fq = FindQuery(level, keys, limit=10_000_000)
+        inner, params, cols = build_sql(fq, self.d.index.database)
+        order = request.order_by or DEFAULT_ORDER[level]
+        desc = order.startswith("-")
+        attr = ATTRIBUTES.get(order.lstrip("-"))
+        if attr is None or attr.column not in cols or attr.vr.endswith("[]"):
+            raise Invalid(f"cannot order by {order!r}")
+        uid = UID_COLUMN[level]
+        numeric = attr.vr in NUMERIC
+        sort_expr = f"ifNull({attr.column}, -1)" if numeric else attr.column
+        cond = "1"
+        if request.page_token:
+            tok = _decode_token(request.page_token)
+            if tok.get("o") != order or tok.get("l") != level:
+                raise Invalid("page token belongs to another query")
+            ch_t = "Int64" if numeric else "String"
+            params["cur_v"], params["cur_u"] = tok["v"], tok["u"]
+            cmp = "<" if desc else ">"
+            cond = (
+                f"({sort_expr} {cmp} {{cur_v:{ch_t}}} OR ({sort_expr} = {{cur_v:{ch_t}}} "
+                f"AND {uid} > {{cur_u:String}}))"
+            )
+        settings = _deadline_settings(context)
+        page_sql = (
+            f"SELECT * FROM ({inner}) WHERE {cond} "
+            f"ORDER BY {sort_expr} {'DESC' if desc else 'ASC'}, {uid} ASC "
+            f"LIMIT {page_size + 1}{settings}"
+        )
+        rows = self.d.index.query(page_sql, params)
+        [(total,)] = self.d.index.query(f"SELECT count() FROM ({inner}){settings}", params)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        matches = []
+        last: dict[str, Any] = {}
+        for r in rows:
+            last = dict(zip(cols, r, strict=True))
+            matches.append(to_identifier(fq, last).to_json())
+        token = ""
+        if more:
+            v = last[attr.column]
+            v = (-1 if v is None else int(v)) if numeric else str(v)
+            token = _encode_token({"l": level, "o": order, "v": v, "u": str(last[uid])})
+        return q.SearchResponse(matches=matches, next_page_token=token, total=int(total))
+
+    # ------------------------------------------------------------------ metadata
+    def GetStudyMetadata(self, request: q.GetStudyMetadataRequest, context: Any) -> q.StudyMetadata:  # noqa: N802
+        try:
+            study = request.study_instance_uid.strip()
+            if not study:
+                raise Invalid("study_instance_uid is required")
+            rows = self.d.index.query(
+                f"SELECT header_json FROM {self.d.index.database}.instances FINAL "
+                "WHERE study_uid = {s:String} "
+                f"ORDER BY series_uid, instance_number, sop_uid{_deadline_settings(context)}",
+                {"s": study},
+            )
+            if not rows:
+                raise NotFound(f"no study {study}")
+            return q.StudyMetadata(study_instance_uid=study, instances=[r[0] for r in rows])
+        except (StrataError, _Deadline) as exc:
+            _abort(context, exc)
+            raise
+
+    # ------------------------------------------------------------------ retrieve
+    def RetrieveInstances(
+        self, request: q.RetrieveRequest, context: Any
+    ) -> Iterator[q.InstanceChunk]:  # noqa: N802
+        try:
+            keys = {"StudyInstanceUID": request.study_instance_uid}
+            level = "STUDY"
+            if request.series_instance_uid:
+                keys["SeriesInstanceUID"] = request.series_instance_uid
+                level = "SERIES"
+            if request.sop_instance_uids:
+                keys["SOPInstanceUID"] = "\\".join(request.sop_instance_uids)
+                level = "IMAGE"
+            if not request.study_instance_uid:
+                raise Invalid("study_instance_uid is required")
+            locs = locate(self.d.index, level, keys)
+            if not locs:
+                raise NotFound("no matching instance")
+            size = request.chunk_size or (1 << 20)
+            for loc in locs:
+                offset = 0
+                first = True
+                chunks = self.d.source.chunks(loc, size)
+                for data in chunks:
+                    if not context.is_active():
+                        return
+                    msg = q.InstanceChunk(sop_instance_uid=loc.sop_uid, offset=offset, data=data)
+                    if first:
+                        msg.size_bytes = loc.size_bytes
+                        msg.sha256 = loc.sha256
+                        msg.transfer_syntax_uid = loc.transfer_syntax_uid
+                        msg.sop_class_uid = loc.sop_class_uid
+                        first = False
+                    offset += len(data)
+                    msg.last = offset >= loc.size_bytes
+                    yield msg
+        except (StrataError, _Deadline) as exc:
+            _abort(context, exc)
+
+    # ------------------------------------------------------------------ history
+    def GetStudyHistory(self, request: q.GetStudyHistoryRequest, context: Any) -> q.StudyHistory:  # noqa: N802
+        try:
+            study = request.study_instance_uid.strip()
+            rows = self.d.index.query(
+                "SELECT event_id, event_type, occurred_at, topic, log_partition, log_offset, "
+                f"payload_json, producer_service FROM {self.d.index.database}.events FINAL "
+                "WHERE study_uid = {s:String} ORDER BY topic, log_partition, log_offset"
+                f"{_deadline_settings(context)}",
+                {"s": study},
+            )
+            if not rows:
+                raise NotFound(f"no study {study}")
+            out = q.StudyHistory(study_instance_uid=study)
+            for eid, etype, at, topic, part, off, payload, producer in rows:
+                ts = Timestamp()
+                ts.FromDatetime(at)
+                out.events.add(
+                    event_id=eid,
+                    event_type=etype,
+                    occurred_at=ts,
+                    topic=topic,
+                    partition=part,
+                    offset=off,
+                    payload_json=payload,
+                    producer=producer,
+                )
+            return out
+        except (StrataError, _Deadline) as exc:
+            _abort(context, exc)
+            raise
+
+    # ------------------------------------------------------------------ watch
+    def WatchEvents(self, request: q.WatchRequest, context: Any) -> Iterator[q.WatchedEvent]:  # noqa: N802
+        try:
+            start = _decode_token(request.resume_token) if request.resume_token else None
+        except Invalid as exc:
+            _abort(context, exc)
+            return
+        types = set(request.event_types)
+        c = Consumer(
+            {
+                "bootstrap.servers": self.d.bootstrap,
+                "group.id": "strata-watch",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
+        try:
+            md = c.list_topics(timeout=10)
+            pos: dict[str, dict[str, int]] = {}
+            assign = []
+            for t in self.d.topics:
+                for p in md.topics[t].partitions if t in md.topics else []:
+                    lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+                    if start is not None:
+                        off = int(start.get(t, {}).get(str(p), lo))
+                    else:
+                        off = lo if request.from_beginning else hi
+                    pos.setdefault(t, {})[str(p)] = off
+                    assign.append(TopicPartition(t, p, off))
+            c.assign(assign)
+            while context.is_active():
+                m = c.poll(0.2)
+                if m is None or m.error():
+                    continue
+                pos[m.topic()][str(m.partition())] = m.offset() + 1
+                try:
+                    env = decode(m.value())
+                except Exception:
+                    continue
+                if types and env.event_type not in types:
+                    continue
+                if request.study_instance_uid and (
+                    env.study_instance_uid != request.study_instance_uid
+                ):
+                    continue
+                yield q.WatchedEvent(
+                    resume_token=_encode_token(pos),
+                    topic=m.topic(),
+                    partition=m.partition(),
+                    offset=m.offset(),
+                    event=env,
+                )
+        except KafkaException as exc:
+            _abort(context, Unavailable(f"event log unavailable: {exc}"))
+        finally:
+            c.close()
+
+
+def _is_keyword(kw: str) -> bool:
+    from pydicom.datadict import tag_for_keyword
+
+    return tag_for_keyword(kw) is not None
+
+
+def serve(deps: Deps, host: str, port: int, workers: int = 16) -> grpc.Server:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ],
+    )
+    q_grpc.add_QueryServiceServicer_to_server(QueryService(deps), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    name = q.DESCRIPTOR.services_by_name["QueryService"].full_name
+    for svc in ("", name):
+        health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    return server
