@@ -57,7 +57,28 @@ def serve_index(settings: Settings) -> None:
 
     grpc_server: list[object] = []
 
+    from ingest.node import build_store_service
+    from query.dicomweb import WebDeps, serve_in_thread
+    from query.dicomweb import create_app as create_web
+
+    stow = build_store_service(settings)  # STOW-RS: the same store contract as C-STORE
+
     def start_qr() -> None:
+        serve_in_thread(
+            create_web(
+                WebDeps(
+                    index,
+                    source,
+                    stow,
+                    stow.tier.incoming,  # type: ignore[attr-defined]
+                    settings.dicomweb_cors_origins,
+                    settings.find_limit,
+                ),
+                settings.dicomweb_prefix,
+            ),
+            settings.bind_host,
+            settings.dicomweb_port,
+        )
         grpc_server.append(
             serve_grpc(
                 Deps(

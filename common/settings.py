@@ -102,6 +102,11 @@ class Settings:
         "", "C-MOVE destinations: 'AE=host:port,AE2=host:port'. Unknown AEs are refused (A801)."
     )
     grpc_port: int = _setting(50051, "Port of the gRPC query service (index node).")
+    dicomweb_port: int = _setting(8042, "Port of the DICOMweb service (index node).")
+    dicomweb_prefix: str = _setting("/dicom-web", "Path prefix of the DICOMweb root.")
+    dicomweb_cors_origins: str = _setting(
+        "", "Origins allowed by CORS for web viewers on another origin ('*' = any; empty = off)."
+    )
     index_http_port: int = _setting(
         8082, "Port of the index node's /healthz, /metrics, /positions and /checksums."
     )

@@ -23,9 +23,12 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.settings import Settings
+
+if TYPE_CHECKING:
+    from ingest.store import StoreService
 
 log = logging.getLogger("strata.ingest")
 
@@ -154,26 +157,22 @@ def _http_server(settings: Settings, health: Any) -> ThreadingHTTPServer:
     return server
 
 
-def run_worker(settings: Settings) -> None:
-    """One ingest worker: the C-STORE SCP writing to the hot tier and the outbox."""
+def build_store_service(settings: Settings) -> StoreService:
+    """The store feature wired to this node's hot tier, outbox and configuration (used by the
+    C-STORE workers and by STOW-RS: one contract for both)."""
     from archive.hot import HotTier
     from ingest import config
     from ingest.outbox import Outbox
-    from ingest.scp import build_ae, configure_receive, enable_reuseport, handlers
     from ingest.store import Limits, StoreService
 
-    hot = HotTier(settings.hot_dir)
-    configure_receive(hot.incoming)
-    enable_reuseport()
-    aes = config.load(settings.ae_config)
-    service = StoreService(
-        tier=hot,
+    return StoreService(
+        tier=HotTier(settings.hot_dir),
         outbox=Outbox(settings.outbox_path),
         topic=settings.study_topic,
         quarantine_topic=settings.quarantine_topic,
         quarantine_dir=settings.quarantine_dir,
         node=settings.node_name,
-        aes=aes,
+        aes=config.load(settings.ae_config),
         limits=Limits(
             max_object_bytes=settings.max_object_bytes,
             refuse_when_log_down=settings.outbox_mode == "refuse",
@@ -181,6 +180,16 @@ def run_worker(settings: Settings) -> None:
             max_outbox_depth=settings.outbox_max_depth,
         ),
     )
+
+
+def run_worker(settings: Settings) -> None:
+    """One ingest worker: the C-STORE SCP writing to the hot tier and the outbox."""
+    from ingest.scp import build_ae, configure_receive, enable_reuseport, handlers
+
+    service = build_store_service(settings)
+    configure_receive(service.tier.incoming)  # type: ignore[attr-defined]
+    enable_reuseport()
+    aes = service.aes
     ae = build_ae(
         settings.ingest_ae_title,
         settings.max_pdu,

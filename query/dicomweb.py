@@ -1,0 +1,584 @@
+"""DICOMweb (PS3.18) for web viewers: QIDO-RS, WADO-RS and STOW-RS, on aiohttp.
+
+- QIDO-RS answers from the index with the same matching as C-FIND and gRPC.
+- WADO-RS serves the stored objects unchanged (multipart/related; type="application/dicom"),
+  metadata from the index (no object opened), frames and rendered images.
+- STOW-RS goes through the very same store feature as C-STORE: same validation, same
+  durability contract (object fsync'd + event in the fsync'd outbox before 200), same events,
+  same quarantine.
+Instance resources carry an ETag (the object's sha256) and answer If-None-Match with 304.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from common.errors import Invalid, NotFound, StrataError, Unavailable
+from query.find import FindQuery, build_sql, to_identifier
+from query.grpc_service import DEFAULT_KEYS
+from query.matching import ATTRIBUTES
+from query.retrieve import HotSource, Located, locate
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+NATIVE = {"1.2.840.10008.1.2", EXPLICIT_LE, "1.2.840.10008.1.2.2"}
+# Media types of compressed frames (PS3.18 Table 8.7.3-5)
+FRAME_MEDIA = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.5": "image/x-dicom-rle",
+}
+
+
+@dataclass
+class WebDeps:
+    index: Any  # IndexStore
+    source: HotSource
+    store: Any | None  # ingest.store.StoreService for STOW (None: read-only)
+    incoming: Path | None
+    cors_origins: str = ""
+    limit: int = 10000
+
+
+def _keyword(name: str) -> str | None:
+    from pydicom.datadict import keyword_for_tag, tag_for_keyword
+
+    if tag_for_keyword(name) is not None:
+        return name
+    try:
+        kw = keyword_for_tag(int(name, 16))
+        return kw or None
+    except ValueError:
+        return None
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+class DicomWeb:
+    def __init__(self, deps: WebDeps) -> None:
+        self.d = deps
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dicomweb")
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    # ------------------------------------------------------------------ QIDO-RS
+    async def qido(self, request: web.Request) -> web.Response:
+        path = request.path.rstrip("/")
+        level = (
+            "IMAGE"
+            if path.endswith("/instances")
+            else "SERIES"
+            if path.endswith("/series")
+            else "STUDY"
+        )
+        match: dict[str, str] = {}
+        include: list[str] = []
+        limit, offset = self.d.limit, 0
+        try:
+            for k, v in request.query.items():
+                if k == "includefield":
+                    include += [x.strip() for x in v.split(",") if x.strip()]
+                elif k == "limit":
+                    limit = max(0, min(int(v), self.d.limit))
+                elif k == "offset":
+                    offset = max(0, int(v))
+                elif k == "fuzzymatching":
+                    continue
+                else:
+                    kw = _keyword(k)
+                    if kw is None:
+                        raise Invalid(f"unknown attribute {k!r}")
+                    match[kw] = v
+        except ValueError:
+            return _error(400, "limit and offset must be integers")
+        except Invalid as exc:
+            return _error(400, str(exc))
+        for key, kw in (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID")):
+            if key in request.match_info:
+                match[kw] = request.match_info[key]
+        if "all" in include:
+            include = [k for k in ATTRIBUTES if ATTRIBUTES[k].level != "PATIENT" or True]
+        wanted: list[str] = []
+        for kw in DEFAULT_KEYS[level] + include + list(match):
+            k = _keyword(kw)
+            if k is None:
+                return _error(400, f"unknown includefield {kw!r}")
+            if k not in wanted:
+                wanted.append(k)
+        fq = FindQuery(level, [(kw, match.get(kw, "")) for kw in wanted], limit=offset + limit)
+
+        def run() -> list[str]:
+            sql, params, cols = build_sql(fq, self.d.index.database)
+            rows = self.d.index.query(
+                f"SELECT * FROM ({sql}) LIMIT {limit} OFFSET {offset}", params
+            )
+            out = []
+            for r in rows:
+                row = dict(zip(cols, r, strict=True))
+                ds = to_identifier(fq, row)
+                del ds.QueryRetrieveLevel
+                out.append(ds.to_json_dict())
+            return out
+
+        try:
+            results = await self._run(run)
+        except Invalid as exc:
+            return _error(400, str(exc))
+        except Unavailable as exc:
+            return _error(503, str(exc))
+        return web.Response(body=json.dumps(results).encode(), content_type=DICOM_JSON)
+
+    # ------------------------------------------------------------------ WADO-RS
+    def _locate(self, request: web.Request) -> list[Located]:
+        mi = request.match_info
+        keys = {"StudyInstanceUID": mi["study"]}
+        level = "STUDY"
+        if "series" in mi:
+            keys["SeriesInstanceUID"] = mi["series"]
+            level = "SERIES"
+        if "instance" in mi:
+            keys["SOPInstanceUID"] = mi["instance"]
+            level = "IMAGE"
+        locs = locate(self.d.index, level, keys)
+        if not locs:
+            raise NotFound("no such " + level.lower())
+        return locs
+
+    async def retrieve(self, request: web.Request) -> web.StreamResponse:
+        accept = request.headers.get("Accept", "")
+        if accept and not any(
+            a in accept for a in ("application/dicom", "multipart/related", "*/*")
+        ):
+            return _error(
+                406, 'this resource is served as multipart/related; type="application/dicom"'
+            )
+        wanted_ts = _accept_param(accept, "transfer-syntax")
+        try:
+            locs = await self._run(self._locate, request)
+        except NotFound as exc:
+            return _error(404, str(exc))
+        except (Invalid, Unavailable) as exc:
+            return _error(400 if isinstance(exc, Invalid) else 503, str(exc))
+        if "instance" in request.match_info:
+            etag = f'"{locs[0].sha256}"'
+            if request.headers.get("If-None-Match") == etag:
+                return web.Response(status=304, headers={"ETag": etag})
+        boundary = uuid.uuid4().hex
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            }
+        )
+        if "instance" in request.match_info:
+            resp.headers["ETag"] = f'"{locs[0].sha256}"'
+            resp.headers["Cache-Control"] = "private, max-age=3600"
+        await resp.prepare(request)
+        for loc in locs:
+            try:
+                data, ts = await self._run(self._object_bytes, loc, wanted_ts)
+            except NotFound as exc:
+                log.error("WADO-RS: %s", exc)
+                continue
+            await resp.write(
+                f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={ts}\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n".encode()
+            )
+            await resp.write(data)
+            await resp.write(b"\r\n")
+        await resp.write(f"--{boundary}--\r\n".encode())
+        await resp.write_eof()
+        return resp
+
+    def _object_bytes(self, loc: Located, wanted_ts: str | None) -> tuple[bytes, str]:
+        path = self.d.source.local_path(loc)
+        if wanted_ts in (None, "*", loc.transfer_syntax_uid) or (
+            wanted_ts == EXPLICIT_LE and loc.transfer_syntax_uid in NATIVE and wanted_ts is None
+        ):
+            return path.read_bytes(), loc.transfer_syntax_uid
+        # Another syntax was asked for: transcode (decompress to explicit VR little endian).
+        import pydicom
+
+        ds = pydicom.dcmread(str(path))
+        if wanted_ts != EXPLICIT_LE:
+            raise NotFound(f"cannot transcode {loc.transfer_syntax_uid} to {wanted_ts}")
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()
+        else:
+            ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue(), EXPLICIT_LE
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        mi = request.match_info
+        params = {"s": mi["study"]}
+        where = "study_uid = {s:String}"
+        if "series" in mi:
+            params["se"] = mi["series"]
+            where += " AND series_uid = {se:String}"
+        if "instance" in mi:
+            params["i"] = mi["instance"]
+            where += " AND sop_uid = {i:String}"
+        db = self.d.index.database
+
+        def run() -> list[tuple[str, str]]:
+            return [
+                (r[0], r[1])
+                for r in self.d.index.query(
+                    f"SELECT header_json, transfer_syntax_uid FROM {db}.instances FINAL "
+                    f"WHERE {where} ORDER BY series_uid, instance_number, sop_uid",
+                    params,
+                )
+            ]
+
+        try:
+            rows = await self._run(run)
+        except Unavailable as exc:
+            return _error(503, str(exc))
+        if not rows:
+            return _error(404, "not found")
+        # Splice the stored JSON text (no re-encoding): add the transfer syntax, which viewers
+        # need to decode frames, as (0002,0010).
+        parts = []
+        for header, ts in rows:
+            inner = header.strip()[1:-1]
+            ts_elem = f'"00020010":{{"vr":"UI","Value":["{ts}"]}}'
+            parts.append("{" + ts_elem + ("," + inner if inner else "") + "}")
+        return web.Response(
+            body=("[" + ",".join(parts) + "]").encode(),
+            content_type=DICOM_JSON,
+            headers={"Cache-Control": "private, max-age=60"},
+        )
+
+    async def frames(self, request: web.Request) -> web.StreamResponse:
+        try:
+            numbers = [int(x) for x in request.match_info["frames"].split(",")]
+            if not numbers or min(numbers) < 1:
+                raise ValueError
+        except ValueError:
+            return _error(400, "frame numbers are 1-based integers, comma-separated")
+        accept = request.headers.get("Accept", "")
+        wanted_ts = _accept_param(accept, "transfer-syntax")
+        try:
+            [loc] = await self._run(self._locate, request)
+            parts, media = await self._run(self._frames, loc, numbers, wanted_ts, accept)
+        except NotFound as exc:
+            return _error(404, str(exc))
+        except Invalid as exc:
+            return _error(400, str(exc))
+        except _NotAcceptable as exc:
+            return _error(406, str(exc))
+        boundary = uuid.uuid4().hex
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": f'multipart/related; type="{media.split(";")[0]}"; '
+                f"boundary={boundary}",
+                "ETag": f'"{loc.sha256}-{request.match_info["frames"]}"',
+                "Cache-Control": "private, max-age=3600",
+            }
+        )
+        await resp.prepare(request)
+        for data in parts:
+            await resp.write(
+                f"--{boundary}\r\nContent-Type: {media}\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n".encode()
+            )
+            await resp.write(data)
+            await resp.write(b"\r\n")
+        await resp.write(f"--{boundary}--\r\n".encode())
+        await resp.write_eof()
+        return resp
+
+    def _frames(
+        self, loc: Located, numbers: list[int], wanted_ts: str | None, accept: str
+    ) -> tuple[list[bytes], str]:
+        import pydicom
+        from pydicom.encaps import generate_frames
+
+        ds = pydicom.dcmread(str(self.d.source.local_path(loc)))
+        if "PixelData" not in ds:
+            raise NotFound("the instance has no pixel data")
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        if max(numbers) > n:
+            raise NotFound(f"the instance has {n} frames")
+        ts = loc.transfer_syntax_uid
+        compressed = ts not in NATIVE
+        stored_ok = wanted_ts in ("*", ts) or (
+            compressed and FRAME_MEDIA.get(ts, "") in accept and wanted_ts is None
+        )
+        if compressed and stored_ok:
+            frames = list(generate_frames(ds.PixelData, number_of_frames=n))
+            return [
+                frames[i - 1] for i in numbers
+            ], f"{FRAME_MEDIA.get(ts, 'application/octet-stream')}; transfer-syntax={ts}"
+        if (
+            accept
+            and "application/octet-stream" not in accept
+            and "*/*" not in accept
+            and (
+                "multipart/related" in accept
+                and "octet-stream" not in accept
+                and not compressed
+                and wanted_ts not in (None, "*", EXPLICIT_LE)
+            )
+        ):
+            raise _NotAcceptable("frames are available as application/octet-stream")
+        # native (uncompressed) little endian frames
+        if compressed:
+            ds.decompress()
+        arr_bytes = ds.PixelData
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
+        size = rows * cols * spp * bits // 8
+        out = [bytes(arr_bytes[(i - 1) * size : i * size]) for i in numbers]
+        return out, f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+
+    async def rendered(self, request: web.Request) -> web.Response:
+        accept = request.headers.get("Accept", "image/jpeg")
+        fmt = "PNG" if "image/png" in accept else "JPEG"
+        frame = int(request.match_info.get("frame", "1"))
+        try:
+            [loc] = await self._run(self._locate, request)
+            data = await self._run(self._render, loc, frame, fmt)
+        except NotFound as exc:
+            return _error(404, str(exc))
+        return web.Response(
+            body=data,
+            content_type=f"image/{fmt.lower()}",
+            headers={
+                "ETag": f'"{loc.sha256}-r{frame}{fmt}"',
+                "Cache-Control": "private, max-age=3600",
+            },
+        )
+
+    def _render(self, loc: Located, frame: int, fmt: str) -> bytes:
+        import numpy as np
+        import pydicom
+        from PIL import Image
+
+        ds = pydicom.dcmread(str(self.d.source.local_path(loc)))
+        if "PixelData" not in ds:
+            raise NotFound("the instance has no pixel data")
+        arr = ds.pixel_array
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        if n > 1:
+            arr = arr[frame - 1]
+        if ds.get("PhotometricInterpretation", "") in ("RGB", "YBR_FULL", "YBR_FULL_422"):
+            from pydicom.pixels import convert_color_space
+
+            if ds.PhotometricInterpretation != "RGB":
+                arr = convert_color_space(arr, ds.PhotometricInterpretation, "RGB")
+            img = Image.fromarray(arr.astype(np.uint8), "RGB")
+        else:
+            from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+            a = apply_modality_lut(arr, ds).astype(np.float64)
+            if "WindowCenter" in ds:
+                a = apply_voi_lut(a, ds).astype(np.float64)
+            lo, hi = float(a.min()), float(a.max())
+            a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+            if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+                a = 255.0 - a
+            img = Image.fromarray(a.astype(np.uint8), "L")
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        return buf.getvalue()
+
+    # ------------------------------------------------------------------ STOW-RS
+    async def stow(self, request: web.Request) -> web.Response:
+        if self.d.store is None or self.d.incoming is None:
+            return _error(503, "this node does not accept STOW-RS")
+        ctype = request.headers.get("Content-Type", "")
+        if not ctype.startswith("multipart/related") or "application/dicom" not in ctype:
+            return _error(415, 'expected multipart/related; type="application/dicom"')
+        study = request.match_info.get("study")
+        reader = await request.multipart()
+        referenced, failed = [], []
+        peer = f"{request.remote}:0"
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            tmp = self.d.incoming / f"stow-{uuid.uuid4().hex}.dcm"
+            with open(tmp, "wb") as f:
+                while chunk := await part.read_chunk(1 << 20):  # type: ignore[union-attr]
+                    f.write(chunk)
+            res = await self._run(self._store_one, tmp, study, peer)
+            (referenced if res[0] else failed).append(res[1])
+        if not referenced and not failed:
+            return _error(400, "no DICOM part in the request")
+        body: dict[str, Any] = {}
+        if referenced:
+            body["00081199"] = {"vr": "SQ", "Value": referenced}
+        if failed:
+            body["00081198"] = {"vr": "SQ", "Value": failed}
+        status = 200 if not failed else (202 if referenced else 409)
+        return web.Response(body=json.dumps(body).encode(), status=status, content_type=DICOM_JSON)
+
+    def _store_one(self, path: Path, study: str | None, peer: str) -> tuple[bool, dict]:
+        from pydicom.filereader import read_file_meta_info
+
+        from ingest.store import Received
+
+        def item(cls: str, sop: str, reason: int | None = None, comment: str = "") -> dict:
+            d: dict[str, Any] = {
+                "00081150": {"vr": "UI", "Value": [cls]} if cls else {"vr": "UI"},
+                "00081155": {"vr": "UI", "Value": [sop]} if sop else {"vr": "UI"},
+            }
+            if reason is not None:
+                d["00081197"] = {"vr": "US", "Value": [reason]}
+                if comment:
+                    d["00741048"] = {"vr": "LO", "Value": [comment[:64]]}  # failure detail
+            return d
+
+        try:
+            meta = read_file_meta_info(str(path))
+            cls = str(meta.get("MediaStorageSOPClassUID", ""))
+            sop = str(meta.get("MediaStorageSOPInstanceUID", ""))
+            ts = str(meta.get("TransferSyntaxUID", ""))
+        except Exception:
+            path.unlink(missing_ok=True)
+            return False, item("", "", 0xC000, "not a DICOM Part 10 object")
+        if study is not None:
+            import pydicom
+
+            try:
+                got = str(
+                    pydicom.dcmread(
+                        str(path), stop_before_pixels=True, specific_tags=["StudyInstanceUID"]
+                    ).get("StudyInstanceUID", "")
+                )
+            except Exception:
+                got = ""
+            if got != study:
+                path.unlink(missing_ok=True)
+                return False, item(cls, sop, 0xA900, "StudyInstanceUID differs from the URL")
+        out = self.d.store.store(
+            Received(
+                path=path,
+                sop_class_uid=cls,
+                sop_instance_uid=sop,
+                transfer_syntax_uid=ts,
+                calling_ae="STOW-RS",
+                called_ae="DICOMWEB",
+                peer_address=peer,
+                via="stow",
+            )
+        )
+        path.unlink(missing_ok=True)  # moved into the tier or quarantine when kept
+        if out.ok:
+            return True, item(cls, sop)
+        return False, item(cls, sop, out.status, out.comment)
+
+
+class _NotAcceptable(Exception):
+    pass
+
+
+def _accept_param(accept: str, name: str) -> str | None:
+    for piece in accept.replace(",", ";").split(";"):
+        k, _, v = piece.strip().partition("=")
+        if k.strip().lower() == name:
+            return v.strip().strip('"')
+    return None
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except StrataError as exc:
+        return _error(400 if isinstance(exc, Invalid) else 503, str(exc))
+
+
+def _cors(origins: str) -> Any:
+    allowed = {o.strip() for o in origins.split(",") if o.strip()}
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
+        origin = request.headers.get("Origin", "")
+        ok = bool(allowed) and ("*" in allowed or origin in allowed)
+        if request.method == "OPTIONS" and ok:
+            resp: web.StreamResponse = web.Response(status=204)
+        else:
+            resp = await handler(request)
+        if ok and not resp.prepared:
+            resp.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            resp.headers["Access-Control-Allow-Headers"] = "Accept, Content-Type, If-None-Match"
+            resp.headers["Access-Control-Expose-Headers"] = "ETag, Content-Type"
+        return resp
+
+    return cors
+
+
+def create_app(deps: WebDeps, prefix: str = "/dicom-web") -> web.Application:
+    dw = DicomWeb(deps)
+    middlewares = [_errors]
+    if deps.cors_origins:
+        middlewares.insert(0, _cors(deps.cors_origins))
+    app = web.Application(middlewares=middlewares, client_max_size=4 * 1024**3)
+    p = prefix.rstrip("/")
+    s, se, i = "{study}", "{series}", "{instance}"
+    r = app.router
+    r.add_get(f"{p}/studies", dw.qido)
+    r.add_get(f"{p}/series", dw.qido)
+    r.add_get(f"{p}/instances", dw.qido)
+    r.add_get(f"{p}/studies/{s}/series", dw.qido)
+    r.add_get(f"{p}/studies/{s}/instances", dw.qido)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances", dw.qido)
+    r.add_get(f"{p}/studies/{s}", dw.retrieve)
+    r.add_get(f"{p}/studies/{s}/series/{se}", dw.retrieve)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}", dw.retrieve)
+    r.add_get(f"{p}/studies/{s}/metadata", dw.metadata)
+    r.add_get(f"{p}/studies/{s}/series/{se}/metadata", dw.metadata)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/metadata", dw.metadata)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frames}}", dw.frames)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/rendered", dw.rendered)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frame}}/rendered", dw.rendered)
+    r.add_post(f"{p}/studies", dw.stow)
+    r.add_post(f"{p}/studies/{s}", dw.stow)
+    return app
+
+
+def serve_in_thread(app: web.Application, host: str, port: int) -> threading.Thread:
+    """Run the aiohttp app on its own event loop in a daemon thread."""
+    ready = threading.Event()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        runner = web.AppRunner(app, access_log=None)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, host, port).start())
+        ready.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=run, name="dicomweb", daemon=True)
+    t.start()
+    ready.wait(10)
+    return t
