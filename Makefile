@@ -13,6 +13,7 @@ $(BIN)/strata: pyproject.toml
 
 ## Run the archive: the embedded default stack on loopback (Kafka KRaft, chDB, hot tier on disk).
 up: $(BIN)/strata
+	-@$(BIN)/strata viewer install  # the OHIF web viewer (npm, cached); optional
 	$(BIN)/strata up
 
 down:
@@ -25,12 +26,15 @@ status:
 deps:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "please install:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
+	@test -d tests/e2e/viewer/node_modules/playwright-core || npm ci --silent --prefix tests/e2e/viewer
 
 ## Run the tests: unit, integration (real Kafka + chDB) and e2e (real DCMTK peers).
 test: deps $(BIN)/strata

@@ -359,6 +359,17 @@ def cmd_find(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_viewer(settings: Settings, args: argparse.Namespace) -> int:
+    from stack import viewer
+
+    dist = viewer.install()
+    print(
+        f"OHIF {viewer.OHIF_VERSION} installed in {dist}; it is served at "
+        f"http://{settings.bind_host}:{settings.dicomweb_port}/ after the next 'strata up'"
+    )
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     print(_table(["env", "default", "meaning"], Settings.describe()))
     return 0
@@ -412,6 +423,9 @@ def parser() -> argparse.ArgumentParser:
     )
     v.add_argument("-q", "--quiet", action="store_true")
     v.set_defaults(fn=cmd_verify)
+    vw = sub.add_parser("viewer", help="install the OHIF web viewer (npm) served at DICOMweb /")
+    vw.add_argument("action", choices=["install"])
+    vw.set_defaults(fn=cmd_viewer)
     sv = sub.add_parser("serve", help="run one service in the foreground")
     sv.add_argument("service", choices=["ingest", "ingest-worker", "index"])
     sv.set_defaults(fn=cmd_serve)

@@ -6,6 +6,8 @@ This is the one place that wires adapters to services (the bootstrap of each pro
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 from common.settings import Settings
 
@@ -36,12 +38,19 @@ def serve_ingest_worker(settings: Settings) -> None:
 
 
 def serve_index(settings: Settings) -> None:
-    """The index node: faust processors materializing the index, and the query SCP reading it.
-    Both live in this process because it owns the embedded index (chDB allows one process)."""
+    """The index node: faust processors materializing the index, and every reader of it (the
+    Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
+    the embedded index (chDB allows one process per data path)."""
+    from ingest.node import build_store_service
     from processors.app import create_app, run_worker
     from processors.index.store import IndexStore
+    from query.dicomweb import WebDeps, add_viewer, serve_in_thread
+    from query.dicomweb import create_app as create_web
+    from query.grpc_service import Deps
+    from query.grpc_service import serve as serve_grpc
     from query.retrieve import HotSource, install_raw_send, parse_destinations
     from query.scp import build_ae, handlers
+    from stack import viewer
 
     _logging()
     index = IndexStore(settings.index_dsn, settings.clickhouse_database)
@@ -51,34 +60,25 @@ def serve_index(settings: Settings) -> None:
     source = HotSource(settings.hot_dir)
     destinations = parse_destinations(settings.move_destinations)
     ae = build_ae(settings.qr_ae_title)
-
-    from query.grpc_service import Deps
-    from query.grpc_service import serve as serve_grpc
-
-    grpc_server: list[object] = []
-
-    from ingest.node import build_store_service
-    from query.dicomweb import WebDeps, serve_in_thread
-    from query.dicomweb import create_app as create_web
-
     stow = build_store_service(settings)  # STOW-RS: the same store contract as C-STORE
+    viewer_dist = Path(settings.viewer_dir) if settings.viewer_dir else viewer.installed()
+    grpc_server: list[Any] = []
 
-    def start_qr() -> None:
-        serve_in_thread(
-            create_web(
-                WebDeps(
-                    index,
-                    source,
-                    stow,
-                    stow.tier.incoming,  # type: ignore[attr-defined]
-                    settings.dicomweb_cors_origins,
-                    settings.find_limit,
-                ),
-                settings.dicomweb_prefix,
+    def start_readers() -> None:
+        web_app = create_web(
+            WebDeps(
+                index,
+                source,
+                stow,
+                stow.tier.incoming,  # type: ignore[attr-defined]
+                settings.dicomweb_cors_origins,
+                settings.find_limit,
             ),
-            settings.bind_host,
-            settings.dicomweb_port,
+            settings.dicomweb_prefix,
         )
+        if viewer_dist is not None:
+            add_viewer(web_app, viewer_dist, settings.dicomweb_prefix)
+        serve_in_thread(web_app, settings.bind_host, settings.dicomweb_port)
         grpc_server.append(
             serve_grpc(
                 Deps(
@@ -97,14 +97,19 @@ def serve_index(settings: Settings) -> None:
             evt_handlers=handlers(index, settings.find_limit, source, destinations),
         )
         log.info(
-            "query SCP %s listening on %s:%d",
+            "query SCP %s on %s:%d, gRPC :%d, DICOMweb :%d%s",
             settings.qr_ae_title,
             settings.bind_host,
             settings.qr_port,
+            settings.grpc_port,
+            settings.dicomweb_port,
+            " with the OHIF viewer" if viewer_dist else "",
         )
 
     try:
-        run_worker(app, on_started=start_qr)
+        run_worker(app, on_started=start_readers)
     finally:
         ae.shutdown()
+        for g in grpc_server:
+            g.stop(grace=5)
         index.close()

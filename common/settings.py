@@ -104,6 +104,11 @@ class Settings:
     grpc_port: int = _setting(50051, "Port of the gRPC query service (index node).")
     dicomweb_port: int = _setting(8042, "Port of the DICOMweb service (index node).")
     dicomweb_prefix: str = _setting("/dicom-web", "Path prefix of the DICOMweb root.")
+    viewer_dir: str = _setting(
+        "",
+        "Directory of the OHIF viewer's dist/ served at / by DICOMweb. Empty = the copy "
+        "installed by 'strata viewer install', if any.",
+    )
     dicomweb_cors_origins: str = _setting(
         "", "Origins allowed by CORS for web viewers on another origin ('*' = any; empty = off)."
     )

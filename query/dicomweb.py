@@ -536,6 +536,28 @@ def _cors(origins: str) -> Any:
     return cors
 
 
+def add_viewer(app: web.Application, dist: Path, prefix: str) -> None:
+    """Serve the OHIF viewer's static files at "/" with our app-config.js; unknown paths
+    (the viewer's client-side routes, e.g. /viewer?StudyInstanceUIDs=...) get index.html."""
+    from stack.viewer import app_config
+
+    config = app_config(prefix.rstrip("/")).encode()
+    index = (dist / "index.html").read_bytes()
+
+    async def config_js(request: web.Request) -> web.Response:
+        return web.Response(body=config, content_type="application/javascript")
+
+    async def spa(request: web.Request) -> web.StreamResponse:
+        rel = request.match_info.get("path", "")
+        f = (dist / rel).resolve()
+        if rel and f.is_file() and dist.resolve() in f.parents:
+            return web.FileResponse(f)
+        return web.Response(body=index, content_type="text/html")
+
+    app.router.add_get("/app-config.js", config_js)
+    app.router.add_get("/{path:.*}", spa)
+
+
 def create_app(deps: WebDeps, prefix: str = "/dicom-web") -> web.Application:
     dw = DicomWeb(deps)
     middlewares = [_errors]
