@@ -71,7 +71,10 @@ def header_json(ds: Dataset) -> str:
 
     try:
         obj: dict[str, Any] = strip(ds).to_json_dict(suppress_invalid_tags=True)
-    except Exception:
+    except Exception as exc:  # never fail a store over the header copy, but say so
+        import logging
+
+        logging.getLogger(__name__).warning("header not convertible to DICOM JSON: %s", exc)
         obj = {}
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 

@@ -209,9 +209,8 @@ class StoreService:
         key = instance_key(
             uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"], sha
         )
-        # 1. bytes durable (content-addressed key: a retransmission lands on the same key)
-        self.tier.put_file(key, rx.path)
-        # 2. event durable (fsync'd outbox; deduplicated on (sop, sha256))
+        # Everything the event needs is read from the dataset BEFORE the file moves: large
+        # values are read lazily from the spool file, which put_file takes away.
         previous = self.outbox.latest_sha256(uids["SOPInstanceUID"])
         ae = self.aes.lookup(rx.calling_ae)
         now = datetime.now(UTC)
@@ -248,6 +247,9 @@ class StoreService:
             node=self.node,
             occurred_at=now,
         )
+        # 1. bytes durable (content-addressed key: a retransmission lands on the same key)
+        self.tier.put_file(key, rx.path)
+        # 2. event durable (fsync'd outbox; deduplicated on (sop, sha256))
         appended = self.outbox.append(
             event_id=env.event_id,
             topic=self.topic,

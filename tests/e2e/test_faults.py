@@ -74,14 +74,18 @@ def acked_files(output: str) -> set[str]:
 
 def send_until_acked(stack: Stack, files: list[Path], acked: set[str]) -> set[str]:
     """What a modality does: re-send every file without a success, until all have one."""
-    for _ in range(5):
+    out = ""
+    for attempt in range(10):
         todo = [f for f in files if str(f) not in acked]
         if not todo:
             break
+        if attempt:
+            time.sleep(min(2 * attempt, 10))  # back off, as modalities do
         p = start_storescu(stack, todo)
         out, _ = p.communicate(timeout=300)
         acked |= acked_files(out)
-    assert acked == {str(f) for f in files}, "could not get every file acknowledged"
+    missing = {str(f) for f in files} - acked
+    assert not missing, f"{len(missing)} files never acknowledged; last storescu:\n{out[-3000:]}"
     return acked
 
 

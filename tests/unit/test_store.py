@@ -216,3 +216,18 @@ def test_hot_tier_never_overwrites(tmp_path: Path, hot: HotTier) -> None:
     assert hot.path("studies/1/2/3/" + "0" * 64 + ".dcm").read_bytes() == b"first"
     assert not a.exists() and not b.exists()
     shutil.rmtree(hot.root)
+
+
+def test_header_is_complete_when_large_values_are_read_lazily(tmp_path: Path, hot: HotTier) -> None:
+    """Large values (> the lazy-read threshold) are read from the spool file: the event's header
+    must be built before the file moves into the tier (regression: empty header)."""
+
+    def big(d: pydicom.Dataset) -> None:
+        d.ImageComments = "x" * 100_000  # LT, read lazily
+        d.add_new(0x00091010, "OB", b"\x01" * 200_000)  # bulk: dropped from the header
+
+    p, ds = spool(tmp_path, hot, big)
+    out = service(tmp_path, hot).store(rx(p, ds))
+    assert out.ok
+    header = out.event.instance_stored.header_json
+    assert '"00100010"' in header and '"0020000D"' in header and '"00091010"' not in header
