@@ -161,8 +161,11 @@ class QueryService(q_grpc.QueryServiceServicer):
         numeric = attr.vr in NUMERIC
         sort_expr = f"ifNull({attr.column}, -1)" if numeric else attr.column
         cond = "1"
+        tok: dict[str, Any] = {}
         if request.page_token:
             tok = _decode_token(request.page_token)
+            if not isinstance(tok, dict) or not {"o", "l", "v", "u", "t"} <= set(tok):
+                raise Invalid("malformed page token")
             if tok.get("o") != order or tok.get("l") != level:
                 raise Invalid("page token belongs to another query")
             ch_t = "Int64" if numeric else "String"
@@ -173,13 +176,20 @@ class QueryService(q_grpc.QueryServiceServicer):
                 f"AND {uid} > {{cur_u:String}}))"
             )
         settings = _deadline_settings(context)
+        # One query per page: the first page counts all matches in the same scan (a window
+        # over the whole result, computed before LIMIT); later pages carry the total in the
+        # token (it is the total of the search as first run).
+        total = int(tok["t"]) if request.page_token else None
+        counted = ", count() OVER () AS __total" if total is None else ""
         page_sql = (
-            f"SELECT * FROM ({inner}) WHERE {cond} "
+            f"SELECT *{counted} FROM ({inner}) WHERE {cond} "
             f"ORDER BY {sort_expr} {'DESC' if desc else 'ASC'}, {uid} ASC "
             f"LIMIT {page_size + 1}{settings}"
         )
         rows = self.d.index.query(page_sql, params)
-        [(total,)] = self.d.index.query(f"SELECT count() FROM ({inner}){settings}", params)
+        if total is None:
+            total = int(rows[0][-1]) if rows else 0
+            rows = [r[:-1] for r in rows]
         more = len(rows) > page_size
         rows = rows[:page_size]
         matches = []
@@ -191,7 +201,9 @@ class QueryService(q_grpc.QueryServiceServicer):
         if more:
             v = last[attr.column]
             v = (-1 if v is None else int(v)) if numeric else str(v)
-            token = _encode_token({"l": level, "o": order, "v": v, "u": str(last[uid])})
+            token = _encode_token(
+                {"l": level, "o": order, "v": v, "u": str(last[uid]), "t": int(total)}
+            )
         return q.SearchResponse(matches=matches, next_page_token=token, total=int(total))
 
     # ------------------------------------------------------------------ metadata
