@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_arrival ON outbox (sop_uid, sha256)
     WHERE sop_uid IS NOT NULL AND sha256 IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (published, seq);
+-- The latest version of an instance (new-version detection) without a scan of the history.
+CREATE INDEX IF NOT EXISTS outbox_sop ON outbox (sop_uid, seq);
 """
 
 
