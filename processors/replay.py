@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -82,6 +83,21 @@ def replay(
         }
     )
     n = 0
+    # One writer thread: batch k is inserted (chDB releases the GIL) while batch k+1 is
+    # consumed and projected. At most one write is in flight and writes stay in log order.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-writer")
+    inflight: tuple[Future[int], int] | None = None
+
+    def settle() -> None:
+        nonlocal inflight, n
+        if inflight is not None:
+            fut, count = inflight
+            inflight = None
+            fut.result()  # a failed write raises here
+            n += count
+            if on_progress:
+                on_progress(count)
+
     try:
         c.assign([TopicPartition(t, p, lo) for (t, p), (lo, _hi) in todo.items()])
         remaining = {k for k in todo}
@@ -91,26 +107,28 @@ def replay(
             for m in msgs:
                 if m.error():
                     continue
-                key = (m.topic(), m.partition())
+                topic, part, offset = m.topic(), m.partition(), m.offset()
+                key = (topic, part)
                 if key not in remaining:
                     continue
                 hi = todo[key][1]
-                if m.offset() >= hi:
+                if offset >= hi:
                     remaining.discard(key)
                     continue
                 try:
                     env = decode(m.value())
                 except DecodeError:
                     continue  # the live agent skips such records too
-                pending.append(rows_for(env, m.partition(), m.offset(), m.topic()))
-                if m.offset() + 1 >= hi:
+                pending.append(rows_for(env, part, offset, topic))
+                if offset + 1 >= hi:
                     remaining.discard(key)
             if pending:
-                index.write(merge(pending))
-                n += len(pending)
-                if on_progress:
-                    on_progress(len(pending))
+                rows = merge(pending)
+                settle()
+                inflight = (writer.submit(index.write, rows), len(pending))
                 pending = []
+        settle()
     finally:
+        writer.shutdown(wait=True)
         c.close()
     return ReplayResult(n, time.monotonic() - t0, until)

@@ -26,6 +26,29 @@ _STUDY_COLS = (
     "study_description, referring_physician_name"
 )
 _SERIES_COLS = "series_uid, modality, series_number, series_description, body_part_examined"
+_STUDY_LIST = [c.strip() for c in _STUDY_COLS.split(",")]
+_SERIES_LIST = [c.strip() for c in _SERIES_COLS.split(",")]
+# The columns each level's query returns, in order (build_sql's third result).
+_COLUMNS: dict[str, list[str]] = {
+    "PATIENT": [
+        "patient_id",
+        "issuer_of_patient_id",
+        "patient_name",
+        "patient_birth_date",
+        "patient_sex",
+        "header_json",
+        "n_studies",
+        "n_series",
+        "n_instances",
+    ],
+    "STUDY": _STUDY_LIST
+    + ["header_json", "modalities_in_study", "sop_classes_in_study", "n_series", "n_instances"],
+    "SERIES": _STUDY_LIST + _SERIES_LIST + ["header_json", "n_instances"],
+    "IMAGE": _STUDY_LIST
+    + _SERIES_LIST
+    + ["sop_uid", "sop_class_uid", "instance_number"]
+    + ["header_json"],
+}
 
 
 class Index(Protocol):
@@ -86,19 +109,15 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
     where = " AND ".join(conds["plain"]) or "1"
     having = " AND ".join(conds["agg"]) or "1"
     limit = int(q.limit)
+    cols = list(_COLUMNS[q.level])
+    # The stored header (a few KB per row, by far the widest column) is read only when some
+    # requested key is not answered from an indexed column; otherwise '' stands in for it
+    # (to_identifier never looks at it then).
+    need_header = _needs_header(q, cols)
+    hdr = "header_json" if need_header else "'' AS header_json"
 
     if q.level == "PATIENT":
-        cols = [
-            "patient_id",
-            "issuer_of_patient_id",
-            "patient_name",
-            "patient_birth_date",
-            "patient_sex",
-            "header_json",
-            "n_studies",
-            "n_series",
-            "n_instances",
-        ]
+        latest_header = "argMax(header_json, log_version) AS header_json" if need_header else hdr
         sql = f"""
         SELECT p.patient_id AS patient_id, p.issuer_of_patient_id AS issuer_of_patient_id,
                p.patient_name AS patient_name, p.patient_birth_date AS patient_birth_date,
@@ -109,7 +128,7 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
                    argMax(patient_name, log_version) AS patient_name,
                    argMax(patient_birth_date, log_version) AS patient_birth_date,
                    argMax(patient_sex, log_version) AS patient_sex,
-                   argMax(header_json, log_version) AS header_json,
+                   {latest_header},
                    count() AS n_studies
             FROM {db}.studies FINAL
             GROUP BY patient_id, issuer_of_patient_id
@@ -126,17 +145,10 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
         return sql, params.values, cols
 
     if q.level == "STUDY":
-        cols = [c.strip() for c in _STUDY_COLS.split(",")] + [
-            "header_json",
-            "modalities_in_study",
-            "sop_classes_in_study",
-            "n_series",
-            "n_instances",
-        ]
         sql = f"""
         SELECT s.*, a.modalities_in_study, a.sop_classes_in_study, a.n_series, a.n_instances
         FROM (
-            SELECT {_STUDY_COLS}, header_json FROM {db}.studies FINAL WHERE {where}
+            SELECT {_STUDY_COLS}, {hdr} FROM {db}.studies FINAL WHERE {where}
         ) AS s
         INNER JOIN (
             SELECT study_uid,
@@ -153,20 +165,12 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
         return sql, params.values, cols
 
     if q.level == "SERIES":
-        study_cols = [c.strip() for c in _STUDY_COLS.split(",")]
-        cols = (
-            study_cols
-            + [c.strip() for c in _SERIES_COLS.split(",")]
-            + [
-                "header_json",
-                "n_instances",
-            ]
-        )
+        study_cols = _STUDY_LIST
         sql = f"""
         SELECT {", ".join(f"s.{c} AS {c}" for c in study_cols)},
                {", ".join(f"se.{c.strip()} AS {c.strip()}" for c in _SERIES_COLS.split(","))},
                se.header_json AS header_json, c.n_instances AS n_instances
-        FROM (SELECT study_uid, {_SERIES_COLS}, header_json FROM {db}.series FINAL) AS se
+        FROM (SELECT study_uid, {_SERIES_COLS}, {hdr} FROM {db}.series FINAL) AS se
         INNER JOIN (SELECT {_STUDY_COLS} FROM {db}.studies FINAL) AS s USING (study_uid)
         INNER JOIN (
             SELECT study_uid, series_uid, count() AS n_instances
@@ -177,17 +181,28 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
         LIMIT {limit}"""
         return sql, params.values, cols
 
-    cols = (
-        [c.strip() for c in _STUDY_COLS.split(",")]
-        + [c.strip() for c in _SERIES_COLS.split(",")]
-        + ["sop_uid", "sop_class_uid", "instance_number", "header_json"]
-    )
+    selected = ", ".join(hdr if c == "header_json" else c for c in cols)
     sql = f"""
-    SELECT {", ".join(cols)} FROM {db}.instances FINAL
+    SELECT {selected} FROM {db}.instances FINAL
     WHERE {where}
     ORDER BY study_uid, series_uid, instance_number, sop_uid
     LIMIT {limit}"""
     return sql, params.values, cols
+
+
+def _needs_header(q: FindQuery, columns: list[str]) -> bool:
+    """Whether to_identifier will read the stored header for some key (the same rules)."""
+    lvl = LEVELS.index(q.level)
+    for kw, _raw in q.keys:
+        attr = ATTRIBUTES.get(kw)
+        if attr is not None and (
+            LEVELS.index(attr.level) > lvl or (attr.aggregate and attr.level != q.level)
+        ):
+            continue  # returned empty
+        if attr is not None and attr.column in columns:
+            continue  # answered from a column
+        return True
+    return False
 
 
 def find(index: Index, q: FindQuery) -> Iterator[Dataset]:

@@ -36,6 +36,8 @@ def json_value(header: dict[str, Any], tag: str) -> str:
     if not elem:
         return ""
     values = elem.get("Value") or []
+    if len(values) == 1 and type(values[0]) is str:  # the common case, same result as below
+        return values[0].strip()
     out = []
     for v in values:
         if isinstance(v, dict):  # PN: {"Alphabetic": ..., "Ideographic": ..., "Phonetic": ...}
@@ -73,6 +75,8 @@ def _ts(t: Any) -> datetime:
 
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
+# One encoder for every payload (json.dumps with arguments builds a new encoder per call).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def event_row(env: pb.Envelope, topic: str, partition: int, offset: int) -> Row:
@@ -80,7 +84,7 @@ def event_row(env: pb.Envelope, topic: str, partition: int, offset: int) -> Row:
     kind = env.WhichOneof("payload")
     if kind == "instance_stored":
         e = env.instance_stored
-        payload = json.dumps(
+        payload = _COMPACT.encode(
             {
                 "sop_instance_uid": e.sop_instance_uid,
                 "series_instance_uid": e.series_instance_uid,
@@ -93,8 +97,7 @@ def event_row(env: pb.Envelope, topic: str, partition: int, offset: int) -> Row:
                 "key": e.location.key,
                 "calling_ae_title": e.calling_ae_title,
                 "ingest_node": e.ingest_node,
-            },
-            separators=(",", ":"),
+            }
         )
     elif kind is None:
         payload = "{}"
@@ -142,21 +145,32 @@ def rows_for(env: pb.Envelope, partition: int, offset: int, topic: str = "") -> 
     if kind != "instance_stored":
         return out
     e = env.instance_stored
-    header = json.loads(e.header_json) if e.header_json else {}
+    # Every protobuf field read copies it out of the message: read each one once.
+    header_text = e.header_json
+    header = json.loads(header_text) if header_text else {}
 
     def v(name: str) -> str:
         return json_value(header, _T[name])
 
+    study_uid = e.study_instance_uid
+    series_uid = e.series_instance_uid
+    sop_uid = e.sop_instance_uid
+    sha256 = e.sha256
+    size_bytes = e.size_bytes
+    location = e.location
+    tier, storage_key = location.tier, location.key
+    calling_ae_title = e.calling_ae_title
+    patient_ref = e.patient
     patient = {
-        "patient_id": e.patient.patient_id,
-        "issuer_of_patient_id": e.patient.issuer_of_patient_id,
+        "patient_id": patient_ref.patient_id,
+        "issuer_of_patient_id": patient_ref.issuer_of_patient_id,
         "patient_name": v("PatientName"),
         "patient_birth_date": v("PatientBirthDate"),
         "patient_sex": v("PatientSex"),
     }
     study_time = v("StudyTime")
     study = {
-        "study_uid": e.study_instance_uid,
+        "study_uid": study_uid,
         "study_date": v("StudyDate"),
         "study_time": study_time,
         "study_time_norm": norm_time(study_time),
@@ -166,7 +180,7 @@ def rows_for(env: pb.Envelope, partition: int, offset: int, topic: str = "") -> 
         "referring_physician_name": v("ReferringPhysicianName"),
     }
     series = {
-        "series_uid": e.series_instance_uid,
+        "series_uid": series_uid,
         "modality": e.modality,
         "series_number": _int_or_none(v("SeriesNumber")),
         "series_description": v("SeriesDescription"),
@@ -177,41 +191,39 @@ def rows_for(env: pb.Envelope, partition: int, offset: int, topic: str = "") -> 
         **patient,
         **study,
         **series,
-        "sop_uid": e.sop_instance_uid,
+        "sop_uid": sop_uid,
         "sop_class_uid": e.sop_class_uid,
         "instance_number": _int_or_none(v("InstanceNumber")),
         "transfer_syntax_uid": e.transfer_syntax_uid,
-        "size_bytes": e.size_bytes,
-        "sha256": e.sha256,
-        "tier": e.location.tier,
-        "storage_key": e.location.key,
-        "calling_ae_title": e.calling_ae_title,
+        "size_bytes": size_bytes,
+        "sha256": sha256,
+        "tier": tier,
+        "storage_key": storage_key,
+        "calling_ae_title": calling_ae_title,
         "called_ae_title": e.called_ae_title,
         "ingest_node": e.ingest_node,
         "received_at": received_at,
-        "header_json": e.header_json,
+        "header_json": header_text,
         **log,
     }
     version = {
-        "study_uid": e.study_instance_uid,
-        "series_uid": e.series_instance_uid,
-        "sop_uid": e.sop_instance_uid,
-        "sha256": e.sha256,
+        "study_uid": study_uid,
+        "series_uid": series_uid,
+        "sop_uid": sop_uid,
+        "sha256": sha256,
         "supersedes_sha256": e.supersedes_sha256,
-        "size_bytes": e.size_bytes,
-        "tier": e.location.tier,
-        "storage_key": e.location.key,
-        "calling_ae_title": e.calling_ae_title,
+        "size_bytes": size_bytes,
+        "tier": tier,
+        "storage_key": storage_key,
+        "calling_ae_title": calling_ae_title,
         "received_at": received_at,
         **log,
     }
     out["instances"] = [instance]
     out["instance_versions"] = [version]
-    out["series"] = [
-        {"study_uid": e.study_instance_uid, **series, "header_json": e.header_json, **log}
-    ]
+    out["series"] = [{"study_uid": study_uid, **series, "header_json": header_text, **log}]
     out["studies"] = [
-        {**patient, **study, "last_received_at": received_at, "header_json": e.header_json, **log}
+        {**patient, **study, "last_received_at": received_at, "header_json": header_text, **log}
     ]
     return out
 

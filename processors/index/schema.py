@@ -50,6 +50,38 @@ LOG_COLUMNS = """
 """
 
 
+# The ReplacingMergeTree key (ORDER BY) and version column of every table: rows with equal keys
+# collapse to the one with the highest version (the last inserted among equal versions).
+KEYS: dict[str, tuple[str, ...]] = {
+    "instances": ("study_uid", "series_uid", "sop_uid"),
+    "instance_versions": ("study_uid", "series_uid", "sop_uid", "sha256"),
+    "events": ("topic", "log_partition", "log_offset"),
+    "study_stability": ("study_uid",),
+    "series": ("study_uid", "series_uid"),
+    "studies": ("study_uid",),
+}
+VERSIONS: dict[str, str] = {t: ("log_offset" if t == "events" else "log_version") for t in KEYS}
+
+
+def _engine(table: str) -> str:
+    key = ", ".join(KEYS[table])
+    return f"ENGINE = ReplacingMergeTree({VERSIONS[table]})\n        ORDER BY ({key})"
+
+
+# Bloom filters on UID columns that are looked up without the leading key columns (a relational
+# C-FIND by SOPInstanceUID or SeriesInstanceUID alone, WADO/gRPC lookups of one instance): a
+# lookup reads a few granules instead of scanning the column. Only KEY columns get one: every
+# version of a row has the same key, so a granule skipped by the filter cannot hold a newer
+# version of a matching row, and reads with FINAL stay exact.
+SKIP_INDEXES: tuple[tuple[str, str, str], ...] = (
+    ("instances", "sop_uid_bf", "sop_uid TYPE bloom_filter(0.01) GRANULARITY 1"),
+    ("instances", "series_uid_bf", "series_uid TYPE bloom_filter(0.01) GRANULARITY 1"),
+)
+
+
+PROJECTION_MODE = "deduplicate_merge_projection_mode = 'rebuild'"
+
+
 def ddl(db: str) -> list[str]:
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
@@ -72,8 +104,7 @@ def ddl(db: str) -> list[str]:
             received_at DateTime64(3, 'UTC'),
             header_json String CODEC(ZSTD(3)),
             {LOG_COLUMNS}
-        ) ENGINE = ReplacingMergeTree(log_version)
-        ORDER BY (study_uid, series_uid, sop_uid)""",
+        ) {_engine("instances")}""",
         # Every stored version of every instance (history: same SOP Instance UID, other bytes).
         f"""CREATE TABLE IF NOT EXISTS {db}.instance_versions (
             study_uid String,
@@ -87,8 +118,7 @@ def ddl(db: str) -> list[str]:
             calling_ae_title LowCardinality(String),
             received_at DateTime64(3, 'UTC'),
             {LOG_COLUMNS}
-        ) ENGINE = ReplacingMergeTree(log_version)
-        ORDER BY (study_uid, series_uid, sop_uid, sha256)""",
+        ) {_engine("instance_versions")}""",
         # Every event of every source-of-truth topic, for analysts and for positions: the
         # highest offset per (topic, partition) here is how far this index has read the log.
         f"""CREATE TABLE IF NOT EXISTS {db}.events (
@@ -103,8 +133,8 @@ def ddl(db: str) -> list[str]:
             producer_service LowCardinality(String),
             producer_node LowCardinality(String),
             payload_json String CODEC(ZSTD(3))
-        ) ENGINE = ReplacingMergeTree(log_offset)
-        ORDER BY (topic, log_partition, log_offset)""",
+        ) {_engine("events")}
+        SETTINGS {PROJECTION_MODE}""",
         # The last StudyStable per study (through which instance event it was stable).
         f"""CREATE TABLE IF NOT EXISTS {db}.study_stability (
             study_uid String,
@@ -113,16 +143,14 @@ def ddl(db: str) -> list[str]:
             quiet_seconds UInt32,
             last_arrival_at DateTime64(3, 'UTC'),
             {LOG_COLUMNS}
-        ) ENGINE = ReplacingMergeTree(log_version)
-        ORDER BY study_uid""",
+        ) {_engine("study_stability")}""",
         # One row per series: the series attributes of its latest instance event.
         f"""CREATE TABLE IF NOT EXISTS {db}.series (
             study_uid String,
             {SERIES_COLUMNS}
             header_json String CODEC(ZSTD(3)),
             {LOG_COLUMNS}
-        ) ENGINE = ReplacingMergeTree(log_version)
-        ORDER BY (study_uid, series_uid)""",
+        ) {_engine("series")}""",
         # One row per study: patient + study attributes of its latest instance event.
         f"""CREATE TABLE IF NOT EXISTS {db}.studies (
             {PATIENT_COLUMNS}
@@ -130,8 +158,19 @@ def ddl(db: str) -> list[str]:
             last_received_at DateTime64(3, 'UTC'),
             header_json String CODEC(ZSTD(3)),
             {LOG_COLUMNS}
-        ) ENGINE = ReplacingMergeTree(log_version)
-        ORDER BY study_uid""",
+        ) {_engine("studies")}""",
+        # Skip indexes (ADD ... IF NOT EXISTS also equips a table created by an older version;
+        # its existing parts get the index as they are merged).
+        *(
+            f"ALTER TABLE {db}.{table} ADD INDEX IF NOT EXISTS {name} {expr}"
+            for table, name, expr in SKIP_INDEXES
+        ),
+        # How far the index has read the log (checksum.positions, every second on the live
+        # node) from a per-part aggregate instead of a scan of every event row. The setting
+        # lets a ReplacingMergeTree have a projection (rebuilt when parts merge).
+        f"ALTER TABLE {db}.events MODIFY SETTING {PROJECTION_MODE}",
+        f"ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS log_end ("
+        "SELECT topic, log_partition, max(log_offset) GROUP BY topic, log_partition)",
     ]
 
 

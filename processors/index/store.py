@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from operator import itemgetter
 from typing import Any
 
 import clickhouse_connect
@@ -12,9 +13,28 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from common.errors import Unavailable
 from processors.index.projection import Rows
-from processors.index.schema import TABLES, ddl
+from processors.index.schema import KEYS, TABLES, VERSIONS, ddl
 
 log = logging.getLogger(__name__)
+
+# Tables that get many rows per key in one batch (every instance event of a series/study
+# writes its series and study row): only the row that survives FINAL is inserted.
+DEDUPLICATED = ("series", "studies")
+
+
+def latest_per_key(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``table`` that ReplacingMergeTree would keep: per key (ORDER BY), the row
+    with the highest version, the last one among equal versions. Inserting only these gives the
+    same FINAL result as inserting all of them (a later batch still supersedes them)."""
+    key = itemgetter(*KEYS[table])
+    version = VERSIONS[table]
+    best: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        k = key(r)
+        cur = best.get(k)
+        if cur is None or r[version] >= cur[version]:
+            best[k] = r
+    return list(best.values())
 
 
 class IndexStore:
@@ -44,10 +64,15 @@ class IndexStore:
             for table, rs in rows.items():
                 if not rs:
                     continue
-                cols = self._columns[table]
-                data = [[r[c] for c in cols] for r in rs]
-                self.client.insert(f"{self.database}.{table}", data, column_names=cols)
                 n += len(rs)
+                if table in DEDUPLICATED and len(rs) > 1:
+                    rs = latest_per_key(table, rs)
+                cols = self._columns[table]
+                # Column-oriented: no per-row tuples to build and pivot again in the driver.
+                data = [[r[c] for r in rs] for c in cols]
+                self.client.insert(
+                    f"{self.database}.{table}", data, column_names=cols, column_oriented=True
+                )
         except ClickHouseError as exc:
             raise Unavailable(f"index write failed: {exc}") from exc
         return n
