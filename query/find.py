@@ -51,6 +51,29 @@ _COLUMNS: dict[str, list[str]] = {
 }
 
 
+# Study-level aggregates over instances: (keyword, column, expression, constant when not asked).
+_STUDY_AGGREGATES = (
+    (
+        "ModalitiesInStudy",
+        "modalities_in_study",
+        "arraySort(groupUniqArrayIf(modality, modality != '')) AS modalities_in_study",
+        "CAST([] AS Array(String))",
+    ),
+    (
+        "SOPClassesInStudy",
+        "sop_classes_in_study",
+        "arraySort(groupUniqArray(sop_class_uid)) AS sop_classes_in_study",
+        "CAST([] AS Array(String))",
+    ),
+    (
+        "NumberOfStudyRelatedSeries",
+        "n_series",
+        "uniqExact(series_uid) AS n_series",
+        "toUInt64(0)",
+    ),
+)
+
+
 class Index(Protocol):
     database: str
 
@@ -89,8 +112,14 @@ def parse_identifier(identifier: Dataset, limit: int) -> FindQuery:
     return FindQuery(level, keys, limit)
 
 
-def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
-    """SQL, parameters and the list of selected column names for the query."""
+def build_sql(
+    q: FindQuery, db: str, *, only_requested: bool = False
+) -> tuple[str, dict[str, Any], list[str]]:
+    """SQL, parameters and the list of selected column names for the query.
+
+    ``only_requested``: study-level aggregates that no key of the query asks for are not
+    computed (a constant stands in). For callers that read nothing but what to_identifier
+    reads (find); a caller that sorts or filters on other columns leaves it False."""
     params = Params()
     lvl = LEVELS.index(q.level)
     conds: dict[str, list[str]] = {"plain": [], "agg": []}
@@ -145,6 +174,11 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
         return sql, params.values, cols
 
     if q.level == "STUDY":
+        asked = {kw for kw, _raw in q.keys}
+        study_aggregates = ", ".join(
+            expr if not only_requested or kw in asked else f"{empty} AS {col}"
+            for kw, col, expr, empty in _STUDY_AGGREGATES
+        )
         sql = f"""
         SELECT s.*, a.modalities_in_study, a.sop_classes_in_study, a.n_series, a.n_instances
         FROM (
@@ -152,9 +186,7 @@ def build_sql(q: FindQuery, db: str) -> tuple[str, dict[str, Any], list[str]]:
         ) AS s
         INNER JOIN (
             SELECT study_uid,
-                   arraySort(groupUniqArrayIf(modality, modality != '')) AS modalities_in_study,
-                   arraySort(groupUniqArray(sop_class_uid)) AS sop_classes_in_study,
-                   uniqExact(series_uid) AS n_series, count() AS n_instances
+                   {study_aggregates}, count() AS n_instances
             FROM {db}.instances FINAL
             WHERE study_uid IN (SELECT study_uid FROM {db}.studies FINAL WHERE {where})
             GROUP BY study_uid
@@ -206,7 +238,7 @@ def _needs_header(q: FindQuery, columns: list[str]) -> bool:
 
 
 def find(index: Index, q: FindQuery) -> Iterator[Dataset]:
-    sql, params, cols = build_sql(q, index.database)
+    sql, params, cols = build_sql(q, index.database, only_requested=True)
     for row in index.query(sql, params):
         yield to_identifier(q, dict(zip(cols, row, strict=True)))
 

@@ -121,3 +121,36 @@ def test_header_is_read_only_when_a_key_needs_it(chdb_index: IndexStore) -> None
         chdb_index, FindQuery("IMAGE", [("SOPInstanceUID", sop), ("InstanceNumber", "")], 10)
     )
     assert ds.SOPInstanceUID == sop and int(ds.InstanceNumber) == 1
+
+
+def test_find_computes_only_the_study_aggregates_asked_for(chdb_index: IndexStore) -> None:
+    study = uid()
+    for n, modality in ((1, "CT"), (2, "MR")):
+        env = instance(
+            patient_id="PB-AGG",
+            study_uid=study,
+            series_uid=uid(),
+            modality=modality,
+            instance_number=n,
+        )
+        chdb_index.write(rows_for(env, 0, 900_100 + n))
+    lean = FindQuery(
+        "STUDY",
+        [
+            ("StudyInstanceUID", study),
+            ("ModalitiesInStudy", "CT"),
+            ("NumberOfStudyRelatedInstances", ""),
+        ],
+        10,
+    )
+    sql, _p, _c = build_sql(lean, chdb_index.database, only_requested=True)
+    assert "uniqExact(series_uid)" not in sql and "groupUniqArrayIf(modality" in sql
+    sql, _p, _c = build_sql(lean, chdb_index.database)  # other callers: every aggregate
+    assert "uniqExact(series_uid)" in sql
+    [ds] = find(chdb_index, lean)
+    assert list(ds.ModalitiesInStudy) == ["CT", "MR"] and int(ds.NumberOfStudyRelatedInstances) == 2
+    both = FindQuery(
+        "STUDY", [("StudyInstanceUID", study), ("NumberOfStudyRelatedSeries", "2")], 10
+    )
+    [ds] = find(chdb_index, both)
+    assert int(ds.NumberOfStudyRelatedSeries) == 2
