@@ -647,6 +647,8 @@ def report(r: dict[str, Any]) -> str:
     p50g, p99g = SEARCH_GOAL
     for key, via in (("search_grpc", "gRPC SearchStudies"), ("search_cfind", "C-FIND")):
         for name, s in r.get(key, {}).items():
+            if name not in ib.QUERY_LABELS or not isinstance(s, dict):
+                continue  # run metadata (e.g. load averages), not a query kind
             extra = f", first page of {s['page_size']}" if "page_size" in s else ""
             rows.append(
                 [
