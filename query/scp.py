@@ -112,13 +112,7 @@ def make_move_handler(
             locs, error = [], exc
         yield dest[0], dest[1], {"contexts": _contexts_for(locs)} if locs else {}
         if error is not None:
-            yield 1
-            status = (
-                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
-                if isinstance(error, Invalid)
-                else OUT_OF_RESOURCES
-            )
-            yield _failure(status, str(error))
+            yield from _retrieve_failed(error)
             return
         yield len(locs)
         yield from _sub_operations(event, locs, source)
@@ -132,18 +126,20 @@ def make_get_handler(index: Index, source: HotSource) -> Any:
             level, keys = _retrieve_request(event.identifier)
             locs = locate(index, level, keys)
         except (Invalid, Unavailable) as exc:
-            yield 1
-            status = (
-                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
-                if isinstance(exc, Invalid)
-                else OUT_OF_RESOURCES
-            )
-            yield _failure(status, str(exc))
+            yield from _retrieve_failed(exc)
             return
         yield len(locs)
         yield from _sub_operations(event, locs, source)
 
     return handle_get
+
+
+def _retrieve_failed(error: Exception) -> Iterator[Any]:
+    """The tail of a C-MOVE/C-GET that cannot start: one sub-operation count, then the failure
+    (A900 for a bad identifier, A700 when the index is unavailable)."""
+    yield 1
+    status = IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS if isinstance(error, Invalid) else OUT_OF_RESOURCES
+    yield _failure(status, str(error))
 
 
 def _contexts_for(locs: list[Located]) -> list[Any]:
