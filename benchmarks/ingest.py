@@ -29,6 +29,7 @@ Results: a table on stdout, JSON in benchmarks/results/ingest-<date>.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -68,8 +69,10 @@ WARMUP = 30
 # A DIMSE exchange that gets no response within this many seconds is a stall: recorded,
 # the association is replaced and the phase goes on (queries normally take ~5-30 ms).
 STALL_TIMEOUT = 10.0
-# A run during which other processes used more than this share of the machine is flagged.
-DISTURBED_PCT = 10.0
+# A run during which other users' processes used more than this share of the machine is
+# flagged and left out of the medians (on a shared machine a few idle services of other
+# people already use ~10%).
+DISTURBED_PCT = 20.0
 IDLE_SECONDS = 5.0
 
 
@@ -116,8 +119,10 @@ def throughput_run(
     load = ForeignLoad(lambda: target_pids(t))
     load.start()
     cpu0, cli0 = cpu_by_service(t), children_cpu()
-    log(f"{t.name}: sending {count} x {size} ({gen.mean_size / 1024:.0f} KB) "
-        f"over {assocs} association(s) ...")
+    log(
+        f"{t.name}: sending {count} x {size} ({gen.mean_size / 1024:.0f} KB) "
+        f"over {assocs} association(s) ..."
+    )
     run = storescu(gen.files, t.aet, t.store_port, assocs, work / "logs" / data.name)
     cpu1, cli1 = cpu_by_service(t), children_cpu()
     # CPU used meanwhile by other users' processes, as a share of the machine: a run with a
@@ -126,11 +131,16 @@ def throughput_run(
     for p in run.problems:
         log(f"  PROBLEM: {p}")
     catch_up = wait_visible(t, gen.study_uids, run.sent_ok, timeout=300.0)
-    log(f"  {t.name}: {run.sent_ok}/{count} in {run.seconds:.2f}s = {run.per_second:.1f} inst/s"
+    log(
+        f"  {t.name}: {run.sent_ok}/{count} in {run.seconds:.2f}s = {run.per_second:.1f} inst/s"
         f" ({run.sent_ok * gen.mean_size / run.seconds / 1e6:.1f} MB/s); all visible to C-FIND "
         + (f"after {catch_up:.2f}s" if catch_up is not None else "NOT within 300s")
-        + (f"; DISTURBED: other processes used {foreign:.0f}% of the machine"
-           if foreign > DISTURBED_PCT else ""))
+        + (
+            f"; DISTURBED: other processes used {foreign:.0f}% of the machine"
+            if foreign > DISTURBED_PCT
+            else ""
+        )
+    )
     shutil.rmtree(data, ignore_errors=True)
     return {
         "target": t.name,
@@ -187,10 +197,15 @@ def latency_run(
                 tr = time.perf_counter()
                 code = getattr(st, "Status", None)
                 if code is None:  # no response within STALL_TIMEOUT: the association is gone
-                    stalls.append({"kind": "C-STORE", "at_s": round(ts - t_start, 2),
-                                   "waited_s": round(tr - ts, 2), "instance": i})
-                    log(f"  STALL: C-STORE #{i} got no response in {tr - ts:.1f}s; "
-                        "re-associating")
+                    stalls.append(
+                        {
+                            "kind": "C-STORE",
+                            "at_s": round(ts - t_start, 2),
+                            "waited_s": round(tr - ts, 2),
+                            "instance": i,
+                        }
+                    )
+                    log(f"  STALL: C-STORE #{i} got no response in {tr - ts:.1f}s; re-associating")
                     assoc.abort()
                     assoc = associate(t.store_port, t.aet, store_cx, STALL_TIMEOUT)
                     continue
@@ -213,8 +228,10 @@ def latency_run(
     query_times: list[float] = []
     qassoc = associate(t.find_port, t.find_aet, [(FIND,)], STALL_TIMEOUT)
     th = threading.Thread(target=sender, name="latency-sender", daemon=True)
-    log(f"{t.name}: latency phase, {count} x {size} at {rate:g}/s, C-FIND poll every "
-        f"{poll * 1000:.0f} ms ...")
+    log(
+        f"{t.name}: latency phase, {count} x {size} at {rate:g}/s, C-FIND poll every "
+        f"{poll * 1000:.0f} ms ..."
+    )
     load = ForeignLoad(lambda: target_pids(t))
     load.start()
     cpu0 = cpu_by_service(t)
@@ -244,11 +261,19 @@ def latency_run(
                 matches = c_find(qassoc, q)
             except RuntimeError as exc:  # no response / aborted: a stall, not a slow query
                 ta = time.perf_counter()
-                stalls.append({"kind": "C-FIND", "at_s": round(tq - t_start, 2),
-                               "waited_s": round(ta - tq, 2), "pending": len(pending),
-                               "error": str(exc)})
-                log(f"  STALL: C-FIND got no response in {ta - tq:.1f}s ({len(pending)} "
-                    "instances pending, excluded from the latency figures); re-associating")
+                stalls.append(
+                    {
+                        "kind": "C-FIND",
+                        "at_s": round(tq - t_start, 2),
+                        "waited_s": round(ta - tq, 2),
+                        "pending": len(pending),
+                        "error": str(exc),
+                    }
+                )
+                log(
+                    f"  STALL: C-FIND got no response in {ta - tq:.1f}s ({len(pending)} "
+                    "instances pending, excluded from the latency figures); re-associating"
+                )
                 affected.update(pending)
                 qassoc.abort()
                 qassoc = associate(t.find_port, t.find_aet, [(FIND,)], STALL_TIMEOUT)
@@ -296,11 +321,16 @@ def latency_run(
         res["log_tails"] = {svc: t.log_tail(svc, 15) for svc in ("index", "ingest")}
     for f in failures:
         log(f"  PROBLEM: {f}")
-    log(f"  {t.name}: visible p50 {res['visible_p50_ms']} ms, p99 {res['visible_p99_ms']} ms "
+    log(
+        f"  {t.name}: visible p50 {res['visible_p50_ms']} ms, p99 {res['visible_p99_ms']} ms "
         f"({len(lat)}/{count} measured, {len(stalls)} stalls); "
         f"C-STORE rtt p50 {res['store_rtt_p50_ms']} ms; C-FIND p50 {res['find_p50_ms']} ms"
-        + (f"; DISTURBED: other processes used {foreign:.0f}% of the machine"
-           if foreign > DISTURBED_PCT else ""))
+        + (
+            f"; DISTURBED: other processes used {foreign:.0f}% of the machine"
+            if foreign > DISTURBED_PCT
+            else ""
+        )
+    )
     return res
 
 
@@ -316,8 +346,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Median (and range) over repetitions, per (size, assocs), and the Strata/Orthanc ratio
     of the medians."""
     out = []
-    keys = sorted({(r["size"], r["assocs"]) for r in runs},
-                  key=lambda k: (list(SIZES).index(k[0]), k[1]))
+    keys = sorted(
+        {(r["size"], r["assocs"]) for r in runs}, key=lambda k: (list(SIZES).index(k[0]), k[1])
+    )
     for size, k in keys:
         row: dict[str, Any] = {"size": size, "assocs": k}
         for target in ("strata", "orthanc"):
@@ -331,7 +362,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[target] = {
                 "median_inst_per_s": round(statistics.median(quiet or rates), 1),
                 "median_over": "undisturbed runs" if quiet else "all runs",
-                "min": min(rates), "max": max(rates), "runs": len(rates),
+                "min": min(rates),
+                "max": max(rates),
+                "runs": len(rates),
                 "all_ok": all(r["ok"] for r in rs),
                 "disturbed_runs": sum(1 for r in rs if r["foreign_cpu_pct"] > DISTURBED_PCT),
             }
@@ -358,17 +391,35 @@ def report(results: dict[str, Any]) -> str:
     rows = []
     for row in results.get("summary", []):
         vis = (row.get("strata") or {}).get("visible_after_s_max")
-        rows.append([
-            f"{row['size']} ({row['mean_bytes'] / 1024:.0f} KB)", row["assocs"],
-            cell(row, "strata"), cell(row, "orthanc"), fmt(row.get("ratio"), 2),
-            fmt(vis, 2),
-        ])
-    out = [table(["size", "assocs", "strata inst/s", "orthanc inst/s", "ratio",
-                  "strata all queryable after (s, max)"], rows)]
+        rows.append(
+            [
+                f"{row['size']} ({row['mean_bytes'] / 1024:.0f} KB)",
+                row["assocs"],
+                cell(row, "strata"),
+                cell(row, "orthanc"),
+                fmt(row.get("ratio"), 2),
+                fmt(vis, 2),
+            ]
+        )
+    out = [
+        table(
+            [
+                "size",
+                "assocs",
+                "strata inst/s",
+                "orthanc inst/s",
+                "ratio",
+                "strata all queryable after (s, max)",
+            ],
+            rows,
+        )
+    ]
     reps = results["config"].get("repeat", 1)
     if reps > 1:
-        out.append(f"(median of up to {reps} runs each, over the runs not disturbed by other "
-                   "processes; range of all runs in brackets; ratio of the medians)")
+        out.append(
+            f"(median of up to {reps} runs each, over the runs not disturbed by other "
+            "processes; range of all runs in brackets; ratio of the medians)"
+        )
     disturbed = any(
         (row.get(t) or {}).get("disturbed_runs")
         for row in results.get("summary", [])
@@ -376,47 +427,100 @@ def report(results: dict[str, Any]) -> str:
     ) or any(r.get("foreign_cpu_pct", 0) > DISTURBED_PCT for r in results["latency"])
     lrows = []
     for r in results["latency"]:
-        lrows.append([
-            r["target"], f"{r['size']} @ {r['rate_per_s']:g}/s",
-            f"{r['measured']}/{r['sent']}", fmt(r["visible_p50_ms"]), fmt(r["visible_p99_ms"]),
-            fmt(r["visible_max_ms"]), fmt(r["store_rtt_p50_ms"]), len(r["stalls"]),
-        ])
+        lrows.append(
+            [
+                r["target"],
+                f"{r['size']} @ {r['rate_per_s']:g}/s",
+                f"{r['measured']}/{r['sent']}",
+                fmt(r["visible_p50_ms"]),
+                fmt(r["visible_p99_ms"]),
+                fmt(r["visible_max_ms"]),
+                fmt(r["store_rtt_p50_ms"]),
+                len(r["stalls"]),
+            ]
+        )
         if r.get("foreign_cpu_pct", 0) > DISTURBED_PCT:
             lrows[-1][0] += "*"
     if lrows:
         out.append("")
-        out.append(table(["arrival -> queryable", "load", "n", "p50 ms", "p99 ms", "max ms",
-                          "C-STORE rtt p50 ms", "stalls"], lrows))
+        out.append(
+            table(
+                [
+                    "arrival -> queryable",
+                    "load",
+                    "n",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "C-STORE rtt p50 ms",
+                    "stalls",
+                ],
+                lrows,
+            )
+        )
     if disturbed:
-        out.append(f"* some runs were disturbed: other processes used > {DISTURBED_PCT:.0f}% "
-                   "of the machine meanwhile (foreign_cpu_pct in the JSON)")
+        out.append(
+            f"* some runs were disturbed: other processes used > {DISTURBED_PCT:.0f}% "
+            "of the machine meanwhile (foreign_cpu_pct in the JSON)"
+        )
     return "\n".join(out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--count", type=int, help="instances per run for every size "
-                   f"(default: {', '.join(f'{k} {v}' for k, v in DEFAULT_COUNTS.items())})")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.ingest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        help="instances per run for every size "
+        f"(default: {', '.join(f'{k} {v}' for k, v in DEFAULT_COUNTS.items())})",
+    )
     p.add_argument("--sizes", default="small,ct", help="comma list of: " + ",".join(SIZES))
     p.add_argument("--assocs", default="1,4", help="comma list of parallel association counts")
     p.add_argument("--targets", default="strata,orthanc", help="comma list: strata,orthanc")
-    p.add_argument("--repeat", type=int, default=3,
-                   help="runs of every (size, assocs, target); the table shows the median")
-    p.add_argument("--per-series", type=int, default=100,
-                   help="instances per series (one study per series)")
-    p.add_argument("--latency-count", type=int, default=250,
-                   help="instances in the latency phase (0 = skip it)")
-    p.add_argument("--latency-rate", type=float, default=20.0,
-                   help="sustained C-STORE rate of the latency phase, per second")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of every (size, assocs, target); the table shows the median",
+    )
+    p.add_argument(
+        "--per-series", type=int, default=100, help="instances per series (one study per series)"
+    )
+    p.add_argument(
+        "--latency-count",
+        type=int,
+        default=250,
+        help="instances in the latency phase (0 = skip it)",
+    )
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        default=20.0,
+        help="sustained C-STORE rate of the latency phase, per second",
+    )
     p.add_argument("--latency-size", default="small", choices=sorted(SIZES))
     p.add_argument("--poll-ms", type=float, default=10.0, help="C-FIND poll interval")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
-                   help="where pixel payloads are cached")
-    p.add_argument("--work-dir", type=Path, default=None,
-                   help="parent of the temporary data/target directories (default: $TMPDIR)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="where pixel payloads are cached"
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="parent of the temporary data/target directories (default: $TMPDIR)",
+    )
     p.add_argument("--output", type=Path, default=None, help="JSON result file")
     p.add_argument("--keep", action="store_true", help="keep the Strata home (logs) at the end")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="JSON",
+        help="only print the tables of an earlier result file (no measurement)",
+    )
     a = p.parse_args(argv)
     a.sizes = [s.strip() for s in a.sizes.split(",") if s.strip()]
     a.assocs = [int(x) for x in a.assocs.split(",") if x.strip()]
@@ -451,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     args = parse_args(argv)
+    if args.report:
+        old = json.loads(args.report.read_text())
+        old["summary"] = summarize(old["throughput"])
+        print(report(old))
+        return 0
     if "orthanc" in args.targets and not Path("/usr/sbin/Orthanc").exists():
         print("Orthanc not found at /usr/sbin/Orthanc (apt-get install orthanc)", file=sys.stderr)
         return 2
@@ -460,8 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = {s: args.count or DEFAULT_COUNTS[s] for s in args.sizes}
     busy = busy_cpu_percent()
     if busy > 15:
-        log(f"WARNING: the machine is already {busy:.0f}% busy before the benchmark starts; "
-            "the numbers will be noisy and not comparable")
+        log(
+            f"WARNING: the machine is already {busy:.0f}% busy before the benchmark starts; "
+            "the numbers will be noisy and not comparable"
+        )
     started = datetime.now()
     results: dict[str, Any] = {
         "benchmark": "ingest",
@@ -470,11 +581,19 @@ def main(argv: list[str] | None = None) -> int:
         "revision": git_revision(),
         "background_cpu_busy_pct_at_start": busy,
         "config": {
-            "sizes": args.sizes, "assocs": args.assocs, "targets": args.targets,
-            "counts": counts, "per_series": args.per_series, "client": "DCMTK storescu",
+            "sizes": args.sizes,
+            "assocs": args.assocs,
+            "targets": args.targets,
+            "counts": counts,
+            "per_series": args.per_series,
+            "client": "DCMTK storescu",
             "repeat": args.repeat,
-            "latency": {"count": args.latency_count, "rate": args.latency_rate,
-                        "size": args.latency_size, "poll_ms": args.poll_ms},
+            "latency": {
+                "count": args.latency_count,
+                "rate": args.latency_rate,
+                "size": args.latency_size,
+                "poll_ms": args.poll_ms,
+            },
         },
         "throughput": [],
         "latency": [],
@@ -511,8 +630,10 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(IDLE_SECONDS)
         c1 = {t.name: cpu_by_service(t) for t in targets}
         results["idle_cpu_pct_of_one_core"] = {
-            name: {k: round((c1[name].get(k, 0.0) - v) / IDLE_SECONDS * 100, 1)
-                   for k, v in c0[name].items()}
+            name: {
+                k: round((c1[name].get(k, 0.0) - v) / IDLE_SECONDS * 100, 1)
+                for k, v in c0[name].items()
+            }
             for name in c0
         }
         log(f"idle CPU (% of one core): {results['idle_cpu_pct_of_one_core']}")
@@ -524,8 +645,9 @@ def main(argv: list[str] | None = None) -> int:
             for size in args.sizes:
                 for k in args.assocs:
                     for t in order:
-                        r = throughput_run(t, size, counts[size], k, args.per_series, work,
-                                           args.cache_dir)
+                        r = throughput_run(
+                            t, size, counts[size], k, args.per_series, work, args.cache_dir
+                        )
                         r["rep"] = rep
                         results["throughput"].append(r)
         results["summary"] = summarize(results["throughput"])
@@ -533,14 +655,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.latency_count > 0:
             for t in targets:
                 results["latency"].append(
-                    latency_run(t, args.latency_count, args.latency_rate, args.poll_ms / 1000.0,
-                                args.latency_size, work, args.cache_dir)
+                    latency_run(
+                        t,
+                        args.latency_count,
+                        args.latency_rate,
+                        args.poll_ms / 1000.0,
+                        args.latency_size,
+                        work,
+                        args.cache_dir,
+                    )
                 )
 
         for t in targets:
             if isinstance(t, Orthanc):
-                sent = WARMUP + sum(r["sent_ok"] for r in results["throughput"]
-                                    if r["target"] == t.name)
+                sent = WARMUP + sum(
+                    r["sent_ok"] for r in results["throughput"] if r["target"] == t.name
+                )
                 sent += sum(r["stored_ok"] for r in results["latency"] if r["target"] == t.name)
                 results["final_counts"] = {"orthanc": t.instance_count(), "orthanc_sent": sent}
     except Exception as exc:  # noqa: BLE001 - stop the targets, keep what was measured
@@ -564,9 +694,11 @@ def main(argv: list[str] | None = None) -> int:
     results["finished"] = datetime.now().isoformat(timespec="seconds")
     results["machine"]["load_avg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     text = report(results)
-    print(f"Ingest benchmark {results['started']} on {results['machine']['nproc']} cores, "
-          f"{results['machine']['cpu_model']}, {results['machine']['memory_gib']} GiB; "
-          f"revision {results['revision']}; CPU {busy:.0f}% busy before start")
+    print(
+        f"Ingest benchmark {results['started']} on {results['machine']['nproc']} cores, "
+        f"{results['machine']['cpu_model']}, {results['machine']['memory_gib']} GiB; "
+        f"revision {results['revision']}; CPU {busy:.0f}% busy before start"
+    )
     print(text)
     out = result_path(args.output)
     write_json(out, results)
