@@ -153,12 +153,16 @@ def start(settings: Settings) -> int:
 
 def _cluster_id(kdir: Path) -> str:
     f = kdir / "cluster.id"
-    if not f.exists():
-        # KRaft cluster ids are 16 random bytes, base64url without padding (22 chars).
+    cid = f.read_text().strip() if f.exists() else ""
+    # KRaft cluster ids are 16 random bytes, base64url without padding (22 chars). One that
+    # starts with '-' is read as an option by the storage tool (about 1 start in 64 failed, and
+    # kept failing with the id saved): draw again, as Kafka's own Uuid.randomUuid() does.
+    while not cid or cid.startswith("-"):
         import base64
 
-        f.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
-    return f.read_text().strip()
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    f.write_text(cid)
+    return cid
 
 
 def wait_ready(settings: Settings, timeout: float = 60.0) -> None:
