@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -229,6 +228,8 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         raise StrataError("more than 128 (SOP class, transfer syntax) pairs: send in batches")
     from pynetdicom import _config
 
+    from common.dimse import nodelay
+
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
     ae = AE(ae_title=args.calling_ae)
     ae.maximum_pdu_size = 0
@@ -241,7 +242,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     def connect() -> Any:
         a = ae.associate(host, port, ae_title=called)
         if a.is_established:
-            a.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nodelay(a.dul.socket.socket)
         return a
 
     assoc = connect()

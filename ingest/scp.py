@@ -18,18 +18,12 @@ from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom import transport as _transport
 
+from common.dimse import set_nodelay
 from ingest import metrics
 from ingest.store import Received, StoreService
 
 log = logging.getLogger(__name__)
 VERIFICATION = "1.2.840.10008.1.1"
-
-
-def set_nodelay(event: evt.Event) -> None:
-    """Nagle's algorithm costs DIMSE ~40 ms per small PDU exchange: disable it on every socket."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def handle_echo(event: evt.Event) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 
+from common.dimse import nodelay
 from common.errors import Invalid, NotFound
 from query.matching import ATTRIBUTES, LEVELS, MatchError, Params, condition
 
@@ -158,7 +159,7 @@ def install_raw_send() -> None:
 
     def create_socket(self: Any, address: Any) -> socket.socket:
         sock = original_create(self, address)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        nodelay(sock)
         return sock
 
     AssociationSocket._create_socket = create_socket  # type: ignore[method-assign]

@@ -7,7 +7,6 @@ PS3.4 C.4.1.1.4.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from common.dimse import set_nodelay
 from common.errors import Invalid, NotFound, Unavailable
 from query.find import Index, find, parse_identifier
 from query.retrieve import HotSource, Located, StoredInstance, locate
@@ -34,12 +34,6 @@ CANCEL = 0xFE00
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 OUT_OF_RESOURCES = 0xA700
-
-
-def set_nodelay(event: evt.Event) -> None:
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def make_find_handler(index: Index, limit: int) -> Any:
