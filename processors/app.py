@@ -87,7 +87,13 @@ def create_app(settings: Settings, index: IndexStore) -> faust.App:
     index_agent_for(settings.study_topic, "index")
     index_agent_for(settings.quarantine_topic, "index-quarantine")
 
+    from confluent_kafka import Consumer
+
     from processors.replay import end_positions
+
+    probe = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "strata-index-probe"}
+    )  # one client for the per-second lag check, not one per tick
     from processors.stability import StabilityEmitter
 
     emitter = StabilityEmitter(
@@ -99,7 +105,7 @@ def create_app(settings: Settings, index: IndexStore) -> faust.App:
     topics = [settings.study_topic, settings.quarantine_topic]
 
     def lag_and_stability() -> None:
-        ends = end_positions(settings.kafka_bootstrap, topics)
+        ends = end_positions(settings.kafka_bootstrap, topics, probe)
         done = checksum.positions(index)
         lag = {}
         for t, parts in ends.items():

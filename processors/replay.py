@@ -35,8 +35,10 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-def end_positions(bootstrap: str, topics: list[str]) -> Positions:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "strata-replay-probe"})
+def end_positions(bootstrap: str, topics: list[str], probe: Consumer | None = None) -> Positions:
+    """Log end offsets per topic partition. A long-lived caller passes its own ``probe``
+    consumer (the index node asks every second: a new client per tick is wasted work)."""
+    c = probe or Consumer({"bootstrap.servers": bootstrap, "group.id": "strata-replay-probe"})
     try:
         md = c.list_topics(timeout=30)
         out: Positions = {}
@@ -50,7 +52,8 @@ def end_positions(bootstrap: str, topics: list[str]) -> Positions:
     except KafkaException as exc:
         raise Unavailable(f"Kafka unreachable at {bootstrap}: {exc}") from exc
     finally:
-        c.close()
+        if probe is None:
+            c.close()
 
 
 def replay(
