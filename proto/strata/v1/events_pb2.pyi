@@ -1,9 +1,10 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -19,7 +20,7 @@ class Producer(_message.Message):
     def __init__(self, service: _Optional[str] = ..., node: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("event_id", "event_type", "schema_version", "occurred_at", "producer", "study_instance_uid", "instance_stored", "instance_quarantined", "study_stable")
+    __slots__ = ("event_id", "event_type", "schema_version", "occurred_at", "producer", "study_instance_uid", "instance_stored", "instance_quarantined", "study_stable", "route_decided", "route_attempted", "route_delivered", "route_dead_lettered", "route_redriven", "tier_transitioned", "instance_deleted", "legal_hold_placed", "legal_hold_released", "object_repaired", "study_accessed")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +30,17 @@ class Envelope(_message.Message):
     INSTANCE_STORED_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     STUDY_STABLE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_DECIDED_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_ATTEMPTED_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_REDRIVEN_FIELD_NUMBER: _ClassVar[int]
+    TIER_TRANSITIONED_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_HOLD_PLACED_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_HOLD_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    STUDY_ACCESSED_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     event_type: str
     schema_version: int
@@ -38,7 +50,18 @@ class Envelope(_message.Message):
     instance_stored: InstanceStored
     instance_quarantined: InstanceQuarantined
     study_stable: StudyStable
-    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., schema_version: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[_Union[Producer, _Mapping]] = ..., study_instance_uid: _Optional[str] = ..., instance_stored: _Optional[_Union[InstanceStored, _Mapping]] = ..., instance_quarantined: _Optional[_Union[InstanceQuarantined, _Mapping]] = ..., study_stable: _Optional[_Union[StudyStable, _Mapping]] = ...) -> None: ...
+    route_decided: RouteDecided
+    route_attempted: RouteAttempted
+    route_delivered: RouteDelivered
+    route_dead_lettered: RouteDeadLettered
+    route_redriven: RouteRedriven
+    tier_transitioned: TierTransitioned
+    instance_deleted: InstanceDeleted
+    legal_hold_placed: LegalHoldPlaced
+    legal_hold_released: LegalHoldReleased
+    object_repaired: ObjectRepaired
+    study_accessed: StudyAccessed
+    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., schema_version: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[_Union[Producer, _Mapping]] = ..., study_instance_uid: _Optional[str] = ..., instance_stored: _Optional[_Union[InstanceStored, _Mapping]] = ..., instance_quarantined: _Optional[_Union[InstanceQuarantined, _Mapping]] = ..., study_stable: _Optional[_Union[StudyStable, _Mapping]] = ..., route_decided: _Optional[_Union[RouteDecided, _Mapping]] = ..., route_attempted: _Optional[_Union[RouteAttempted, _Mapping]] = ..., route_delivered: _Optional[_Union[RouteDelivered, _Mapping]] = ..., route_dead_lettered: _Optional[_Union[RouteDeadLettered, _Mapping]] = ..., route_redriven: _Optional[_Union[RouteRedriven, _Mapping]] = ..., tier_transitioned: _Optional[_Union[TierTransitioned, _Mapping]] = ..., instance_deleted: _Optional[_Union[InstanceDeleted, _Mapping]] = ..., legal_hold_placed: _Optional[_Union[LegalHoldPlaced, _Mapping]] = ..., legal_hold_released: _Optional[_Union[LegalHoldReleased, _Mapping]] = ..., object_repaired: _Optional[_Union[ObjectRepaired, _Mapping]] = ..., study_accessed: _Optional[_Union[StudyAccessed, _Mapping]] = ...) -> None: ...
 
 class StorageLocation(_message.Message):
     __slots__ = ("tier", "key")
@@ -147,3 +170,193 @@ class StudyStable(_message.Message):
     quiet_seconds: int
     last_arrival_at: _timestamp_pb2.Timestamp
     def __init__(self, study_instance_uid: _Optional[str] = ..., through_partition: _Optional[int] = ..., through_offset: _Optional[int] = ..., quiet_seconds: _Optional[int] = ..., last_arrival_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RoutedInstance(_message.Message):
+    __slots__ = ("sop_instance_uid", "sop_class_uid", "series_instance_uid", "sha256", "transfer_syntax_uid", "size_bytes", "location")
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SOP_CLASS_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_SYNTAX_UID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    sha256: str
+    transfer_syntax_uid: str
+    size_bytes: int
+    location: StorageLocation
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., sha256: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ...) -> None: ...
+
+class RouteDecided(_message.Message):
+    __slots__ = ("route_id", "matched", "rule", "destination", "trigger", "trigger_event_id", "trigger_partition", "trigger_offset", "transcode_to", "instances", "reason")
+    ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TRANSCODE_TO_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    route_id: str
+    matched: bool
+    rule: str
+    destination: str
+    trigger: str
+    trigger_event_id: str
+    trigger_partition: int
+    trigger_offset: int
+    transcode_to: str
+    instances: _containers.RepeatedCompositeFieldContainer[RoutedInstance]
+    reason: str
+    def __init__(self, route_id: _Optional[str] = ..., matched: _Optional[bool] = ..., rule: _Optional[str] = ..., destination: _Optional[str] = ..., trigger: _Optional[str] = ..., trigger_event_id: _Optional[str] = ..., trigger_partition: _Optional[int] = ..., trigger_offset: _Optional[int] = ..., transcode_to: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[RoutedInstance, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RouteAttempted(_message.Message):
+    __slots__ = ("route_id", "sop_instance_uid", "attempt", "destination", "ae_title", "address", "outcome", "dimse_status", "detail", "next_attempt_at", "transfer_syntax_uid")
+    ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    AE_TITLE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DIMSE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_SYNTAX_UID_FIELD_NUMBER: _ClassVar[int]
+    route_id: str
+    sop_instance_uid: str
+    attempt: int
+    destination: str
+    ae_title: str
+    address: str
+    outcome: str
+    dimse_status: int
+    detail: str
+    next_attempt_at: _timestamp_pb2.Timestamp
+    transfer_syntax_uid: str
+    def __init__(self, route_id: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., attempt: _Optional[int] = ..., destination: _Optional[str] = ..., ae_title: _Optional[str] = ..., address: _Optional[str] = ..., outcome: _Optional[str] = ..., dimse_status: _Optional[int] = ..., detail: _Optional[str] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transfer_syntax_uid: _Optional[str] = ...) -> None: ...
+
+class RouteDelivered(_message.Message):
+    __slots__ = ("route_id", "destination", "instances", "attempts")
+    ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    route_id: str
+    destination: str
+    instances: int
+    attempts: int
+    def __init__(self, route_id: _Optional[str] = ..., destination: _Optional[str] = ..., instances: _Optional[int] = ..., attempts: _Optional[int] = ...) -> None: ...
+
+class RouteDeadLettered(_message.Message):
+    __slots__ = ("route_id", "destination", "sop_instance_uids", "reason", "detail", "dimse_status", "attempts", "delivered")
+    ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UIDS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    DIMSE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    route_id: str
+    destination: str
+    sop_instance_uids: _containers.RepeatedScalarFieldContainer[str]
+    reason: str
+    detail: str
+    dimse_status: int
+    attempts: int
+    delivered: int
+    def __init__(self, route_id: _Optional[str] = ..., destination: _Optional[str] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., dimse_status: _Optional[int] = ..., attempts: _Optional[int] = ..., delivered: _Optional[int] = ...) -> None: ...
+
+class RouteRedriven(_message.Message):
+    __slots__ = ("route_id", "requested_by", "note")
+    ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    route_id: str
+    requested_by: str
+    note: str
+    def __init__(self, route_id: _Optional[str] = ..., requested_by: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class TierTransitioned(_message.Message):
+    __slots__ = ("sop_instance_uid", "series_instance_uid", "sha256", "size_bytes", "source", "target", "policy", "reason")
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    sop_instance_uid: str
+    series_instance_uid: str
+    sha256: str
+    size_bytes: int
+    source: StorageLocation
+    target: StorageLocation
+    policy: str
+    reason: str
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., source: _Optional[_Union[StorageLocation, _Mapping]] = ..., target: _Optional[_Union[StorageLocation, _Mapping]] = ..., policy: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class InstanceDeleted(_message.Message):
+    __slots__ = ("sop_instance_uid", "series_instance_uid", "sha256", "location", "policy", "reason")
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    sop_instance_uid: str
+    series_instance_uid: str
+    sha256: str
+    location: StorageLocation
+    policy: str
+    reason: str
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., policy: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class LegalHoldPlaced(_message.Message):
+    __slots__ = ("hold_id", "reason", "placed_by")
+    HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PLACED_BY_FIELD_NUMBER: _ClassVar[int]
+    hold_id: str
+    reason: str
+    placed_by: str
+    def __init__(self, hold_id: _Optional[str] = ..., reason: _Optional[str] = ..., placed_by: _Optional[str] = ...) -> None: ...
+
+class LegalHoldReleased(_message.Message):
+    __slots__ = ("hold_id", "reason", "released_by")
+    HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_BY_FIELD_NUMBER: _ClassVar[int]
+    hold_id: str
+    reason: str
+    released_by: str
+    def __init__(self, hold_id: _Optional[str] = ..., reason: _Optional[str] = ..., released_by: _Optional[str] = ...) -> None: ...
+
+class ObjectRepaired(_message.Message):
+    __slots__ = ("sop_instance_uid", "sha256", "location", "source", "problem")
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    sop_instance_uid: str
+    sha256: str
+    location: StorageLocation
+    source: StorageLocation
+    problem: str
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., source: _Optional[_Union[StorageLocation, _Mapping]] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class StudyAccessed(_message.Message):
+    __slots__ = ("via", "accessed_at")
+    VIA_FIELD_NUMBER: _ClassVar[int]
+    ACCESSED_AT_FIELD_NUMBER: _ClassVar[int]
+    via: str
+    accessed_at: _timestamp_pb2.Timestamp
+    def __init__(self, via: _Optional[str] = ..., accessed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
