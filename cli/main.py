@@ -4,7 +4,7 @@ strata up | down | status          the local stack (embedded default, loopback o
 strata send PATH...                send DICOM files/folders to the ingest SCP (C-STORE)
 strata find [--patient-id ...]     search studies (C-FIND) and print a table
 strata config                      list every setting with its env name and default
-strata serve ingest|index          run one service in the foreground (used by ``up``)
+strata serve ingest|index|router   run one service in the foreground (used by ``up``)
 """
 
 from __future__ import annotations
@@ -383,11 +383,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         "ingest": serve.serve_ingest,
         "ingest-worker": serve.serve_ingest_worker,
         "index": serve.serve_index,
+        "router": serve.serve_router,
     }[args.service](settings)
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
+    from cli import route
+
     p = argparse.ArgumentParser(
         prog="strata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -427,8 +430,9 @@ def parser() -> argparse.ArgumentParser:
     vw = sub.add_parser("viewer", help="install the OHIF web viewer (npm) served at DICOMweb /")
     vw.add_argument("action", choices=["install"])
     vw.set_defaults(fn=cmd_viewer)
+    route.add_parser(sub)
     sv = sub.add_parser("serve", help="run one service in the foreground")
-    sv.add_argument("service", choices=["ingest", "ingest-worker", "index"])
+    sv.add_argument("service", choices=["ingest", "ingest-worker", "index", "router"])
     sv.set_defaults(fn=cmd_serve)
     return p
 

@@ -37,6 +37,16 @@ def serve_ingest_worker(settings: Settings) -> None:
     run_worker(settings)
 
 
+def serve_router(settings: Settings) -> None:
+    """The router: routing rules over the study log, forwarding to destination AEs."""
+    from processors.router.service import run
+
+    _logging()
+    if not settings.router_config:
+        raise SystemExit("STRATA_ROUTER_CONFIG is not set: no routing rules to run")
+    run(settings)
+
+
 def serve_index(settings: Settings) -> None:
     """The index node: faust processors materializing the index, and every reader of it (the
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns

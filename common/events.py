@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from proto.strata.v1 import events_pb2 as pb
@@ -20,7 +21,7 @@ def timestamp(dt: datetime) -> Timestamp:
 
 
 def envelope(
-    payload: pb.InstanceStored | pb.InstanceQuarantined | pb.StudyStable,
+    payload: Message,
     *,
     study_uid: str,
     service: str,
@@ -37,13 +38,14 @@ def envelope(
         producer=pb.Producer(service=service, node=node, version=SOFTWARE_VERSION),
         study_instance_uid=study_uid,
     )
-    field = {
-        "InstanceStored": "instance_stored",
-        "InstanceQuarantined": "instance_quarantined",
-        "StudyStable": "study_stable",
-    }[env.event_type]
-    getattr(env, field).CopyFrom(payload)
+    getattr(env, _FIELDS[env.event_type]).CopyFrom(payload)
     return env
+
+
+# payload message name -> its field in the Envelope's oneof (e.g. "RouteDecided" -> "route_decided")
+_FIELDS = {
+    f.message_type.name: f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields
+}
 
 
 def decode(value: bytes) -> pb.Envelope:

@@ -125,6 +125,15 @@ class Settings:
         0.05, "Seconds to wait to fill an index batch (trades latency for throughput)."
     )
 
+
+    # --- router ---
+    router_config: str = _setting(
+        "",
+        "Routing rules and destinations (JSON file, see docs/routing.md). Empty = no router.",
+    )
+    router_http_port: int = _setting(8083, "Port of the router's /healthz, /metrics, /routes.")
+    router_group: str = _setting("strata-router", "Kafka consumer group of the router.")
+
     # ---------------------------------------------------------------- derived paths
     @property
     def hot_dir(self) -> Path:

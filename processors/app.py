@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from common.events import decode
 from common.settings import Settings
-from processors.index import checksum
+from processors.index import checksum, routing
 from processors.index.projection import merge, rows_for
 from processors.index.store import IndexStore
 
@@ -140,6 +140,24 @@ def create_app(settings: Settings, index: IndexStore) -> faust.App:
     @app.page("/checksums")
     async def checksums(web: Any, request: Any) -> Any:
         return web.json(await asyncio.to_thread(checksum.snapshot, index))
+
+    @app.page("/routes")
+    async def routes(web: Any, request: Any) -> Any:
+        q = request.query
+        state = q.get("state", "")
+        if state and state not in routing.STATES:
+            return web.json({"error": f"state must be one of {routing.STATES}"}, status=400)
+        rows = await asyncio.to_thread(
+            routing.list_routes, index, state, q.get("study", ""), int(q.get("limit", "100"))
+        )
+        return web.json({"routes": rows})
+
+    @app.page("/routes/{route_id}")
+    async def route(web: Any, request: Any, route_id: str) -> Any:
+        detail = await asyncio.to_thread(routing.route_detail, index, route_id)
+        if detail is None:
+            return web.json({"error": f"no route {route_id}"}, status=404)
+        return web.json(detail)
 
     return app
 

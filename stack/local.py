@@ -35,6 +35,7 @@ def services(settings: Settings) -> list[Service]:
         Service(
             "ingest", p("ingest"), f"dicom://{settings.ingest_ae_title}@{h}:{settings.ingest_port}"
         ),
+        Service("router", p("router"), f"http://{h}:{settings.router_http_port}/routes"),
     ]
 
 
@@ -59,6 +60,9 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
         svc["ingest"].proc,
         timeout,
     )
+    if settings.router_config:
+        svc["router"].proc.start([python, "-m", "cli.main", "serve", "router"], env=env)
+        wait_router(settings.bind_host, settings.router_http_port, svc["router"].proc, timeout)
 
 
 def down(settings: Settings) -> list[str]:
@@ -170,6 +174,17 @@ def wait_healthy(host: str, http_port: int, dicom_port: int, proc: Proc, timeout
                     return
             except OSError:
                 pass
+        time.sleep(0.2)
+    raise Unavailable(f"{proc.name} not healthy within {timeout:.0f}s:\n{proc.tail(30)}")
+
+
+def wait_router(host: str, http_port: int, proc: Proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.pid():
+            raise Unavailable(f"{proc.name} exited during start-up; log tail:\n{proc.tail(30)}")
+        if health(host, http_port):
+            return
         time.sleep(0.2)
     raise Unavailable(f"{proc.name} not healthy within {timeout:.0f}s:\n{proc.tail(30)}")
 

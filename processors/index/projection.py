@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from processors.index.routing import routing_rows
 from proto.strata.v1 import events_pb2 as pb
 
 Row = dict[str, Any]
@@ -141,6 +142,9 @@ def rows_for(env: pb.Envelope, partition: int, offset: int, topic: str = "") -> 
                 **log,
             }
         ]
+        return out
+    if kind is not None and kind.startswith("route_"):
+        out.update(routing_rows(env, kind, log))
         return out
     if kind != "instance_stored":
         return out

@@ -59,6 +59,9 @@ KEYS: dict[str, tuple[str, ...]] = {
     "study_stability": ("study_uid",),
     "series": ("study_uid", "series_uid"),
     "studies": ("study_uid",),
+    "routes": ("route_id",),
+    "route_attempts": ("route_id", "sop_uid", "attempt"),
+    "route_states": ("route_id", "log_offset"),  # every transition is kept
 }
 VERSIONS: dict[str, str] = {t: ("log_offset" if t == "events" else "log_version") for t in KEYS}
 
@@ -76,6 +79,7 @@ def _engine(table: str) -> str:
 SKIP_INDEXES: tuple[tuple[str, str, str], ...] = (
     ("instances", "sop_uid_bf", "sop_uid TYPE bloom_filter(0.01) GRANULARITY 1"),
     ("instances", "series_uid_bf", "series_uid TYPE bloom_filter(0.01) GRANULARITY 1"),
+    ("routes", "study_uid_bf", "study_uid TYPE bloom_filter(0.01) GRANULARITY 1"),
 )
 
 
@@ -159,6 +163,53 @@ def ddl(db: str) -> list[str]:
             header_json String CODEC(ZSTD(3)),
             {LOG_COLUMNS}
         ) {_engine("studies")}""",
+        # Routing (processors/router): one row per route decision (also "no rule matched")...
+        f"""CREATE TABLE IF NOT EXISTS {db}.routes (
+            route_id String,
+            study_uid String,
+            matched UInt8,
+            rule LowCardinality(String),
+            destination LowCardinality(String),
+            trigger LowCardinality(String),
+            transcode_to LowCardinality(String),
+            instance_count UInt32,
+            instances_json String CODEC(ZSTD(3)),
+            reason String,
+            decided_at DateTime64(3, 'UTC'),
+            {LOG_COLUMNS}
+        ) {_engine("routes")}""",
+        # ... one per C-STORE attempt of one instance of a route ...
+        f"""CREATE TABLE IF NOT EXISTS {db}.route_attempts (
+            route_id String,
+            study_uid String,
+            sop_uid String,
+            attempt UInt32,
+            destination LowCardinality(String),
+            ae_title LowCardinality(String),
+            address LowCardinality(String),
+            outcome LowCardinality(String),
+            dimse_status UInt16,
+            detail String,
+            transfer_syntax_uid LowCardinality(String),
+            attempted_at DateTime64(3, 'UTC'),
+            next_attempt_at DateTime64(3, 'UTC'),
+            {LOG_COLUMNS}
+        ) {_engine("route_attempts")}""",
+        # ... and every end state of each route (delivered, dead-lettered, redriven): the
+        # current one is the latest by log_offset (one route's events share one partition).
+        f"""CREATE TABLE IF NOT EXISTS {db}.route_states (
+            route_id String,
+            study_uid String,
+            state LowCardinality(String),
+            reason LowCardinality(String),
+            detail String,
+            dimse_status UInt16,
+            attempts UInt32,
+            delivered UInt32,
+            undelivered Array(String),
+            at DateTime64(3, 'UTC'),
+            {LOG_COLUMNS}
+        ) {_engine("route_states")}""",
         # Skip indexes (ADD ... IF NOT EXISTS also equips a table created by an older version;
         # its existing parts get the index as they are merged).
         *(
@@ -181,4 +232,7 @@ TABLES = (
     "studies",
     "events",
     "study_stability",
+    "routes",
+    "route_attempts",
+    "route_states",
 )

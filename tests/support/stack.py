@@ -67,6 +67,7 @@ def make_stack(home: Path) -> Stack:
         "STRATA_INDEX_HTTP_PORT": str(free_port()),
         "STRATA_GRPC_PORT": str(free_port()),
         "STRATA_DICOMWEB_PORT": str(free_port()),
+        "STRATA_ROUTER_HTTP_PORT": str(free_port()),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
     env.update(ports)

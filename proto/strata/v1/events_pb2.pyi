@@ -274,14 +274,22 @@ class RouteDeadLettered(_message.Message):
     def __init__(self, route_id: _Optional[str] = ..., destination: _Optional[str] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., dimse_status: _Optional[int] = ..., attempts: _Optional[int] = ..., delivered: _Optional[int] = ...) -> None: ...
 
 class RouteRedriven(_message.Message):
-    __slots__ = ("route_id", "requested_by", "note")
+    __slots__ = ("route_id", "requested_by", "note", "destination", "transcode_to", "instances", "rule")
     ROUTE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    TRANSCODE_TO_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     route_id: str
     requested_by: str
     note: str
-    def __init__(self, route_id: _Optional[str] = ..., requested_by: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+    destination: str
+    transcode_to: str
+    instances: _containers.RepeatedCompositeFieldContainer[RoutedInstance]
+    rule: str
+    def __init__(self, route_id: _Optional[str] = ..., requested_by: _Optional[str] = ..., note: _Optional[str] = ..., destination: _Optional[str] = ..., transcode_to: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[RoutedInstance, _Mapping]]] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class TierTransitioned(_message.Message):
     __slots__ = ("sop_instance_uid", "series_instance_uid", "sha256", "size_bytes", "source", "target", "policy", "reason")

@@ -1,0 +1,317 @@
+"""The router against real destinations: Orthanc (Debian) and DCMTK storescp.
+
+Every decision, attempt and end state must be in the log; a destination that was down gets
+everything once back; a refused object ends in a dead letter with its reason; transcoded
+forwards decode to the same pixels; a kill -9 of the router mid-study loses nothing and
+re-sends nothing the destination confirmed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    MRImageStorage,
+    generate_uid,
+)
+
+from stack.procs import Proc
+from tests.support.dcmtk import storescu
+from tests.support.events import of_type, read_all
+from tests.support.peers import OrthancPeer, StoreSCP
+from tests.support.stack import Stack, free_port, make_stack
+
+ROUTER_PORT_ENV = "STRATA_ROUTER_HTTP_PORT"
+
+
+def study(
+    out: Path,
+    n: int,
+    description: str,
+    modality: str = "CT",
+    compress: str = "",
+    rows: int = 32,
+) -> list[Path]:
+    """n instances of a fresh study (one series), explicit VR little endian unless compressed."""
+    out.mkdir(parents=True, exist_ok=True)
+    st, se = generate_uid(), generate_uid()
+    cls = CTImageStorage if modality == "CT" else MRImageStorage
+    rng = np.random.default_rng(len(description) + n)
+    files = []
+    for i in range(n):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        sop = generate_uid()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = cls, sop
+        ds.SOPClassUID, ds.SOPInstanceUID = cls, sop
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = st, se
+        ds.PatientID, ds.PatientName = "ROUTE-PAT", "Route^Test"
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20261128", "101500", "RACC1"
+        ds.StudyDescription, ds.Modality = description, modality
+        ds.SeriesNumber, ds.InstanceNumber = 1, i + 1
+        ds.BodyPartExamined = "CHEST"
+        ds.Rows = ds.Columns = rows
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = rng.integers(0, 4096, (rows, rows), dtype=np.uint16).tobytes()
+        if compress:
+            ds.compress(compress)
+        f = out / f"{modality}-{i:04d}.dcm"
+        ds.save_as(f, enforce_file_format=True)
+        files.append(f)
+    return files
+
+
+def send(stack: Stack, files: list[Path], extra: list[str] | None = None) -> None:
+    code, rsp, out = storescu(
+        stack.settings.ingest_port, stack.settings.ingest_ae_title, files, extra
+    )
+    assert code == 0 and len(rsp) == len(files) and all("Success" in r for r in rsp), out
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def sops(files: list[Path]) -> set[str]:
+    return {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+
+
+def routes_of(events: list[Any], study_uid: str, rule: str) -> dict[str, Any]:
+    return {
+        e.route_decided.route_id: e.route_decided
+        for e in events
+        if e.WhichOneof("payload") == "route_decided"
+        and e.study_instance_uid == study_uid
+        and e.route_decided.rule == rule
+    }
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("router")
+    orthanc = OrthancPeer(root)
+    # A destination that takes only uncompressed objects: compressed ones are refused.
+    strict = OrthancPeer(
+        root,
+        {"AcceptedTransferSyntaxes": [ExplicitVRLittleEndian, "1.2.840.10008.1.2"]},
+        ae="STRICT",
+    )
+    workstation = StoreSCP(root, "WORKSTATION")  # started later: "down for a while"
+    j2k = StoreSCP(root, "J2KNODE")
+    slow = StoreSCP(root, "SLOWNODE")
+    config = {
+        "semantics": "all-matches",
+        "defaults": {"backoff_initial": 0.5, "backoff_max": 2.0, "timeout": 10},
+        "destinations": {
+            "orthanc": {"pool": [f"ORTHANC@127.0.0.1:{orthanc.port}"], "max_associations": 2},
+            "workstation": {
+                "pool": [f"WORKSTATION@127.0.0.1:{workstation.port}"],
+                "max_attempts": 200,
+            },
+            "j2k": {"pool": [f"J2KNODE@127.0.0.1:{j2k.port}"]},
+            "strict": {"pool": [f"STRICT@127.0.0.1:{strict.port}"], "max_attempts": 3},
+            "slow": {"pool": [f"SLOWNODE@127.0.0.1:{slow.port}"], "max_per_second": 12},
+        },
+        "rules": [
+            {"name": "ct-route", "when": {"modality": "CT", "study_description": "^ROUTE"},
+             "to": ["orthanc", "workstation"]},
+            {"name": "mr-study-j2k", "when": {"modality": ["MR"]}, "forward": "study",
+             "to": "j2k", "transcode": "jpeg2000-lossless"},
+            {"name": "strict", "when": {"study_description": "STRICT"}, "to": "strict"},
+            {"name": "slow", "when": {"study_description": "KILLTEST"}, "to": "slow"},
+        ],
+    }  # fmt: skip
+    cfg = root / "routes.json"
+    cfg.write_text(json.dumps(config, indent=2))
+    stack = make_stack(root / "home")
+    stack.env.update(
+        {
+            "STRATA_ROUTER_CONFIG": str(cfg),
+            ROUTER_PORT_ENV: str(free_port()),
+            "STRATA_STUDY_QUIET_SECONDS": "2",
+        }
+    )
+    from common.settings import Settings
+
+    stack.settings = Settings.from_env(stack.env)
+    peers = [orthanc, strict, j2k, slow]
+    for p in peers:
+        p.start()
+    stack.up()
+    try:
+        yield {"stack": stack, "orthanc": orthanc, "strict": strict, "ws": workstation,
+               "j2k": j2k, "slow": slow, "root": root}  # fmt: skip
+    finally:
+        stack.down()
+        for p in (*peers, workstation):
+            p.stop()
+
+
+def test_down_destination_gets_everything_once_back(env: dict[str, Any], tmp_path: Path) -> None:
+    stack, orthanc, ws = env["stack"], env["orthanc"], env["ws"]
+    files = study(tmp_path / "a", 12, "ROUTE chest")
+    want = sops(files)
+    study_uid = str(dcmread(files[0]).StudyInstanceUID)
+    send(stack, files)
+    # Orthanc is up: it gets every instance while the workstation is still down.
+    wait_for(lambda: want <= orthanc.sop_uids(), 60, "Orthanc to receive the study")
+
+    def retries() -> list[Any]:
+        return [
+            a
+            for a in of_type(read_all(stack.settings), "route_attempted")
+            if a.destination == "workstation" and a.outcome == "retry"
+        ]
+
+    seen = wait_for(
+        lambda: r if len(r := retries()) >= 12 else None, 60, "failed attempts to the workstation"
+    )
+    assert all(a.dimse_status == 0 and a.detail for a in seen), seen[0]
+    assert all(a.next_attempt_at.seconds > 0 for a in seen)
+    ws.start()  # the workstation comes back
+    wait_for(lambda: want <= set(ws.received()), 90, "the workstation to receive everything")
+
+    def all_delivered() -> list[Any] | None:
+        events = read_all(stack.settings)
+        decided = routes_of(events, study_uid, "ct-route")
+        done = {r.route_id for r in of_type(events, "route_delivered")}
+        return (
+            [decided[r] for r in decided] if len(decided) == 24 and set(decided) <= done else None
+        )
+
+    decided = wait_for(all_delivered, 30, "RouteDelivered for every route")
+    for dest in ("orthanc", "workstation"):
+        assert {d.instances[0].sop_instance_uid for d in decided if d.destination == dest} == want
+    # Pixel data arrived unchanged (no transcoding configured for these routes).
+    for f in files:
+        sent = dcmread(f)
+        got = dcmread(ws.received()[str(sent.SOPInstanceUID)])
+        assert got.PixelData == sent.PixelData
+    # "No rule matched" is a decision too.
+    other = study(tmp_path / "b", 1, "OTHER")
+    send(stack, other)
+    [sop] = sops(other)
+
+    def no_match() -> list[Any]:
+        return [
+            d
+            for d in of_type(read_all(stack.settings), "route_decided")
+            if not d.matched and d.instances[0].sop_instance_uid == sop
+        ]
+
+    [d] = wait_for(no_match, 30, "a 'no rule matched' decision")
+    assert "no rule matched" in d.reason and not d.destination
+
+
+def test_transcoded_study_forward_decodes_to_the_same_pixels(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    stack, j2k = env["stack"], env["j2k"]
+    files = study(tmp_path / "mr", 4, "brain", modality="MR")
+    want = sops(files)
+    send(stack, files)
+    got = wait_for(lambda: want <= set(j2k.received()) and j2k.received(), 60, "the MR study")
+    for f in files:
+        original = dcmread(f)
+        received = dcmread(got[str(original.SOPInstanceUID)])
+        assert received.file_meta.TransferSyntaxUID == JPEG2000Lossless
+        assert received.PixelData != original.PixelData  # really re-encoded
+        assert np.array_equal(received.pixel_array, original.pixel_array)
+    # One decision for the whole study, taken when it became stable.
+    study_uid = str(dcmread(files[0]).StudyInstanceUID)
+    [d] = routes_of(read_all(stack.settings), study_uid, "mr-study-j2k").values()
+    assert d.trigger == "study-stable" and len(d.instances) == 4
+    assert d.transcode_to == JPEG2000Lossless
+
+
+def test_refused_object_is_dead_lettered_with_its_reason_and_can_be_redriven(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    stack = env["stack"]
+    files = study(tmp_path / "s", 1, "STRICT", compress=JPEG2000Lossless)
+    send(stack, files, ["-xv"])  # propose the file's own (JPEG 2000 lossless) syntax
+    [sop] = sops(files)
+
+    def dead() -> list[Any]:
+        return [
+            d
+            for d in of_type(read_all(stack.settings), "route_dead_lettered")
+            if sop in d.sop_instance_uids
+        ]
+
+    [d] = wait_for(dead, 60, "the dead letter")
+    assert d.reason == "rejected" and d.destination == "strict" and d.delivered == 0
+    assert "no presentation context" in d.detail and JPEG2000Lossless in d.detail
+    # Operators see it and re-drive it (here it fails again for the same reason).
+    listed = wait_for(
+        lambda: d.route_id in stack.cli("route", "list", "--state", "dead-lettered").stdout,
+        30,
+        "the dead letter in 'strata route list'",
+    )
+    assert listed
+    out = stack.cli("route", "redrive", d.route_id).stdout
+    assert d.route_id in out
+    wait_for(lambda: len(dead()) == 2, 60, "the re-driven route to end again")
+    shown = stack.cli("route", "show", d.route_id).stdout
+    assert "RouteRedriven" in shown and "no presentation context" in shown
+
+
+def test_kill9_of_the_router_mid_study_still_delivers_every_instance(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    stack, slow = env["stack"], env["slow"]
+    files = study(tmp_path / "k", 40, "KILLTEST")
+    want = sops(files)
+    send(stack, files)
+    wait_for(lambda: len(slow.received()) >= 8, 60, "the first instances at the slow node")
+    router = Proc("router", stack.settings.run_dir, stack.settings.log_dir)
+    pid = router.pid()
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(1.0)
+    assert len(slow.received()) < 40, "the study finished before the kill: test is void"
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    router.start(
+        [sys.executable, "-m", "cli.main", "serve", "router"],
+        env={**env_vars, **stack.settings.to_env()},
+    )
+    wait_for(lambda: want <= set(slow.received()), 120, "every instance after the restart")
+    study_uid = str(dcmread(files[0]).StudyInstanceUID)
+
+    def settled() -> list[Any] | None:
+        events = read_all(stack.settings)
+        ids = set(routes_of(events, study_uid, "slow"))
+        done = {r.route_id for r in of_type(events, "route_delivered")} & ids
+        return events if len(ids) == 40 and done == ids else None
+
+    events = wait_for(settled, 60, "RouteDelivered for all 40 routes")
+    delivered = Counter(
+        (a.route_id, a.sop_instance_uid)
+        for a in of_type(events, "route_attempted")
+        if a.outcome == "delivered" and a.destination == "slow"
+    )
+    # A confirmed instance is never sent again: one recorded delivery per instance.
+    assert len(delivered) == 40 and set(delivered.values()) == {1}
