@@ -67,13 +67,13 @@ def transcode(path: Path, target: str) -> Dataset:
     current = ds.file_meta.TransferSyntaxUID
     if current == target:
         return ds
-    if "PixelData" in ds and target not in (*_UNCOMPRESSED, DeflatedExplicitVRLittleEndian):
-        # Lossless: the same instance, so the SOP Instance UID is kept (pydicom's default is a
-        # new one). Decodes first when the source is compressed.
-        ds.compress(UID(target), generate_instance_uid=False)
-        return ds
+    # Lossless: the same instance, so the SOP Instance UID is kept (pydicom's default for both
+    # decompress and compress is a new one).
     if current.is_compressed and "PixelData" in ds:
         ds.decompress(generate_instance_uid=False)
+    if "PixelData" in ds and target not in (*_UNCOMPRESSED, DeflatedExplicitVRLittleEndian):
+        ds.compress(UID(target), generate_instance_uid=False)
+        return ds
     ds.file_meta.TransferSyntaxUID = UID(target)
     return ds
 

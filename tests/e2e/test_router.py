@@ -315,3 +315,12 @@ def test_kill9_of_the_router_mid_study_still_delivers_every_instance(
     )
     # A confirmed instance is never sent again: one recorded delivery per instance.
     assert len(delivered) == 40 and set(delivered.values()) == {1}
+
+
+def test_routing_state_in_the_index_rebuilds_identically_from_the_log(env: dict[str, Any]) -> None:
+    stack = env["stack"]
+    listed = stack.cli("route", "list", "--json", "--limit", "1000").stdout
+    states = Counter(r["state"] for r in json.loads(listed))
+    assert states["delivered"] >= 40 and states["dead-lettered"] >= 1 and states["no-match"] >= 1
+    r = stack.cli("verify", "-q")
+    assert r.returncode == 0, r.stdout + r.stderr
