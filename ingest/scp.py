@@ -39,6 +39,11 @@ def on_rejected(event: evt.Event) -> None:
     log.warning("association rejected for calling AE %s", event.assoc.requestor.ae_title.strip())
 
 
+def _called_ae(assoc: Any) -> str:
+    rq = assoc.requestor.primitive
+    return str(rq.called_ae_title if rq is not None else assoc.acceptor.ae_title).strip()
+
+
 def make_store_handler(service: StoreService) -> Any:
     def handle_store(event: evt.Event) -> Dataset:
         t0 = time.perf_counter()
@@ -50,7 +55,9 @@ def make_store_handler(service: StoreService) -> Any:
             sop_instance_uid=str(req.AffectedSOPInstanceUID),
             transfer_syntax_uid=str(event.context.transfer_syntax),
             calling_ae=assoc.requestor.ae_title.strip(),
-            called_ae=assoc.acceptor.ae_title.strip(),
+            # The AE title the modality addressed (the A-ASSOCIATE-RQ's), which routing rules
+            # match on; acceptor.ae_title is only this node's own title.
+            called_ae=_called_ae(assoc),
             peer_address=f"{assoc.requestor.address}:{assoc.requestor.port}",
         )
         outcome = service.store(rx)
