@@ -37,7 +37,15 @@ from pathlib import Path
 from common.errors import Unavailable
 from stack.procs import Proc
 
-BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "ceph", "ceph-authtool", "monmaptool")
+BINARIES = (
+    "ceph-mon",
+    "ceph-osd",
+    "radosgw",
+    "radosgw-admin",
+    "ceph",
+    "ceph-authtool",
+    "monmaptool",
+)
 DEBIAN_PACKAGES = "ceph-mon ceph-osd radosgw ceph-common ceph-base"
 MON_ID = "a"
 OSD_ID = 0
