@@ -17,6 +17,7 @@ ports are exact. Readiness is "S3 answers over HTTPS with the generated CA", not
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -149,6 +150,28 @@ def start(
     """
     require_binaries()
     data_dir = data_dir.resolve()
+    running = {n for n, p in procs(data_dir).items() if p.pid()}
+    try:
+        return _start(data_dir, mon_port, rgw_port, osd_ports, bucket, lc_debug_interval, timeout)
+    except BaseException:
+        # Never leave half a cluster behind a failed start (what was already running stays).
+        for name in ("ceph-rgw", "ceph-osd", "ceph-mon"):
+            if name not in running:
+                pid = procs(data_dir)[name].pid()
+                procs(data_dir)[name].stop(grace=20.0)
+                _reap(pid)
+        raise
+
+
+def _start(
+    data_dir: Path,
+    mon_port: int,
+    rgw_port: int,
+    osd_ports: tuple[int, int],
+    bucket: str,
+    lc_debug_interval: int,
+    timeout: float,
+) -> CephHandle:
     for d in ("keyrings", "mon", "osd", "run", "logs", "tls", "rgw"):
         (data_dir / d).mkdir(parents=True, exist_ok=True)
     state = _state(data_dir, mon_port, bucket)
@@ -189,6 +212,7 @@ def stop_rgw(data_dir: Path, kill: bool = False) -> None:
         while p.pid():
             time.sleep(0.05)
     p.stop(grace=20.0)
+    _reap(pid)
 
 
 def stop(data_dir: Path) -> list[str]:
@@ -196,9 +220,18 @@ def stop(data_dir: Path) -> list[str]:
     stopped = []
     p = procs(data_dir.resolve())
     for name in ("ceph-rgw", "ceph-osd", "ceph-mon"):
+        pid = p[name].pid()
         if p[name].stop(grace=30.0):
             stopped.append(name)
+        _reap(pid)
     return stopped
+
+
+def _reap(pid: int | None) -> None:
+    """Collect a stopped daemon's exit status when this process started it (no zombies)."""
+    if pid:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def handle(data_dir: Path) -> CephHandle:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from common.errors import Conflict, NotFound, Unavailable
 from common.settings import Settings
 from stack import ceph
 from tests.support.ceph import CephRGW
+from tests.support.stack import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -238,3 +240,25 @@ def test_client_settings_are_the_ones_rgw_needs(ceph_rgw: CephRGW) -> None:
     c = s3_client(ceph_rgw.endpoint, "a", "b", str(ceph_rgw.ca_path))
     assert c.meta.config.request_checksum_calculation == "when_required"
     assert c.meta.config.response_checksum_validation == "when_required"
+
+
+# --------------------------------------------------------------------------- stack/ceph.py
+
+
+def test_missing_ceph_binaries_fail_with_the_install_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_which = ceph.shutil.which
+    monkeypatch.setattr(ceph.shutil, "which", lambda b: None if b == "radosgw" else real_which(b))
+    with pytest.raises(Unavailable, match="radosgw.*apt-get install ceph-mon"):
+        ceph.start(tmp_path / "c", mon_port=1, rgw_port=2)
+
+
+def test_a_failed_start_leaves_nothing_running(tmp_path: Path) -> None:
+    with socket.socket() as busy:  # the mon's port is taken: the mon cannot bind
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(Unavailable, match="ceph-mon"):
+            ceph.start(tmp_path / "c", mon_port=port, rgw_port=free_port(), timeout=30)
+    assert [p.pid() for p in ceph.procs(tmp_path / "c").values()] == [None, None, None]
