@@ -271,5 +271,3 @@ def policy_path(home: Path, env: Mapping[str, str]) -> Path:
     settings, finds it in the archive's home)."""
     raw = env.get("STRATA_LIFECYCLE_POLICY", "").strip()
     return Path(raw).expanduser() if raw else home / "lifecycle.toml"
-
-
