@@ -448,6 +448,27 @@ def cmd_hold(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_embedded_s3(settings: Settings) -> Settings:
+    """The settings with the S3 endpoint of the Ceph that ``strata up`` runs in the archive's
+    home, when no endpoint is configured (``up`` hands it to its services, not to the CLI)."""
+    import dataclasses
+
+    if settings.s3_endpoint or not (settings.ceph_dir / "state.json").is_file():
+        return settings
+    from stack import ceph
+
+    h = ceph.handle(settings.ceph_dir)
+    return dataclasses.replace(
+        settings,
+        s3_endpoint=h.endpoint,
+        s3_access_key=h.access_key,
+        s3_secret_key=h.secret_key,
+        s3_bucket=h.bucket,
+        s3_ca_bundle=str(h.ca_path),
+        s3_region=h.region,
+    )
+
+
 def cmd_storage_verify(settings: Settings, args: argparse.Namespace) -> int:
     """Check every indexed object (or a random sample) in its recorded tier by sha256."""
     import os
@@ -462,7 +483,7 @@ def cmd_storage_verify(settings: Settings, args: argparse.Namespace) -> int:
     from proto.strata.v1 import events_pb2 as pb
 
     tiers: dict[str, Any] = {"hot": HotTier(settings.hot_dir)}
-    cold = build_cold_tier(settings)
+    cold = build_cold_tier(_with_embedded_s3(settings))
     if cold is not None:
         tiers["cold"] = cold
     policy = load_policy(policy_path(settings.home, os.environ))

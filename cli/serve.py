@@ -151,6 +151,7 @@ def _tiers(settings: Settings) -> tuple[Any, Any]:
             settings.study_topic,
             settings.node_name,
             incoming=hot.incoming,
+            policy_file=path,
         )
         log.info("lifecycle: %d rules from %s", len(policy.rules), path)
     access = AccessRecorder(

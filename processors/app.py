@@ -146,7 +146,7 @@ def create_app(
                 return
             res = lifecycle.run_once(index)
             if res.moved or res.deleted or res.failed or res.settled or res.dropped:
-                log.info(
+                (log.warning if res.failed else log.info)(
                     "lifecycle pass: %d moved (%.1f MB), %d deleted, %d settled, %d dropped, "
                     "%d failed%s",
                     res.moved,
@@ -158,12 +158,16 @@ def create_app(
                     f" (first: {res.errors[0]})" if res.errors else "",
                 )
 
-        @app.timer(interval=lifecycle.policy.interval_seconds)
-        async def lifecycle_timer() -> None:
-            try:
-                await asyncio.to_thread(lifecycle_pass)
-            except Exception as exc:  # a tier or Kafka down: the next pass retries
-                log.error("lifecycle pass failed: %s", exc)
+        @app.task
+        async def lifecycle_loop() -> None:
+            # A pause between passes (not a fixed-rate timer): a pass copying a large batch may
+            # take longer than the interval, and passes never overlap.
+            while True:
+                await asyncio.sleep(lifecycle.policy.interval_seconds)
+                try:
+                    await asyncio.to_thread(lifecycle_pass)
+                except Exception as exc:  # a tier or Kafka down: the next pass retries
+                    log.error("lifecycle pass failed: %s", exc)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

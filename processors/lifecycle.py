@@ -40,8 +40,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from confluent_kafka import Producer
 from prometheus_client import Counter, Histogram
 
-from archive.lifecycle import Decision, InstanceFacts, Policy, Rule, decide
+from archive.lifecycle import Decision, InstanceFacts, Policy, Rule, decide, load_policy
 from archive.tiers import Tier
 from archive.verify import stream_sha256
 from common.errors import Conflict, NotFound, StrataError, Unavailable
@@ -321,8 +321,6 @@ def candidates(
 
 
 def _replace(c: Candidate, **kw: Any) -> Candidate:
-    from dataclasses import replace
-
     return replace(c, **kw)
 
 
@@ -343,8 +341,11 @@ class LifecycleProcessor:
         topic: str,
         node: str,
         incoming: Path | None = None,
+        policy_file: Path | None = None,
     ) -> None:
         self.policy = policy
+        self.policy_file = policy_file
+        self._policy_mtime = _mtime(policy_file)
         self.tiers = tiers
         self.journal = Journal(journal_dir)
         self.topic = topic
@@ -378,6 +379,7 @@ class LifecycleProcessor:
     def run_once(self, index: Index, now: datetime | None = None) -> PassResult:
         """One pass. Call only on a caught-up index (every emitted event applied)."""
         with self._lock, PASS_SECONDS.time():
+            self._reload_policy()
             now = now or datetime.now(UTC)
             res = PassResult()
             self._settle(index, res)
@@ -393,6 +395,21 @@ class LifecycleProcessor:
                 return res
             self._execute(index, work, now, res)
             return res
+
+    def _reload_policy(self) -> None:
+        """Rules, day length and batch size follow edits of the policy file (no restart);
+        a file that does not parse is reported and the rules in force stay."""
+        m = _mtime(self.policy_file)
+        if self.policy_file is None or m == self._policy_mtime:
+            return
+        self._policy_mtime = m
+        try:
+            new = load_policy(self.policy_file)
+        except StrataError as exc:
+            log.error("lifecycle policy not reloaded: %s", exc)
+            return
+        self.policy = replace(new, workers=self.policy.workers, recall=self.policy.recall)
+        log.warning("lifecycle policy reloaded: %d rules", len(new.rules))
 
     def _promotion_work(self, index: Index, skip: set[str]) -> list[tuple[Candidate, str, str]]:
         wanted: dict[str, tuple[str, str, str]] = {}
@@ -434,11 +451,17 @@ class LifecycleProcessor:
         events: list[tuple[Pending, pb.Envelope]] = []
         # 1. copy + verify, in parallel
         futures = [(c, t, r, self._pool.submit(self._copy_verified, c, t)) for c, t, r in moves]
+        down = False
         for c, target, rule, fut in futures:
+            if down:  # a tier is unreachable: the rest waits for the next pass
+                fut.cancel()
             try:
                 fut.result()
             except StrataError as exc:
                 self._failed(c, "copy", exc, res)
+                down = down or isinstance(exc, Unavailable)
+                continue
+            except CancelledError:
                 continue
             eid = event_id("move", c, c.tier, target)
             supersedes = ""  # filled below
@@ -506,7 +529,7 @@ class LifecycleProcessor:
         # Unavailable (tier down): retry on the next pass; anything else: back off a while.
         if not isinstance(exc, Unavailable):
             self._backoff[c.sop_uid] = time.monotonic() + max(60.0, self.policy.interval_seconds)
-        log.warning("lifecycle %s of an instance failed: %s", step, exc)
+        log.debug("lifecycle %s of an instance failed: %s", step, exc)
 
     def _copy_verified(self, c: Candidate, target: str) -> None:
         """Copy the object to ``target`` and verify the copy against the ingest sha256."""
@@ -671,7 +694,7 @@ class LifecycleProcessor:
             except StrataError as exc:
                 res.errors.append(f"settle {p.sop_uid}: {exc}")
                 FAILED.labels("settle").inc()
-                log.warning("lifecycle: settling a pending action failed: %s", exc)
+                log.debug("lifecycle: settling a pending action failed: %s", exc)
 
     def _delete_source_after_move(self, p: Pending) -> None:
         target = self._tier(p.target_tier)
@@ -688,6 +711,13 @@ class LifecycleProcessor:
         if t is None:
             raise Unavailable(f"tier {name!r} is not configured")
         return t
+
+
+def _mtime(path: Path | None) -> float:
+    try:
+        return path.stat().st_mtime if path is not None else 0.0
+    except OSError:
+        return 0.0
 
 
 def _fsync_dir(path: Path) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import time
 import urllib.request
@@ -283,6 +285,27 @@ def test_radosgw_killed_mid_transition_then_restarted(tiers: dict, tmp_path: Pat
         mid = locations(s, study)
         assert len(mid) == n  # nothing lost from the index meanwhile
         assert any(v["tier"] == "hot" for v in mid.values())
+    assert_moved_exactly_once(tiers, study, n)
+
+
+def test_index_node_killed_mid_transition_then_restarted(tiers: dict, tmp_path: Path) -> None:
+    s: Stack = tiers["stack"]
+    n = 120
+    files = ct_series(tmp_path / "k", n, patient_id="TIER-KILL")
+    study = send(s, files, "BULK")
+    prefix = f"studies/{study}/"
+    assert wait_for(lambda: len(bucket_keys(tiers, prefix)) > 0, 60, step=0.1)
+    assert len(bucket_keys(tiers, prefix)) < n, "the transition finished before the kill"
+    pid = int((s.settings.run_dir / "index.pid").read_text())
+    os.kill(pid, signal.SIGKILL)  # copies, journal entries and events cut anywhere
+    time.sleep(1)
+    s.up()
+    assert_moved_exactly_once(tiers, study, n)
+
+
+def assert_moved_exactly_once(tiers: dict, study: str, n: int) -> None:
+    s: Stack = tiers["stack"]
+    prefix = f"studies/{study}/"
     final = wait_for(
         lambda: (
             (loc := locations(s, study)) and all(v["tier"] == "cold" for v in loc.values()) and loc
