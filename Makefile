@@ -11,7 +11,8 @@ $(BIN)/strata: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-## Run the archive: the embedded default stack on loopback (Kafka KRaft, chDB, hot tier on disk).
+## Run the archive: the embedded default stack on loopback (Kafka KRaft, chDB, hot tier on disk,
+## cold tier on Ceph RGW when Ceph is installed: 'make deps' installs it).
 up: $(BIN)/strata
 	-@$(BIN)/strata viewer install  # the OHIF web viewer (npm, cached); optional
 	$(BIN)/strata up
@@ -22,7 +23,8 @@ down:
 status:
 	$(BIN)/strata status
 
-## Test prerequisites no pip package provides: DCMTK (the real DICOM peer), Java + Maven (Kafka).
+## Test prerequisites no pip package provides: DCMTK (the real DICOM peer), Java + Maven (Kafka),
+## Ceph 16.2 mon/osd/radosgw (the cold tier's object store; 'make up' uses it when installed).
 deps:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
@@ -30,6 +32,11 @@ deps:
 	command -v npm >/dev/null || missing="$$missing npm"; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v ceph-mon >/dev/null || missing="$$missing ceph-mon"; \
+	command -v ceph-osd >/dev/null || missing="$$missing ceph-osd"; \
+	command -v radosgw >/dev/null || missing="$$missing radosgw"; \
+	command -v ceph >/dev/null || missing="$$missing ceph-common"; \
+	command -v monmaptool >/dev/null || missing="$$missing ceph-base"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "please install:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; fi; \

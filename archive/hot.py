@@ -21,6 +21,10 @@ TIER = "hot"
 
 
 class HotTier:
+    """Objects as files under ``root`` (implements ``archive.tiers.Tier``)."""
+
+    name = TIER
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.incoming = self.root / ".incoming"
@@ -35,6 +39,46 @@ class HotTier:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        try:
+            st = self.path(key).stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise Unavailable(f"hot tier stat failed: {exc.strerror}") from exc
+        return st.st_size
+
+    def delete(self, key: str) -> None:
+        """Remove the object durably (its directory is fsync'd); absent is not an error."""
+        p = self.path(key)
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise Unavailable(f"hot tier delete failed: {exc.strerror}") from exc
+        try:
+            _fsync_dir(str(p.parent))
+        except OSError as exc:
+            raise Unavailable(f"hot tier delete not made durable: {exc.strerror}") from exc
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with ``prefix`` (the spool in ``.incoming`` is not part of the tier)."""
+        # Walk only the deepest directory the prefix names, then filter by the full prefix.
+        head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.path(head) if head else self.root
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            if dirpath == str(self.root):
+                dirnames[:] = [d for d in dirnames if d != self.incoming.name]
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, self.root)
+            for fn in sorted(filenames):
+                key = fn if rel == "." else f"{rel}/{fn}"
+                if key.startswith(prefix):
+                    yield key
 
     def put_file(self, key: str, src: Path) -> bool:
         """Move ``src`` (on the same filesystem, e.g. in ``incoming``) to ``key`` durably.

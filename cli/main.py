@@ -4,6 +4,9 @@ strata up | down | status          the local stack (embedded default, loopback o
 strata send PATH...                send DICOM files/folders to the ingest SCP (C-STORE)
 strata find [--patient-id ...]     search studies (C-FIND) and print a table
 strata config                      list every setting with its env name and default
+strata route list|show|redrive     routes: decisions, attempts, dead letters; re-drive
+strata hold place|release|list     legal holds on studies (never deleted while held)
+strata storage verify              check every object's bytes in its tier; --repair
 strata serve ingest|index|router   run one service in the foreground (used by ``up``)
 """
 
@@ -62,13 +65,17 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _index_http(settings: Settings, path: str, timeout: float = 120) -> dict:
+    return dict(_index_json(settings, path, timeout))
+
+
+def _index_json(settings: Settings, path: str, timeout: float = 120) -> Any:
     import json
     import urllib.request
 
     url = f"http://{settings.bind_host}:{settings.index_http_port}{path}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            return dict(json.loads(r.read()))
+            return json.loads(r.read())
     except OSError as exc:
         raise StrataError(f"the index node does not answer at {url}: {exc}") from exc
 
@@ -376,6 +383,187 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _emit(settings: Settings, study_uid: str, payload: Any) -> None:
+    """Produce one study-scoped event (acks=all, idempotent) and wait for Kafka to confirm."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from confluent_kafka import Producer
+
+    from processors.lifecycle import wrap
+
+    env = wrap(payload, study_uid, str(uuid.uuid4()), settings.node_name, datetime.now(UTC))
+    errors: list[str] = []
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
+    )
+    producer.produce(
+        settings.study_topic,
+        key=study_uid.encode(),
+        value=env.SerializeToString(),
+        on_delivery=lambda err, msg: errors.append(str(err)) if err else None,
+    )
+    if producer.flush(30) or errors:
+        raise StrataError(f"the event was not confirmed by Kafka: {errors[:1] or 'timeout'}")
+
+
+def _operator(args: argparse.Namespace) -> str:
+    import getpass
+
+    return str(args.by or getpass.getuser())
+
+
+def cmd_hold(settings: Settings, args: argparse.Namespace) -> int:
+    """Place or release a legal hold on a study (LegalHoldPlaced/Released events)."""
+    from archive.keys import instance_key
+    from proto.strata.v1 import events_pb2 as pb
+
+    if args.action == "list":
+        import urllib.parse
+
+        q = f"?study={urllib.parse.quote(args.study)}" if args.study else ""
+        holds = _index_json(settings, f"/holds{q}", timeout=30)
+        rows = [
+            [h["study_uid"], h["hold_id"], h["placed_by"], h["placed_at"], h["reason"]]
+            for h in holds
+        ]
+        print(_table(["study uid", "hold", "by", "since", "reason"], rows))
+        print(f"{len(rows)} active holds")
+        return 0
+    if not args.study:
+        raise StrataError(f"hold {args.action} needs the StudyInstanceUID")
+    instance_key(args.study, "1", "1", "0" * 64)  # validates the UID (precise error if not)
+    if not args.reason:
+        raise StrataError("--reason is required (it is recorded in the event)")
+    if args.action == "place":
+        payload: Any = pb.LegalHoldPlaced(
+            hold_id=args.hold_id, reason=args.reason, placed_by=_operator(args)
+        )
+    else:
+        payload = pb.LegalHoldReleased(
+            hold_id=args.hold_id, reason=args.reason, released_by=_operator(args)
+        )
+    _emit(settings, args.study, payload)
+    done = "placed on" if args.action == "place" else "released from"
+    print(f"legal hold {args.hold_id!r} {done} study {args.study}")
+    return 0
+
+
+def _with_embedded_s3(settings: Settings) -> Settings:
+    """The settings with the S3 endpoint of the Ceph that ``strata up`` runs in the archive's
+    home, when no endpoint is configured (``up`` hands it to its services, not to the CLI)."""
+    import dataclasses
+
+    if settings.s3_endpoint or not (settings.ceph_dir / "state.json").is_file():
+        return settings
+    from stack import ceph
+
+    h = ceph.handle(settings.ceph_dir)
+    return dataclasses.replace(
+        settings,
+        s3_endpoint=h.endpoint,
+        s3_access_key=h.access_key,
+        s3_secret_key=h.secret_key,
+        s3_bucket=h.bucket,
+        s3_ca_bundle=str(h.ca_path),
+        s3_region=h.region,
+    )
+
+
+def cmd_storage_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Check every indexed object (or a random sample) in its recorded tier by sha256."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from archive.cold import build_cold_tier
+    from archive.hot import HotTier
+    from archive.lifecycle import load_policy, policy_path
+    from archive.verify import Recorded, Repairer, check
+    from proto.strata.v1 import events_pb2 as pb
+
+    tiers: dict[str, Any] = {"hot": HotTier(settings.hot_dir)}
+    cold = build_cold_tier(_with_embedded_s3(settings))
+    if cold is not None:
+        tiers["cold"] = cold
+    policy = load_policy(policy_path(settings.home, os.environ))
+    cache = Path(policy.recall.cache_dir or settings.home / "recall-cache")
+    repairer = Repairer(tiers, cache, settings.home / "repair")
+
+    def pages():  # noqa: ANN202
+        if args.sample:
+            yield _index_json(settings, f"/storage/locations?sample={args.sample}")
+            return
+        after = ""
+        while True:
+            import urllib.parse
+
+            page = _index_json(
+                settings, f"/storage/locations?limit=5000&after={urllib.parse.quote(after)}"
+            )
+            if not page:
+                return
+            yield page
+            last = page[-1]
+            after = f"{last[0]}/{last[1]}/{last[2]}"
+
+    findings = []
+    checked = 0
+    nbytes = 0
+    t0 = time.monotonic()
+    with (
+        tqdm(unit="obj", disable=args.quiet, desc="verify", file=sys.stderr) as bar,
+        ThreadPoolExecutor(args.parallel) as pool,
+    ):
+        for page in pages():
+            objs = [Recorded(r[0], r[1], r[2], r[3], int(r[4]), r[5], r[6]) for r in page]
+            for obj, f in zip(objs, pool.map(lambda o: check(tiers, o), objs), strict=True):
+                checked += 1
+                nbytes += obj.size_bytes
+                bar.update(1)
+                if f is None:
+                    continue
+                if args.repair:
+                    f = repairer.repair(f)
+                    if f.repaired_from:
+                        _emit(
+                            settings,
+                            obj.study_uid,
+                            pb.ObjectRepaired(
+                                sop_instance_uid=obj.sop_uid,
+                                sha256=obj.sha256,
+                                location=pb.StorageLocation(tier=obj.tier, key=obj.key),
+                                source=pb.StorageLocation(tier=f.repaired_from, key=obj.key),
+                                problem=f.problem,
+                            ),
+                        )
+                findings.append(f)
+    secs = time.monotonic() - t0
+    if findings:
+        print(
+            _table(
+                ["sop instance uid", "tier", "problem", "repaired from", "detail"],
+                [
+                    [f.obj.sop_uid, f.obj.tier, f.problem, f.repaired_from or "-", f.detail]
+                    for f in findings
+                ],
+            )
+        )
+    repaired = sum(1 for f in findings if f.repaired_from)
+    by_problem: dict[str, int] = {}
+    for f in findings:
+        by_problem[f.problem] = by_problem.get(f.problem, 0) + 1
+    print(
+        f"checked {checked} objects ({nbytes / 1e6:.1f} MB) in {secs:.1f} s"
+        f"{' (sample)' if args.sample else ''}: {checked - len(findings)} ok"
+        + "".join(f", {n} {p}" for p, n in sorted(by_problem.items()))
+        + (f", {repaired} repaired" if args.repair else "")
+    )
+    unrepaired = len(findings) - repaired
+    return 1 if unrepaired or (findings and not args.repair) else 0
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from cli import serve
 
@@ -431,6 +619,25 @@ def parser() -> argparse.ArgumentParser:
     vw.add_argument("action", choices=["install"])
     vw.set_defaults(fn=cmd_viewer)
     route.add_parser(sub)
+    h = sub.add_parser("hold", help="legal holds: a held study is never deleted")
+    h.add_argument("action", choices=["place", "release", "list"])
+    h.add_argument("study", nargs="?", default="", help="StudyInstanceUID")
+    h.add_argument("--reason", default="", help="why (recorded in the event)")
+    h.add_argument("--hold-id", default="legal", help="name of the hold (several may coexist)")
+    h.add_argument("--by", help="operator name (default: the login name)")
+    h.set_defaults(fn=cmd_hold)
+    st = sub.add_parser("storage", help="storage tiers: verify objects")
+    stsub = st.add_subparsers(dest="storage_cmd", required=True)
+    sv_ = stsub.add_parser(
+        "verify", help="check each indexed object's bytes (sha256) in its recorded tier"
+    )
+    mode = sv_.add_mutually_exclusive_group()
+    mode.add_argument("--sample", type=int, default=0, help="check N random instances")
+    mode.add_argument("--full", action="store_true", help="check every instance (default)")
+    sv_.add_argument("--repair", action="store_true", help="restore from another good copy")
+    sv_.add_argument("--parallel", type=int, default=4, help="objects checked at once")
+    sv_.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sv_.set_defaults(fn=cmd_storage_verify)
     sv = sub.add_parser("serve", help="run one service in the foreground")
     sv.add_argument("service", choices=["ingest", "ingest-worker", "index", "router"])
     sv.set_defaults(fn=cmd_serve)

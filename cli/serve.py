@@ -58,16 +58,16 @@ def serve_index(settings: Settings) -> None:
     from query.dicomweb import create_app as create_web
     from query.grpc_service import Deps
     from query.grpc_service import serve as serve_grpc
-    from query.retrieve import HotSource, install_raw_send, parse_destinations
+    from query.retrieve import install_raw_send, parse_destinations
     from query.scp import build_ae, handlers
     from stack import viewer
 
     _logging()
     index = IndexStore(settings.index_dsn, settings.clickhouse_database)
     index.migrate()
-    app = create_app(settings, index)
+    lifecycle, source = _tiers(settings)
+    app = create_app(settings, index, lifecycle)
     install_raw_send()
-    source = HotSource(settings.hot_dir)
     destinations = parse_destinations(settings.move_destinations)
     ae = build_ae(settings.qr_ae_title)
     stow = build_store_service(settings)  # STOW-RS: the same store contract as C-STORE
@@ -78,7 +78,7 @@ def serve_index(settings: Settings) -> None:
         web_app = create_web(
             WebDeps(
                 index,
-                source,
+                source.with_via("dicomweb"),
                 stow,
                 stow.tier.incoming,  # type: ignore[attr-defined]
                 settings.dicomweb_cors_origins,
@@ -93,7 +93,7 @@ def serve_index(settings: Settings) -> None:
             serve_grpc(
                 Deps(
                     index,
-                    source,
+                    source.with_via("grpc"),
                     settings.kafka_bootstrap,
                     [settings.study_topic, settings.quarantine_topic],
                 ),
@@ -104,7 +104,9 @@ def serve_index(settings: Settings) -> None:
         ae.start_server(
             (settings.bind_host, settings.qr_port),
             block=False,
-            evt_handlers=handlers(index, settings.find_limit, source, destinations),
+            evt_handlers=handlers(
+                index, settings.find_limit, source.with_via("dimse"), destinations
+            ),
         )
         log.info(
             "query SCP %s on %s:%d, gRPC :%d, DICOMweb :%d%s",
@@ -120,6 +122,63 @@ def serve_index(settings: Settings) -> None:
         run_worker(app, on_started=start_readers)
     finally:
         ae.shutdown()
+        if lifecycle is not None:
+            lifecycle.close()
         for g in grpc_server:
             g.stop(grace=5)
         index.close()
+
+
+def _tiers(settings: Settings) -> tuple[Any, Any]:
+    """The tiers, the lifecycle processor (None without rules or recall promotion) and the
+    retrieve source reading every tier (hot in place, cold through the recall cache)."""
+    import os
+
+    from archive.cold import build_cold_tier
+    from archive.hot import HotTier
+    from archive.lifecycle import load_policy, policy_path
+    from archive.recall import RecallCache
+    from common.errors import Invalid
+    from processors.lifecycle import AccessRecorder, LifecycleProcessor
+    from query.retrieve import TieredSource
+
+    path = policy_path(settings.home, os.environ)
+    policy = load_policy(path)
+    hot = HotTier(settings.hot_dir)
+    cold = build_cold_tier(settings)
+    tiers: dict[str, Any] = {"hot": hot}
+    if cold is not None:
+        tiers["cold"] = cold
+    elif policy.moves or policy.recall.promote:
+        raise Invalid(f"the lifecycle policy {path} moves objects to cold: configure STRATA_S3_*")
+    lifecycle = None
+    if policy.rules or policy.recall.promote:
+        lifecycle = LifecycleProcessor(
+            policy,
+            tiers,
+            settings.home / "lifecycle" / "pending",
+            settings.kafka_bootstrap,
+            settings.study_topic,
+            settings.node_name,
+            incoming=hot.incoming,
+            policy_file=path,
+        )
+        log.info("lifecycle: %d rules from %s", len(policy.rules), path)
+    access = AccessRecorder(
+        settings.kafka_bootstrap,
+        settings.study_topic,
+        settings.node_name,
+        policy.access_window_seconds,
+    )
+    cache_dir = Path(policy.recall.cache_dir) if policy.recall.cache_dir else None
+    cache = RecallCache(cache_dir or settings.home / "recall-cache", policy.recall.cache_bytes)
+    promote = None
+    if policy.recall.promote and lifecycle is not None:
+        lc = lifecycle
+
+        def promote(loc: Any) -> None:
+            lc.request_promotion(loc.study_uid, loc.series_uid, loc.sop_uid)
+
+    remote = {name: t for name, t in tiers.items() if name != "hot"}
+    source = TieredSource(settings.hot_dir, remote, cache, "", access.record, promote)
+    return lifecycle, source

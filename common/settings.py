@@ -17,8 +17,9 @@ from typing import Any
 PREFIX = "STRATA_"
 
 
-def _setting(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best here
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, secret: bool = False) -> Any:  # noqa: A002
+    # "help" reads best here; a secret is kept out of repr() (and so out of logs).
+    return field(default=default, repr=not secret, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,38 @@ class Settings:
         "e.g. http://user:pw@host:8123 for a server; chdb:///abs/path for another chDB path.",
     )
     clickhouse_database: str = _setting("strata", "ClickHouse database of the index.")
+
+    # --- cold tier (S3: Ceph RADOS Gateway, or any S3 server) ---
+    s3_endpoint: str = _setting(
+        "",
+        "S3 endpoint URL of the cold tier, e.g. https://rgw.example:443. Empty = no cold tier, "
+        "except under 'strata up', which starts a local Ceph RGW and points this at it.",
+    )
+    s3_access_key: str = _setting("", "S3 access key id of the cold tier.")
+    s3_secret_key: str = _setting("", "S3 secret access key of the cold tier.", secret=True)
+    s3_bucket: str = _setting("strata-cold", "S3 bucket holding the cold tier's objects.")
+    s3_ca_bundle: str = _setting(
+        "",
+        "PEM file of the CA(s) to trust for an https S3 endpoint. Empty = the system's CAs. "
+        "TLS verification is never turned off.",
+    )
+    s3_region: str = _setting("us-east-1", "S3 region name used for request signing.")
+    s3_max_attempts: int = _setting(3, "Attempts per S3 request (standard retry mode).")
+    s3_connect_timeout: float = _setting(5.0, "Seconds to connect to the S3 endpoint.")
+    s3_read_timeout: float = _setting(60.0, "Seconds without data from the S3 endpoint.")
+    local_s3: str = _setting(
+        "auto",
+        "Object store 'strata up' starts for the cold tier when STRATA_S3_ENDPOINT is empty: "
+        "'ceph' (Ceph 16.2 mon+osd+radosgw, Debian packages), 'auto' (ceph when installed, "
+        "else none), or 'none'.",
+    )
+    ceph_mon_port: int = _setting(3300, "Port of the embedded Ceph monitor (local stack only).")
+    ceph_rgw_port: int = _setting(
+        7480, "HTTPS port of the embedded Ceph RADOS Gateway (S3; local stack only)."
+    )
+    ceph_osd_ports: str = _setting(
+        "6800-6899", "Port range the embedded Ceph OSD binds in (local stack only)."
+    )
 
     # --- ingest (C-STORE SCP) ---
     ingest_ae_title: str = _setting("STRATA", "AE title of the ingest (C-STORE) SCP.")
@@ -150,6 +183,10 @@ class Settings:
     @property
     def kafka_dir(self) -> Path:
         return self.home / "kafka"
+
+    @property
+    def ceph_dir(self) -> Path:
+        return self.home / "ceph"
 
     @property
     def index_dsn(self) -> str:

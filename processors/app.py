@@ -1,5 +1,6 @@
-"""The faust application of the processors: the index agents, the stability timer, and the
-index node's HTTP endpoints (/healthz, /metrics, /positions, /checksums).
+"""The faust application of the processors: the index agents, the stability timer, the
+lifecycle timer, and the index node's HTTP endpoints (/healthz, /metrics, /positions,
+/checksums, /holds, /storage/locations).
 
 One agent per projection. The index agents read the source-of-truth topics in batches, derive
 rows from each event and its log position (processors.index.projection) and write them
@@ -22,6 +23,7 @@ from common.settings import Settings
 from processors.index import checksum, routing
 from processors.index.projection import merge, rows_for
 from processors.index.store import IndexStore
+from processors.lifecycle import LifecycleProcessor
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,9 @@ LAG = Gauge("strata_index_lag_events", "Events in the log not yet applied to the
 APPLIED = Gauge("strata_index_events_applied", "Events applied to the index (this process)")
 
 
-def create_app(settings: Settings, index: IndexStore) -> faust.App:
+def create_app(
+    settings: Settings, index: IndexStore, lifecycle: LifecycleProcessor | None = None
+) -> faust.App:
     app = faust.App(
         "strata-processors",
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -125,13 +129,54 @@ def create_app(settings: Settings, index: IndexStore) -> faust.App:
         except Exception as exc:  # keep the timer alive; the next tick retries
             log.error("stability/lag check failed: %s", exc)
 
+    if lifecycle is not None:
+        lc_probe = Consumer(
+            {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "strata-lifecycle-probe"}
+        )
+
+        def lifecycle_pass() -> None:
+            # Only on a caught-up index, measured now: every event of the previous pass (and
+            # every arrival so far) is applied, so the index is the record of what moved.
+            ends = end_positions(settings.kafka_bootstrap, [settings.study_topic], lc_probe)
+            done = checksum.positions(index).get(settings.study_topic, {})
+            behind = sum(
+                o - min(done.get(p, 0), o) for p, o in ends.get(settings.study_topic, {}).items()
+            )
+            if behind:
+                return
+            res = lifecycle.run_once(index)
+            if res.moved or res.deleted or res.failed or res.settled or res.dropped:
+                (log.warning if res.failed else log.info)(
+                    "lifecycle pass: %d moved (%.1f MB), %d deleted, %d settled, %d dropped, "
+                    "%d failed%s",
+                    res.moved,
+                    res.moved_bytes / 1e6,
+                    res.deleted,
+                    res.settled,
+                    res.dropped,
+                    res.failed,
+                    f" (first: {res.errors[0]})" if res.errors else "",
+                )
+
+        @app.task
+        async def lifecycle_loop() -> None:
+            # A pause between passes (not a fixed-rate timer): a pass copying a large batch may
+            # take longer than the interval, and passes never overlap.
+            while True:
+                await asyncio.sleep(lifecycle.policy.interval_seconds)
+                try:
+                    await asyncio.to_thread(lifecycle_pass)
+                except Exception as exc:  # a tier or Kafka down: the next pass retries
+                    log.error("lifecycle pass failed: %s", exc)
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "ok", "applied": applied["n"]})
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; Prometheus reads plain text as 0.0.4
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/positions")
     async def positions(web: Any, request: Any) -> Any:
@@ -158,8 +203,56 @@ def create_app(settings: Settings, index: IndexStore) -> faust.App:
         if detail is None:
             return web.json({"error": f"no route {route_id}"}, status=404)
         return web.json(detail)
+    @app.page("/holds")
+    async def holds(web: Any, request: Any) -> Any:
+        """Active legal holds: [{study_uid, hold_id, reason, placed_by, placed_at}]."""
+        study = request.query.get("study", "")
+        return web.json(await asyncio.to_thread(active_holds, index, study))
+
+    @app.page("/storage/locations")
+    async def locations(web: Any, request: Any) -> Any:
+        """Where each indexed instance's bytes are, for ``strata storage verify``: pages in
+        key order (``after`` = last "study/series/sop" seen), or a random ``sample``."""
+        q = request.query
+        rows = await asyncio.to_thread(
+            storage_locations,
+            index,
+            q.get("after", ""),
+            min(int(q.get("limit", "5000")), 50000),
+            int(q.get("sample", "0")),
+        )
+        return web.json(rows)
 
     return app
+
+
+def active_holds(index: IndexStore, study: str = "") -> list[dict[str, Any]]:
+    where = "active = 1" + (" AND study_uid = {s:String}" if study else "")
+    rows = index.query(
+        f"SELECT study_uid, hold_id, reason, changed_by, toString(changed_at) "
+        f"FROM {index.database}.legal_holds FINAL WHERE {where} ORDER BY study_uid, hold_id",
+        {"s": study},
+    )
+    keys = ("study_uid", "hold_id", "reason", "placed_by", "placed_at")
+    return [dict(zip(keys, map(str, r), strict=True)) for r in rows]
+
+
+def storage_locations(index: IndexStore, after: str, limit: int, sample: int) -> list[list[Any]]:
+    """[study, series, sop, sha256, size, tier, key] of current instances."""
+    cols = "study_uid, series_uid, sop_uid, sha256, size_bytes, tier, storage_key"
+    db = index.database
+    if sample:
+        sql = f"SELECT {cols} FROM {db}.instances FINAL ORDER BY rand() LIMIT {int(sample)}"
+        params: dict[str, Any] = {}
+    else:
+        st, se, sop = (after.split("/") + ["", "", ""])[:3]
+        sql = (
+            f"SELECT {cols} FROM {db}.instances FINAL "
+            "WHERE (study_uid, series_uid, sop_uid) > ({a:String}, {b:String}, {c:String}) "
+            f"ORDER BY study_uid, series_uid, sop_uid LIMIT {int(limit)}"
+        )
+        params = {"a": st, "b": se, "c": sop}
+    return [[str(v) if not isinstance(v, int) else v for v in r] for r in index.query(sql, params)]
 
 
 def run_worker(app: faust.App, on_started: Any = None) -> None:

@@ -28,7 +28,7 @@ from common.errors import Invalid, NotFound, StrataError, Unavailable
 from query.find import FindQuery, build_sql, to_identifier
 from query.grpc_service import DEFAULT_KEYS
 from query.matching import ATTRIBUTES
-from query.retrieve import HotSource, Located, locate
+from query.retrieve import Located, ObjectSource, locate
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ FRAME_MEDIA = {
 @dataclass
 class WebDeps:
     index: Any  # IndexStore
-    source: HotSource
+    source: ObjectSource
     store: Any | None  # ingest.store.StoreService for STOW (None: read-only)
     incoming: Path | None
     cors_origins: str = ""

@@ -28,7 +28,7 @@ from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
 from query.find import FindQuery, build_sql, to_identifier
 from query.matching import ATTRIBUTES
-from query.retrieve import HotSource, locate
+from query.retrieve import ObjectSource, locate
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ NUMERIC = {"IS"}
 @dataclass
 class Deps:
     index: Any  # processors.index.store.IndexStore
-    source: HotSource
+    source: ObjectSource
     bootstrap: str
     topics: list[str]
 

@@ -8,8 +8,9 @@ receives is byte-identical, dataset for dataset, to what the modality sent.
 
 from __future__ import annotations
 
+import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,9 +18,13 @@ from typing import Any, Protocol
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 
+from archive.recall import RecallCache
+from archive.tiers import Tier
 from common.dimse import nodelay
-from common.errors import Invalid, NotFound
+from common.errors import Conflict, Invalid, NotFound, Unavailable
 from query.matching import ATTRIBUTES, LEVELS, MatchError, Params, condition
+
+log = logging.getLogger(__name__)
 
 # Keys a retrieve may carry (PS3.4 C.4.2.1.4: unique keys; PatientID for Patient Root).
 _RETRIEVE_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -87,6 +92,8 @@ def locate(index: Index, level: str, keys: dict[str, str], limit: int = 65535) -
 class ObjectSource(Protocol):
     def local_path(self, loc: Located) -> Path: ...
 
+    def chunks(self, loc: Located, size: int = 1 << 20) -> Iterator[bytes]: ...
+
 
 @dataclass
 class HotSource:
@@ -106,6 +113,82 @@ class HotSource:
         with open(self.local_path(loc), "rb") as f:
             while chunk := f.read(size):
                 yield chunk
+
+
+class TieredSource:
+    """Objects in any tier: hot ones read in place, others (cold) through the recall cache.
+
+    The index says where an object is; a move deletes its source only after the index shows
+    the new place, but a reader may hold a location read a moment earlier, so a miss in the
+    recorded tier tries the others (keys are the same in every tier: content-addressed).
+    Every served object counts as an access of its study (``on_access``), and a recalled one
+    may be promoted back to hot (``on_recall``)."""
+
+    def __init__(
+        self,
+        hot_root: Path,
+        remote: dict[str, Tier],
+        cache: RecallCache,
+        via: str = "",
+        on_access: Callable[[str, str], None] | None = None,
+        on_recall: Callable[[Located], None] | None = None,
+    ) -> None:
+        self.hot_root = hot_root
+        self.remote = remote
+        self.cache = cache
+        self.via = via
+        self.on_access = on_access
+        self.on_recall = on_recall
+
+    def with_via(self, via: str) -> TieredSource:
+        """The same source, recording accesses as made through ``via`` (c-get, grpc...)."""
+        return TieredSource(
+            self.hot_root, self.remote, self.cache, via, self.on_access, self.on_recall
+        )
+
+    def local_path(self, loc: Located) -> Path:
+        order = [loc.tier] + ["hot", *sorted(self.remote)]
+        tried: list[str] = []
+        errors: list[str] = []
+        for tier in order:
+            if tier in tried:
+                continue
+            tried.append(tier)
+            if tier == "hot":
+                p = self.hot_root / loc.storage_key
+                if p.is_file():
+                    self._accessed(loc)
+                    return p
+                continue
+            remote = self.remote.get(tier)
+            if remote is None:
+                continue
+            try:
+                p = self.cache.get(remote, loc.storage_key, loc.sha256)
+            except NotFound:
+                continue
+            except (Conflict, Unavailable) as exc:
+                errors.append(str(exc))
+                continue
+            self._accessed(loc)
+            if self.on_recall is not None and tier == loc.tier:
+                self.on_recall(loc)
+            return p
+        if errors:
+            raise Unavailable(f"object of {loc.sop_uid} cannot be recalled: {errors[0]}")
+        raise NotFound(f"object of {loc.sop_uid} is missing from tier {loc.tier!r}")
+
+    def chunks(self, loc: Located, size: int = 1 << 20) -> Iterator[bytes]:
+        with open(self.local_path(loc), "rb") as f:
+            while chunk := f.read(size):
+                yield chunk
+
+    def _accessed(self, loc: Located) -> None:
+        if self.on_access is not None:
+            try:
+                self.on_access(loc.study_uid, self.via)
+            except Exception as exc:  # an access record never fails a retrieve
+                log.warning("study access not recorded: %s", exc)
 
 
 class StoredInstance(Dataset):

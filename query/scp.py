@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (
 from common.dimse import set_nodelay
 from common.errors import Invalid, NotFound, Unavailable
 from query.find import Index, find, parse_identifier
-from query.retrieve import HotSource, Located, StoredInstance, locate
+from query.retrieve import Located, ObjectSource, StoredInstance, locate
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +76,23 @@ def _retrieve_request(identifier: Dataset) -> tuple[str, dict[str, str]]:
 
 
 def _sub_operations(
-    event: evt.Event, locs: list[Located], source: HotSource
+    event: evt.Event, locs: list[Located], source: ObjectSource
 ) -> Iterator[tuple[int, Dataset | None]]:
     for loc in locs:
         if event.is_cancelled:
             yield CANCEL, None
             return
         try:
-            yield PENDING, StoredInstance(loc, source.local_path(loc))
-        except NotFound as exc:
+            path = source.local_path(loc)
+        except (NotFound, Unavailable) as exc:  # missing, or its cold tier unreachable
             log.error("retrieve: %s", exc)
             yield PENDING, Dataset()  # an unsendable dataset: counted as a failed sub-operation
+            continue
+        yield PENDING, StoredInstance(loc, path)
 
 
 def make_move_handler(
-    index: Index, source: HotSource, destinations: dict[str, tuple[str, int]]
+    index: Index, source: ObjectSource, destinations: dict[str, tuple[str, int]]
 ) -> Any:
     def handle_move(event: evt.Event) -> Iterator[Any]:
         dest = destinations.get(str(event.move_destination).strip())
@@ -114,7 +116,7 @@ def make_move_handler(
     return handle_move
 
 
-def make_get_handler(index: Index, source: HotSource) -> Any:
+def make_get_handler(index: Index, source: ObjectSource) -> Any:
     def handle_get(event: evt.Event) -> Iterator[Any]:
         try:
             level, keys = _retrieve_request(event.identifier)
@@ -180,7 +182,7 @@ def build_ae(ae_title: str) -> AE:
 
 
 def handlers(
-    index: Index, limit: int, source: HotSource, destinations: dict[str, tuple[str, int]]
+    index: Index, limit: int, source: ObjectSource, destinations: dict[str, tuple[str, int]]
 ) -> list[tuple[Any, Any]]:
     return [
         (evt.EVT_CONN_OPEN, set_nodelay),

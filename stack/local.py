@@ -1,11 +1,17 @@
 """The embedded local stack: everything on loopback, data under one directory.
 
-up:   Kafka broker (KRaft) -> topics -> index node (processors + query SCP) -> ingest node
+up:   Kafka broker (KRaft) and, for the cold tier, Ceph (mon, osd, radosgw over HTTPS) ->
+      topics -> index node (processors + query SCP) -> ingest node
 down: in reverse order, each drained gracefully (ingest first, so no association is cut)
+
+Ceph is started when STRATA_S3_ENDPOINT is empty and STRATA_LOCAL_S3 allows it ('auto': when
+its Debian packages are installed); the archive's processes then get the STRATA_S3_* settings
+of the started gateway. Without it the stack runs with no cold tier.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from common.errors import Unavailable
 from common.kafka import ensure_topics
 from common.settings import Settings
+from stack import ceph
 from stack.kafka import broker
 from stack.procs import Proc
 
@@ -29,13 +36,33 @@ def services(settings: Settings) -> list[Service]:
         return Proc(name, settings.run_dir, settings.log_dir)
 
     h = settings.bind_host
+    router = p("router")
+    cold: list[Service] = []
+    cp = ceph.procs(settings.ceph_dir)
+    # shown when wanted, or when still running (so that down stops it whatever the settings)
+    if embedded_s3(settings) == "ceph" or any(p.pid() for p in cp.values()):
+        cold = [
+            Service("ceph-mon", cp["ceph-mon"], f"v2:127.0.0.1:{settings.ceph_mon_port}"),
+            Service("ceph-osd", cp["ceph-osd"], f"127.0.0.1:{settings.ceph_osd_ports}"),
+            Service(
+                "ceph-rgw",
+                cp["ceph-rgw"],
+                f"https://127.0.0.1:{settings.ceph_rgw_port}/{settings.s3_bucket}",
+            ),
+        ]
     return [
+        *cold,
         Service("kafka", broker.proc(settings), f"kafka://{settings.kafka_bootstrap}"),
         Service("index", p("index"), f"dicom://{settings.qr_ae_title}@{h}:{settings.qr_port}"),
         Service(
             "ingest", p("ingest"), f"dicom://{settings.ingest_ae_title}@{h}:{settings.ingest_port}"
         ),
-        Service("router", p("router"), f"http://{h}:{settings.router_http_port}/routes"),
+        # shown when configured, or when still running (so that down stops it)
+        *(
+            [Service("router", router, f"http://{h}:{settings.router_http_port}/routes")]
+            if settings.router_config or router.pid()
+            else []
+        ),
     ]
 
 
@@ -43,6 +70,7 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     svc = {s.name: s for s in services(settings)}
     broker.start(settings)
+    settings = start_cold_store(settings, timeout)  # while the broker boots
     broker.wait_ready(settings, timeout)
     ensure_topics(settings)
     env = {**_base_env(), **settings.to_env()}
@@ -63,6 +91,48 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
     if settings.router_config:
         svc["router"].proc.start([python, "-m", "cli.main", "serve", "router"], env=env)
         wait_router(settings.bind_host, settings.router_http_port, svc["router"].proc, timeout)
+
+
+def embedded_s3(settings: Settings) -> str:
+    """The object store ``up`` starts for the cold tier: "ceph" or "none"."""
+    mode = settings.local_s3.strip().lower()
+    if mode not in ("auto", "ceph", "none"):
+        raise ValueError(f"STRATA_LOCAL_S3={settings.local_s3!r}: expected auto, ceph or none")
+    if settings.s3_endpoint or mode == "none":
+        return "none"  # an S3 endpoint is configured (or none wanted): start nothing
+    if mode == "auto" and not ceph.installed():
+        return "none"
+    return "ceph"
+
+
+def start_cold_store(settings: Settings, timeout: float = 180.0) -> Settings:
+    """Start the embedded Ceph if wanted; return the settings pointing the archive at it."""
+    if embedded_s3(settings) != "ceph":
+        if not settings.s3_endpoint and settings.local_s3.strip().lower() == "auto":
+            print(
+                "Ceph is not installed: running without a cold tier "
+                f"(to have one: apt-get install {ceph.DEBIAN_PACKAGES})",
+                file=sys.stderr,
+            )
+        return settings
+    lo, _, hi = settings.ceph_osd_ports.partition("-")
+    h = ceph.start(
+        settings.ceph_dir,
+        mon_port=settings.ceph_mon_port,
+        rgw_port=settings.ceph_rgw_port,
+        osd_ports=(int(lo), int(hi or lo)),
+        bucket=settings.s3_bucket,
+        timeout=timeout,
+    )
+    return dataclasses.replace(
+        settings,
+        s3_endpoint=h.endpoint,
+        s3_access_key=h.access_key,
+        s3_secret_key=h.secret_key,
+        s3_bucket=h.bucket,
+        s3_ca_bundle=str(h.ca_path),
+        s3_region=h.region,
+    )
 
 
 def down(settings: Settings) -> list[str]:

@@ -146,9 +146,68 @@ def rows_for(env: pb.Envelope, partition: int, offset: int, topic: str = "") -> 
     if kind is not None and kind.startswith("route_"):
         out.update(routing_rows(env, kind, log))
         return out
-    if kind != "instance_stored":
-        return out
-    e = env.instance_stored
+    if kind == "instance_stored":
+        out.update(_instance_rows(env.instance_stored, log, None, with_parents=True))
+    elif kind == "tier_transitioned":
+        tt = env.tier_transitioned
+        # The instance's full row comes from the facts the event carries; only the location
+        # (and the log position) differ from the row it replaces.
+        out.update(_instance_rows(tt.instance, log, tt.target, with_parents=False))
+        out["tier_transitions"] = [
+            {
+                "study_uid": env.study_instance_uid,
+                "series_uid": tt.series_instance_uid,
+                "sop_uid": tt.sop_instance_uid,
+                "sha256": tt.sha256,
+                "size_bytes": tt.size_bytes,
+                "source_tier": tt.source.tier,
+                "source_key": tt.source.key,
+                "target_tier": tt.target.tier,
+                "target_key": tt.target.key,
+                "policy": tt.policy,
+                "occurred_at": _ts(env.occurred_at),
+                **log,
+            }
+        ]
+    elif kind == "instance_deleted":
+        out.update(_deleted_rows(env.study_instance_uid, env.instance_deleted, log))
+    elif kind == "legal_hold_placed":
+        h = env.legal_hold_placed
+        out["legal_holds"] = [_hold_row(env, h.hold_id, 1, h.reason, h.placed_by, log)]
+    elif kind == "legal_hold_released":
+        r = env.legal_hold_released
+        out["legal_holds"] = [_hold_row(env, r.hold_id, 0, r.reason, r.released_by, log)]
+    elif kind == "study_accessed":
+        a = env.study_accessed
+        out["study_access"] = [
+            {
+                "study_uid": env.study_instance_uid,
+                "last_accessed_at": _ts(a.accessed_at),
+                "via": a.via,
+                **log,
+            }
+        ]
+    return out
+
+
+def _hold_row(env: pb.Envelope, hold_id: str, active: int, reason: str, by: str, log: Row) -> Row:
+    return {
+        "study_uid": env.study_instance_uid,
+        "hold_id": hold_id,
+        "active": active,
+        "reason": reason,
+        "changed_by": by,
+        "changed_at": _ts(env.occurred_at),
+        **log,
+    }
+
+
+def _instance_rows(
+    e: pb.InstanceStored, log: Row, location: pb.StorageLocation | None, with_parents: bool
+) -> Rows:
+    """Rows of one instance from its InstanceStored facts; ``location`` overrides where the
+    bytes are (a tier move); ``with_parents`` also derives its series and study rows."""
+    out: Rows = {}
     # Every protobuf field read copies it out of the message: read each one once.
     header_text = e.header_json
     header = json.loads(header_text) if header_text else {}
@@ -161,8 +220,8 @@ def rows_for(env: pb.Envelope, partition: int, offset: int, topic: str = "") -> 
     sop_uid = e.sop_instance_uid
     sha256 = e.sha256
     size_bytes = e.size_bytes
-    location = e.location
-    tier, storage_key = location.tier, location.key
+    where = location if location is not None else e.location
+    tier, storage_key = where.tier, where.key
     calling_ae_title = e.calling_ae_title
     patient_ref = e.patient
     patient = {
@@ -223,12 +282,42 @@ def rows_for(env: pb.Envelope, partition: int, offset: int, topic: str = "") -> 
         "received_at": received_at,
         **log,
     }
+    alive = {**log, "is_deleted": 0}
+    instance.update(alive)
+    version.update(alive)
     out["instances"] = [instance]
     out["instance_versions"] = [version]
-    out["series"] = [{"study_uid": study_uid, **series, "header_json": header_text, **log}]
-    out["studies"] = [
-        {**patient, **study, "last_received_at": received_at, "header_json": header_text, **log}
-    ]
+    if with_parents:
+        out["series"] = [{"study_uid": study_uid, **series, "header_json": header_text, **alive}]
+        out["studies"] = [
+            {
+                **patient,
+                **study,
+                "last_received_at": received_at,
+                "header_json": header_text,
+                **alive,
+            }
+        ]
+    return out
+
+
+def _deleted_rows(study_uid: str, d: pb.InstanceDeleted, log: Row) -> Rows:
+    """Tombstones (is_deleted = 1) keyed like the rows they delete; other columns blank."""
+    blank = pb.InstanceStored(
+        study_instance_uid=study_uid,
+        series_instance_uid=d.series_instance_uid,
+        sop_instance_uid=d.sop_instance_uid,
+        sha256=d.sha256,
+    )
+    rows = _instance_rows(blank, log, None, with_parents=True)
+    out: Rows = {"instances": rows["instances"], "instance_versions": rows["instance_versions"]}
+    if d.series_emptied:
+        out["series"] = rows["series"]
+    if d.study_emptied:
+        out["studies"] = rows["studies"]
+    for rs in out.values():
+        for r in rs:
+            r["is_deleted"] = 1
     return out
 
 

@@ -7,6 +7,10 @@ Invariants encoded here:
   earlier one. Since every study-scoped event of one study lives in one partition (keyed by
   StudyInstanceUID), ``log_offset`` orders a study's rows totally; it is the version.
 - Reads use FINAL (or argMax on log_version) so they never see superseded versions.
+- Tables of things that can leave the archive (instances, their versions, series, studies) are
+  ReplacingMergeTree(log_version, is_deleted): an InstanceDeleted event writes a row with
+  is_deleted = 1 and the key of what it deletes, so reads with FINAL no longer see it (and a
+  later arrival of the same instance, at a higher offset, makes it visible again).
 - Patient-level answers are grouped from ``studies`` (one row per study, its current
   patient), so a corrected patient identity never leaves a stale patient row behind.
 - Dates are DICOM DA strings 'YYYYMMDD' (lexicographic order = date order), times are stored
@@ -62,13 +66,24 @@ KEYS: dict[str, tuple[str, ...]] = {
     "routes": ("route_id",),
     "route_attempts": ("route_id", "sop_uid", "attempt"),
     "route_states": ("route_id", "log_offset"),  # every transition is kept
+    "tier_transitions": ("study_uid", "sop_uid", "event_id"),
+    "legal_holds": ("study_uid", "hold_id"),
+    "study_access": ("study_uid",),
 }
+# Tables whose rows can be deleted by an event (an is_deleted column, the engine's parameter).
+DELETABLE = ("instances", "instance_versions", "series", "studies")
 VERSIONS: dict[str, str] = {t: ("log_offset" if t == "events" else "log_version") for t in KEYS}
 
 
 def _engine(table: str) -> str:
     key = ", ".join(KEYS[table])
-    return f"ENGINE = ReplacingMergeTree({VERSIONS[table]})\n        ORDER BY ({key})"
+    params = VERSIONS[table] + (", is_deleted" if table in DELETABLE else "")
+    return f"ENGINE = ReplacingMergeTree({params})\n        ORDER BY ({key})"
+
+
+DELETED_COLUMN = """
+    is_deleted UInt8,
+"""
 
 
 # Bloom filters on UID columns that are looked up without the leading key columns (a relational
@@ -108,6 +123,7 @@ def ddl(db: str) -> list[str]:
             received_at DateTime64(3, 'UTC'),
             header_json String CODEC(ZSTD(3)),
             {LOG_COLUMNS}
+            {DELETED_COLUMN}
         ) {_engine("instances")}""",
         # Every stored version of every instance (history: same SOP Instance UID, other bytes).
         f"""CREATE TABLE IF NOT EXISTS {db}.instance_versions (
@@ -122,6 +138,7 @@ def ddl(db: str) -> list[str]:
             calling_ae_title LowCardinality(String),
             received_at DateTime64(3, 'UTC'),
             {LOG_COLUMNS}
+            {DELETED_COLUMN}
         ) {_engine("instance_versions")}""",
         # Every event of every source-of-truth topic, for analysts and for positions: the
         # highest offset per (topic, partition) here is how far this index has read the log.
@@ -154,6 +171,7 @@ def ddl(db: str) -> list[str]:
             {SERIES_COLUMNS}
             header_json String CODEC(ZSTD(3)),
             {LOG_COLUMNS}
+            {DELETED_COLUMN}
         ) {_engine("series")}""",
         # One row per study: patient + study attributes of its latest instance event.
         f"""CREATE TABLE IF NOT EXISTS {db}.studies (
@@ -162,6 +180,7 @@ def ddl(db: str) -> list[str]:
             last_received_at DateTime64(3, 'UTC'),
             header_json String CODEC(ZSTD(3)),
             {LOG_COLUMNS}
+            {DELETED_COLUMN}
         ) {_engine("studies")}""",
         # Routing (processors/router): one row per route decision (also "no rule matched")...
         f"""CREATE TABLE IF NOT EXISTS {db}.routes (
@@ -210,6 +229,40 @@ def ddl(db: str) -> list[str]:
             at DateTime64(3, 'UTC'),
             {LOG_COLUMNS}
         ) {_engine("route_states")}""",
+        # Every tier move (TierTransitioned), one row per event id: a move whose event reached
+        # the log twice (a producer retry) is one row, so moves are never counted twice.
+        f"""CREATE TABLE IF NOT EXISTS {db}.tier_transitions (
+            study_uid String,
+            series_uid String,
+            sop_uid String,
+            sha256 String,
+            size_bytes UInt64,
+            source_tier LowCardinality(String),
+            source_key String,
+            target_tier LowCardinality(String),
+            target_key String,
+            policy LowCardinality(String),
+            occurred_at DateTime64(3, 'UTC'),
+            {LOG_COLUMNS}
+        ) {_engine("tier_transitions")}""",
+        # Legal holds per study: active = 1 after LegalHoldPlaced, 0 after LegalHoldReleased of
+        # the same hold id (the later event of a study wins: both are keyed by the study).
+        f"""CREATE TABLE IF NOT EXISTS {db}.legal_holds (
+            study_uid String,
+            hold_id String,
+            active UInt8,
+            reason String,
+            changed_by String,
+            changed_at DateTime64(3, 'UTC'),
+            {LOG_COLUMNS}
+        ) {_engine("legal_holds")}""",
+        # The last recorded access (StudyAccessed) per study, for "N days after last access".
+        f"""CREATE TABLE IF NOT EXISTS {db}.study_access (
+            study_uid String,
+            last_accessed_at DateTime64(3, 'UTC'),
+            via LowCardinality(String),
+            {LOG_COLUMNS}
+        ) {_engine("study_access")}""",
         # Skip indexes (ADD ... IF NOT EXISTS also equips a table created by an older version;
         # its existing parts get the index as they are merged).
         *(
@@ -235,4 +288,7 @@ TABLES = (
     "routes",
     "route_attempts",
     "route_states",
+    "tier_transitions",
+    "legal_holds",
+    "study_access",
 )

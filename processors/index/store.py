@@ -13,7 +13,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from common.errors import Unavailable
 from processors.index.projection import Rows
-from processors.index.schema import KEYS, TABLES, VERSIONS, ddl
+from processors.index.schema import DELETABLE, KEYS, TABLES, VERSIONS, ddl
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,28 @@ class IndexStore:
         self._columns: dict[str, list[str]] = {}
 
     def migrate(self) -> None:
+        old = self._tables_without_deletes()
+        for t in old:  # created before tiers: moved aside, rebuilt below with the new engine
+            self.client.command(f"RENAME TABLE {self.database}.{t} TO {self.database}.{t}__old")
         for stmt in ddl(self.database):
             self.client.command(stmt)
+        for t in old:
+            # Same rows, is_deleted = 0 (nothing was ever deleted before this version).
+            cols = [
+                r[0]
+                for r in self.client.query(
+                    "SELECT name FROM system.columns WHERE database={db:String} "
+                    "AND table={t:String} ORDER BY position",
+                    parameters={"db": self.database, "t": f"{t}__old"},
+                ).result_rows
+            ]
+            names = ", ".join(cols)
+            self.client.command(
+                f"INSERT INTO {self.database}.{t} ({names}) "
+                f"SELECT {names} FROM {self.database}.{t}__old"
+            )
+            self.client.command(f"DROP TABLE {self.database}.{t}__old")
+            log.info("index table %s migrated to the deletable engine", t)
         for table in TABLES:
             cols = self.client.query(
                 "SELECT name FROM system.columns WHERE database={db:String} AND table={t:String} "
@@ -56,6 +76,14 @@ class IndexStore:
                 parameters={"db": self.database, "t": table},
             ).result_rows
             self._columns[table] = [c[0] for c in cols]
+
+    def _tables_without_deletes(self) -> list[str]:
+        rows = self.client.query(
+            "SELECT name, engine_full FROM system.tables WHERE database={db:String}",
+            parameters={"db": self.database},
+        ).result_rows
+        engines = {str(n): str(e) for n, e in rows}
+        return [t for t in DELETABLE if t in engines and "is_deleted" not in engines[t]]
 
     def write(self, rows: Rows) -> int:
         """Insert rows (idempotent: versions collapse on log position)."""

@@ -10,6 +10,7 @@ checked with a plain Kafka consumer. `down` then `up` must keep everything.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,18 @@ from pynetdicom import AllStoragePresentationContexts
 from common.dicom import is_valid_uid
 from proto.strata.v1 import events_pb2
 from tests.support.dcmtk import findscu, storescu, storescu_config
-from tests.support.stack import Stack
+from tests.support.stack import Stack, make_stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The embedded default as `make up` runs it, Ceph included (the cold tier's S3)."""
+    s = make_stack(tmp_path_factory.mktemp("skeleton-home"), local_s3="ceph")
+    s.up()
+    try:
+        yield s
+    finally:
+        s.down()
 
 pytestmark = pytest.mark.e2e
 
@@ -348,3 +360,10 @@ def test_down_then_up_keeps_log_index_and_objects(sent: dict, stack: Stack) -> N
     assert after == before and len(before) > 20
     assert stored_count() == events_before
     assert sorted(p for p in stack.settings.hot_dir.rglob("*.dcm")) == objects_before
+
+
+def test_the_embedded_default_runs_ceph_for_the_cold_tier(stack: Stack) -> None:
+    status = stack.cli("status").stdout
+    for svc in ("ceph-mon", "ceph-osd", "ceph-rgw"):
+        [line] = [ln for ln in status.splitlines() if ln.startswith(svc)]
+        assert "running" in line, status

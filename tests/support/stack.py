@@ -57,7 +57,10 @@ class Stack:
         self.cli("down", check=False)
 
 
-def make_stack(home: Path) -> Stack:
+def make_stack(home: Path, local_s3: str = "none") -> Stack:
+    """A stack in ``home`` on free ports. ``local_s3``: "none" (no cold tier unless the test
+    adds STRATA_S3_* settings, e.g. from the ``ceph_rgw`` fixture) or "ceph" (``strata up``
+    starts its own Ceph, as the embedded default does where Ceph is installed)."""
     ports = {
         "STRATA_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
         "STRATA_KAFKA_CONTROLLER_PORT": str(free_port()),
@@ -68,11 +71,14 @@ def make_stack(home: Path) -> Stack:
         "STRATA_GRPC_PORT": str(free_port()),
         "STRATA_DICOMWEB_PORT": str(free_port()),
         "STRATA_ROUTER_HTTP_PORT": str(free_port()),
+        "STRATA_CEPH_MON_PORT": str(free_port()),
+        "STRATA_CEPH_RGW_PORT": str(free_port()),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
     env.update(ports)
     env["STRATA_HOME"] = str(home)
     env["STRATA_NODE_NAME"] = "test-node"
+    env["STRATA_LOCAL_S3"] = local_s3
     settings = Settings.from_env(env)
     return Stack(home=home, env=env, settings=settings)
 

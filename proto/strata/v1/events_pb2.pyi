@@ -292,7 +292,7 @@ class RouteRedriven(_message.Message):
     def __init__(self, route_id: _Optional[str] = ..., requested_by: _Optional[str] = ..., note: _Optional[str] = ..., destination: _Optional[str] = ..., transcode_to: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[RoutedInstance, _Mapping]]] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class TierTransitioned(_message.Message):
-    __slots__ = ("sop_instance_uid", "series_instance_uid", "sha256", "size_bytes", "source", "target", "policy", "reason")
+    __slots__ = ("sop_instance_uid", "series_instance_uid", "sha256", "size_bytes", "source", "target", "policy", "reason", "study_instance_uid", "instance")
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +301,8 @@ class TierTransitioned(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     sop_instance_uid: str
     series_instance_uid: str
     sha256: str
@@ -309,23 +311,31 @@ class TierTransitioned(_message.Message):
     target: StorageLocation
     policy: str
     reason: str
-    def __init__(self, sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., source: _Optional[_Union[StorageLocation, _Mapping]] = ..., target: _Optional[_Union[StorageLocation, _Mapping]] = ..., policy: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    study_instance_uid: str
+    instance: InstanceStored
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., source: _Optional[_Union[StorageLocation, _Mapping]] = ..., target: _Optional[_Union[StorageLocation, _Mapping]] = ..., policy: _Optional[str] = ..., reason: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., instance: _Optional[_Union[InstanceStored, _Mapping]] = ...) -> None: ...
 
 class InstanceDeleted(_message.Message):
-    __slots__ = ("sop_instance_uid", "series_instance_uid", "sha256", "location", "policy", "reason")
+    __slots__ = ("sop_instance_uid", "series_instance_uid", "sha256", "location", "policy", "reason", "study_instance_uid", "series_emptied", "study_emptied")
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_EMPTIED_FIELD_NUMBER: _ClassVar[int]
+    STUDY_EMPTIED_FIELD_NUMBER: _ClassVar[int]
     sop_instance_uid: str
     series_instance_uid: str
     sha256: str
     location: StorageLocation
     policy: str
     reason: str
-    def __init__(self, sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., policy: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    study_instance_uid: str
+    series_emptied: bool
+    study_emptied: bool
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., policy: _Optional[str] = ..., reason: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., series_emptied: _Optional[bool] = ..., study_emptied: _Optional[bool] = ...) -> None: ...
 
 class LegalHoldPlaced(_message.Message):
     __slots__ = ("hold_id", "reason", "placed_by")
