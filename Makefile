@@ -37,6 +37,7 @@ deps:
 	command -v radosgw >/dev/null || missing="$$missing radosgw"; \
 	command -v ceph >/dev/null || missing="$$missing ceph-common"; \
 	command -v monmaptool >/dev/null || missing="$$missing ceph-base"; \
+	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "please install:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; fi; \

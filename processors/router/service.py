@@ -516,12 +516,23 @@ def run(settings: Any, stop: threading.Event | None = None) -> None:
     """The router process (``strata serve router``)."""
     import signal
 
+    from archive.cold import build_cold_tier
+    from archive.recall import RecallCache
     from processors.router.rules import load
-    from query.retrieve import HotSource, Located, install_raw_send
+    from query.retrieve import Located, TieredSource, install_raw_send
 
     config = load(settings.router_config)
     install_raw_send()
-    source = HotSource(settings.hot_dir)
+    # Whichever tier holds the object now: hot in place, cold through a recall cache of the
+    # router's own (keys are the same in every tier, so a location decided before a tier move
+    # is still found). Reads for forwarding are not study accesses (no lifecycle effect).
+    cold = build_cold_tier(settings)
+    source = TieredSource(
+        settings.hot_dir,
+        {"cold": cold} if cold is not None else {},
+        RecallCache(settings.home / "router" / "recall-cache", 1 << 30),
+        "router",
+    )
 
     def local_path(inst: pb.RoutedInstance) -> Path:
         return source.local_path(
