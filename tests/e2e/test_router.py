@@ -122,6 +122,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     workstation = StoreSCP(root, "WORKSTATION")  # started later: "down for a while"
     j2k = StoreSCP(root, "J2KNODE")
     slow = StoreSCP(root, "SLOWNODE")
+    pool_up = StoreSCP(root, "POOLUP")
+    pool_down_port = free_port()  # nothing listens: a pool member that is down
     config = {
         "semantics": "all-matches",
         "defaults": {"backoff_initial": 0.5, "backoff_max": 2.0, "timeout": 10},
@@ -134,6 +136,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "j2k": {"pool": [f"J2KNODE@127.0.0.1:{j2k.port}"]},
             "strict": {"pool": [f"STRICT@127.0.0.1:{strict.port}"], "max_attempts": 3},
             "slow": {"pool": [f"SLOWNODE@127.0.0.1:{slow.port}"], "max_per_second": 12},
+            "pool": {"pool": [f"POOLDOWN@127.0.0.1:{pool_down_port}",
+                              f"POOLUP@127.0.0.1:{pool_up.port}"], "max_associations": 2,
+                     "batch": 2},
         },
         "rules": [
             {"name": "ct-route", "when": {"modality": "CT", "study_description": "^ROUTE"},
@@ -142,6 +147,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
              "to": "j2k", "transcode": "jpeg2000-lossless"},
             {"name": "strict", "when": {"study_description": "STRICT"}, "to": "strict"},
             {"name": "slow", "when": {"study_description": "KILLTEST"}, "to": "slow"},
+            {"name": "pool", "when": {"study_description": "POOLTEST"}, "to": "pool"},
         ],
     }  # fmt: skip
     cfg = root / "routes.json"
@@ -157,13 +163,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from common.settings import Settings
 
     stack.settings = Settings.from_env(stack.env)
-    peers = [orthanc, strict, j2k, slow]
+    peers = [orthanc, strict, j2k, slow, pool_up]
     for p in peers:
         p.start()
     stack.up()
     try:
         yield {"stack": stack, "orthanc": orthanc, "strict": strict, "ws": workstation,
-               "j2k": j2k, "slow": slow, "root": root}  # fmt: skip
+               "j2k": j2k, "slow": slow, "pool_up": pool_up, "root": root}  # fmt: skip
     finally:
         stack.down()
         for p in (*peers, workstation):
@@ -205,6 +211,23 @@ def test_down_destination_gets_everything_once_back(env: dict[str, Any], tmp_pat
     decided = wait_for(all_delivered, 30, "RouteDelivered for every route")
     for dest in ("orthanc", "workstation"):
         assert {d.instances[0].sop_instance_uid for d in decided if d.destination == dest} == want
+    # The study's history (gRPC GetStudyHistory) shows its routing next to its arrivals.
+    import grpc
+
+    from proto.strata.v1 import query_pb2 as q
+    from proto.strata.v1 import query_pb2_grpc as q_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.settings.grpc_port}") as ch:
+        stub = q_grpc.QueryServiceStub(ch)
+
+        def history() -> Counter[str] | None:
+            h = stub.GetStudyHistory(q.GetStudyHistoryRequest(study_instance_uid=study_uid))
+            kinds = Counter(e.event_type for e in h.events)
+            return kinds if kinds["RouteDelivered"] == 24 else None
+
+        kinds = wait_for(history, 30, "the routing events in the study history")
+    assert kinds["InstanceStored"] == 12 and kinds["RouteDecided"] == 24
+    assert kinds["RouteAttempted"] >= 24 + 12  # every delivery + the workstation's retries
     # Pixel data arrived unchanged (no transcoding configured for these routes).
     for f in files:
         sent = dcmread(f)
@@ -315,6 +338,40 @@ def test_kill9_of_the_router_mid_study_still_delivers_every_instance(
     )
     # A confirmed instance is never sent again: one recorded delivery per instance.
     assert len(delivered) == 40 and set(delivered.values()) == {1}
+    # Throttled to 12 instances/s (max_per_second), across the restart too.
+    times = sorted(
+        e.occurred_at.seconds + e.occurred_at.nanos / 1e9
+        for e in events
+        if e.WhichOneof("payload") == "route_attempted"
+        and e.route_attempted.destination == "slow"
+        and e.route_attempted.outcome == "delivered"
+    )
+    assert times[-1] - times[0] >= 0.9 * 39 / 12
+
+
+def test_a_pool_sends_to_its_live_member_when_another_is_down(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    stack, up = env["stack"], env["pool_up"]
+    files = study(tmp_path / "p", 10, "POOLTEST")
+    want = sops(files)
+    send(stack, files)
+    wait_for(lambda: want <= set(up.received()), 60, "the live pool member to get everything")
+    study_uid = str(dcmread(files[0]).StudyInstanceUID)
+
+    def ended() -> list[Any] | None:
+        events = read_all(stack.settings)
+        ids = set(routes_of(events, study_uid, "pool"))
+        done = {r.route_id for r in of_type(events, "route_delivered")} & ids
+        return events if len(ids) == 10 and done == ids else None
+
+    events = wait_for(ended, 30, "RouteDelivered for the pool's routes")
+    used = Counter(
+        (a.ae_title, a.outcome)
+        for a in of_type(events, "route_attempted")
+        if a.destination == "pool"
+    )
+    assert used[("POOLUP", "delivered")] == 10 and used[("POOLDOWN", "delivered")] == 0
 
 
 def test_routing_state_in_the_index_rebuilds_identically_from_the_log(env: dict[str, Any]) -> None:
