@@ -133,6 +133,8 @@ class Router:
         self.dests = {n: _Destination(d) for n, d in config.destinations.items()}
         self.produce_errors = 0
         self._last_commit = 0.0
+        self._last_full_scan = 0.0
+        self.dirty: set[str] = set()  # routes whose state changed since the last end check
         self._lock = threading.Lock()  # guards the snapshot served over HTTP
 
     # ------------------------------------------------------------------------- Kafka side
@@ -176,7 +178,9 @@ class Router:
                     a = env.route_attempted
                     self.in_flight.discard((a.route_id, a.sop_instance_uid))
                 elif env.event_type in ("RouteDelivered", "RouteDeadLettered"):
-                    self.ending.discard(getattr(env, env.WhichOneof("payload")).route_id)
+                    rid = getattr(env, env.WhichOneof("payload")).route_id
+                    self.ending.discard(rid)
+                    self.dirty.add(rid)
 
         while True:
             try:
@@ -272,6 +276,9 @@ class Router:
         if kind == "route_attempted":
             a = env.route_attempted
             self.in_flight.discard((a.route_id, a.sop_instance_uid))
+            self.dirty.add(a.route_id)
+        elif kind in ("route_decided", "route_redriven"):
+            self.dirty.add(getattr(env, kind).route_id)
         elif kind in ("route_delivered", "route_dead_lettered"):
             self.ending.discard(getattr(env, kind).route_id)
         return trig
@@ -294,6 +301,7 @@ class Router:
             progress = route.instances.get(key[1]) if route else None
             if r.outcome == "unattempted" or route is None or progress is None:
                 self.in_flight.discard(key)
+                self.dirty.add(key[0])
                 continue
             dest = self.dests[route.destination].d
             attempt = progress.attempts + 1
@@ -321,9 +329,18 @@ class Router:
             )
 
     def _end_routes(self) -> None:
+        """End the routes that can end: only those touched since the last pass, plus every open
+        route every few seconds (the maximum age is a matter of time, not of events)."""
         now = time.time()
-        for route in list(self.state.routes.values()):
-            if route.route_id in self.ending:
+        if now - self._last_full_scan > 5.0:
+            self._last_full_scan = now
+            candidates = list(self.state.routes)
+        else:
+            candidates = list(self.dirty)
+        self.dirty.clear()
+        for rid in candidates:
+            route = self.state.routes.get(rid)
+            if route is None or route.route_id in self.ending:
                 continue
             if any((route.route_id, s) in self.in_flight for s in route.instances):
                 continue
@@ -390,16 +407,28 @@ class Router:
 
     def _dispatch(self) -> None:
         now = time.time()
+        # How many instances each destination can take now (free associations x batch): the
+        # scan of open routes (oldest first) stops as soon as every free slot is filled.
+        room = {
+            n: (rt.d.max_associations - rt.active) * rt.d.batch
+            for n, rt in self.dests.items()
+            if rt.active < rt.d.max_associations
+        }
+        if not room:
+            return
         work: dict[str, list[sender.Item]] = {}
         for route in self.state.routes.values():
-            if route.route_id in self.ending:
+            if not room:
+                break
+            if route.route_id in self.ending or route.destination not in room:
                 continue
-            rt = self.dests.get(route.destination)
-            if rt is None or rt.active >= rt.d.max_associations:
-                continue
+            rt = self.dests[route.destination]
             if now - route.opened_at > rt.d.max_age_seconds:
                 continue
             items = work.setdefault(route.destination, [])
+            if len(items) >= room[route.destination]:
+                del room[route.destination]
+                continue
             for sop, p in route.instances.items():
                 if (
                     p.settled
