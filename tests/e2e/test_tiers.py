@@ -95,9 +95,9 @@ def locations(s: Stack, study: str) -> dict[str, dict[str, Any]]:
             page = json.loads(r.read())
         if not page:
             return out
-        for st, _se, sop, sha, size, tier, key in page:
+        for st, se, sop, sha, size, tier, key in page:
             if st == study:
-                out[sop] = {"tier": tier, "key": key, "sha256": sha, "size": size}
+                out[sop] = {"tier": tier, "key": key, "sha256": sha, "size": size, "series": se}
         after = "/".join(page[-1][:3])
 
 
@@ -320,6 +320,16 @@ def test_policy_moves_a_study_to_cold_and_it_is_retrieved_byte_identical(
     for sop, (data, sha) in objs.items():
         assert data == stored[sop]
         assert hashlib.sha256(data).hexdigest() == sha == cold[sop]["sha256"]
+    # DICOMweb WADO-RS: each instance's part is the stored file, byte for byte
+    base = f"http://127.0.0.1:{s.settings.dicomweb_port}{s.settings.dicomweb_prefix}"
+    for sop, data in stored.items():
+        req = urllib.request.Request(
+            f"{base}/studies/{study}/series/{cold[sop]['series']}/instances/{sop}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = r.read()
+        assert data in body and len(body) < len(data) + 1000
     # one TierTransitioned per instance in the log
     evs = [e for e in lifecycle_events(s, study) if e.WhichOneof("payload") == "tier_transitioned"]
     assert sorted(e.tier_transitioned.sop_instance_uid for e in evs) == sorted(stored)
