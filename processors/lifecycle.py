@@ -241,7 +241,7 @@ def wrap(payload: Any, study_uid: str, eid: str, node: str, at: datetime) -> pb.
         study_instance_uid=study_uid,
     )
     for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields:
-        if f.message_type.name == name:
+        if f.message_type is not None and f.message_type.name == name:
             getattr(env, f.name).CopyFrom(payload)
             return env
     raise TypeError(f"{name} is not an envelope payload")
@@ -304,24 +304,42 @@ def candidates(
         params,
     )
     out = []
+    n = len(_COLS)
     for r in rows:
-        vals = list(r)
-        accessed = vals[len(_COLS)]
-        received = _aware(vals[9])
-        c = Candidate(
-            *[str(v) if isinstance(v, str) else v for v in vals[: len(_COLS)]],
-            last_accessed_at=_aware(accessed) if accessed and _aware(accessed) > _EPOCH else None,
-            held=bool(vals[len(_COLS) + 1]),
-        )
-        c = _replace(c, received_at=received, size_bytes=int(c.size_bytes))
+        accessed = _aware(r[n]) if r[n] else None
+        c = _candidate(r, accessed if accessed and accessed > _EPOCH else None, bool(r[n + 1]))
         d = decide(policy, c.facts(), now)  # the authoritative decision (SQL only prefilters)
         if d is not None:
             out.append((c, d))
     return out
 
 
-def _replace(c: Candidate, **kw: Any) -> Candidate:
-    return replace(c, **kw)
+def _candidate(
+    r: tuple[Any, ...], last_accessed_at: datetime | None = None, held: bool = False
+) -> Candidate:
+    """A Candidate from a row of the _COLS columns."""
+    return Candidate(
+        study_uid=str(r[0]),
+        series_uid=str(r[1]),
+        sop_uid=str(r[2]),
+        sha256=str(r[3]),
+        size_bytes=int(r[4]),
+        tier=str(r[5]),
+        storage_key=str(r[6]),
+        modality=str(r[7]),
+        calling_ae_title=str(r[8]),
+        received_at=_aware(r[9]),
+        log_offset=int(r[10]),
+        sop_class_uid=str(r[11]),
+        patient_id=str(r[12]),
+        issuer_of_patient_id=str(r[13]),
+        transfer_syntax_uid=str(r[14]),
+        called_ae_title=str(r[15]),
+        ingest_node=str(r[16]),
+        header_json=str(r[17]),
+        last_accessed_at=last_accessed_at,
+        held=held,
+    )
 
 
 def _aware(dt: datetime) -> datetime:
@@ -434,9 +452,7 @@ class LifecycleProcessor:
         )
         out = []
         for r in rows:
-            c = Candidate(*r)
-            c = _replace(c, received_at=_aware(c.received_at), size_bytes=int(c.size_bytes))
-            out.append((c, "hot", "recall"))
+            out.append((_candidate(r), "hot", "recall"))
         return out
 
     def _execute(

@@ -88,8 +88,12 @@ class IndexStore:
     def write(self, rows: Rows) -> int:
         """Insert rows (idempotent: versions collapse on log position)."""
         n = 0
+        # The events table last: its highest offsets are the index's log position (read by
+        # the lag checks that gate the stability and lifecycle processors), so a position is
+        # only visible once every row of the batch is written.
+        ordered = sorted(rows.items(), key=lambda kv: kv[0] == "events")
         try:
-            for table, rs in rows.items():
+            for table, rs in ordered:
                 if not rs:
                     continue
                 n += len(rs)

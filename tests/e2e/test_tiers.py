@@ -95,9 +95,9 @@ def locations(s: Stack, study: str) -> dict[str, dict[str, Any]]:
             page = json.loads(r.read())
         if not page:
             return out
-        for st, _se, sop, sha, size, tier, key in page:
+        for st, se, sop, sha, size, tier, key in page:
             if st == study:
-                out[sop] = {"tier": tier, "key": key, "sha256": sha, "size": size}
+                out[sop] = {"tier": tier, "key": key, "sha256": sha, "size": size, "series": se}
         after = "/".join(page[-1][:3])
 
 
@@ -218,6 +218,68 @@ def count_images(s: Stack, study: str) -> int:
 # -------------------------------------------------------------------------------------- tests
 
 
+PROMOTE_POLICY = """
+day_seconds = 1
+interval_seconds = 0.3
+access_window_seconds = 0
+
+[recall]
+promote = true
+
+[[rules]]
+name = "cold-when-idle"
+action = "cold"
+after_days = 4
+since = "last-access"
+"""
+
+
+def test_recalled_study_is_promoted_to_hot_and_goes_back_when_idle(
+    tmp_path_factory: pytest.TempPathFactory, ceph_rgw: CephRGW, tmp_path: Path
+) -> None:
+    """Runs first, on its own stack (promotion would fight the other tests' rules)."""
+    home = tmp_path_factory.mktemp("promote-home")
+    (home / "lifecycle.toml").write_text(PROMOTE_POLICY)
+    s = make_stack(home)
+    s.env.update(ceph_rgw.env)
+    s.env["STRATA_S3_BUCKET"] = ceph_rgw.make_bucket("promote")
+    s.up()
+    channel = grpc.insecure_channel(f"127.0.0.1:{s.settings.grpc_port}")
+    t = {"stack": s, "stub": q_grpc.QueryServiceStub(channel)}
+    try:
+        study = send(s, ct_series(tmp_path / "p", 3, patient_id="TIER-PROMOTE"), "ANY")
+
+        def tiers_now() -> set[str]:
+            return {v["tier"] for v in locations(s, study).values()}
+
+        assert wait_for(lambda: tiers_now() == {"cold"}, 40)  # idle 4 "days" since arrival
+        objs = grpc_retrieve(t, study)  # recall: StudyAccessed + promotion requests
+        assert len(objs) == 3
+        assert all(hashlib.sha256(d).hexdigest() == sha for d, sha in objs.values())
+        assert wait_for(lambda: tiers_now() == {"hot"}, 4, step=0.1)  # promoted on access
+        assert wait_for(lambda: tiers_now() == {"cold"}, 30)  # idle again: back to cold
+        moves: dict[str, list[tuple[str, str, str]]] = {}
+        for e in lifecycle_events(s, study):
+            tt = e.tier_transitioned
+            moves.setdefault(tt.sop_instance_uid, []).append(
+                (tt.source.tier, tt.target.tier, tt.policy)
+            )
+        assert all(
+            m
+            == [
+                ("hot", "cold", "cold-when-idle"),
+                ("cold", "hot", "recall"),
+                ("hot", "cold", "cold-when-idle"),
+            ]
+            for m in moves.values()
+        ), moves
+        r = s.cli("verify", "-q")
+        assert "verify: the live index equals the index rebuilt from the log" in r.stdout
+    finally:
+        channel.close()
+        s.down()
+
+
 def test_policy_moves_a_study_to_cold_and_it_is_retrieved_byte_identical(
     tiers: dict, tmp_path: Path
 ) -> None:
@@ -258,6 +320,16 @@ def test_policy_moves_a_study_to_cold_and_it_is_retrieved_byte_identical(
     for sop, (data, sha) in objs.items():
         assert data == stored[sop]
         assert hashlib.sha256(data).hexdigest() == sha == cold[sop]["sha256"]
+    # DICOMweb WADO-RS: each instance's part is the stored file, byte for byte
+    base = f"http://127.0.0.1:{s.settings.dicomweb_port}{s.settings.dicomweb_prefix}"
+    for sop, data in stored.items():
+        req = urllib.request.Request(
+            f"{base}/studies/{study}/series/{cold[sop]['series']}/instances/{sop}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = r.read()
+        assert data in body and len(body) < len(data) + 1000
     # one TierTransitioned per instance in the log
     evs = [e for e in lifecycle_events(s, study) if e.WhichOneof("payload") == "tier_transitioned"]
     assert sorted(e.tier_transitioned.sop_instance_uid for e in evs) == sorted(stored)
