@@ -472,7 +472,6 @@ def _with_embedded_s3(settings: Settings) -> Settings:
 
 def cmd_storage_verify(settings: Settings, args: argparse.Namespace) -> int:
     """Check every indexed object (or a random sample) in its recorded tier by sha256."""
-    import os
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -487,7 +486,9 @@ def cmd_storage_verify(settings: Settings, args: argparse.Namespace) -> int:
     cold = build_cold_tier(_with_embedded_s3(settings))
     if cold is not None:
         tiers["cold"] = cold
-    policy = load_policy(policy_path(settings.home, os.environ))
+    policy = load_policy(
+        policy_path(settings.home, {"STRATA_LIFECYCLE_POLICY": settings.lifecycle_policy})
+    )
     cache = Path(policy.recall.cache_dir or settings.home / "recall-cache")
     repairer = Repairer(tiers, cache, settings.home / "repair")
 

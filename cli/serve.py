@@ -132,7 +132,6 @@ def serve_index(settings: Settings) -> None:
 def _tiers(settings: Settings) -> tuple[Any, Any]:
     """The tiers, the lifecycle processor (None without rules or recall promotion) and the
     retrieve source reading every tier (hot in place, cold through the recall cache)."""
-    import os
 
     from archive.cold import build_cold_tier
     from archive.hot import HotTier
@@ -142,7 +141,7 @@ def _tiers(settings: Settings) -> tuple[Any, Any]:
     from processors.lifecycle import AccessRecorder, LifecycleProcessor
     from query.retrieve import TieredSource
 
-    path = policy_path(settings.home, os.environ)
+    path = policy_path(settings.home, {"STRATA_LIFECYCLE_POLICY": settings.lifecycle_policy})
     policy = load_policy(path)
     hot = HotTier(settings.hot_dir)
     cold = build_cold_tier(settings)

@@ -158,6 +158,11 @@ class Settings:
         0.05, "Seconds to wait to fill an index batch (trades latency for throughput)."
     )
 
+    # --- lifecycle ---
+    lifecycle_policy: str = _setting(
+        "",
+        "Lifecycle policy file (TOML/JSON, docs/tiers.md). Empty = <STRATA_HOME>/lifecycle.toml.",
+    )
 
     # --- router ---
     router_config: str = _setting(
