@@ -89,8 +89,13 @@ class RoutingStrata(Strata):
                 "dest4": {"pool": [member], "max_associations": 4, "batch": -(-count // 4)},
             },
             "rules": [
-                {"name": n, "when": {"called_ae": ae}, "forward": "study", "to": to,
-                 "transcode": tc}
+                {
+                    "name": n,
+                    "when": {"called_ae": ae},
+                    "forward": "study",
+                    "to": to,
+                    "transcode": tc,
+                }
                 for n, ae, to, tc in rules
             ],  # fmt: skip
         }
@@ -106,45 +111,24 @@ class RoutingStrata(Strata):
 
     def route_seconds(self, study_uid: str, timeout: float = 1800) -> tuple[float, int]:
         """Seconds from RouteDecided to RouteDelivered of the study's route, and its size."""
-        from confluent_kafka import Consumer, TopicPartition
-
-        from proto.strata.v1 import events_pb2
+        from common.events import decode
+        from common.kafka import read_log
 
         env = self.env()
         topic = f"{env.get('STRATA_TOPIC_PREFIX', 'strata')}.study-events.v1"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            c = Consumer(
-                {
-                    "bootstrap.servers": env["STRATA_KAFKA_BOOTSTRAP"],
-                    "group.id": f"bench-{time.time_ns()}",
-                    "enable.auto.commit": False,
-                }
-            )
             decided: dict[str, Any] = {}
             ended: dict[str, Any] = {}
-            try:
-                parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
-                ends = {p: c.get_watermark_offsets(TopicPartition(topic, p))[1] for p in parts}
-                c.assign([TopicPartition(topic, p, 0) for p in parts])
-                done = {p for p, e in ends.items() if e == 0}
-                while len(done) < len(parts):
-                    m = c.poll(1.0)
-                    if m is None or m.error():
-                        continue
-                    if m.offset() + 1 >= ends[m.partition()]:
-                        done.add(m.partition())
-                    ev = events_pb2.Envelope()
-                    ev.ParseFromString(m.value())
-                    if ev.study_instance_uid != study_uid:
-                        continue
-                    kind = ev.WhichOneof("payload")
-                    if kind == "route_decided" and ev.route_decided.matched:
-                        decided[ev.route_decided.route_id] = ev
-                    elif kind in ("route_delivered", "route_dead_lettered"):
-                        ended[getattr(ev, kind).route_id] = ev
-            finally:
-                c.close()
+            for value in read_log(env["STRATA_KAFKA_BOOTSTRAP"], topic):
+                ev = decode(value)
+                if ev.study_instance_uid != study_uid:
+                    continue
+                kind = ev.WhichOneof("payload")
+                if kind == "route_decided" and ev.route_decided.matched:
+                    decided[ev.route_decided.route_id] = ev
+                elif kind in ("route_delivered", "route_dead_lettered"):
+                    ended[getattr(ev, kind).route_id] = ev
             for rid, d in decided.items():
                 if rid in ended:
                     e = ended[rid]

@@ -63,3 +63,43 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise Unavailable(f"cannot create topic {name}: {exc}") from exc
     return created
+
+
+def read_log(bootstrap: str, topic: str, timeout: float = 60.0) -> list[bytes]:
+    """Every record value of ``topic`` from offset 0 up to its end at the time of the call,
+    in per-partition order (an auditor's or a test's read of the whole log; committed records
+    only). Raises Unavailable when the end is not reached within ``timeout`` seconds."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"strata-read-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    out: list[bytes] = []
+    try:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        parts = list(meta.partitions)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        done = {p for p, e in ends.items() if e == 0}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(parts):
+            if time.monotonic() > deadline:
+                raise Unavailable(f"reading {topic} did not reach its end in {timeout:.0f}s")
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            out.append(m.value())
+            if m.offset() + 1 >= ends[m.partition()]:
+                done.add(m.partition())
+    except KafkaException as exc:
+        raise Unavailable(f"cannot read {topic}: {exc}") from exc
+    finally:
+        c.close()
+    return out

@@ -53,6 +53,21 @@ class Result:
     member: Member | None = None
 
 
+def located(inst: pb.RoutedInstance) -> Located:
+    """A routed instance as the retrieve code's Located (the study UID is not needed)."""
+    return Located(
+        "",
+        inst.series_instance_uid,
+        inst.sop_instance_uid,
+        inst.sop_class_uid,
+        inst.transfer_syntax_uid,
+        inst.location.tier,
+        inst.location.key,
+        int(inst.size_bytes),
+        inst.sha256,
+    )
+
+
 def classify(status: int) -> str:
     """C-STORE response status -> outcome (PS3.4 Annex B.2.3, PS3.7 C)."""
     if status == 0x0000 or status in (0xB000, 0xB006, 0xB007):
@@ -194,18 +209,7 @@ def _send_one(
                 return Result(it, "rejected", 0, f"{member.ae_title} does not accept {target}")
             dataset: Dataset = transcode(path, target)
         else:
-            loc = Located(
-                "",  # the study UID is not needed to send
-                inst.series_instance_uid,
-                inst.sop_instance_uid,
-                inst.sop_class_uid,
-                inst.transfer_syntax_uid,
-                inst.location.tier,
-                inst.location.key,
-                int(inst.size_bytes),
-                inst.sha256,
-            )
-            dataset = StoredInstance(loc, path)
+            dataset = StoredInstance(located(inst), path)
             if target not in syntaxes:
                 target = sorted(syntaxes)[0]  # uncompressed <-> uncompressed: pynetdicom converts
     except Exception as exc:  # noqa: BLE001 - a codec failure is this object's problem

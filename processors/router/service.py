@@ -548,7 +548,7 @@ def run(settings: Any, stop: threading.Event | None = None) -> None:
     from archive.cold import build_cold_tier
     from archive.recall import RecallCache
     from processors.router.rules import load
-    from query.retrieve import Located, TieredSource, install_raw_send
+    from query.retrieve import TieredSource, install_raw_send
 
     config = load(settings.router_config)
     install_raw_send()
@@ -564,19 +564,7 @@ def run(settings: Any, stop: threading.Event | None = None) -> None:
     )
 
     def local_path(inst: pb.RoutedInstance) -> Path:
-        return source.local_path(
-            Located(
-                "",
-                inst.series_instance_uid,
-                inst.sop_instance_uid,
-                inst.sop_class_uid,
-                inst.transfer_syntax_uid,
-                inst.location.tier,
-                inst.location.key,
-                int(inst.size_bytes),
-                inst.sha256,
-            )
-        )
+        return source.local_path(sender.located(inst))
 
     router = Router(
         settings.kafka_bootstrap,

@@ -145,31 +145,11 @@ class RouterState:
                 and d.route_id not in self.routes
                 and d.route_id not in self.recently_closed
             ):
-                self.routes[d.route_id] = Route(
-                    d.route_id,
-                    env.study_instance_uid,
-                    partition,
-                    offset,
-                    _seconds(env.occurred_at),
-                    d.rule,
-                    d.destination,
-                    d.transcode_to,
-                    {i.sop_instance_uid: InstanceProgress(i) for i in d.instances},
-                )
+                self._open(env, d, partition, offset)
         elif kind == "route_redriven":
             r = env.route_redriven
             self.recently_closed.pop(r.route_id, None)
-            self.routes[r.route_id] = Route(
-                r.route_id,
-                env.study_instance_uid,
-                partition,
-                offset,
-                _seconds(env.occurred_at),
-                r.rule,
-                r.destination,
-                r.transcode_to,
-                {i.sop_instance_uid: InstanceProgress(i) for i in r.instances},
-            )
+            self._open(env, r, partition, offset)
         elif kind == "route_attempted":
             a = env.route_attempted
             route = self.routes.get(a.route_id)
@@ -192,6 +172,22 @@ class RouterState:
                 while len(self.recently_closed) > 100_000:
                     self.recently_closed.popitem(last=False)
         return None
+
+    def _open(
+        self, env: pb.Envelope, r: pb.RouteDecided | pb.RouteRedriven, partition: int, offset: int
+    ) -> None:
+        """A route opened by a decision or a re-drive (both carry what it sends, and where)."""
+        self.routes[r.route_id] = Route(
+            r.route_id,
+            env.study_instance_uid,
+            partition,
+            offset,
+            _seconds(env.occurred_at),
+            r.rule,
+            r.destination,
+            r.transcode_to,
+            {i.sop_instance_uid: InstanceProgress(i) for i in r.instances},
+        )
 
     def _collect_for_study(self, env: pb.Envelope, partition: int, offset: int) -> None:
         rules = [

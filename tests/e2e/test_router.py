@@ -109,6 +109,18 @@ def routes_of(events: list[Any], study_uid: str, rule: str) -> dict[str, Any]:
     }
 
 
+def delivered_log(stack: Stack, study_uid: str, rule: str, n: int) -> list[Any]:
+    """The log once the study has ``n`` routes of ``rule``, every one RouteDelivered."""
+
+    def ready() -> list[Any] | None:
+        events = read_all(stack.settings)
+        ids = set(routes_of(events, study_uid, rule))
+        done = {r.route_id for r in of_type(events, "route_delivered")} & ids
+        return events if len(ids) == n and done == ids else None
+
+    return wait_for(ready, 60, f"RouteDelivered for all {n} routes of {rule!r}")  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("router")
@@ -324,13 +336,7 @@ def test_kill9_of_the_router_mid_study_still_delivers_every_instance(
     wait_for(lambda: want <= set(slow.received()), 120, "every instance after the restart")
     study_uid = str(dcmread(files[0]).StudyInstanceUID)
 
-    def settled() -> list[Any] | None:
-        events = read_all(stack.settings)
-        ids = set(routes_of(events, study_uid, "slow"))
-        done = {r.route_id for r in of_type(events, "route_delivered")} & ids
-        return events if len(ids) == 40 and done == ids else None
-
-    events = wait_for(settled, 60, "RouteDelivered for all 40 routes")
+    events = delivered_log(stack, study_uid, "slow", 40)
     delivered = Counter(
         (a.route_id, a.sop_instance_uid)
         for a in of_type(events, "route_attempted")
@@ -359,13 +365,7 @@ def test_a_pool_sends_to_its_live_member_when_another_is_down(
     wait_for(lambda: want <= set(up.received()), 60, "the live pool member to get everything")
     study_uid = str(dcmread(files[0]).StudyInstanceUID)
 
-    def ended() -> list[Any] | None:
-        events = read_all(stack.settings)
-        ids = set(routes_of(events, study_uid, "pool"))
-        done = {r.route_id for r in of_type(events, "route_delivered")} & ids
-        return events if len(ids) == 10 and done == ids else None
-
-    events = wait_for(ended, 30, "RouteDelivered for the pool's routes")
+    events = delivered_log(stack, study_uid, "pool", 10)
     used = Counter(
         (a.ae_title, a.outcome)
         for a in of_type(events, "route_attempted")

@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 import pydicom
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from pynetdicom.dsutils import split_dataset
 
 from proto.strata.v1 import events_pb2
@@ -30,6 +29,7 @@ from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
 from tests.support.ceph import CephRGW
 from tests.support.dcmtk import dcmtk_env, findscu
+from tests.support.events import read_all
 from tests.support.stack import Stack, make_stack, require_tool
 from tests.support.synthetic import ct_series
 
@@ -172,36 +172,12 @@ def getscu(s: Stack, study: str, out: Path) -> list[Path]:
 
 
 def lifecycle_events(s: Stack, study: str) -> list[events_pb2.Envelope]:
-    topic = s.settings.study_topic
-    c = Consumer(
-        {
-            "bootstrap.servers": s.settings.kafka_bootstrap,
-            "group.id": f"t-{time.time_ns()}",
-            "enable.auto.commit": False,
-        }
-    )
-    out = []
-    try:
-        parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p))[1] for p in parts}
-        c.assign([TopicPartition(topic, p, 0) for p in parts])
-        done = {p for p, e in ends.items() if e == 0}
-        while len(done) < len(parts):
-            m = c.poll(1.0)
-            if m is None or m.error():
-                continue
-            env = events_pb2.Envelope()
-            env.ParseFromString(m.value())
-            if env.study_instance_uid == study and env.WhichOneof("payload") in (
-                "tier_transitioned",
-                "instance_deleted",
-            ):
-                out.append(env)
-            if m.offset() + 1 >= ends[m.partition()]:
-                done.add(m.partition())
-    finally:
-        c.close()
-    return out
+    return [
+        e
+        for e in read_all(s.settings)
+        if e.study_instance_uid == study
+        and e.WhichOneof("payload") in ("tier_transitioned", "instance_deleted")
+    ]
 
 
 def count_images(s: Stack, study: str) -> int:
