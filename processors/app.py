@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -29,6 +31,33 @@ log = logging.getLogger(__name__)
 
 LAG = Gauge("strata_index_lag_events", "Events in the log not yet applied to the index", ["topic"])
 APPLIED = Gauge("strata_index_events_applied", "Events applied to the index (this process)")
+
+
+def caught_up(done: dict[str, dict[int, int]], ends: dict[str, dict[int, int]]) -> bool:
+    """Has the index applied every record before ``ends`` (per topic and partition)?"""
+    return all(
+        done.get(t, {}).get(p, 0) >= end for t, parts in ends.items() for p, end in parts.items()
+    )
+
+
+class Barrier:
+    """Log positions read at a time T; passed once the index has applied up to them.
+
+    ``passed(done, ends, now)`` returns T when the index caught up with the ends recorded at T
+    (and records the new ends for the next time), else None."""
+
+    def __init__(self) -> None:
+        self._ends: dict[str, dict[int, int]] | None = None
+        self._at: datetime | None = None
+
+    def passed(
+        self, done: dict[str, dict[int, int]], ends: dict[str, dict[int, int]], now: datetime
+    ) -> datetime | None:
+        at = None
+        if self._ends is None or caught_up(done, self._ends):
+            at = self._at
+            self._ends, self._at = ends, now
+        return at
 
 
 def create_app(
@@ -108,17 +137,21 @@ def create_app(
     )
     topics = [settings.study_topic, settings.quarantine_topic]
 
+    barrier = Barrier()
+
     def lag_and_stability() -> None:
+        now = datetime.now(UTC)
         ends = end_positions(settings.kafka_bootstrap, topics, probe)
         done = checksum.positions(index)
-        lag = {}
         for t, parts in ends.items():
-            lag[t] = sum(o - min(done.get(t, {}).get(p, 0), o) for p, o in parts.items())
-            LAG.labels(t).set(lag[t])
-        # Decide only on a caught-up index: a study that looks quiet may have newer instances
-        # (or its announcement) still in the log.
-        if lag.get(settings.study_topic, 1) == 0:
-            n = emitter.run_once(index)
+            LAG.labels(t).set(sum(o - min(done.get(t, {}).get(p, 0), o) for p, o in parts.items()))
+        # Decide only on an index that has applied the whole log as it was at some time T (a
+        # study that looks quiet may have newer instances, or its announcement, still in the
+        # log), and judge quietness as of T. Requiring lag == 0 *now* instead would starve the
+        # announcements under continuous ingest, where the log end keeps moving.
+        as_of = barrier.passed(done, ends, now)
+        if as_of is not None:
+            n = emitter.run_once(index, as_of)
             if n:
                 log.info("announced %d stable studies", n)
 
@@ -137,13 +170,15 @@ def create_app(
         def lifecycle_pass() -> None:
             # Only on a caught-up index, measured now: every event of the previous pass (and
             # every arrival so far) is applied, so the index is the record of what moved.
+            # Waits (a bounded time) until the index has applied the log up to its end as read
+            # now, rather than for a moment with no lag at all (rare under continuous ingest).
             ends = end_positions(settings.kafka_bootstrap, [settings.study_topic], lc_probe)
-            done = checksum.positions(index).get(settings.study_topic, {})
-            behind = sum(
-                o - min(done.get(p, 0), o) for p, o in ends.get(settings.study_topic, {}).items()
-            )
-            if behind:
-                return
+            deadline = time.monotonic() + 60
+            while not caught_up(checksum.positions(index), ends):
+                if time.monotonic() > deadline:
+                    log.warning("lifecycle pass skipped: the index is more than 60 s behind")
+                    return
+                time.sleep(0.2)
             res = lifecycle.run_once(index)
             if res.moved or res.deleted or res.failed or res.settled or res.dropped:
                 (log.warning if res.failed else log.info)(
