@@ -28,7 +28,7 @@ from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
 from query.find import FindQuery, build_sql, to_identifier
 from query.matching import ATTRIBUTES
-from query.retrieve import ObjectSource, locate
+from query.retrieve import ObjectSource, local_paths, locate
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +244,14 @@ class QueryService(q_grpc.QueryServiceServicer):
             if not locs:
                 raise NotFound("no matching instance")
             size = request.chunk_size or (1 << 20)
-            for loc in locs:
+            for loc, path in local_paths(self.d.source, locs):
+                if isinstance(path, StrataError):
+                    raise path
+                if isinstance(path, Exception):
+                    raise Unavailable(f"object of {loc.sop_uid} not readable: {path}")
                 offset = 0
                 first = True
-                chunks = self.d.source.chunks(loc, size)
-                for data in chunks:
+                for data in _file_chunks(path, size):
                     if not context.is_active():
                         return
                     msg = q.InstanceChunk(sop_instance_uid=loc.sop_uid, offset=offset, data=data)
@@ -380,3 +383,9 @@ def serve(deps: Deps, host: str, port: int, workers: int = 16) -> grpc.Server:
     server.add_insecure_port(f"{host}:{port}")
     server.start()
     return server
+
+
+def _file_chunks(path: Any, size: int) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -189,6 +192,34 @@ class TieredSource:
                 self.on_access(loc.study_uid, self.via)
             except Exception as exc:  # an access record never fails a retrieve
                 log.warning("study access not recorded: %s", exc)
+
+
+def local_paths(
+    source: ObjectSource, locs: list[Located], ahead: int = 8, workers: int = 4
+) -> Iterator[tuple[Located, Path | Exception]]:
+    """Each object with its local path (or why it has none), in order. Up to ``ahead`` objects
+    are made local concurrently, so recalling a cold study overlaps with sending it instead of
+    fetching one object after another (hot objects cost a stat)."""
+    if not locs:
+        return
+    with ThreadPoolExecutor(max(1, min(workers, ahead)), thread_name_prefix="recall") as pool:
+        todo = iter(locs)
+        window: deque[tuple[Located, Future[Path]]] = deque(
+            (loc, pool.submit(source.local_path, loc)) for loc in islice(todo, ahead)
+        )
+        try:
+            while window:
+                loc, fut = window.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    window.append((nxt, pool.submit(source.local_path, nxt)))
+                try:
+                    yield loc, fut.result()
+                except Exception as exc:  # noqa: BLE001 - the caller decides per object
+                    yield loc, exc
+        finally:
+            for _, f in window:  # a cancelled retrieve: fetches not started are dropped
+                f.cancel()
 
 
 class StoredInstance(Dataset):

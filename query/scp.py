@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (
 from common.dimse import set_nodelay
 from common.errors import Invalid, NotFound, Unavailable
 from query.find import Index, find, parse_identifier
-from query.retrieve import Located, ObjectSource, StoredInstance, locate
+from query.retrieve import Located, ObjectSource, StoredInstance, local_paths, locate
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +78,16 @@ def _retrieve_request(identifier: Dataset) -> tuple[str, dict[str, str]]:
 def _sub_operations(
     event: evt.Event, locs: list[Located], source: ObjectSource
 ) -> Iterator[tuple[int, Dataset | None]]:
-    for loc in locs:
+    for loc, path in local_paths(source, locs):
         if event.is_cancelled:
             yield CANCEL, None
             return
-        try:
-            path = source.local_path(loc)
-        except (NotFound, Unavailable) as exc:  # missing, or its cold tier unreachable
-            log.error("retrieve: %s", exc)
+        if isinstance(path, (NotFound, Unavailable)):  # missing, or its cold tier unreachable
+            log.error("retrieve: %s", path)
             yield PENDING, Dataset()  # an unsendable dataset: counted as a failed sub-operation
             continue
+        if isinstance(path, Exception):
+            raise path
         yield PENDING, StoredInstance(loc, path)
 
 
