@@ -8,13 +8,16 @@ know is returned empty, as PS3.4 C.4.1.1.3.2 allows.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydicom import Dataset
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
 from common.errors import Invalid
@@ -253,36 +256,67 @@ def _format(attr: Attr, value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=512)
+def _plan(
+    level: str, keywords: tuple[str, ...]
+) -> tuple[tuple[str, Any, str, Attr | None, bool], ...]:
+    """Per key of a query, what to_identifier does with it (computed once per key list):
+    (keyword, tag, VR, attribute, returned empty because not known at this level)."""
+    lvl = LEVELS.index(level)
+    out = []
+    for kw in keywords:
+        attr = ATTRIBUTES.get(kw)
+        empty = attr is not None and (
+            LEVELS.index(attr.level) > lvl or (attr.aggregate and attr.level != level)
+        )
+        tag = Tag(tag_for_keyword(kw)) if attr is not None else None
+        out.append((kw, tag, dictionary_VR(tag) if tag is not None else "", attr, empty))
+    return tuple(out)
+
+
 def to_identifier(q: FindQuery, row: dict[str, Any]) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = q.level
     header: dict[str, Any] | None = None
-    lvl = LEVELS.index(q.level)
-    for kw, _raw in q.keys:
-        attr = ATTRIBUTES.get(kw)
-        if attr is not None and (
-            LEVELS.index(attr.level) > lvl or (attr.aggregate and attr.level != q.level)
-        ):
+    # What ``setattr(ds, keyword, value)`` does for a new keyword, without its keyword lookups:
+    # a DataElement of the dictionary VR stored under the tag.
+    ascii_only = True
+    from_header = False
+    for kw, tag, vr, attr, empty in _plan(q.level, tuple(kw for kw, _raw in q.keys)):
+        if empty:
             # Not known at this level: a lower-level key would otherwise be answered from one
             # arbitrary instance's header, and another level's count from this level's column
             # of the same name (n_instances, n_series). Return it empty.
-            setattr(ds, kw, None)
+            ds[tag] = DataElement(tag, vr, None)
             continue
         if attr is not None and attr.column in row:
             value = _format(attr, row[attr.column])
-            setattr(ds, kw, value if value not in (None, "") else None)
+            if value in (None, ""):
+                value = None
+            elif ascii_only:
+                ascii_only = _ascii(value)
+            ds[tag] = DataElement(tag, vr, value)
             continue
         if header is None:
             header = json.loads(row.get("header_json") or "{}")
         _from_header(ds, kw, header)
-    if _needs_utf8(ds):
+        from_header = True
+    # Column values are str/int/list of str: checked as they were set; an element from the
+    # header (sequences, other VRs) is checked the thorough way.
+    if not ascii_only or (from_header and _needs_utf8(ds)):
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
 
 
-def _from_header(ds: Dataset, keyword: str, header: dict[str, Any]) -> None:
-    from pydicom.datadict import tag_for_keyword
+def _ascii(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.isascii()
+    if isinstance(value, list):
+        return all(not isinstance(v, str) or v.isascii() for v in value)
+    return True
 
+
+def _from_header(ds: Dataset, keyword: str, header: dict[str, Any]) -> None:
     tag = tag_for_keyword(keyword)
     if tag is None:
         return
