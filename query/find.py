@@ -54,29 +54,6 @@ _COLUMNS: dict[str, list[str]] = {
 }
 
 
-# Study-level aggregates over instances: (keyword, column, expression, constant when not asked).
-_STUDY_AGGREGATES = (
-    (
-        "ModalitiesInStudy",
-        "modalities_in_study",
-        "arraySort(groupUniqArrayIf(modality, modality != '')) AS modalities_in_study",
-        "CAST([] AS Array(String))",
-    ),
-    (
-        "SOPClassesInStudy",
-        "sop_classes_in_study",
-        "arraySort(groupUniqArray(sop_class_uid)) AS sop_classes_in_study",
-        "CAST([] AS Array(String))",
-    ),
-    (
-        "NumberOfStudyRelatedSeries",
-        "n_series",
-        "uniqExact(series_uid) AS n_series",
-        "toUInt64(0)",
-    ),
-)
-
-
 class Index(Protocol):
     database: str
 
@@ -120,9 +97,8 @@ def build_sql(
 ) -> tuple[str, dict[str, Any], list[str]]:
     """SQL, parameters and the list of selected column names for the query.
 
-    ``only_requested``: study-level aggregates that no key of the query asks for are not
-    computed (a constant stands in). For callers that read nothing but what to_identifier
-    reads (find); a caller that sorts or filters on other columns leaves it False."""
+    ``only_requested`` (kept for callers): study-level aggregates are precomputed now
+    (study_stats), so every one of them is always returned; it changes nothing."""
     params = Params()
     lvl = LEVELS.index(q.level)
     conds: dict[str, list[str]] = {"plain": [], "agg": []}
@@ -177,22 +153,19 @@ def build_sql(
         return sql, params.values, cols
 
     if q.level == "STUDY":
-        asked = {kw for kw, _raw in q.keys}
-        study_aggregates = ", ".join(
-            expr if not only_requested or kw in asked else f"{empty} AS {col}"
-            for kw, col, expr, empty in _STUDY_AGGREGATES
-        )
+        # The study-level aggregates are precomputed per study (study_stats, kept current by
+        # IndexStore.write from `instances` FINAL): one row per study to join, instead of
+        # aggregating every instance of every candidate study at query time. A study without
+        # current instances has no current study_stats row (a tombstone), so the inner join
+        # drops it exactly as the aggregation over instances did.
         sql = f"""
         SELECT s.*, a.modalities_in_study, a.sop_classes_in_study, a.n_series, a.n_instances
         FROM (
             SELECT {_STUDY_COLS}, {hdr} FROM {db}.studies FINAL WHERE {where}
         ) AS s
         INNER JOIN (
-            SELECT study_uid,
-                   {study_aggregates}, count() AS n_instances
-            FROM {db}.instances FINAL
-            WHERE study_uid IN (SELECT study_uid FROM {db}.studies FINAL WHERE {where})
-            GROUP BY study_uid
+            SELECT study_uid, modalities_in_study, sop_classes_in_study, n_series, n_instances
+            FROM {db}.study_stats FINAL
         ) AS a USING (study_uid)
         WHERE {having}
         ORDER BY s.study_date DESC, s.study_time DESC, s.study_uid
