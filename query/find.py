@@ -281,6 +281,49 @@ def to_identifier(q: FindQuery, row: dict[str, Any]) -> Dataset:
     return ds
 
 
+def to_json(q: FindQuery, row: dict[str, Any]) -> str:
+    """``to_identifier(q, row).to_json()`` (DICOM JSON, keys sorted), written directly when
+    every value is a plain one: printable ASCII strings without the characters pydicom would
+    interpret (backslash: multi-values, '=': person name groups), edge spaces or control
+    characters, and no key answered from the stored header. Anything else goes the pydicom
+    way, so the text is always the same."""
+    out: dict[str, Any] = {"00080052": {"vr": "CS", "Value": [q.level]}}
+    for _kw, tag, vr, attr, empty in _plan(q.level, tuple(kw for kw, _raw in q.keys)):
+        if empty:
+            out[f"{tag:08X}"] = {"vr": vr}
+            continue
+        if attr is None or attr.column not in row:
+            return to_identifier(q, row).to_json()
+        value = _format(attr, row[attr.column])
+        if value in (None, "") or value == []:
+            out[f"{tag:08X}"] = {"vr": vr}
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not all(type(v) is str and _plain(v) for v in values):
+            return to_identifier(q, row).to_json()
+        if vr == "PN":
+            json_values: list[Any] = [{"Alphabetic": v} for v in values]
+        elif vr == "IS":
+            json_values = [int(v) for v in values]
+        elif vr in ("DS", "AT", "SQ", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"):
+            return to_identifier(q, row).to_json()
+        else:
+            json_values = values
+        out[f"{tag:08X}"] = {"vr": vr, "Value": json_values}
+    return json.dumps(out, sort_keys=True)
+
+
+def _plain(v: str) -> bool:
+    return (
+        v.isascii()
+        and v.isprintable()
+        and "\\" not in v
+        and "=" not in v
+        and v == v.strip()
+        and v != ""
+    )
+
+
 def _ascii(value: Any) -> bool:
     if isinstance(value, str):
         return value.isascii()
