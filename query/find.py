@@ -8,13 +8,16 @@ know is returned empty, as PS3.4 C.4.1.1.3.2 allows.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydicom import Dataset
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
 from common.errors import Invalid
@@ -49,29 +52,6 @@ _COLUMNS: dict[str, list[str]] = {
     + ["sop_uid", "sop_class_uid", "instance_number"]
     + ["header_json"],
 }
-
-
-# Study-level aggregates over instances: (keyword, column, expression, constant when not asked).
-_STUDY_AGGREGATES = (
-    (
-        "ModalitiesInStudy",
-        "modalities_in_study",
-        "arraySort(groupUniqArrayIf(modality, modality != '')) AS modalities_in_study",
-        "CAST([] AS Array(String))",
-    ),
-    (
-        "SOPClassesInStudy",
-        "sop_classes_in_study",
-        "arraySort(groupUniqArray(sop_class_uid)) AS sop_classes_in_study",
-        "CAST([] AS Array(String))",
-    ),
-    (
-        "NumberOfStudyRelatedSeries",
-        "n_series",
-        "uniqExact(series_uid) AS n_series",
-        "toUInt64(0)",
-    ),
-)
 
 
 class Index(Protocol):
@@ -117,9 +97,8 @@ def build_sql(
 ) -> tuple[str, dict[str, Any], list[str]]:
     """SQL, parameters and the list of selected column names for the query.
 
-    ``only_requested``: study-level aggregates that no key of the query asks for are not
-    computed (a constant stands in). For callers that read nothing but what to_identifier
-    reads (find); a caller that sorts or filters on other columns leaves it False."""
+    ``only_requested`` (kept for callers): study-level aggregates are precomputed now
+    (study_stats), so every one of them is always returned; it changes nothing."""
     params = Params()
     lvl = LEVELS.index(q.level)
     conds: dict[str, list[str]] = {"plain": [], "agg": []}
@@ -174,22 +153,19 @@ def build_sql(
         return sql, params.values, cols
 
     if q.level == "STUDY":
-        asked = {kw for kw, _raw in q.keys}
-        study_aggregates = ", ".join(
-            expr if not only_requested or kw in asked else f"{empty} AS {col}"
-            for kw, col, expr, empty in _STUDY_AGGREGATES
-        )
+        # The study-level aggregates are precomputed per study (study_stats, kept current by
+        # IndexStore.write from `instances` FINAL): one row per study to join, instead of
+        # aggregating every instance of every candidate study at query time. A study without
+        # current instances has no current study_stats row (a tombstone), so the inner join
+        # drops it exactly as the aggregation over instances did.
         sql = f"""
         SELECT s.*, a.modalities_in_study, a.sop_classes_in_study, a.n_series, a.n_instances
         FROM (
             SELECT {_STUDY_COLS}, {hdr} FROM {db}.studies FINAL WHERE {where}
         ) AS s
         INNER JOIN (
-            SELECT study_uid,
-                   {study_aggregates}, count() AS n_instances
-            FROM {db}.instances FINAL
-            WHERE study_uid IN (SELECT study_uid FROM {db}.studies FINAL WHERE {where})
-            GROUP BY study_uid
+            SELECT study_uid, modalities_in_study, sop_classes_in_study, n_series, n_instances
+            FROM {db}.study_stats FINAL
         ) AS a USING (study_uid)
         WHERE {having}
         ORDER BY s.study_date DESC, s.study_time DESC, s.study_uid
@@ -253,36 +229,110 @@ def _format(attr: Attr, value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=512)
+def _plan(
+    level: str, keywords: tuple[str, ...]
+) -> tuple[tuple[str, Any, str, Attr | None, bool], ...]:
+    """Per key of a query, what to_identifier does with it (computed once per key list):
+    (keyword, tag, VR, attribute, returned empty because not known at this level)."""
+    lvl = LEVELS.index(level)
+    out = []
+    for kw in keywords:
+        attr = ATTRIBUTES.get(kw)
+        empty = attr is not None and (
+            LEVELS.index(attr.level) > lvl or (attr.aggregate and attr.level != level)
+        )
+        tag = Tag(tag_for_keyword(kw)) if attr is not None else None
+        out.append((kw, tag, dictionary_VR(tag) if tag is not None else "", attr, empty))
+    return tuple(out)
+
+
 def to_identifier(q: FindQuery, row: dict[str, Any]) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = q.level
     header: dict[str, Any] | None = None
-    lvl = LEVELS.index(q.level)
-    for kw, _raw in q.keys:
-        attr = ATTRIBUTES.get(kw)
-        if attr is not None and (
-            LEVELS.index(attr.level) > lvl or (attr.aggregate and attr.level != q.level)
-        ):
+    # What ``setattr(ds, keyword, value)`` does for a new keyword, without its keyword lookups:
+    # a DataElement of the dictionary VR stored under the tag.
+    ascii_only = True
+    from_header = False
+    for kw, tag, vr, attr, empty in _plan(q.level, tuple(kw for kw, _raw in q.keys)):
+        if empty:
             # Not known at this level: a lower-level key would otherwise be answered from one
             # arbitrary instance's header, and another level's count from this level's column
             # of the same name (n_instances, n_series). Return it empty.
-            setattr(ds, kw, None)
+            ds[tag] = DataElement(tag, vr, None)
             continue
         if attr is not None and attr.column in row:
             value = _format(attr, row[attr.column])
-            setattr(ds, kw, value if value not in (None, "") else None)
+            if value in (None, ""):
+                value = None
+            elif ascii_only:
+                ascii_only = _ascii(value)
+            ds[tag] = DataElement(tag, vr, value)
             continue
         if header is None:
             header = json.loads(row.get("header_json") or "{}")
         _from_header(ds, kw, header)
-    if _needs_utf8(ds):
+        from_header = True
+    # Column values are str/int/list of str: checked as they were set; an element from the
+    # header (sequences, other VRs) is checked the thorough way.
+    if not ascii_only or (from_header and _needs_utf8(ds)):
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
 
 
-def _from_header(ds: Dataset, keyword: str, header: dict[str, Any]) -> None:
-    from pydicom.datadict import tag_for_keyword
+def to_json(q: FindQuery, row: dict[str, Any]) -> str:
+    """``to_identifier(q, row).to_json()`` (DICOM JSON, keys sorted), written directly when
+    every value is a plain one: printable ASCII strings without the characters pydicom would
+    interpret (backslash: multi-values, '=': person name groups), edge spaces or control
+    characters, and no key answered from the stored header. Anything else goes the pydicom
+    way, so the text is always the same."""
+    out: dict[str, Any] = {"00080052": {"vr": "CS", "Value": [q.level]}}
+    for _kw, tag, vr, attr, empty in _plan(q.level, tuple(kw for kw, _raw in q.keys)):
+        if empty:
+            out[f"{tag:08X}"] = {"vr": vr}
+            continue
+        if attr is None or attr.column not in row:
+            return to_identifier(q, row).to_json()
+        value = _format(attr, row[attr.column])
+        if value in (None, "") or value == []:
+            out[f"{tag:08X}"] = {"vr": vr}
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not all(type(v) is str and _plain(v) for v in values):
+            return to_identifier(q, row).to_json()
+        if vr == "PN":
+            json_values: list[Any] = [{"Alphabetic": v} for v in values]
+        elif vr == "IS":
+            json_values = [int(v) for v in values]
+        elif vr in ("DS", "AT", "SQ", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"):
+            return to_identifier(q, row).to_json()
+        else:
+            json_values = values
+        out[f"{tag:08X}"] = {"vr": vr, "Value": json_values}
+    return json.dumps(out, sort_keys=True)
 
+
+def _plain(v: str) -> bool:
+    return (
+        v.isascii()
+        and v.isprintable()
+        and "\\" not in v
+        and "=" not in v
+        and v == v.strip()
+        and v != ""
+    )
+
+
+def _ascii(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.isascii()
+    if isinstance(value, list):
+        return all(not isinstance(v, str) or v.isascii() for v in value)
+    return True
+
+
+def _from_header(ds: Dataset, keyword: str, header: dict[str, Any]) -> None:
     tag = tag_for_keyword(keyword)
     if tag is None:
         return

@@ -26,7 +26,7 @@ from common.errors import Invalid, NotFound, StrataError, Unavailable
 from common.events import decode
 from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
-from query.find import FindQuery, build_sql, to_identifier
+from query.find import FindQuery, build_sql, to_json
 from query.matching import ATTRIBUTES
 from query.retrieve import ObjectSource, local_paths, locate
 
@@ -196,7 +196,7 @@ class QueryService(q_grpc.QueryServiceServicer):
         last: dict[str, Any] = {}
         for r in rows:
             last = dict(zip(cols, r, strict=True))
-            matches.append(to_identifier(fq, last).to_json())
+            matches.append(to_json(fq, last))
         token = ""
         if more:
             v = last[attr.column]

@@ -38,7 +38,8 @@ def table_checksums(index: Queryable) -> dict[str, tuple[int, int]]:
     out = {}
     for t in TABLES:
         [(n, h)] = index.query(f"SELECT count(), sum(cityHash64(*)) FROM {db}.{t} FINAL")
-        out[t] = (int(n), int(h))
+        # sum() over FINAL rows that are all tombstones comes back NULL from ClickHouse: 0
+        out[t] = (int(n), int(h or 0))
     return out
 
 

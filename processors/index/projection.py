@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from processors.index.routing import routing_rows
 from proto.strata.v1 import events_pb2 as pb
 
@@ -36,7 +38,11 @@ def json_value(header: dict[str, Any], tag: str) -> str:
     elem = header.get(tag)
     if not elem:
         return ""
-    values = elem.get("Value") or []
+    return _values_text(elem.get("Value") or [])
+
+
+def _values_text(values: list[Any]) -> str:
+    """The DICOM string form of one attribute's JSON "Value" list (json_value's second half)."""
     if len(values) == 1 and type(values[0]) is str:  # the common case, same result as below
         return values[0].strip()
     out = []
@@ -51,6 +57,48 @@ def json_value(header: dict[str, Any], tag: str) -> str:
         else:
             out.append(str(v))
     return "\\".join(out).strip()
+
+
+class _Element(msgspec.Struct):
+    Value: list[Any] = []
+
+
+# A decoder of just the indexed attributes of a header: msgspec skips every other element
+# without building it (~2.5x faster than json.loads of the whole ~3.3 KB header, which was half
+# of the projection's time). It yields the same Python values as json.loads for these
+# attributes; anything it refuses (NaN, lone surrogates, a "Value": null, a non-object
+# element...) goes through json.loads and json_value as before, so the rows are identical.
+_Indexed = msgspec.defstruct(
+    "_Indexed",
+    [(name, _Element | None, None) for name in _T],
+    rename=_T,
+)
+_INDEXED = msgspec.json.Decoder(_Indexed)
+
+
+def header_values(header_text: str) -> dict[str, str]:
+    """The indexed attributes (keywords of ``_T``) of a DICOM JSON header as DICOM strings."""
+    if not header_text:
+        return dict.fromkeys(_T, "")
+    try:
+        h = _INDEXED.decode(header_text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        header = json.loads(header_text)
+        return {name: json_value(header, tag) for name, tag in _T.items()}
+    out = {}
+    for name in _T:
+        elem = getattr(h, name)
+        if elem is None:
+            out[name] = ""
+            continue
+        values = elem.Value
+        # the common case inline (one string value), the same result as _values_text
+        out[name] = (
+            values[0].strip()
+            if len(values) == 1 and type(values[0]) is str
+            else _values_text(values)
+        )
+    return out
 
 
 def norm_time(tm: str) -> str:
@@ -210,10 +258,7 @@ def _instance_rows(
     out: Rows = {}
     # Every protobuf field read copies it out of the message: read each one once.
     header_text = e.header_json
-    header = json.loads(header_text) if header_text else {}
-
-    def v(name: str) -> str:
-        return json_value(header, _T[name])
+    v = header_values(header_text).__getitem__
 
     study_uid = e.study_instance_uid
     series_uid = e.series_instance_uid

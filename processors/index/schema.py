@@ -69,9 +69,10 @@ KEYS: dict[str, tuple[str, ...]] = {
     "tier_transitions": ("study_uid", "sop_uid", "event_id"),
     "legal_holds": ("study_uid", "hold_id"),
     "study_access": ("study_uid",),
+    "study_stats": ("study_uid",),
 }
 # Tables whose rows can be deleted by an event (an is_deleted column, the engine's parameter).
-DELETABLE = ("instances", "instance_versions", "series", "studies")
+DELETABLE = ("instances", "instance_versions", "series", "studies", "study_stats")
 VERSIONS: dict[str, str] = {t: ("log_offset" if t == "events" else "log_version") for t in KEYS}
 
 
@@ -263,6 +264,23 @@ def ddl(db: str) -> list[str]:
             via LowCardinality(String),
             {LOG_COLUMNS}
         ) {_engine("study_access")}""",
+        # Study-level aggregates over the study's current instances (what C-FIND/QIDO/gRPC
+        # return as ModalitiesInStudy, SOPClassesInStudy, NumberOfStudyRelated*), so a study
+        # search reads one row per study instead of aggregating every instance of every
+        # candidate study. Not projected from single events: IndexStore.write recomputes the
+        # row of every study a batch touched from `instances` FINAL right after inserting the
+        # batch (STUDY_STATS_SQL), so it is the same function of the log as `instances`.
+        # Version: the highest log_version of any row of the study in `instances`; a study
+        # left without current instances gets a tombstone (is_deleted = 1).
+        f"""CREATE TABLE IF NOT EXISTS {db}.study_stats (
+            study_uid String,
+            modalities_in_study Array(String),
+            sop_classes_in_study Array(String),
+            n_series UInt64,
+            n_instances UInt64,
+            log_version UInt64,
+            {DELETED_COLUMN}
+        ) {_engine("study_stats")}""",
         # Skip indexes (ADD ... IF NOT EXISTS also equips a table created by an older version;
         # its existing parts get the index as they are merged).
         *(
@@ -291,4 +309,29 @@ TABLES = (
     "tier_transitions",
     "legal_holds",
     "study_access",
+    "study_stats",
 )
+
+
+def study_stats_sql(db: str, where: str) -> str:
+    """INSERT of the study_stats rows of the studies selected by ``where`` (a condition on
+    ``study_uid``), computed from the current instances."""
+    return f"""
+    INSERT INTO {db}.study_stats
+        (study_uid, modalities_in_study, sop_classes_in_study, n_series, n_instances,
+         log_version, is_deleted)
+    SELECT v.study_uid, a.modalities_in_study, a.sop_classes_in_study, a.n_series,
+           a.n_instances, v.version, a.n_instances = 0
+    FROM (
+        SELECT study_uid, max(log_version) AS version
+        FROM {db}.instances WHERE {where} GROUP BY study_uid
+    ) AS v
+    LEFT JOIN (
+        SELECT study_uid,
+               arraySort(groupUniqArrayIf(modality, modality != '')) AS modalities_in_study,
+               arraySort(groupUniqArray(sop_class_uid)) AS sop_classes_in_study,
+               uniqExact(series_uid) AS n_series,
+               count() AS n_instances
+        FROM {db}.instances FINAL WHERE {where} GROUP BY study_uid
+    ) AS a USING (study_uid)
+    SETTINGS join_use_nulls = 0"""

@@ -13,7 +13,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from common.errors import Unavailable
 from processors.index.projection import Rows
-from processors.index.schema import DELETABLE, KEYS, TABLES, VERSIONS, ddl
+from processors.index.schema import DELETABLE, KEYS, TABLES, VERSIONS, ddl, study_stats_sql
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class IndexStore:
         self._columns: dict[str, list[str]] = {}
 
     def migrate(self) -> None:
+        had_stats = self._has_table("study_stats")
         old = self._tables_without_deletes()
         for t in old:  # created before tiers: moved aside, rebuilt below with the new engine
             self.client.command(f"RENAME TABLE {self.database}.{t} TO {self.database}.{t}__old")
@@ -69,6 +70,10 @@ class IndexStore:
             )
             self.client.command(f"DROP TABLE {self.database}.{t}__old")
             log.info("index table %s migrated to the deletable engine", t)
+        if not had_stats:
+            # An index made before study_stats existed: derive it from its instances.
+            self.client.command(study_stats_sql(self.database, "1"))
+            log.info("index table study_stats filled from instances")
         for table in TABLES:
             cols = self.client.query(
                 "SELECT name FROM system.columns WHERE database={db:String} AND table={t:String} "
@@ -76,6 +81,14 @@ class IndexStore:
                 parameters={"db": self.database, "t": table},
             ).result_rows
             self._columns[table] = [c[0] for c in cols]
+
+    def _has_table(self, table: str) -> bool:
+        return bool(
+            self.client.query(
+                "SELECT 1 FROM system.tables WHERE database={db:String} AND name={t:String}",
+                parameters={"db": self.database, "t": table},
+            ).result_rows
+        )
 
     def _tables_without_deletes(self) -> list[str]:
         rows = self.client.query(
@@ -104,6 +117,13 @@ class IndexStore:
                 data = [[r[c] for r in rs] for c in cols]
                 self.client.insert(
                     f"{self.database}.{table}", data, column_names=cols, column_oriented=True
+                )
+            studies = {r["study_uid"] for r in rows.get("instances", ())}
+            if studies:
+                # After the instances: the touched studies' aggregates from their current rows.
+                self.client.command(
+                    study_stats_sql(self.database, "study_uid IN {studies:Array(String)}"),
+                    parameters={"studies": sorted(studies)},
                 )
         except ClickHouseError as exc:
             raise Unavailable(f"index write failed: {exc}") from exc

@@ -123,7 +123,7 @@ def test_header_is_read_only_when_a_key_needs_it(chdb_index: IndexStore) -> None
     assert ds.SOPInstanceUID == sop and int(ds.InstanceNumber) == 1
 
 
-def test_find_computes_only_the_study_aggregates_asked_for(chdb_index: IndexStore) -> None:
+def test_find_reads_study_aggregates_from_study_stats(chdb_index: IndexStore) -> None:
     study = uid()
     for n, modality in ((1, "CT"), (2, "MR")):
         env = instance(
@@ -143,10 +143,9 @@ def test_find_computes_only_the_study_aggregates_asked_for(chdb_index: IndexStor
         ],
         10,
     )
+    # Precomputed per study at write time: the search does not aggregate instances.
     sql, _p, _c = build_sql(lean, chdb_index.database, only_requested=True)
-    assert "uniqExact(series_uid)" not in sql and "groupUniqArrayIf(modality" in sql
-    sql, _p, _c = build_sql(lean, chdb_index.database)  # other callers: every aggregate
-    assert "uniqExact(series_uid)" in sql
+    assert "study_stats FINAL" in sql and ".instances" not in sql
     [ds] = find(chdb_index, lean)
     assert list(ds.ModalitiesInStudy) == ["CT", "MR"] and int(ds.NumberOfStudyRelatedInstances) == 2
     both = FindQuery(
@@ -154,3 +153,105 @@ def test_find_computes_only_the_study_aggregates_asked_for(chdb_index: IndexStor
     )
     [ds] = find(chdb_index, both)
     assert int(ds.NumberOfStudyRelatedSeries) == 2
+
+
+def _deleted(
+    study: str, series: str, sop: str, series_emptied: bool, study_emptied: bool
+) -> object:
+    from proto.strata.v1 import events_pb2 as pb
+
+    env = pb.Envelope(event_id=f"del-{sop}", event_type="InstanceDeleted")
+    env.study_instance_uid = study
+    env.instance_deleted.CopyFrom(
+        pb.InstanceDeleted(
+            series_instance_uid=series,
+            sop_instance_uid=sop,
+            series_emptied=series_emptied,
+            study_emptied=study_emptied,
+        )
+    )
+    return env
+
+
+def _study_rows(index: IndexStore, study: str) -> list[tuple[object, ...]]:
+    q = FindQuery(
+        "STUDY",
+        [
+            ("StudyInstanceUID", study),
+            ("ModalitiesInStudy", ""),
+            ("SOPClassesInStudy", ""),
+            ("NumberOfStudyRelatedSeries", ""),
+            ("NumberOfStudyRelatedInstances", ""),
+        ],
+        10,
+    )
+
+    def values(v: object) -> list[str]:  # pydicom gives one value as itself, several as a list
+        return [] if v in (None, "") else [v] if isinstance(v, str) else list(v)  # type: ignore[call-overload]
+
+    return [
+        (
+            values(ds.ModalitiesInStudy),
+            len(values(ds.SOPClassesInStudy)),
+            int(ds.NumberOfStudyRelatedSeries),
+            int(ds.NumberOfStudyRelatedInstances),
+        )
+        for ds in find(index, q)
+    ]
+
+
+def test_study_stats_follow_deletions_moves_and_batching(chdb_index: IndexStore) -> None:
+    """study_stats (the precomputed study aggregates) equal an aggregation of the current
+    instances after every kind of change, whether events are written one by one or batched,
+    and an index made before the table existed gets it filled on migrate."""
+    study, ct, mr = uid(), uid(), uid()
+    sops = [uid() for _ in range(3)]
+    events = [
+        (0, 1, instance(patient_id="PB-ST", study_uid=study, series_uid=ct, sop_uid=sops[0])),
+        (0, 2, instance(patient_id="PB-ST", study_uid=study, series_uid=ct, sop_uid=sops[1])),
+        (
+            0,
+            3,
+            instance(
+                patient_id="PB-ST", study_uid=study, series_uid=mr, sop_uid=sops[2], modality="MR"
+            ),
+        ),
+        (0, 2, instance(patient_id="PB-ST", study_uid=study, series_uid=ct, sop_uid=sops[1])),
+    ]
+    one = other_database(chdb_index)
+    batched = other_database(chdb_index)
+
+    def apply(evs: list[tuple[int, int, object]]) -> None:
+        for part, off, env in evs:
+            one.write(rows_for(env, part, off, "t"))  # type: ignore[arg-type]
+        batched.write(merge([rows_for(env, p, o, "t") for p, o, env in evs]))  # type: ignore[arg-type]
+        assert checksum.table_checksums(batched) == checksum.table_checksums(one)
+
+    apply(events)
+    assert _study_rows(one, study) == [(["CT", "MR"], 2, 2, 3)]
+    # the MR instance deleted (its series emptied): MR leaves ModalitiesInStudy
+    apply([(0, 4, _deleted(study, mr, sops[2], True, False))])
+    assert _study_rows(one, study) == [(["CT"], 1, 1, 2)]
+    assert _study_rows(batched, study) == [(["CT"], 1, 1, 2)]
+    # a tier move changes nothing the search returns
+    moved = instance(patient_id="PB-ST", study_uid=study, series_uid=ct, sop_uid=sops[0])
+    apply([(0, 5, moved)])
+    assert _study_rows(one, study) == [(["CT"], 1, 1, 2)]
+    # every instance deleted, the study emptied: no longer found
+    apply(
+        [
+            (0, 6, _deleted(study, ct, sops[0], False, False)),
+            (0, 7, _deleted(study, ct, sops[1], True, True)),
+        ]
+    )
+    assert _study_rows(one, study) == [] and _study_rows(batched, study) == []
+    # ... and it comes back with a later arrival
+    apply([(0, 8, instance(patient_id="PB-ST", study_uid=study, series_uid=mr, modality="MR"))])
+    assert _study_rows(one, study) == [(["MR"], 1, 1, 1)]
+
+    # An index made before study_stats: dropped here, migrate() derives it again.
+    before = checksum.table_checksums(one)
+    one.client.command(f"DROP TABLE {one.database}.study_stats")
+    one.migrate()
+    assert checksum.table_checksums(one)["study_stats"] == before["study_stats"]
+    assert _study_rows(one, study) == [(["MR"], 1, 1, 1)]

@@ -286,3 +286,30 @@ def test_json_value_from_pydicom_header() -> None:
 )
 def test_norm_time(tm: str, norm: str) -> None:
     assert norm_time(tm) == norm
+
+
+# --- header_values (msgspec fast path) == json_value over json.loads ----------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        header_json(header()),
+        '{"00100010": {"vr": "PN", "Value": [{"Alphabetic": "A^B", "Phonetic": "x"}, null]}}',
+        '{"00100010": {"vr": "PN", "Value": [{"Ideographic": "\\u5c71\\u7530"}]}}',
+        '{"00200013": {"vr": "IS", "Value": [12, 1.5, -0.0, 123456789012345678901234567890]}}',
+        '{"00200013": {"vr": "IS", "Value": [NaN]}, "00080020": {"Value": ["20240101"]}}',
+        '{"00080020": {"vr": "DA", "Value": null}}',
+        '{"00080020": {"vr": "DA"}, "00081030": {}}',
+        '{"00081030": {"vr": "LO", "Value": [" padded  ", "b"]}}',
+        '{"00081030": {"vr": "LO", "Value": ["\\ud800"]}}',
+        '{"00180015": {"vr": "CS", "Value": ["A"]}, "00180015": {"vr": "CS", "Value": ["B"]}}',
+        "{}",
+        "",
+    ],
+)
+def test_header_values_equal_json_value(text: str) -> None:
+    from processors.index.projection import _T, header_values
+
+    header = json.loads(text) if text else {}
+    assert header_values(text) == {name: json_value(header, tag) for name, tag in _T.items()}
