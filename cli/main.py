@@ -143,13 +143,20 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     try:
         _replay(settings, index, until, quiet=args.quiet)
         # Compare at one log position: wait for the live index to reach what we rebuilt, and
-        # extend the rebuild if the live index has read further meanwhile.
+        # extend the rebuild if the live index has read further meanwhile. The live snapshot
+        # counts only if the live index stayed at that position while it was taken (an event,
+        # e.g. a StudyStable, may be applied in between).
         deadline = time.monotonic() + args.wait
         while True:
             live_pos = _positions(_index_http(settings, "/positions"))
             mine = checksum.positions(index)
             if live_pos == mine:
-                break
+                live = _index_http(settings, "/checksums")
+                live["positions"] = _positions(live["positions"])
+                after = _positions(_index_http(settings, "/positions"))
+                if live["positions"] == mine == after:
+                    break
+                continue
             ahead = any(
                 o > mine.get(t, {}).get(p, 0)
                 for t, parts in live_pos.items()
@@ -165,8 +172,6 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
                 )
                 return 1
             time.sleep(0.5)
-        live = _index_http(settings, "/checksums")
-        live["positions"] = _positions(live["positions"])
         rebuilt = checksum.snapshot(index)
         rebuilt = {
             "positions": rebuilt["positions"],

@@ -219,7 +219,11 @@ def create_app(
 
     @app.page("/checksums")
     async def checksums(web: Any, request: Any) -> Any:
-        return web.json(await asyncio.to_thread(checksum.snapshot, index))
+        def snapshot() -> dict[str, Any]:
+            with index.write_lock:  # one consistent log position: never half a batch
+                return checksum.snapshot(index)
+
+        return web.json(await asyncio.to_thread(snapshot))
 
     @app.page("/routes")
     async def routes(web: Any, request: Any) -> Any:
@@ -238,6 +242,7 @@ def create_app(
         if detail is None:
             return web.json({"error": f"no route {route_id}"}, status=404)
         return web.json(detail)
+
     @app.page("/holds")
     async def holds(web: Any, request: Any) -> Any:
         """Active legal holds: [{study_uid, hold_id, reason, placed_by, placed_at}]."""

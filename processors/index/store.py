@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from operator import itemgetter
 from typing import Any
 
@@ -45,6 +46,7 @@ class IndexStore:
         except Exception as exc:  # chDB lock errors, connection refused...
             raise Unavailable(f"cannot open the index at {dsn}: {exc}") from exc
         self._columns: dict[str, list[str]] = {}
+        self.write_lock = threading.Lock()
 
     def migrate(self) -> None:
         had_stats = self._has_table("study_stats")
@@ -101,32 +103,39 @@ class IndexStore:
     def write(self, rows: Rows) -> int:
         """Insert rows (idempotent: versions collapse on log position)."""
         n = 0
-        # The events table last: its highest offsets are the index's log position (read by
-        # the lag checks that gate the stability and lifecycle processors), so a position is
-        # only visible once every row of the batch is written.
-        ordered = sorted(rows.items(), key=lambda kv: kv[0] == "events")
-        try:
-            for table, rs in ordered:
-                if not rs:
-                    continue
-                n += len(rs)
-                if table in DEDUPLICATED and len(rs) > 1:
-                    rs = latest_per_key(table, rs)
-                cols = self._columns[table]
-                # Column-oriented: no per-row tuples to build and pivot again in the driver.
-                data = [[r[c] for r in rs] for c in cols]
-                self.client.insert(
-                    f"{self.database}.{table}", data, column_names=cols, column_oriented=True
-                )
-            studies = {r["study_uid"] for r in rows.get("instances", ())}
-            if studies:
-                # After the instances: the touched studies' aggregates from their current rows.
-                self.client.command(
-                    study_stats_sql(self.database, "study_uid IN {studies:Array(String)}"),
-                    parameters={"studies": sorted(studies)},
-                )
-        except ClickHouseError as exc:
-            raise Unavailable(f"index write failed: {exc}") from exc
+        # The events table last (after study_stats too): its highest offsets are the index's
+        # log position (read by the checks that gate the stability and lifecycle processors,
+        # and by strata verify), so a position is only visible once the whole batch is.
+        # The lock: a checksum snapshot (strata verify) never sees half a batch.
+        with self.write_lock:
+            try:
+                for table, rs in rows.items():
+                    if table != "events":
+                        n += self._insert(table, rs)
+                studies = {r["study_uid"] for r in rows.get("instances", ())}
+                if studies:
+                    # After the instances: the touched studies' aggregates from their rows.
+                    self.client.command(
+                        study_stats_sql(self.database, "study_uid IN {studies:Array(String)}"),
+                        parameters={"studies": sorted(studies)},
+                    )
+                n += self._insert("events", rows.get("events", []))
+            except ClickHouseError as exc:
+                raise Unavailable(f"index write failed: {exc}") from exc
+        return n
+
+    def _insert(self, table: str, rs: list[dict[str, Any]]) -> int:
+        if not rs:
+            return 0
+        n = len(rs)
+        if table in DEDUPLICATED and n > 1:
+            rs = latest_per_key(table, rs)
+        cols = self._columns[table]
+        # Column-oriented: no per-row tuples to build and pivot again in the driver.
+        data = [[r[c] for r in rs] for c in cols]
+        self.client.insert(
+            f"{self.database}.{table}", data, column_names=cols, column_oriented=True
+        )
         return n
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
