@@ -78,9 +78,11 @@ def study(
     return files
 
 
-def send(stack: Stack, files: list[Path], extra: list[str] | None = None) -> None:
+def send(
+    stack: Stack, files: list[Path], extra: list[str] | None = None, called_ae: str = ""
+) -> None:
     code, rsp, out = storescu(
-        stack.settings.ingest_port, stack.settings.ingest_ae_title, files, extra
+        stack.settings.ingest_port, called_ae or stack.settings.ingest_ae_title, files, extra
     )
     assert code == 0 and len(rsp) == len(files) and all("Success" in r for r in rsp), out
 
@@ -160,6 +162,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             {"name": "strict", "when": {"study_description": "STRICT"}, "to": "strict"},
             {"name": "slow", "when": {"study_description": "KILLTEST"}, "to": "slow"},
             {"name": "pool", "when": {"study_description": "POOLTEST"}, "to": "pool"},
+            {"name": "called-ae", "when": {"called_ae": "ARCHIVE_B"}, "to": "orthanc"},
         ],
     }  # fmt: skip
     cfg = root / "routes.json"
@@ -372,6 +375,23 @@ def test_a_pool_sends_to_its_live_member_when_another_is_down(
         if a.destination == "pool"
     )
     assert used[("POOLUP", "delivered")] == 10 and used[("POOLDOWN", "delivered")] == 0
+
+
+def test_rules_match_the_called_ae_the_modality_addressed(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    stack, orthanc = env["stack"], env["orthanc"]
+    files = study(tmp_path / "c", 2, "CALLED")
+    want = sops(files)
+    send(stack, files, called_ae="ARCHIVE_B")  # one ingest node, addressed by another AE title
+    wait_for(lambda: want <= orthanc.sop_uids(), 60, "Orthanc to receive the instances")
+    events = read_all(stack.settings)
+    stored = [e.instance_stored for e in events if e.WhichOneof("payload") == "instance_stored"]
+    assert {e.called_ae_title for e in stored if e.sop_instance_uid in want} == {"ARCHIVE_B"}
+    decided = [
+        d for d in of_type(events, "route_decided") if d.instances[0].sop_instance_uid in want
+    ]
+    assert {d.rule for d in decided} == {"called-ae"}
 
 
 def test_routing_state_in_the_index_rebuilds_identically_from_the_log(env: dict[str, Any]) -> None:
