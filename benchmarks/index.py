@@ -48,6 +48,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import associate, c_find
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -742,42 +744,6 @@ def run_inprocess_queries(
 
 
 # ----------------------------------------------------------------------------- DIMSE
-def associate(port: int, aec: str, contexts: Sequence[Any]) -> Any:
-    from pynetdicom import AE
-
-    ae = AE(ae_title=CALLING_AE)
-    ae.maximum_pdu_size = 0
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    for cx in contexts:
-        if isinstance(cx, tuple):
-            ae.add_requested_context(*cx)
-        else:
-            ae.add_requested_context(cx)
-    assoc = ae.associate(HOST, port, ae_title=aec)
-    if not assoc.is_established:
-        raise RuntimeError(f"association to {aec}@{HOST}:{port} was not accepted")
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return assoc
-
-
-def c_find(assoc: Any, identifier: Any) -> list[Any]:
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
-
-    out = []
-    for status, ident in assoc.send_c_find(identifier, FIND):
-        if not status:
-            raise RuntimeError("C-FIND: no response (association aborted or timed out)")
-        code = status.Status
-        if code in (0xFF00, 0xFF01):
-            if ident is not None:
-                out.append(ident)
-        elif code != 0x0000:
-            raise RuntimeError(f"C-FIND failed: 0x{code:04X} {status.get('ErrorComment', '')}")
-    return out
-
-
 def identifier(level: str, keys: list[tuple[str, str]]) -> Any:
     from pydicom import Dataset
 
@@ -793,7 +759,7 @@ def identifier(level: str, keys: list[tuple[str, str]]) -> Any:
 def run_cfind_queries(port: int, aec: str, qsets: dict[str, list[dict[str, str]]]) -> dict:
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
-    assoc = associate(port, aec, [FIND])
+    assoc = associate(port, aec, [(FIND,)])
     out: dict[str, Any] = {"load_avg_before": loadavg()}
     try:
         for name, matches in qsets.items():
@@ -875,7 +841,7 @@ class LatencyProbe:
         self.store = associate(
             stack.ingest_port, "STRATA", [(CTImageStorage, [ExplicitVRLittleEndian])]
         )
-        self.find = associate(stack.qr_port, "STRATA_QR", [FIND])
+        self.find = associate(stack.qr_port, "STRATA_QR", [(FIND,)])
         self.store_rtt: list[float] = []
         self.visible: list[float] = []
         self.polls: list[int] = []
