@@ -48,6 +48,17 @@ _FIELDS = {
 }
 
 
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def event_time(t: Timestamp) -> datetime:
+    """protobuf Timestamp -> aware datetime (epoch when unset): from the event, never the clock
+    (what projections use, so rows stay a function of the log)."""
+    return (
+        datetime.fromtimestamp(t.seconds + t.nanos / 1e9, UTC) if t.seconds or t.nanos else _EPOCH
+    )
+
+
 def decode(value: bytes) -> pb.Envelope:
     env = pb.Envelope()
     env.ParseFromString(value)

@@ -4,11 +4,11 @@ random ids), so replaying the log into an empty store rebuilds the same index.""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
+from common.events import event_time
 from processors.index.routing import routing_rows
 from proto.strata.v1 import events_pb2 as pb
 
@@ -116,14 +116,7 @@ def _int_or_none(s: str) -> int | None:
         return None
 
 
-def _ts(t: Any) -> datetime:
-    """protobuf Timestamp -> aware datetime (epoch when unset): from the event, never the clock."""
-    return (
-        datetime.fromtimestamp(t.seconds + t.nanos / 1e9, UTC) if t.seconds or t.nanos else (_EPOCH)
-    )
-
-
-_EPOCH = datetime.fromtimestamp(0, UTC)
+_ts = event_time  # protobuf Timestamp -> datetime, from the event (common.events)
 # One encoder for every payload (json.dumps with arguments builds a new encoder per call).
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 

@@ -5,23 +5,14 @@ positions only."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
 
+from common.events import event_time as _ts
 from proto.strata.v1 import events_pb2 as pb
 
 Rows = dict[str, list[dict[str, Any]]]
-_EPOCH = datetime.fromtimestamp(0, UTC)
-
-
-def _ts(t: Any) -> datetime:
-    return (
-        datetime.fromtimestamp(t.seconds + t.nanos / 1e9, UTC) if t.seconds or t.nanos else _EPOCH
-    )
-
-
 def instances_json(instances: Any) -> str:
     return json.dumps(
         [MessageToDict(i, preserving_proto_field_name=True) for i in instances],
