@@ -184,24 +184,20 @@ def build_store_service(settings: Settings) -> StoreService:
 
 def run_worker(settings: Settings) -> None:
     """One ingest worker: the C-STORE SCP writing to the hot tier and the outbox."""
-    from ingest.scp import build_ae, configure_receive, enable_reuseport, handlers
+    from ingest.scp import Config, StoreServer
 
     service = build_store_service(settings)
-    configure_receive(service.tier.incoming)  # type: ignore[attr-defined]
-    enable_reuseport()
-    aes = service.aes
-    ae = build_ae(
-        settings.ingest_ae_title,
-        settings.max_pdu,
-        {
-            "network": settings.network_timeout,
-            "acse": settings.acse_timeout,
-            "dimse": settings.dimse_timeout,
-        },
-        allow_list=aes.allow_list,
-    )
-    server = ae.start_server(
-        (settings.bind_host, settings.ingest_port), block=False, evt_handlers=handlers(service)
+    server = StoreServer(
+        Config(
+            ae_title=settings.ingest_ae_title,
+            max_pdu=settings.max_pdu,
+            network_timeout=settings.network_timeout,
+            acse_timeout=settings.acse_timeout,
+            allow_list=service.aes.allow_list,
+        ),
+        service,
+        service.tier.incoming,  # type: ignore[attr-defined]
+        (settings.bind_host, settings.ingest_port),
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

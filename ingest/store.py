@@ -73,6 +73,9 @@ class Received:
     called_ae: str
     peer_address: str
     via: str = "store"
+    # Size and sha256 of the file when the receiver computed them on the way in (else read).
+    size: int = -1
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class StoreService:
             self._check_log_accepting()
         except Refused as r:
             return Outcome(r.status, r.comment, reason=r.reason)
-        size, sha = _digest(rx.path)
+        size, sha = (rx.size, rx.sha256) if rx.sha256 else _digest(rx.path)
         try:
             ds, uids = self._validate(rx, size)
         except Refused as r:

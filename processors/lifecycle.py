@@ -380,6 +380,10 @@ class LifecycleProcessor:
         )
         self._pool = ThreadPoolExecutor(max(1, policy.workers), thread_name_prefix="lifecycle")
         self._backoff: dict[str, float] = {}  # sop_uid -> monotonic time to retry after
+        # Events produced by this process whose delivery Kafka has not yet confirmed or
+        # refused: their journal entries are kept even where the index still shows the
+        # decision's state, since the event may yet land (a flush that timed out).
+        self._unresolved: set[str] = set()
         self.promotions: queue.Queue[tuple[str, str, str]] = queue.Queue(maxsize=10000)
         self._lock = threading.Lock()  # one pass at a time
 
@@ -509,16 +513,21 @@ class LifecycleProcessor:
         self.journal.add(p for p, _ in events)
         failures: list[str] = []
 
-        def delivered(err: Any, msg: Any) -> None:
-            if err is not None:
-                failures.append(str(err))
+        def delivered_cb(eid: str) -> Callable[[Any, Any], None]:
+            def delivered(err: Any, msg: Any) -> None:
+                self._unresolved.discard(eid)
+                if err is not None:
+                    failures.append(str(err))
+
+            return delivered
 
         for p, env in events:
+            self._unresolved.add(p.event_id)
             self._producer.produce(
                 self.topic,
                 key=p.study_uid.encode(),
                 value=env.SerializeToString(),
-                on_delivery=delivered,
+                on_delivery=delivered_cb(p.event_id),
             )
             self._producer.poll(0)
         left = self._producer.flush(60)
@@ -689,9 +698,16 @@ class LifecycleProcessor:
             row = now_at.get((p.study_uid, p.series_uid, p.sop_uid))
             try:
                 if row is not None and int(row[6]) == p.basis_offset:
+                    if p.event_id in self._unresolved:
+                        continue  # its delivery is still open: it may yet reach the log
                     # the index is as it was when decided: the event never reached the log
                     self.journal.remove(p.event_id)
                     res.dropped += 1
+                    log.warning(
+                        "lifecycle: %s of sop=%s never reached the log; due again",
+                        p.kind,
+                        p.sop_uid,
+                    )
                     continue
                 if p.kind == "move":
                     applied = (
@@ -702,6 +718,14 @@ class LifecycleProcessor:
                     )
                     if applied:
                         self._delete_source_after_move(p)
+                    else:  # e.g. a newer version replaced the row: its source is not ours
+                        log.warning(
+                            "lifecycle: move of sop=%s settled without deleting its source: "
+                            "the index shows tier %s offset %s, not the move",
+                            p.sop_uid,
+                            row[4] if row is not None else "-",
+                            row[6] if row is not None else "-",
+                        )
                 else:
                     if (p.source_tier, p.key) not in live:
                         self._tier(p.source_tier).delete(p.key)

@@ -201,7 +201,7 @@ def test_unknown_calling_ae_is_rejected(bstack: Stack) -> None:
     assoc = ae.associate(
         "127.0.0.1", bstack.settings.ingest_port, ae_title=bstack.settings.ingest_ae_title
     )
-    assert assoc.is_rejected and not assoc.is_established
+    assert assoc.is_rejected and not assoc.is_established, (assoc.is_aborted, assoc.is_established)
     assert echo_ok(bstack)
 
 

@@ -367,9 +367,11 @@ def assert_moved_exactly_once(tiers: dict, study: str, n: int) -> None:
     for v in final.values():
         body = tiers["s3"].get_object(Bucket=tiers["bucket"], Key=v["key"])["Body"].read()
         assert hashlib.sha256(body).hexdigest() == v["sha256"]
-    assert wait_for(
-        lambda: not any((s.settings.hot_dir / v["key"]).exists() for v in final.values()), 20
-    )
+
+    def hot_left() -> list[str]:
+        return [v["key"] for v in final.values() if (s.settings.hot_dir / v["key"]).exists()]
+
+    assert wait_for(lambda: not hot_left(), 20), _lifecycle_diagnostics(s, hot_left())
     # no double effect: per instance, one transition id in the log (a retried event would
     # carry the same id), and the archive still serves all n objects
     evs = lifecycle_events(s, study)
@@ -380,6 +382,21 @@ def assert_moved_exactly_once(tiers: dict, study: str, n: int) -> None:
     objs = grpc_retrieve(tiers, study)
     assert len(objs) == n
     assert all(hashlib.sha256(d).hexdigest() == sha for d, sha in objs.values())
+
+
+def _lifecycle_diagnostics(s: Stack, hot_left: list[str]) -> str:
+    """What a failed 'sources deleted' check needs to be understood from the CI log."""
+    journal = sorted(p.name for p in (s.settings.home / "lifecycle" / "pending").glob("*"))
+    logs = s.settings.home / "logs" / "index.log"
+    lines = [
+        ln
+        for ln in (logs.read_text(errors="replace").splitlines() if logs.exists() else [])
+        if "lifecycle" in ln
+    ]
+    return (
+        f"{len(hot_left)} hot sources left (first {hot_left[:3]}); journal {journal[:10]}; "
+        "index.log lifecycle lines:\n" + "\n".join(lines[-40:])
+    )
 
 
 def test_corrupt_cold_object_is_found_by_storage_verify_and_repaired(
