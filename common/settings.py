@@ -157,6 +157,12 @@ class Settings:
     index_batch_window: float = _setting(
         0.05, "Seconds to wait to fill an index batch (trades latency for throughput)."
     )
+    index_busy_gap: float = _setting(
+        0.25,
+        "Under load (batches of >= 8 events), the least seconds between index writes: fewer, "
+        "larger ClickHouse parts (a third of the CPU per event at 100/s); a trickle of "
+        "arrivals is still written within the batch window.",
+    )
 
     # --- lifecycle ---
     lifecycle_policy: str = _setting(

@@ -105,9 +105,12 @@ class Relay:
                     break
                 except BufferError:
                     self._producer.poll(0.1)
+        waited_since = time.monotonic()
         while len(acked) < len(rows) and not self._stop.is_set():
             self._producer.poll(0.05)
-            if len(acked) < len(rows):
+            # Asking the broker for metadata on every wait was a request per batch: only
+            # when acknowledgements are late is it worth knowing whether Kafka is up.
+            if len(acked) < len(rows) and time.monotonic() - waited_since > 1.0:
                 self.kafka_ok = self._broker_up()
         failed = [(seq, err) for seq, err in acked.items() if err is not None]
         # Mark in order only up to the first failure, so order is kept on the retry.

@@ -60,6 +60,9 @@ class Barrier:
         return at
 
 
+BUSY_BATCH = 8  # events in a batch that mean "under load" (see index_busy_gap)
+
+
 def create_app(
     settings: Settings, index: IndexStore, lifecycle: LifecycleProcessor | None = None
 ) -> faust.App:
@@ -113,9 +116,17 @@ def create_app(
                         continue
                     batch.append(rows_for(env, msg.partition, msg.offset, msg.topic))
                 # chDB calls block: keep the event loop (heartbeats, fetches) responsive.
+                t0 = time.monotonic()
                 await asyncio.to_thread(index.write, merge(batch))
                 applied["n"] += len(batch)
                 APPLIED.set(applied["n"])
+                # Every write makes a part per table that ClickHouse then merges: under load
+                # (a full-ish batch), let the next batch gather in the consumer's buffer
+                # instead of writing many small ones. A trickle (a modality sending one
+                # image at a time) never waits here, so its latency stays the batch window.
+                if len(events) >= BUSY_BATCH:
+                    spent = time.monotonic() - t0
+                    await asyncio.sleep(max(0.0, settings.index_busy_gap - spent))
 
     index_agent_for(settings.study_topic, "index")
     index_agent_for(settings.quarantine_topic, "index-quarantine")

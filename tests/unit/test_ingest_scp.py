@@ -298,6 +298,11 @@ def test_cut_mid_dataset_stores_nothing(scp: dict, tmp_path) -> None:
     )
     s.sendall(dul.p_data(1, cmd, True, 16384))
     s.sendall(dul.p_data(1, b"\x08\x00\x16\x00UI\x04\x001.2\0", False, 16384)[:-3])
+    for _ in range(100):  # the spool file of the dataset being received exists
+        if list(scp["hot"].incoming.iterdir()):
+            break
+        time.sleep(0.05)
+    assert list(scp["hot"].incoming.iterdir())
     s.close()  # cut: no last fragment, no response ever sent
     for _ in range(100):
         if not list(scp["hot"].incoming.iterdir()):
