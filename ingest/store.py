@@ -215,6 +215,13 @@ class StoreService:
         # Everything the event needs is read from the dataset BEFORE the file moves: large
         # values are read lazily from the spool file, which put_file takes away.
         previous = self.outbox.latest_sha256(uids["SOPInstanceUID"])
+        if previous == sha:
+            # The same bytes as this instance's latest arrival, which was recorded only after
+            # its object was durable: an idempotent duplicate. Nothing is written again (a
+            # second copy in hot of an object the lifecycle has since moved to cold would be
+            # an orphan nobody deletes).
+            rx.path.unlink(missing_ok=True)
+            return Outcome(statuses.SUCCESS, duplicate=True)
         ae = self.aes.lookup(rx.calling_ae)
         now = datetime.now(UTC)
         issuer = dicom.text(ds, "IssuerOfPatientID") or ae.issuer_of_patient_id

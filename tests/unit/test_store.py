@@ -111,6 +111,23 @@ def test_same_bytes_again_is_an_idempotent_duplicate(tmp_path: Path, hot: HotTie
     assert len(list(hot.root.rglob("*.dcm"))) == 1
 
 
+def test_duplicate_of_an_instance_moved_away_leaves_no_hot_copy(
+    tmp_path: Path, hot: HotTier
+) -> None:
+    log = FakeLog(tmp_path / "ob.sqlite")
+    svc = service(tmp_path, hot, log)
+    p, ds = spool(tmp_path, hot)
+    data = p.read_bytes()
+    assert svc.store(rx(p, ds)).ok
+    [key] = [str(f.relative_to(hot.root)) for f in hot.root.rglob("*.dcm")]
+    hot.delete(key)  # the lifecycle moved it to the cold tier
+    p2 = hot.incoming / "again.dcm"
+    p2.write_bytes(data)
+    out = svc.store(rx(p2, ds))
+    assert out.ok and out.duplicate and len(log.records) == 1
+    assert not hot.exists(key) and not p2.exists()
+
+
 def test_other_bytes_same_uid_is_a_new_version(tmp_path: Path, hot: HotTier) -> None:
     log = FakeLog(tmp_path / "ob.sqlite")
     svc = service(tmp_path, hot, log)
