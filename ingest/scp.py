@@ -126,7 +126,6 @@ class Association:
         self.contexts: dict[int, dul.PresentationContext] = {}
         self.peer_max = 0
         self._cmd = bytearray()
-        self._cmd_pc = 0
         self._request: dict[int, bytes] | None = None
         self._spool: _Spool | None = None
         self._rx_pc = 0
@@ -234,7 +233,6 @@ class Association:
             if self._request is not None:
                 raise dul.ProtocolError("command while a dataset was expected")
             self._cmd += data
-            self._cmd_pc = pc_id
             if mch & 0x02:
                 cmd = dul.decode_command(self._cmd)
                 self._cmd = bytearray()

@@ -228,18 +228,23 @@ def _raw_association(port: int) -> socket.socket:
     return s
 
 
-def _raw_store(s: socket.socket, sop_class: str, ds: pydicom.Dataset) -> int:
-    """A C-STORE by hand on context 1 (explicit VR little endian): the response status."""
-    cmd = dul.encode_command(
+def _store_rq(sop_class: str, sop_instance: str) -> bytes:
+    """A C-STORE-RQ command set (message id 1, a dataset follows)."""
+    return dul.encode_command(
         [
             (dul.AFFECTED_SOP_CLASS_UID, sop_class),
             (dul.COMMAND_FIELD, dul.C_STORE_RQ),
             (dul.MESSAGE_ID, 1),
             (dul.PRIORITY, 0),
             (dul.COMMAND_DATASET_TYPE, 0x0000),
-            (dul.AFFECTED_SOP_INSTANCE_UID, str(ds.SOPInstanceUID)),
+            (dul.AFFECTED_SOP_INSTANCE_UID, sop_instance),
         ]
     )
+
+
+def _raw_store(s: socket.socket, sop_class: str, ds: pydicom.Dataset) -> int:
+    """A C-STORE by hand on context 1 (explicit VR little endian): the response status."""
+    cmd = _store_rq(sop_class, str(ds.SOPInstanceUID))
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)  # explicit VR little endian
     raw = buf.getvalue()
@@ -286,16 +291,7 @@ def test_protocol_violations_abort_only_that_association(scp: dict, tmp_path) ->
 
 def test_cut_mid_dataset_stores_nothing(scp: dict, tmp_path) -> None:
     s = _raw_association(scp["port"])
-    cmd = dul.encode_command(
-        [
-            (dul.AFFECTED_SOP_CLASS_UID, CTImageStorage),
-            (dul.COMMAND_FIELD, dul.C_STORE_RQ),
-            (dul.MESSAGE_ID, 1),
-            (dul.PRIORITY, 0),
-            (dul.COMMAND_DATASET_TYPE, 0x0000),
-            (dul.AFFECTED_SOP_INSTANCE_UID, generate_uid()),
-        ]
-    )
+    cmd = _store_rq(CTImageStorage, generate_uid())
     s.sendall(dul.p_data(1, cmd, True, 16384))
     s.sendall(dul.p_data(1, b"\x08\x00\x16\x00UI\x04\x001.2\0", False, 16384)[:-3])
     for _ in range(100):  # the spool file of the dataset being received exists
