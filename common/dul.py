@@ -113,21 +113,38 @@ class ProtocolError(Exception):
 # --------------------------------------------------------------------------- PDU framing
 
 
-def read_pdu(f: BinaryIO, max_length: int) -> tuple[int, bytes]:
-    """One PDU from a buffered reader: (type, body). EOF -> ConnectionError."""
-    head = f.read(6)
-    if len(head) < 6:
+def read_exact(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) < n:
         raise ConnectionError("connection closed by the peer")
-    pdu_type, _, length = _HDR.unpack(head)
-    # A P-DATA-TF is bounded by the maximum length this node announced (a little slack for
-    # requestors that count the PDV header differently); other PDUs are small.
-    limit = max_length + 1024 if pdu_type == P_DATA_TF and max_length else 1 << 26
+    return data
+
+
+def read_pdu_header(f: BinaryIO, max_length: int) -> tuple[int, int]:
+    """The type and length of the next PDU. A P-DATA-TF is bounded by the maximum length this
+    node announced (0 = unlimited; a little slack for requestors that count the PDV header
+    differently); association PDUs are small."""
+    pdu_type, _, length = _HDR.unpack(read_exact(f, 6))
+    limit = 1 << 20
+    if pdu_type == P_DATA_TF:
+        limit = max_length + 1024 if max_length else 1 << 32
     if length > limit:
         raise ProtocolError(f"PDU of {length} bytes exceeds the maximum length")
-    body = f.read(length)
-    if len(body) < length:
-        raise ConnectionError("connection closed in the middle of a PDU")
-    return pdu_type, body
+    return pdu_type, length
+
+
+def read_pdu(f: BinaryIO, max_length: int) -> tuple[int, bytes]:
+    """One whole PDU from a buffered reader: (type, body). EOF -> ConnectionError."""
+    pdu_type, length = read_pdu_header(f, max_length)
+    return pdu_type, read_exact(f, length)
+
+
+def read_pdv_header(f: BinaryIO) -> tuple[int, int, int]:
+    """(data length, presentation context id, message control header) of the next PDV."""
+    length, pc_id, mch = _PDV.unpack(read_exact(f, 6))
+    if length < 2:
+        raise ProtocolError("PDV item length out of range")
+    return length - 2, pc_id, mch
 
 
 def pdu(pdu_type: int, body: bytes) -> bytes:

@@ -38,6 +38,8 @@ VERIFICATION = "1.2.840.10008.1.1"
 # The archive's implementation class UID (generated once under pydicom's root from the name).
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.10563418447183585637484632869436316403"
 IMPLEMENTATION_VERSION = "STRATA_1"
+_WHOLE_PDU = 4 << 20  # P-DATA-TF up to this size are read whole, larger ones streamed
+_CHUNK = 1 << 20
 ABSTRACT_SYNTAXES = frozenset(
     [VERIFICATION] + [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
 )
@@ -209,11 +211,16 @@ class Association:
     def _serve(self, f: Any) -> None:
         self.sock.settimeout(self.cfg.network_timeout)
         while True:
-            pdu_type, body = dul.read_pdu(f, self.cfg.max_pdu)
+            pdu_type, length = dul.read_pdu_header(f, self.cfg.max_pdu)
             if pdu_type == dul.P_DATA_TF:
-                for pc_id, mch, data in dul.iter_pdvs(body):
-                    self._pdv(pc_id, mch, data)
-            elif pdu_type == dul.RELEASE_RQ:
+                if length <= _WHOLE_PDU:
+                    for pc_id, mch, data in dul.iter_pdvs(dul.read_exact(f, length)):
+                        self._pdv(pc_id, mch, data)
+                else:
+                    self._stream_pdvs(f, length)
+                continue
+            dul.read_exact(f, length)  # the 4 reserved bytes of A-RELEASE-RQ / A-ABORT
+            if pdu_type == dul.RELEASE_RQ:
                 self.sock.sendall(dul.release_rp())
                 return
             elif pdu_type == dul.ABORT:
@@ -223,6 +230,25 @@ class Association:
                 raise dul.ProtocolError(
                     f"unexpected PDU type 0x{pdu_type:02X}", dul.ABORT_UNEXPECTED_PDU
                 )
+
+    def _stream_pdvs(self, f: Any, length: int) -> None:
+        """A large P-DATA-TF (a requestor told "unlimited" may send a whole object in one):
+        its dataset fragments go to the spool file in chunks, never whole into memory."""
+        remaining = length
+        while remaining > 0:
+            size, pc_id, mch = dul.read_pdv_header(f)
+            remaining -= 6 + size
+            if remaining < 0:
+                raise dul.ProtocolError("PDV item length out of range")
+            if mch & 0x01 or size <= _CHUNK:  # a command (small) or a small fragment
+                self._pdv(pc_id, mch, memoryview(dul.read_exact(f, size)))
+                continue
+            left = size
+            while left > 0:
+                n = min(left, _CHUNK)
+                left -= n
+                last = left == 0 and mch & 0x02
+                self._pdv(pc_id, 0x02 if last else 0x00, memoryview(dul.read_exact(f, n)))
 
     # ---------------------------------------------------------------- DIMSE
     def _pdv(self, pc_id: int, mch: int, data: memoryview) -> None:

@@ -4,6 +4,7 @@ disk, the SQLite outbox). No Kafka: the relay is not part of the receive path.""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import shutil
@@ -116,6 +117,34 @@ def test_echo_store_and_the_stored_object_is_the_dataset_as_sent(scp: dict, tmp_
         assert got.PixelData == sent.PixelData and got.SOPInstanceUID == sent.SOPInstanceUID
         assert s.calling_ae_title == "CT1" and s.called_ae_title == "ARCHIVE"
     assert not list(scp["hot"].incoming.iterdir())  # no spool left
+
+
+def test_an_object_sent_in_one_huge_pdu_is_streamed(scp: dict, tmp_path) -> None:
+    """This node announces no maximum PDU length (STRATA_MAX_PDU=0): pynetdicom then sends a
+    whole dataset as one P-DATA-TF. 80 MB of pixels in one PDU is stored (not held in memory
+    whole, not refused as oversize by the PDU reader)."""
+    hot = scp["hot"]
+    server = StoreServer(
+        Config("ARCHIVE", 0, 30.0, 10.0),
+        dataclasses.replace(scp["server"].service, limits=Limits(max_object_bytes=200_000_000)),
+        hot.incoming,
+        ("127.0.0.1", port := _free_port()),
+    )
+    try:
+        ds = pydicom.dcmread(str(CT))
+        ds.SOPInstanceUID = generate_uid()
+        ds.Rows, ds.Columns, ds.NumberOfFrames = 512, 512, 160
+        ds.PixelData = bytes(range(256)) * (512 * 512 * 2 * 160 // 256)
+        a = assoc(port)
+        assert a.acceptor.maximum_length == 0
+        assert a.send_c_store(ds).Status == statuses.SUCCESS
+        a.release()
+        s = events(scp["outbox"])[-1].instance_stored
+        assert s.size_bytes > 80_000_000
+        stored = hot.path(s.location.key)
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == s.sha256
+    finally:
+        server.shutdown()
 
 
 def test_negotiation_results(scp: dict) -> None:
