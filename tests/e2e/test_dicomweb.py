@@ -36,10 +36,16 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     url = f"http://127.0.0.1:{s.settings.dicomweb_port}{s.settings.dicomweb_prefix}"
     client = DICOMwebClient(url=url)
     deadline = time.monotonic() + 10
-    while (
-        time.monotonic() < deadline
-        and len(client.search_for_instances(search_filters={"PatientID": "DW-PAT"})) < 12
-    ):
+
+    def indexed() -> bool:
+        # The index writes a batch table by table (no multi-table transactions in
+        # ClickHouse): wait for the last of them, the study's counts, as well.
+        if len(client.search_for_instances(search_filters={"PatientID": "DW-PAT"})) < 12:
+            return False
+        st = client.search_for_studies(search_filters={"PatientID": "DW-PAT"})
+        return bool(st) and st[0].get("00201208", {}).get("Value") == [12]
+
+    while time.monotonic() < deadline and not indexed():
         time.sleep(0.2)
     try:
         yield {"stack": s, "client": client, "files": files, "url": url}
