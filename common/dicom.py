@@ -59,9 +59,9 @@ def header_json(ds: Dataset) -> str:
     The same text as pydicom's ``to_json_dict`` of the stripped dataset (``header_json_pydicom``),
     written straight from the undecoded elements where a value is plain (ASCII text without
     anything pydicom would reinterpret, well-formed numbers, little-endian binary numbers);
-    every other element goes through pydicom itself. Pydicom's way cost ~2.5 ms per CT header
-    on the receive path; this ~0.3 ms (tests/unit/test_header_json.py compares the two over
-    pydicom's whole test corpus)."""
+    every other element goes through pydicom itself. Measured on the benchmark's CT header:
+    1.95 ms pydicom's way, 0.49 ms this way (tests/unit/test_header_json.py compares the two
+    over pydicom's whole test corpus)."""
     charset = ds._dict.get(_CHARSET_TAG)
     if not ds.is_little_endian or (charset is not None and not _plain_charset(charset)):
         return header_json_pydicom(ds)
@@ -110,7 +110,12 @@ _CHARSET_TAG = 0x00080005
 _PLAIN_CHARSETS = {"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6"}
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UI", "UC", "PN"}
 _SINGLE_TEXT_VRS = {"LT", "ST", "UT", "UR"}
-_BINARY_NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
+# VR -> (struct code, item size), little endian
+_BINARY_NUMBERS = {
+    vr: (code, struct.calcsize("<" + code))
+    for vr, code in {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}.items()
+}
+_INF = float("inf")
 _IS_RE = re.compile(r"^[+-]?[0-9]+$")
 _DS_RE = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
 _PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
@@ -159,8 +164,7 @@ def _fast_element(raw: RawDataElement) -> Any:
     if value is None:  # deferred (large): pydicom reads it from the file
         return _FALLBACK
     if vr in _BINARY_NUMBERS:
-        fmt = _BINARY_NUMBERS[vr]
-        size = struct.calcsize("<" + fmt)
+        fmt, size = _BINARY_NUMBERS[vr]
         if len(value) % size:
             return _FALLBACK
         if not value:
@@ -199,9 +203,6 @@ def _fast_element(raw: RawDataElement) -> Any:
             return _FALLBACK
         return {"vr": vr, "Value": [float(p) for p in parts]}
     return {"vr": vr, "Value": parts}
-
-
-_INF = float("inf")
 
 
 def _public_vr(tag: int) -> str | None:
