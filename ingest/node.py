@@ -189,7 +189,6 @@ def run_worker(settings: Settings) -> None:
     service = build_store_service(settings)
     server = StoreServer(
         Config(
-            ae_title=settings.ingest_ae_title,
             max_pdu=settings.max_pdu,
             network_timeout=settings.network_timeout,
             acse_timeout=settings.acse_timeout,

@@ -48,7 +48,8 @@ TRANSFER_SYNTAXES = frozenset(str(ts) for ts in ALL_TRANSFER_SYNTAXES)
 
 @dataclass(frozen=True)
 class Config:
-    ae_title: str
+    # No AE title: like pynetdicom's acceptor before, the association is accepted whatever
+    # called AE the requestor names, and the A-ASSOCIATE-AC echoes it.
     max_pdu: int
     network_timeout: float
     acse_timeout: float

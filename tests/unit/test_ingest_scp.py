@@ -60,7 +60,7 @@ def scp(tmp_path: Path) -> Iterator[dict]:
     )
     port = _free_port()
     server = StoreServer(
-        Config("ARCHIVE", 16384, 10.0, 10.0, allow_list=["CT1", "STORESCU", "ECHOSCU"]),
+        Config(16384, 10.0, 10.0, allow_list=["CT1", "STORESCU", "ECHOSCU"]),
         service,
         hot.incoming,
         ("127.0.0.1", port),
@@ -125,7 +125,7 @@ def test_an_object_sent_in_one_huge_pdu_is_streamed(scp: dict, tmp_path) -> None
     whole, not refused as oversize by the PDU reader)."""
     hot = scp["hot"]
     server = StoreServer(
-        Config("ARCHIVE", 0, 30.0, 10.0),
+        Config(0, 30.0, 10.0),
         dataclasses.replace(scp["server"].service, limits=Limits(max_object_bytes=200_000_000)),
         hot.incoming,
         ("127.0.0.1", port := _free_port()),
