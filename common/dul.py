@@ -17,6 +17,7 @@ the socket loop lives with its user (``ingest/scp.py``).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -65,8 +66,15 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+C_GET_RQ = 0x0010
+C_GET_RSP = 0x8010
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
+C_MOVE_RQ = 0x0021
+C_MOVE_RSP = 0x8021
 C_CANCEL_RQ = 0x0FFF
 NO_DATASET = 0x0101
+HAS_DATASET = 0x0001
 
 # Command elements (group 0000), as 32-bit tags
 AFFECTED_SOP_CLASS_UID = 0x00000002
@@ -81,6 +89,10 @@ ERROR_COMMENT = 0x00000902
 AFFECTED_SOP_INSTANCE_UID = 0x00001000
 MOVE_ORIGINATOR_AE = 0x00001030
 MOVE_ORIGINATOR_MESSAGE_ID = 0x00001031
+REMAINING = 0x00001020
+COMPLETED = 0x00001021
+FAILED = 0x00001022
+WARNING = 0x00001023
 
 _US = {
     COMMAND_FIELD,
@@ -90,10 +102,10 @@ _US = {
     COMMAND_DATASET_TYPE,
     STATUS,
     MOVE_ORIGINATOR_MESSAGE_ID,
-    0x00001020,
-    0x00001021,
-    0x00001022,
-    0x00001023,
+    REMAINING,
+    COMPLETED,
+    FAILED,
+    WARNING,
 }
 _UI = {AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID}
 
@@ -167,20 +179,21 @@ def iter_pdvs(body: bytes) -> list[tuple[int, int, memoryview]]:
     return out
 
 
-def p_data(pc_id: int, data: bytes, command: bool, max_pdu: int) -> bytes:
-    """``data`` as P-DATA-TF PDUs of at most ``max_pdu`` bytes (0 = unlimited), last flagged."""
+def p_data(pc_id: int, data: bytes, command: bool, max_pdu: int, last: bool = True) -> bytes:
+    """``data`` as P-DATA-TF PDUs of at most ``max_pdu`` bytes (0 = unlimited), the final one
+    flagged last unless ``last`` is False (more fragments of the message follow)."""
     chunk = len(data) if max_pdu == 0 else max(1, max_pdu - 6)
     out = bytearray()
     pos = 0
     while True:
         piece = data[pos : pos + chunk]
         pos += len(piece)
-        last = pos >= len(data)
-        mch = (0x01 if command else 0x00) | (0x02 if last else 0x00)
+        final = pos >= len(data)
+        mch = (0x01 if command else 0x00) | (0x02 if final and last else 0x00)
         out += _HDR.pack(P_DATA_TF, 0, len(piece) + 6)
         out += _PDV.pack(len(piece) + 2, pc_id, mch)
         out += piece
-        if last:
+        if final:
             return bytes(out)
 
 
@@ -311,9 +324,16 @@ def _ascii(s: str) -> bytes:
 
 
 def associate_ac(
-    rq: AssociateRQ, max_length: int, implementation_uid: str, implementation_version: str
+    rq: AssociateRQ,
+    max_length: int,
+    implementation_uid: str,
+    implementation_version: str,
+    role_reply: Callable[[str, int, int], tuple[int, int]] | None = None,
 ) -> bytes:
-    """The A-ASSOCIATE-AC for ``rq`` whose contexts carry their result / transfer syntax."""
+    """The A-ASSOCIATE-AC for ``rq`` whose contexts carry their result / transfer syntax.
+
+    ``role_reply(sop_class, scu, scp)`` answers each proposed SCP/SCU role selection of an
+    accepted SOP class; by default the requestor may be SCU (it sends) and never SCP."""
     body = bytearray(struct.pack(">HH", 1, 0))
     body += rq.called_ae.encode("ascii", "replace")[:16].ljust(16)
     body += rq.calling_ae.encode("ascii", "replace")[:16].ljust(16)
@@ -325,13 +345,76 @@ def associate_ac(
     user = bytearray(_item(0x51, struct.pack(">L", max_length)))
     user += _item(0x52, _ascii(implementation_uid))
     accepted = {pc.abstract_syntax for pc in rq.contexts if pc.result == PC_ACCEPTANCE}
-    for uid, (scu, _scp) in rq.roles.items():
-        if uid in accepted:  # the requestor may be SCU (it sends); this node is never SCU
+    for uid, (scu, scp) in rq.roles.items():
+        if uid in accepted:
+            reply = role_reply(uid, scu, scp) if role_reply else (scu & 1, 0)
             u = _ascii(uid)
-            user += _item(0x54, struct.pack(">H", len(u)) + u + bytes((scu & 1, 0)))
+            user += _item(0x54, struct.pack(">H", len(u)) + u + bytes(reply))
     user += _item(0x55, _ascii(implementation_version[:16]))
     body += _item(0x50, bytes(user))
     return pdu(ASSOCIATE_AC, bytes(body))
+
+
+def associate_rq(
+    called_ae: str,
+    calling_ae: str,
+    contexts: list[tuple[int, str, list[str]]],
+    max_length: int,
+    implementation_uid: str,
+    implementation_version: str,
+    roles: dict[str, tuple[int, int]] | None = None,
+) -> bytes:
+    """An A-ASSOCIATE-RQ proposing ``contexts`` ((id, abstract syntax, transfer syntaxes))."""
+    body = bytearray(struct.pack(">HH", 1, 0))
+    body += called_ae.encode("ascii", "replace")[:16].ljust(16)
+    body += calling_ae.encode("ascii", "replace")[:16].ljust(16)
+    body += b"\0" * 32
+    body += _item(0x10, _ascii(APPLICATION_CONTEXT))
+    for pc_id, abstract, syntaxes in contexts:
+        sub = _item(0x30, _ascii(abstract)) + b"".join(_item(0x40, _ascii(t)) for t in syntaxes)
+        body += _item(0x20, bytes((pc_id, 0, 0, 0)) + sub)
+    user = bytearray(_item(0x51, struct.pack(">L", max_length)))
+    user += _item(0x52, _ascii(implementation_uid))
+    for uid, (scu, scp) in (roles or {}).items():
+        u = _ascii(uid)
+        user += _item(0x54, struct.pack(">H", len(u)) + u + bytes((scu, scp)))
+    user += _item(0x55, _ascii(implementation_version[:16]))
+    body += _item(0x50, bytes(user))
+    return pdu(ASSOCIATE_RQ, bytes(body))
+
+
+@dataclass
+class AssociateAC:
+    contexts: dict[int, tuple[int, str]]  # id -> (result, transfer syntax)
+    max_length: int = 0  # the acceptor's maximum P-DATA-TF length (0 = unlimited)
+    roles: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def parse_associate_ac(body: bytes) -> AssociateAC:
+    if len(body) < 68:
+        raise ProtocolError("A-ASSOCIATE-AC too short")
+    ac = AssociateAC({})
+    pos, end = 68, len(body)
+    while pos < end:
+        if end - pos < 4:
+            raise ProtocolError("truncated A-ASSOCIATE-AC item")
+        item, _, length = _ITEM.unpack_from(body, pos)
+        value = body[pos + 4 : pos + 4 + length]
+        pos += 4 + length
+        if item == 0x21 and len(value) >= 4:
+            ts = ""
+            sub = 4
+            while sub + 4 <= len(value):
+                sub_type, _, n = _ITEM.unpack_from(value, sub)
+                if sub_type == 0x40:
+                    ts = _uid(value[sub + 4 : sub + 4 + n])
+                sub += 4 + n
+            ac.contexts[value[0]] = (value[2], ts)
+        elif item == 0x50:
+            rq = AssociateRQ(1, "", "")
+            _parse_user_info(value, rq)
+            ac.max_length, ac.roles = rq.max_length, rq.roles
+    return ac
 
 
 # --------------------------------------------------------------------------- DIMSE commands
@@ -431,3 +514,44 @@ def file_meta(
     if source_ae:
         body += short(0x0016, b"AE", source_ae[:16], b" ")
     return _PREAMBLE + struct.pack("<HH2sHL", 2, 0, b"UL", 4, len(body)) + body
+
+
+# --------------------------------------------------------------------------- DIMSE messages
+
+
+class MessageAssembler:
+    """Collects PDV fragments into whole DIMSE messages: (context id, command, dataset bytes
+    or None). For services whose datasets are small (identifiers, not images)."""
+
+    def __init__(self, max_dataset: int = 4 << 20) -> None:
+        self.max_dataset = max_dataset
+        self._cmd = bytearray()
+        self._command: dict[int, bytes] | None = None
+        self._data = bytearray()
+        self._pc = 0
+
+    def feed(
+        self, pc_id: int, mch: int, data: memoryview | bytes
+    ) -> tuple[int, dict[int, bytes], bytes | None] | None:
+        if mch & 0x01:  # command fragment
+            if self._command is not None:
+                raise ProtocolError("command while a dataset was expected")
+            self._cmd += data
+            if not mch & 0x02:
+                return None
+            cmd = decode_command(self._cmd)
+            self._cmd = bytearray()
+            if us(cmd, COMMAND_DATASET_TYPE, NO_DATASET) == NO_DATASET:
+                return pc_id, cmd, None
+            self._command, self._pc = cmd, pc_id
+            return None
+        if self._command is None or pc_id != self._pc:
+            raise ProtocolError("dataset without a command on its presentation context")
+        self._data += data
+        if len(self._data) > self.max_dataset:
+            raise ProtocolError("dataset too large for this service")
+        if not mch & 0x02:
+            return None
+        cmd, self._command = self._command, None
+        ds, self._data = bytes(self._data), bytearray()
+        return pc_id, cmd, ds

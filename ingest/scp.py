@@ -19,42 +19,24 @@ import contextlib
 import hashlib
 import logging
 import socket
-import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
-from common import dul
-from common.dimse import nodelay
+from common import acceptor, dul
+from common.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config  # noqa: F401 - Config: the ingest node builds it from here
 from ingest import metrics, statuses
 from ingest.store import Received, StoreService
 
 log = logging.getLogger(__name__)
 VERIFICATION = "1.2.840.10008.1.1"
-# The archive's implementation class UID (generated once under pydicom's root from the name).
-IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.10563418447183585637484632869436316403"
-IMPLEMENTATION_VERSION = "STRATA_1"
-_WHOLE_PDU = 4 << 20  # P-DATA-TF up to this size are read whole, larger ones streamed
-_CHUNK = 1 << 20
 ABSTRACT_SYNTAXES = frozenset(
     [VERIFICATION] + [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
 )
 TRANSFER_SYNTAXES = frozenset(str(ts) for ts in ALL_TRANSFER_SYNTAXES)
-
-
-@dataclass(frozen=True)
-class Config:
-    # No AE title: like pynetdicom's acceptor before, the association is accepted whatever
-    # called AE the requestor names, and the A-ASSOCIATE-AC echoes it.
-    max_pdu: int
-    network_timeout: float
-    acse_timeout: float
-    allow_list: list[str] | None = None
-    max_associations: int = 64
 
 
 def negotiate(rq: dul.AssociateRQ) -> None:
@@ -119,140 +101,28 @@ class _Spool:
         self.path.unlink(missing_ok=True)
 
 
-class Association:
+class Association(acceptor.Association):
+    server: StoreServer
+
     def __init__(self, sock: socket.socket, peer: tuple[str, int], server: StoreServer) -> None:
-        self.sock = sock
-        self.peer = f"{peer[0]}:{peer[1]}"
-        self.server = server
-        self.cfg = server.cfg
-        self.rq: dul.AssociateRQ | None = None
-        self.contexts: dict[int, dul.PresentationContext] = {}
-        self.peer_max = 0
+        super().__init__(sock, peer, server)
         self._cmd = bytearray()
         self._request: dict[int, bytes] | None = None
         self._spool: _Spool | None = None
         self._rx_pc = 0
 
-    # ---------------------------------------------------------------- lifecycle
-    def run(self) -> None:
-        f = self.sock.makefile("rb", buffering=1 << 18)
-        try:
-            if self._associate(f):
-                self._serve(f)
-        except dul.ProtocolError as exc:
-            log.warning("association from %s aborted: %s", self.peer, exc)
-            self._send(dul.abort(dul.ABORT_SOURCE_PROVIDER, exc.reason))
-        except TimeoutError:
-            log.warning("association from %s aborted: no activity", self.peer)
-            self._send(dul.abort())
-        except (ConnectionError, OSError) as exc:
-            log.info("association from %s ended: %s", self.peer, exc)
-        finally:
-            if self._spool is not None:  # never acknowledged: never stored
-                self._spool.discard()
-            self._await_close(f)
-            with contextlib.suppress(OSError):
-                f.close()
-            with contextlib.suppress(OSError):
-                self.sock.close()
-
-    def _await_close(self, f: Any) -> None:
-        """PS3.8 Sta13: after an A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the requestor closes
-        the connection; wait for that (ARTIM, 2 s) instead of closing first, which can reset
-        the connection before the peer has read the last PDU."""
-        with contextlib.suppress(OSError, ValueError):
-            self.sock.settimeout(2.0)
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline and f.read1(65536):
-                pass
-
-    def _send(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.sendall(data)
-
-    def _associate(self, f: Any) -> bool:
-        self.sock.settimeout(self.cfg.acse_timeout)
-        pdu_type, body = dul.read_pdu(f, 1 << 16)
-        if pdu_type != dul.ASSOCIATE_RQ:
-            raise dul.ProtocolError("expected A-ASSOCIATE-RQ", dul.ABORT_UNEXPECTED_PDU)
-        rq = dul.parse_associate_rq(body)
-        reject = None
-        if not rq.protocol_version & 1:
-            reject = (dul.RJ_SOURCE_ACSE, dul.RJ_PROTOCOL_VERSION)
-        elif rq.application_context != dul.APPLICATION_CONTEXT:
-            reject = (dul.RJ_SOURCE_USER, dul.RJ_APP_CONTEXT_NOT_SUPPORTED)
-        elif self.cfg.allow_list is not None and rq.calling_ae not in self.cfg.allow_list:
-            reject = (dul.RJ_SOURCE_USER, dul.RJ_CALLING_AE_NOT_RECOGNIZED)
-        if reject is None and self.server.active() > self.cfg.max_associations:
-            self._send(
-                dul.associate_rj(
-                    dul.RJ_TRANSIENT, dul.RJ_SOURCE_PRESENTATION, dul.RJ_LOCAL_LIMIT_EXCEEDED
-                )
-            )
-            metrics.ASSOCIATIONS.labels("rejected").inc()
-            log.warning("association from %s rejected: too many associations", self.peer)
-            return False
-        if reject is not None:
-            self._send(dul.associate_rj(dul.RJ_PERMANENT, *reject))
-            metrics.ASSOCIATIONS.labels("rejected").inc()
-            log.warning(
-                "association rejected for calling AE %s (reason %d)", rq.calling_ae, reject[1]
-            )
-            return False
+    def negotiate(self, rq: dul.AssociateRQ) -> None:
         negotiate(rq)
-        self.rq = rq
-        self.peer_max = rq.max_length
-        self.contexts = {pc.id: pc for pc in rq.contexts if pc.result == dul.PC_ACCEPTANCE}
-        self.sock.sendall(
-            dul.associate_ac(rq, self.cfg.max_pdu, IMPLEMENTATION_UID, IMPLEMENTATION_VERSION)
-        )
-        metrics.ASSOCIATIONS.labels("accepted").inc()
-        return True
 
-    def _serve(self, f: Any) -> None:
-        self.sock.settimeout(self.cfg.network_timeout)
-        while True:
-            pdu_type, length = dul.read_pdu_header(f, self.cfg.max_pdu)
-            if pdu_type == dul.P_DATA_TF:
-                if length <= _WHOLE_PDU:
-                    for pc_id, mch, data in dul.iter_pdvs(dul.read_exact(f, length)):
-                        self._pdv(pc_id, mch, data)
-                else:
-                    self._stream_pdvs(f, length)
-                continue
-            dul.read_exact(f, length)  # the 4 reserved bytes of A-RELEASE-RQ / A-ABORT
-            if pdu_type == dul.RELEASE_RQ:
-                self.sock.sendall(dul.release_rp())
-                return
-            elif pdu_type == dul.ABORT:
-                log.info("association from %s aborted by the peer", self.peer)
-                return
-            else:
-                raise dul.ProtocolError(
-                    f"unexpected PDU type 0x{pdu_type:02X}", dul.ABORT_UNEXPECTED_PDU
-                )
+    def counted(self, outcome: str) -> None:
+        metrics.ASSOCIATIONS.labels(outcome).inc()
 
-    def _stream_pdvs(self, f: Any, length: int) -> None:
-        """A large P-DATA-TF (a requestor told "unlimited" may send a whole object in one):
-        its dataset fragments go to the spool file in chunks, never whole into memory."""
-        remaining = length
-        while remaining > 0:
-            size, pc_id, mch = dul.read_pdv_header(f)
-            remaining -= 6 + size
-            if remaining < 0:
-                raise dul.ProtocolError("PDV item length out of range")
-            if mch & 0x01 or size <= _CHUNK:  # a command (small) or a small fragment
-                self._pdv(pc_id, mch, memoryview(dul.read_exact(f, size)))
-                continue
-            left = size
-            while left > 0:
-                n = min(left, _CHUNK)
-                left -= n
-                last = left == 0 and mch & 0x02
-                self._pdv(pc_id, 0x02 if last else 0x00, memoryview(dul.read_exact(f, n)))
+    def ended(self) -> None:
+        if self._spool is not None:  # never acknowledged: never stored
+            self._spool.discard()
 
     # ---------------------------------------------------------------- DIMSE
-    def _pdv(self, pc_id: int, mch: int, data: memoryview) -> None:
+    def pdv(self, pc_id: int, mch: int, data: memoryview) -> None:
         pc = self.contexts.get(pc_id)
         if pc is None:
             raise dul.ProtocolError(f"presentation context {pc_id} was not accepted")
@@ -356,64 +226,14 @@ class Association:
         comment: str = "",
     ) -> None:
         cmd = dul.response(field, message_id, sop_class, status, sop_instance, comment)
-        self.sock.sendall(dul.p_data(pc_id, cmd, True, self.peer_max))
+        self.send(dul.p_data(pc_id, cmd, True, self.peer_max))
 
 
-class StoreServer:
-    """The listening socket (SO_REUSEPORT: several worker processes share the port) and one
-    thread per association."""
+class StoreServer(acceptor.Server):
+    """The C-STORE acceptor: the listening socket shared by the worker processes
+    (SO_REUSEPORT) and one thread per association."""
 
     def __init__(self, cfg: Config, service: StoreService, incoming: Path, address: Any) -> None:
-        self.cfg = cfg
         self.service = service
         self.incoming = incoming
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._sock.bind(address)
-        self._sock.listen(128)
-        self._threads: set[threading.Thread] = set()
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._acceptor = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
-        self._acceptor.start()
-
-    def active(self) -> int:
-        with self._lock:
-            return len(self._threads)
-
-    @property
-    def active_associations(self) -> int:
-        return self.active()
-
-    def _accept_loop(self) -> None:
-        while not self._stopping:
-            try:
-                conn, peer = self._sock.accept()
-            except OSError:
-                if self._stopping:
-                    return
-                time.sleep(0.05)
-                continue
-            nodelay(conn)
-            t = threading.Thread(target=self._run, args=(conn, peer), name="assoc", daemon=True)
-            with self._lock:
-                self._threads.add(t)
-            t.start()
-
-    def _run(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        try:
-            Association(conn, peer, self).run()
-        except Exception:  # a bug must not take the worker down with the other associations
-            log.exception("association from %s:%d failed", *peer)
-        finally:
-            with self._lock:
-                self._threads.discard(threading.current_thread())
-
-    def shutdown(self) -> None:
-        """Stop accepting; associations in progress go on (drained by the caller)."""
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self._sock.close()
+        super().__init__(cfg, address, Association)
