@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -214,9 +215,14 @@ def _needs_header(q: FindQuery, columns: list[str]) -> bool:
 
 
 def find(index: Index, q: FindQuery) -> Iterator[Dataset]:
+    for row in find_rows(index, q):
+        yield to_identifier(q, row)
+
+
+def find_rows(index: Index, q: FindQuery) -> list[dict[str, Any]]:
+    """The matches of ``q`` as rows (column name -> value), for to_identifier / to_bytes."""
     sql, params, cols = build_sql(q, index.database, only_requested=True)
-    for row in index.query(sql, params):
-        yield to_identifier(q, dict(zip(cols, row, strict=True)))
+    return [dict(zip(cols, row, strict=True)) for row in index.query(sql, params)]
 
 
 def _format(attr: Attr, value: Any) -> Any:
@@ -311,6 +317,62 @@ def to_json(q: FindQuery, row: dict[str, Any]) -> str:
             json_values = values
         out[f"{tag:08X}"] = {"vr": vr, "Value": json_values}
     return json.dumps(out, sort_keys=True)
+
+
+# VRs written directly by to_bytes: text with a 2-byte length in explicit VR.
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UI"}
+)
+_LEVEL_TAG = 0x00080052
+
+
+def _element(tag: int, vr: str, value: bytes, implicit: bool) -> bytes:
+    if implicit:
+        return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+
+def to_bytes(q: FindQuery, row: dict[str, Any], implicit: bool, little: bool = True) -> bytes:
+    """``to_identifier(q, row)`` encoded for a C-FIND response in a little endian transfer
+    syntax (implicit or explicit VR), written directly when every value is a plain one (the
+    rules of to_json); anything else is encoded by pydicom as before, so the bytes are always
+    the same (tested against pydicom for random rows). ~10 us a match instead of ~300."""
+    if little:
+        elements = {_LEVEL_TAG: _element(_LEVEL_TAG, "CS", _pad(q.level, "CS"), implicit)}
+        for _kw, tag, vr, attr, empty in _plan(q.level, tuple(kw for kw, _raw in q.keys)):
+            if empty:
+                elements[tag] = _element(tag, vr, b"", implicit)
+                continue
+            if attr is None or attr.column not in row or vr not in _TEXT_VRS:
+                break
+            value = _format(attr, row[attr.column])
+            if value in (None, "") or value == []:
+                elements[tag] = _element(tag, vr, b"", implicit)
+                continue
+            values = value if isinstance(value, list) else [value]
+            if not all(type(v) is str and _plain(v) for v in values):
+                break
+            if vr == "IS" and not all(v.isdigit() and str(int(v)) == v for v in values):
+                break
+            raw = _pad("\\".join(values), vr)
+            if len(raw) > 0xFFFF:
+                break
+            elements[tag] = _element(tag, vr, raw, implicit)
+        else:
+            return b"".join(elements[t] for t in sorted(elements))
+    from pynetdicom.dsutils import encode
+
+    data = encode(to_identifier(q, row), implicit, little)
+    if data is None:
+        raise Invalid("a match cannot be encoded as a response identifier")
+    return data
+
+
+def _pad(text: str, vr: str) -> bytes:
+    raw = text.encode("ascii")
+    if len(raw) % 2:
+        raw += b"\0" if vr == "UI" else b" "
+    return raw
 
 
 def _plain(v: str) -> bool:
