@@ -51,6 +51,7 @@ def serve_index(settings: Settings) -> None:
     """The index node: faust processors materializing the index, and every reader of it (the
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
     the embedded index (chDB allows one process per data path)."""
+    from common.acceptor import Config
     from ingest.node import build_store_service
     from processors.app import create_app, run_worker
     from processors.index.store import IndexStore
@@ -58,8 +59,8 @@ def serve_index(settings: Settings) -> None:
     from query.dicomweb import create_app as create_web
     from query.grpc_service import Deps
     from query.grpc_service import serve as serve_grpc
-    from query.retrieve import install_raw_send, parse_destinations
-    from query.scp import build_ae, handlers
+    from query.retrieve import parse_destinations
+    from query.scp import QueryServer, Services
     from stack import viewer
 
     _logging()
@@ -67,9 +68,8 @@ def serve_index(settings: Settings) -> None:
     index.migrate()
     lifecycle, source = _tiers(settings)
     app = create_app(settings, index, lifecycle)
-    install_raw_send()
     destinations = parse_destinations(settings.move_destinations)
-    ae = build_ae(settings.qr_ae_title)
+    qr_server: list[QueryServer] = []
     stow = build_store_service(settings)  # STOW-RS: the same store contract as C-STORE
     viewer_dist = Path(settings.viewer_dir) if settings.viewer_dir else viewer.installed()
     grpc_server: list[Any] = []
@@ -101,12 +101,23 @@ def serve_index(settings: Settings) -> None:
                 settings.grpc_port,
             )
         )
-        ae.start_server(
-            (settings.bind_host, settings.qr_port),
-            block=False,
-            evt_handlers=handlers(
-                index, settings.find_limit, source.with_via("dimse"), destinations
-            ),
+        qr_server.append(
+            QueryServer(
+                Config(
+                    max_pdu=settings.max_pdu,
+                    network_timeout=settings.network_timeout,
+                    acse_timeout=settings.acse_timeout,
+                    max_associations=32,
+                ),
+                Services(
+                    index,
+                    source.with_via("dimse"),
+                    destinations,
+                    settings.qr_ae_title,
+                    settings.find_limit,
+                ),
+                (settings.bind_host, settings.qr_port),
+            )
         )
         log.info(
             "query SCP %s on %s:%d, gRPC :%d, DICOMweb :%d%s",
@@ -121,7 +132,8 @@ def serve_index(settings: Settings) -> None:
     try:
         run_worker(app, on_started=start_readers)
     finally:
-        ae.shutdown()
+        for q in qr_server:
+            q.shutdown()
         if lifecycle is not None:
             lifecycle.close()
         for g in grpc_server:

@@ -1,17 +1,32 @@
-"""The query/retrieve SCP: C-ECHO and C-FIND (Patient Root and Study Root information models).
+"""The query/retrieve SCP: C-ECHO, C-FIND, C-MOVE and C-GET (Patient Root and Study Root
+information models) on the lean upper layer (``common/acceptor.py``).
 
-The C-FIND handler yields (status, identifier) pairs as pynetdicom expects; statuses follow
-PS3.4 C.4.1.1.4.
+Each association has two threads: the acceptor's reads PDUs and assembles DIMSE messages
+(a C-CANCEL-RQ marks the running operation cancelled at once; the C-STORE-RSPs of C-GET
+sub-operations are handed to it), a worker runs the operations one after another and writes
+the responses. A C-FIND response identifier is written straight from the index row
+(``query.find.to_bytes``); a C-MOVE/C-GET sub-operation sends the stored object's dataset
+bytes unchanged from its file, whichever tier holds it (``query.retrieve``). Statuses follow
+PS3.4 C.4.1.1.4 (find), C.4.2.1.5 (move) and C.4.3.1.4 (get).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import socket
+import struct
+import threading
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Protocol
 
 from pydicom import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -22,42 +37,577 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from common.dimse import set_nodelay
+from common import acceptor, dul
 from common.errors import Invalid, NotFound, Unavailable
-from query.find import Index, find, parse_identifier
-from query.retrieve import Located, ObjectSource, StoredInstance, local_paths, locate
+from common.requestor import EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, Requestor
+from query.find import Index, find_rows, parse_identifier, to_bytes
+from query.retrieve import Located, ObjectSource, local_paths, locate
 
 log = logging.getLogger(__name__)
 
 PENDING = 0xFF00
 CANCEL = 0xFE00
+SUCCESS = 0x0000
+WARNING = 0xB000
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 OUT_OF_RESOURCES = 0xA700
+SUB_OPERATIONS_FAILED = 0xA702  # Refused: out of resources, unable to perform sub-operations
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+FIND = {
+    str(PatientRootQueryRetrieveInformationModelFind),
+    str(StudyRootQueryRetrieveInformationModelFind),
+}
+MOVE = {
+    str(PatientRootQueryRetrieveInformationModelMove),
+    str(StudyRootQueryRetrieveInformationModelMove),
+}
+GET = {
+    str(PatientRootQueryRetrieveInformationModelGet),
+    str(StudyRootQueryRetrieveInformationModelGet),
+}
+SERVICES = FIND | MOVE | GET | {str(Verification)}
+STORAGE = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+# Identifiers are read and written in these (pynetdicom's decoder/encoder; the first two
+# also by query.find.to_bytes).
+IDENTIFIER_SYNTAXES = (IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE)
+TRANSFER_SYNTAXES = frozenset(str(ts) for ts in ALL_TRANSFER_SYNTAXES)
+UNCOMPRESSED = (EXPLICIT_LE, IMPLICIT_LE)
+_PAYLOAD_IN_MEMORY = 4 << 20  # objects up to this size are sent from one read
+_CHUNK = 1 << 20
 
 
-def make_find_handler(index: Index, limit: int) -> Any:
-    def handle_find(event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+@dataclass
+class Services:
+    """What the Q/R SCP answers from: the index, the object source and the C-MOVE
+    destinations (AE title -> host, port)."""
+
+    index: Index
+    source: ObjectSource
+    destinations: dict[str, tuple[str, int]]
+    ae_title: str
+    find_limit: int
+    sub_association_timeout: float = 30.0
+
+
+class QueryServer(acceptor.Server):
+    def __init__(self, cfg: acceptor.Config, services: Services, address: Any) -> None:
+        self.services = services
+        super().__init__(cfg, address, QueryAssociation)
+
+
+def negotiate(rq: dul.AssociateRQ) -> None:
+    """Q/R and verification in a syntax identifiers are read in; storage SOP classes only
+    where the requestor proposes the SCP role (C-GET: this node sends), in the syntax objects
+    are most often stored in when proposed (so they go out unchanged), else the first one."""
+    for pc in rq.contexts:
+        ts = ""
+        if pc.abstract_syntax in SERVICES:
+            ts = next((t for t in pc.transfer_syntaxes if t in IDENTIFIER_SYNTAXES), "")
+        elif pc.abstract_syntax in STORAGE and rq.roles.get(pc.abstract_syntax, (0, 0))[1]:
+            known = [t for t in pc.transfer_syntaxes if t in TRANSFER_SYNTAXES]
+            ts = EXPLICIT_LE if EXPLICIT_LE in known else (known[0] if known else "")
+        else:
+            pc.result = dul.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED
+            continue
+        if ts:
+            pc.result, pc.transfer_syntax = dul.PC_ACCEPTANCE, ts
+        else:
+            pc.result = dul.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED
+
+
+class _Stop(Exception):
+    """The association is gone: the operation ends without a response."""
+
+
+class StoreChannel(Protocol):
+    """Where C-STORE sub-operations go: the C-MOVE sub-association, or (C-GET) the
+    requesting association itself."""
+
+    max_pdu: int
+    broken: bool
+
+    def context(self, abstract: str, transfer_syntaxes: tuple[str, ...] | None = None) -> int: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def store_status(self, message_id: int) -> int: ...
+
+
+class QueryAssociation(acceptor.Association):
+    server: QueryServer
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, int], server: QueryServer) -> None:
+        super().__init__(sock, peer, server)
+        self.services = server.services
+        self._assembler = dul.MessageAssembler()
+        self._work: queue.Queue[tuple[dul.PresentationContext, dict[int, bytes], Any] | None]
+        self._work = queue.Queue()
+        self._store_rsps: queue.Queue[dict[int, bytes] | None] = queue.Queue()
+        self._open: set[int] = set()  # message ids of operations queued or running
+        self._cancelled: set[int] = set()
+        self._running = False
+        self._gone = threading.Event()
+        self._worker = threading.Thread(target=self._work_loop, name="qr-worker", daemon=True)
+        self._worker.start()
+
+    # ---------------------------------------------------------------- acceptor hooks
+    def negotiate(self, rq: dul.AssociateRQ) -> None:
+        negotiate(rq)
+
+    def role_reply(self, sop_class: str, scu: int, scp: int) -> tuple[int, int]:
+        if sop_class in STORAGE:
+            return 0, scp & 1  # the requestor receives C-GET sub-operations; never sends
+        return scu & 1, 0
+
+    def busy(self) -> bool:
+        return self._running or not self._work.empty()
+
+    def before_release(self) -> None:
+        self._work.join()  # every operation requested before the release is answered
+
+    def ended(self) -> None:
+        self._gone.set()
+        self._store_rsps.put(None)
+        self._work.put(None)
+
+    def pdv(self, pc_id: int, mch: int, data: memoryview) -> None:
+        pc = self.contexts.get(pc_id)
+        if pc is None:
+            raise dul.ProtocolError(f"presentation context {pc_id} was not accepted")
+        message = self._assembler.feed(pc_id, mch, data)
+        if message is None:
+            return
+        _, cmd, dataset = message
+        field = dul.us(cmd, dul.COMMAND_FIELD)
+        if field == dul.C_CANCEL_RQ:
+            cancelled = dul.us(cmd, dul.MESSAGE_ID_BEING_RESPONDED_TO)
+            if cancelled in self._open:  # a cancel for a finished operation is ignored
+                self._cancelled.add(cancelled)
+        elif field == dul.C_STORE_RSP:
+            self._store_rsps.put(cmd)
+        elif field in (dul.C_ECHO_RQ, dul.C_FIND_RQ, dul.C_MOVE_RQ, dul.C_GET_RQ):
+            self._open.add(dul.us(cmd, dul.MESSAGE_ID, 0))
+            self._work.put((pc, cmd, dataset))
+        else:
+            raise dul.ProtocolError(f"DIMSE command 0x{field:04X} is not served here", 0)
+
+    # ---------------------------------------------------------------- worker
+    def _work_loop(self) -> None:
+        while True:
+            item = self._work.get()
+            try:
+                if item is None:
+                    return
+                self._running = True
+                self._operate(*item)
+            except _Stop:
+                self._gone.set()
+            except Exception as exc:
+                if isinstance(exc, OSError):  # the requestor is gone, or silent too long
+                    log.warning("Q/R association from %s: %s", self.peer, exc)
+                else:
+                    log.exception("Q/R operation from %s failed: aborting", self.peer)
+                self._gone.set()
+                self.send(dul.abort(), quiet=True)
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                self._running = False
+                self._work.task_done()
+
+    def _operate(self, pc: dul.PresentationContext, cmd: dict[int, bytes], data: Any) -> None:
+        if self._gone.is_set():
+            return
+        field = dul.us(cmd, dul.COMMAND_FIELD)
+        msg_id = dul.us(cmd, dul.MESSAGE_ID, 0)
+        if field == dul.C_ECHO_RQ:
+            self._respond(pc, dul.C_ECHO_RSP, msg_id, SUCCESS)
+            return
+        rsp_field = {dul.C_FIND_RQ: dul.C_FIND_RSP, dul.C_MOVE_RQ: dul.C_MOVE_RSP}.get(
+            field, dul.C_GET_RSP
+        )
+        services = {dul.C_FIND_RQ: FIND, dul.C_MOVE_RQ: MOVE, dul.C_GET_RQ: GET}[field]
+        if pc.abstract_syntax not in services:
+            self._respond(pc, rsp_field, msg_id, 0x0122, comment="SOP class not supported")
+            return
+        implicit, little = pc.transfer_syntax == IMPLICIT_LE, pc.transfer_syntax != EXPLICIT_BE
         try:
-            q = parse_identifier(event.identifier, limit)
-        except Invalid as exc:
-            yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+            identifier = decode(BytesIO(data or b""), implicit, little) if data else None
+        except Exception:  # noqa: BLE001 - whatever pydicom cannot read is the peer's error
+            identifier = None
+        if identifier is None:
+            self._respond(
+                pc,
+                rsp_field,
+                msg_id,
+                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                comment="missing or undecodable identifier",
+            )
             return
         try:
-            for ds in find(index, q):
-                if event.is_cancelled:
-                    yield CANCEL, None
-                    return
-                yield PENDING, ds
+            if field == dul.C_FIND_RQ:
+                self._find(pc, msg_id, identifier, implicit, little)
+            elif field == dul.C_MOVE_RQ:
+                self._move(pc, cmd, msg_id, identifier)
+            else:
+                self._get(pc, msg_id, identifier)
+        finally:
+            self._open.discard(msg_id)
+            self._cancelled.discard(msg_id)
+
+    def _respond(
+        self,
+        pc: dul.PresentationContext,
+        field: int,
+        msg_id: int,
+        status: int,
+        identifier: bytes | None = None,
+        comment: str = "",
+        counts: tuple[int, ...] = (),
+    ) -> None:
+        """One response (command and optional identifier) in one write."""
+        elements: list[tuple[int, int | str]] = [
+            (dul.AFFECTED_SOP_CLASS_UID, pc.abstract_syntax),
+            (dul.COMMAND_FIELD, field),
+            (dul.MESSAGE_ID_BEING_RESPONDED_TO, msg_id),
+            (dul.COMMAND_DATASET_TYPE, dul.NO_DATASET if identifier is None else dul.HAS_DATASET),
+            (dul.STATUS, status),
+        ]
+        if comment:
+            elements.append((dul.ERROR_COMMENT, comment[:64]))
+        # counts: (completed, failed, warning[, remaining])
+        for tag, n in zip(
+            (dul.COMPLETED, dul.FAILED, dul.WARNING, dul.REMAINING), counts, strict=False
+        ):
+            elements.append((tag, n))
+        out = dul.p_data(pc.id, dul.encode_command(elements), True, self.peer_max)
+        if identifier is not None:
+            out += dul.p_data(pc.id, identifier, False, self.peer_max)
+        if self._gone.is_set():
+            raise _Stop
+        self.send(out)
+
+    # ---------------------------------------------------------------- C-FIND
+    def _find(
+        self,
+        pc: dul.PresentationContext,
+        msg_id: int,
+        identifier: Dataset,
+        implicit: bool,
+        little: bool,
+    ) -> None:
+        rsp = dul.C_FIND_RSP
+        try:
+            q = parse_identifier(identifier, self.services.find_limit)
+        except Exception as exc:  # noqa: BLE001 - Invalid, or a value pydicom cannot convert
+            self._respond(pc, rsp, msg_id, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, comment=str(exc))
+            return
+        try:
+            rows = find_rows(self.services.index, q)
         except Invalid as exc:
-            yield _failure(UNABLE_TO_PROCESS, str(exc))
+            self._respond(pc, rsp, msg_id, UNABLE_TO_PROCESS, comment=str(exc))
             return
         except Unavailable as exc:
             log.error("C-FIND failed: %s", exc)
-            yield _failure(OUT_OF_RESOURCES, "index unavailable")
+            self._respond(pc, rsp, msg_id, OUT_OF_RESOURCES, comment="index unavailable")
             return
+        for row in rows:
+            if msg_id in self._cancelled:
+                self._respond(pc, rsp, msg_id, CANCEL)
+                return
+            try:
+                identifier_bytes = to_bytes(q, row, implicit, little)
+            except Exception as exc:  # noqa: BLE001 - a stored value pydicom cannot encode
+                log.error("C-FIND: a match cannot be encoded: %s", exc)
+                self._respond(pc, rsp, msg_id, UNABLE_TO_PROCESS, comment="unencodable match")
+                return
+            self._respond(pc, rsp, msg_id, PENDING, identifier_bytes)
+        self._respond(pc, rsp, msg_id, SUCCESS)
 
-    return handle_find
+    # ---------------------------------------------------------------- C-MOVE / C-GET
+    def _locate(
+        self, pc: dul.PresentationContext, rsp: int, msg_id: int, identifier: Dataset
+    ) -> list[Located] | None:
+        try:
+            level, keys = _retrieve_request(identifier)
+            return locate(self.services.index, level, keys)
+        except Invalid as exc:
+            self._respond(pc, rsp, msg_id, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, comment=str(exc))
+        except Unavailable as exc:
+            log.error("retrieve failed: %s", exc)
+            self._respond(pc, rsp, msg_id, OUT_OF_RESOURCES, comment="index unavailable")
+        return None
+
+    def _move(
+        self, pc: dul.PresentationContext, cmd: dict[int, bytes], msg_id: int, identifier: Dataset
+    ) -> None:
+        rsp = dul.C_MOVE_RSP
+        dest_ae = dul.text(cmd, dul.MOVE_DESTINATION)
+        dest = self.services.destinations.get(dest_ae)
+        if dest is None:
+            log.warning("C-MOVE to unknown destination %s", dest_ae)
+            self._respond(pc, rsp, msg_id, MOVE_DESTINATION_UNKNOWN, comment="unknown AE")
+            return
+        locs = self._locate(pc, rsp, msg_id, identifier)
+        if locs is None:
+            return
+        if not locs:
+            self._respond(pc, rsp, msg_id, SUCCESS, counts=(0, 0, 0))
+            return
+        try:
+            sub = Requestor(
+                dest[0],
+                dest[1],
+                self.services.ae_title,
+                dest_ae,
+                contexts_for(locs),
+                timeout=self.services.sub_association_timeout,
+            )
+        except (OSError, ConnectionError, dul.ProtocolError) as exc:
+            log.error("C-MOVE: no association with %s at %s:%d: %s", dest_ae, *dest, exc)
+            self._respond(pc, rsp, msg_id, MOVE_DESTINATION_UNKNOWN, comment="destination down")
+            return
+        channel = _SubAssociation(sub)
+        try:
+            self._sub_operations(pc, rsp, msg_id, locs, channel, self.rq.calling_ae)  # type: ignore[union-attr]
+        finally:
+            if channel.broken:
+                sub.abort()
+            else:
+                sub.release()
+
+    def _get(self, pc: dul.PresentationContext, msg_id: int, identifier: Dataset) -> None:
+        locs = self._locate(pc, dul.C_GET_RSP, msg_id, identifier)
+        if locs is None:
+            return
+        self._sub_operations(pc, dul.C_GET_RSP, msg_id, locs, _SameAssociation(self), "")
+
+    def _sub_operations(
+        self,
+        pc: dul.PresentationContext,
+        rsp: int,
+        msg_id: int,
+        locs: list[Located],
+        channel: StoreChannel,
+        originator: str,
+    ) -> None:
+        completed = failed = warning = 0
+        failed_uids: list[str] = []
+        remaining = len(locs)
+        for i, (loc, path) in enumerate(local_paths(self.services.source, locs)):
+            if msg_id in self._cancelled:
+                self._respond(
+                    pc, rsp, msg_id, CANCEL, counts=(completed, failed, warning, remaining)
+                )
+                return
+            status = -1
+            if isinstance(path, (NotFound, Unavailable)):  # missing, or its cold tier down
+                log.error("retrieve: %s", path)
+            elif isinstance(path, Exception):
+                raise path
+            elif not channel.broken:
+                sub_id = (msg_id + i) % 65535 + 1
+                try:
+                    status = store(channel, loc, path, sub_id, originator, msg_id)
+                except (OSError, dul.ProtocolError) as exc:
+                    if isinstance(channel, _SameAssociation):
+                        raise  # the requesting association itself failed
+                    log.error("C-MOVE sub-association failed: %s", exc)
+                    channel.broken = True  # this and every later sub-operation fail
+            remaining -= 1
+            if status == SUCCESS:
+                completed += 1
+            elif _is_warning(status):
+                warning += 1
+            else:
+                failed += 1
+                failed_uids.append(loc.sop_uid)
+            if remaining:
+                self._respond(
+                    pc, rsp, msg_id, PENDING, counts=(completed, failed, warning, remaining)
+                )
+        if not failed and not warning:
+            self._respond(pc, rsp, msg_id, SUCCESS, counts=(completed, failed, warning))
+            return
+        final = SUB_OPERATIONS_FAILED if failed == len(locs) else WARNING
+        ds = Dataset()
+        ds.FailedSOPInstanceUIDList = failed_uids
+        implicit, little = pc.transfer_syntax == IMPLICIT_LE, pc.transfer_syntax != EXPLICIT_BE
+        self._respond(
+            pc,
+            rsp,
+            msg_id,
+            final,
+            encode(ds, implicit, little),
+            counts=(completed, failed, warning),
+        )
+
+
+def _is_warning(status: int) -> bool:
+    return status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF
+
+
+class _SubAssociation:
+    """C-MOVE: sub-operations over an association to the move destination."""
+
+    def __init__(self, requestor: Requestor) -> None:
+        self.requestor = requestor
+        self.max_pdu = requestor.peer_max
+        self.broken = False
+
+    def context(self, abstract: str, transfer_syntaxes: tuple[str, ...] | None = None) -> int:
+        return self.requestor.context(abstract, transfer_syntaxes)
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.requestor.send(data)
+        except OSError:
+            self.broken = True
+            raise
+
+    def store_status(self, message_id: int) -> int:
+        try:
+            while True:
+                _pc, cmd, _ = self.requestor.receive()
+                if dul.us(cmd, dul.COMMAND_FIELD) == dul.C_STORE_RSP and (
+                    dul.us(cmd, dul.MESSAGE_ID_BEING_RESPONDED_TO) == message_id
+                ):
+                    return dul.us(cmd, dul.STATUS)
+        except (OSError, ConnectionError, dul.ProtocolError):
+            self.broken = True
+            raise
+
+
+class _SameAssociation:
+    """C-GET: sub-operations over the requesting association, on the storage contexts it
+    proposed with the SCP role; the reader thread hands over their C-STORE-RSPs."""
+
+    broken = False
+
+    def __init__(self, assoc: QueryAssociation) -> None:
+        self.assoc = assoc
+        self.max_pdu = assoc.peer_max
+
+    def context(self, abstract: str, transfer_syntaxes: tuple[str, ...] | None = None) -> int:
+        for pc in self.assoc.contexts.values():
+            if pc.abstract_syntax == abstract and (
+                transfer_syntaxes is None or pc.transfer_syntax in transfer_syntaxes
+            ):
+                return pc.id
+        return 0
+
+    def send(self, data: bytes) -> None:
+        if self.assoc._gone.is_set():
+            raise _Stop
+        self.assoc.send(data)
+
+    def store_status(self, message_id: int) -> int:
+        while True:
+            try:
+                cmd = self.assoc._store_rsps.get(timeout=self.assoc.cfg.network_timeout)
+            except queue.Empty:
+                raise TimeoutError("no C-STORE-RSP from the C-GET requestor") from None
+            if cmd is None:
+                raise _Stop
+            if dul.us(cmd, dul.MESSAGE_ID_BEING_RESPONDED_TO) == message_id:
+                return dul.us(cmd, dul.STATUS)
+
+
+def store(
+    channel: StoreChannel,
+    loc: Located,
+    path: Path,
+    msg_id: int,
+    originator: str,
+    originator_msg_id: int,
+) -> int:
+    """One C-STORE sub-operation: the object's dataset bytes as stored when the peer accepted
+    its transfer syntax, else converted between uncompressed syntaxes (pydicom), else failed
+    (-1). Returns the peer's status."""
+    pc_id = channel.context(loc.sop_class_uid, (loc.transfer_syntax_uid,))
+    payload: bytes | None = None
+    if not pc_id:
+        if loc.transfer_syntax_uid not in IDENTIFIER_SYNTAXES:
+            log.warning("retrieve: %s not accepted in %s", loc.sop_uid, loc.transfer_syntax_uid)
+            return -1
+        for ts in UNCOMPRESSED:
+            pc_id = channel.context(loc.sop_class_uid, (ts,))
+            if pc_id:
+                payload = _converted(path, ts)
+                break
+        if not pc_id:
+            log.warning("retrieve: the peer accepted no context for %s", loc.sop_class_uid)
+            return -1
+    elements: list[tuple[int, int | str]] = [
+        (dul.AFFECTED_SOP_CLASS_UID, loc.sop_class_uid),
+        (dul.COMMAND_FIELD, dul.C_STORE_RQ),
+        (dul.MESSAGE_ID, msg_id),
+        (dul.PRIORITY, 0),
+        (dul.COMMAND_DATASET_TYPE, dul.HAS_DATASET),
+        (dul.AFFECTED_SOP_INSTANCE_UID, loc.sop_uid),
+    ]
+    if originator:
+        elements += [
+            (dul.MOVE_ORIGINATOR_AE, originator),
+            (dul.MOVE_ORIGINATOR_MESSAGE_ID, originator_msg_id),
+        ]
+    command = dul.p_data(pc_id, dul.encode_command(elements), True, channel.max_pdu)
+    if payload is not None:
+        channel.send(command + dul.p_data(pc_id, payload, False, channel.max_pdu))
+    else:
+        for i, chunk in enumerate(_dataset_chunks(path)):
+            last = chunk[1]
+            data = dul.p_data(pc_id, chunk[0], False, channel.max_pdu, last=last)
+            channel.send(command + data if i == 0 else data)
+    return channel.store_status(msg_id)
+
+
+def _converted(path: Path, ts: str) -> bytes:
+    from pydicom import dcmread
+
+    data = encode(dcmread(str(path)), ts == IMPLICIT_LE, True)
+    if data is None:
+        raise Invalid(f"{path.name} cannot be converted to {ts}")
+    return data
+
+
+def _dataset_chunks(path: Path) -> Iterator[tuple[bytes, bool]]:
+    """The dataset bytes of a Part 10 file (after its File Meta Information), in pieces of
+    at most 1 MiB (one piece when the object is small), each with "is the last"."""
+    with open(path, "rb") as f:
+        head = f.read(_PAYLOAD_IN_MEMORY)
+        offset = dataset_offset(head, path)
+        if len(head) < _PAYLOAD_IN_MEMORY:
+            yield head[offset:], True
+            return
+        f.seek(offset)
+        chunk = f.read(_CHUNK)
+        while chunk:
+            nxt = f.read(_CHUNK)
+            yield chunk, not nxt
+            chunk = nxt
+
+
+def dataset_offset(head: bytes, path: Path) -> int:
+    """Where the dataset starts in a Part 10 file: after the preamble, 'DICM' and the File
+    Meta group, whose length the group length element (0002,0000) gives; without that element
+    the meta elements are walked (explicit VR little endian, PS3.10 7.1)."""
+    if head[128:132] != b"DICM":
+        return 0  # a bare dataset
+    if head[132:140] == b"\x02\x00\x00\x00UL" and len(head) >= 144:
+        return 144 + struct.unpack_from("<L", head, 140)[0]
+    pos = 132
+    while pos + 8 <= len(head) and head[pos : pos + 2] == b"\x02\x00":
+        vr = head[pos + 4 : pos + 6]
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+            pos += 12 + struct.unpack_from("<L", head, pos + 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", head, pos + 6)[0]
+    if pos > len(head):
+        raise Invalid(f"{path.name}: File Meta Information longer than the file")
+    return pos
 
 
 def _retrieve_request(identifier: Dataset) -> tuple[str, dict[str, str]]:
@@ -75,119 +625,16 @@ def _retrieve_request(identifier: Dataset) -> tuple[str, dict[str, str]]:
     return level, keys
 
 
-def _sub_operations(
-    event: evt.Event, locs: list[Located], source: ObjectSource
-) -> Iterator[tuple[int, Dataset | None]]:
-    for loc, path in local_paths(source, locs):
-        if event.is_cancelled:
-            yield CANCEL, None
-            return
-        if isinstance(path, (NotFound, Unavailable)):  # missing, or its cold tier unreachable
-            log.error("retrieve: %s", path)
-            yield PENDING, Dataset()  # an unsendable dataset: counted as a failed sub-operation
-            continue
-        if isinstance(path, Exception):
-            raise path
-        yield PENDING, StoredInstance(loc, path)
-
-
-def make_move_handler(
-    index: Index, source: ObjectSource, destinations: dict[str, tuple[str, int]]
-) -> Any:
-    def handle_move(event: evt.Event) -> Iterator[Any]:
-        dest = destinations.get(str(event.move_destination).strip())
-        if dest is None:
-            log.warning("C-MOVE to unknown destination %s", str(event.move_destination).strip())
-            yield None, None  # -> A801 Refused: Move Destination unknown
-            return
-        try:
-            level, keys = _retrieve_request(event.identifier)
-            locs = locate(index, level, keys)
-            error = None
-        except (Invalid, Unavailable) as exc:
-            locs, error = [], exc
-        yield dest[0], dest[1], {"contexts": _contexts_for(locs)} if locs else {}
-        if error is not None:
-            yield from _retrieve_failed(error)
-            return
-        yield len(locs)
-        yield from _sub_operations(event, locs, source)
-
-    return handle_move
-
-
-def make_get_handler(index: Index, source: ObjectSource) -> Any:
-    def handle_get(event: evt.Event) -> Iterator[Any]:
-        try:
-            level, keys = _retrieve_request(event.identifier)
-            locs = locate(index, level, keys)
-        except (Invalid, Unavailable) as exc:
-            yield from _retrieve_failed(exc)
-            return
-        yield len(locs)
-        yield from _sub_operations(event, locs, source)
-
-    return handle_get
-
-
-def _retrieve_failed(error: Exception) -> Iterator[Any]:
-    """The tail of a C-MOVE/C-GET that cannot start: one sub-operation count, then the failure
-    (A900 for a bad identifier, A700 when the index is unavailable)."""
-    yield 1
-    status = IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS if isinstance(error, Invalid) else OUT_OF_RESOURCES
-    yield _failure(status, str(error))
-
-
-def _contexts_for(locs: list[Located]) -> list[Any]:
-    """Presentation contexts for the C-MOVE sub-association: each stored (SOP class, transfer
-    syntax) as stored, plus explicit VR little endian for the class (the destination decides)."""
-    from pynetdicom.presentation import build_context
-
-    pairs: dict[str, set[str]] = {}
+def contexts_for(locs: list[Located]) -> list[tuple[str, list[str]]]:
+    """Presentation contexts for a C-MOVE sub-association: one per stored (SOP class,
+    transfer syntax), so each object can go out as stored, plus the uncompressed syntaxes of
+    each class for a destination that takes none of those (converted then). At most 128."""
+    stored: dict[str, set[str]] = {}
     for loc in locs:
-        pairs.setdefault(loc.sop_class_uid, set()).add(loc.transfer_syntax_uid)
-    return [build_context(cls, sorted(ts)) for cls, ts in sorted(pairs.items())][:128]
-
-
-def _failure(status: int, comment: str) -> tuple[Dataset, None]:
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = comment[:64]
-    return ds, None
-
-
-def build_ae(ae_title: str) -> AE:
-    ae = AE(ae_title=ae_title)
-    ae.maximum_associations = 32
-    ae.maximum_pdu_size = 0
-    ae.add_supported_context(Verification)
-    for model in (
-        PatientRootQueryRetrieveInformationModelFind,
-        StudyRootQueryRetrieveInformationModelFind,
-        PatientRootQueryRetrieveInformationModelMove,
-        StudyRootQueryRetrieveInformationModelMove,
-        PatientRootQueryRetrieveInformationModelGet,
-        StudyRootQueryRetrieveInformationModelGet,
-    ):
-        ae.add_supported_context(model)
-    # C-GET sends over the requesting association: we take the SCP role of storage.
-    # pynetdicom accepts the first of OUR syntaxes the peer proposed: prefer explicit VR
-    # little endian, the syntax most objects are stored in (so they go out unchanged).
-    preferred = ["1.2.840.10008.1.2.1"] + [
-        ts for ts in ALL_TRANSFER_SYNTAXES if ts != "1.2.840.10008.1.2.1"
-    ]
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(str(cx.abstract_syntax), preferred, scu_role=False, scp_role=True)
-    return ae
-
-
-def handlers(
-    index: Index, limit: int, source: ObjectSource, destinations: dict[str, tuple[str, int]]
-) -> list[tuple[Any, Any]]:
-    return [
-        (evt.EVT_CONN_OPEN, set_nodelay),
-        (evt.EVT_C_ECHO, lambda event: 0x0000),
-        (evt.EVT_C_FIND, make_find_handler(index, limit)),
-        (evt.EVT_C_MOVE, make_move_handler(index, source, destinations)),
-        (evt.EVT_C_GET, make_get_handler(index, source)),
-    ]
+        stored.setdefault(loc.sop_class_uid, set()).add(loc.transfer_syntax_uid)
+    out: list[tuple[str, list[str]]] = []
+    fallback: list[tuple[str, list[str]]] = []
+    for cls, syntaxes in sorted(stored.items()):
+        out += [(cls, [ts]) for ts in sorted(syntaxes)]
+        fallback.append((cls, list(UNCOMPRESSED)))
+    return (out + fallback)[:128]
