@@ -778,6 +778,63 @@ def run_cfind_queries(port: int, aec: str, qsets: dict[str, list[dict[str, str]]
     return out
 
 
+def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, str]]]) -> dict:
+    """The same searches from a lean C-FIND SCU (the archive's requestor, common/requestor.py):
+    one association, every response identifier decoded by pydicom as a viewer would, but
+    without pynetdicom's ~0.5 ms of client CPU per match, so the archive's side shows."""
+    from io import BytesIO
+
+    from pynetdicom.dsutils import decode, encode
+
+    from common import dul
+    from common.requestor import IMPLICIT_LE, Requestor
+
+    find_uid = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R information model - FIND
+    r = Requestor("127.0.0.1", port, "BENCH", aec, [(find_uid, [IMPLICIT_LE])])
+    pc = r.context(find_uid)
+    msg = 0
+
+    def c_find_lean(ds: Any) -> list[Any]:
+        nonlocal msg
+        msg += 1
+        cmd = dul.encode_command(
+            [
+                (dul.AFFECTED_SOP_CLASS_UID, find_uid),
+                (dul.COMMAND_FIELD, dul.C_FIND_RQ),
+                (dul.MESSAGE_ID, msg),
+                (dul.PRIORITY, 0),
+                (dul.COMMAND_DATASET_TYPE, dul.HAS_DATASET),
+            ]
+        )
+        r.send_message(pc, cmd, encode(ds, True, True))
+        found = []
+        while True:
+            _, rsp, data = r.receive()
+            status = dul.us(rsp, dul.STATUS)
+            if status not in (0xFF00, 0xFF01):
+                if status != 0:
+                    raise RuntimeError(f"C-FIND failed: 0x{status:04X}")
+                return found
+            found.append(decode(BytesIO(data or b""), True, True))
+
+    out: dict[str, Any] = {"load_avg_before": loadavg(), "client": "lean SCU (common/requestor)"}
+    try:
+        for name, matches in qsets.items():
+            c_find_lean(identifier("STUDY", study_keys(matches[0])))  # warm-up
+            times, hits = [], []
+            for m in matches:
+                ds = identifier("STUDY", study_keys(m))
+                t = time.perf_counter()
+                res = c_find_lean(ds)
+                times.append(time.perf_counter() - t)
+                hits.append(len(res))
+            out[name] = {**stats_ms(times), "matches_mean": round(sum(hits) / len(hits), 1)}
+            log(f"  C-FIND (lean SCU) {QUERY_LABELS[name]}: {out[name]}")
+    finally:
+        r.release()
+    return out
+
+
 def synthetic_instances(n: int, per_study: int, label: str) -> list[Any]:
     """Small CT instances (128x128, ~40 KB) in fresh studies of ``per_study`` instances."""
     from pydicom import Dataset

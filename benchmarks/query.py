@@ -512,6 +512,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["search_grpc"] = run_grpc_searches(stack.grpc_port, qsets, args.page_size)
         log(f"C-FIND (Study Root, STUDY level), {args.queries} queries of each kind ...")
         results["search_cfind"] = ib.run_cfind_queries(stack.qr_port, "STRATA_QR", qsets)
+        log("C-FIND from a lean SCU, the same queries ...")
+        results["search_cfind_lean"] = ib.run_cfind_queries_lean(stack.qr_port, "STRATA_QR", qsets)
 
         # 3. a real CT study through the ingest SCP, then its metadata
         label = f"qmv{datetime.now().strftime('%H%M%S')}"
@@ -645,7 +647,11 @@ def report(r: dict[str, Any]) -> str:
         ]
     )
     p50g, p99g = SEARCH_GOAL
-    for key, via in (("search_grpc", "gRPC SearchStudies"), ("search_cfind", "C-FIND")):
+    for key, via in (
+        ("search_grpc", "gRPC SearchStudies"),
+        ("search_cfind", "C-FIND (pynetdicom SCU)"),
+        ("search_cfind_lean", "C-FIND (lean SCU)"),
+    ):
         for name, s in r.get(key, {}).items():
             if name not in ib.QUERY_LABELS or not isinstance(s, dict):
                 continue  # run metadata (e.g. load averages), not a query kind
