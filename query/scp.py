@@ -268,11 +268,30 @@ class QueryAssociation(acceptor.Association):
         counts: tuple[int, ...] = (),
     ) -> None:
         """One response (command and optional identifier) in one write."""
+        out = self._message(pc, field, msg_id, status, identifier, comment, counts)
+        if self._gone.is_set():
+            raise _Stop
+        self.send(out)
+
+    def _message(
+        self,
+        pc: dul.PresentationContext,
+        field: int,
+        msg_id: int,
+        status: int,
+        identifier: bytes | None = None,
+        comment: str = "",
+        counts: tuple[int, ...] = (),
+        with_dataset: bool = False,
+    ) -> bytes:
+        """A response's PDUs: its command set, and its identifier when given (a command set
+        announcing a dataset without one: ``with_dataset``)."""
+        with_dataset = with_dataset or identifier is not None
         elements: list[tuple[int, int | str]] = [
             (dul.AFFECTED_SOP_CLASS_UID, pc.abstract_syntax),
             (dul.COMMAND_FIELD, field),
             (dul.MESSAGE_ID_BEING_RESPONDED_TO, msg_id),
-            (dul.COMMAND_DATASET_TYPE, dul.NO_DATASET if identifier is None else dul.HAS_DATASET),
+            (dul.COMMAND_DATASET_TYPE, dul.HAS_DATASET if with_dataset else dul.NO_DATASET),
             (dul.STATUS, status),
         ]
         if comment:
@@ -285,9 +304,7 @@ class QueryAssociation(acceptor.Association):
         out = dul.p_data(pc.id, dul.encode_command(elements), True, self.peer_max)
         if identifier is not None:
             out += dul.p_data(pc.id, identifier, False, self.peer_max)
-        if self._gone.is_set():
-            raise _Stop
-        self.send(out)
+        return out
 
     # ---------------------------------------------------------------- C-FIND
     def _find(
@@ -313,18 +330,33 @@ class QueryAssociation(acceptor.Association):
             log.error("C-FIND failed: %s", exc)
             self._respond(pc, rsp, msg_id, OUT_OF_RESOURCES, comment="index unavailable")
             return
+        # Pending responses are written in batches of ~64 KB (one message per P-DATA-TF
+        # still: pynetdicom's receiver reads one message per PDU), their command set built once.
+        pending = self._message(pc, rsp, msg_id, PENDING, with_dataset=True)
+        out = bytearray()
         for row in rows:
             if msg_id in self._cancelled:
-                self._respond(pc, rsp, msg_id, CANCEL)
-                return
+                out += self._message(pc, rsp, msg_id, CANCEL)
+                break
             try:
                 identifier_bytes = to_bytes(q, row, implicit, little)
             except Exception as exc:  # noqa: BLE001 - a stored value pydicom cannot encode
                 log.error("C-FIND: a match cannot be encoded: %s", exc)
-                self._respond(pc, rsp, msg_id, UNABLE_TO_PROCESS, comment="unencodable match")
-                return
-            self._respond(pc, rsp, msg_id, PENDING, identifier_bytes)
-        self._respond(pc, rsp, msg_id, SUCCESS)
+                out += self._message(pc, rsp, msg_id, UNABLE_TO_PROCESS, comment="unencodable")
+                break
+            out += pending
+            out += dul.p_data(pc.id, identifier_bytes, False, self.peer_max)
+            if len(out) >= 1 << 16:
+                self._write(out)
+                out = bytearray()
+        else:
+            out += self._message(pc, rsp, msg_id, SUCCESS)
+        self._write(out)
+
+    def _write(self, data: bytes | bytearray) -> None:
+        if self._gone.is_set():
+            raise _Stop
+        self.send(bytes(data))
 
     # ---------------------------------------------------------------- C-MOVE / C-GET
     def _locate(
