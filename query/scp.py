@@ -18,12 +18,14 @@ import queue
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
 
+from prometheus_client import Counter, Histogram
 from pydicom import Dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.dsutils import decode, encode
@@ -74,6 +76,30 @@ STORAGE = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationCont
 IDENTIFIER_SYNTAXES = (IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE)
 TRANSFER_SYNTAXES = frozenset(str(ts) for ts in ALL_TRANSFER_SYNTAXES)
 UNCOMPRESSED = (EXPLICIT_LE, IMPLICIT_LE)
+_OPS = {
+    dul.C_ECHO_RSP: "echo",
+    dul.C_FIND_RSP: "find",
+    dul.C_MOVE_RSP: "move",
+    dul.C_GET_RSP: "get",
+}
+ASSOCIATIONS = Counter("strata_qr_associations_total", "Q/R associations by result", ["result"])
+OPERATIONS = Counter(
+    "strata_qr_operations_total",
+    "Q/R operations by service and outcome (final status class)",
+    ["op", "outcome"],
+)
+OPERATION_SECONDS = Histogram(
+    "strata_qr_operation_seconds",
+    "Q/R operation time, request to final response",
+    ["op"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+MATCHES = Counter("strata_qr_find_matches_total", "C-FIND matches returned")
+SUB_OPERATIONS = Counter(
+    "strata_qr_suboperations_total",
+    "C-MOVE/C-GET C-STORE sub-operations by result",
+    ["op", "result"],
+)
 _PAYLOAD_IN_MEMORY = 4 << 20  # objects up to this size are sent from one read
 _CHUNK = 1 << 20
 
@@ -148,6 +174,7 @@ class QueryAssociation(acceptor.Association):
         self._open: set[int] = set()  # message ids of operations queued or running
         self._cancelled: set[int] = set()
         self._running = False
+        self._started = 0.0
         self._gone = threading.Event()
         self._worker = threading.Thread(target=self._work_loop, name="qr-worker", daemon=True)
         self._worker.start()
@@ -160,6 +187,9 @@ class QueryAssociation(acceptor.Association):
         if sop_class in STORAGE:
             return 0, scp & 1  # the requestor receives C-GET sub-operations; never sends
         return scu & 1, 0
+
+    def counted(self, outcome: str) -> None:
+        ASSOCIATIONS.labels(outcome).inc()
 
     def busy(self) -> bool:
         return self._running or not self._work.empty()
@@ -201,6 +231,7 @@ class QueryAssociation(acceptor.Association):
                 if item is None:
                     return
                 self._running = True
+                self._started = time.perf_counter()
                 self._operate(*item)
             except _Stop:
                 self._gone.set()
@@ -287,6 +318,10 @@ class QueryAssociation(acceptor.Association):
         """A response's PDUs: its command set, and its identifier when given (a command set
         announcing a dataset without one: ``with_dataset``)."""
         with_dataset = with_dataset or identifier is not None
+        if status != PENDING:  # the final response: the operation's outcome
+            op = _OPS.get(field, "other")
+            OPERATIONS.labels(op, _outcome(status)).inc()
+            OPERATION_SECONDS.labels(op).observe(time.perf_counter() - self._started)
         elements: list[tuple[int, int | str]] = [
             (dul.AFFECTED_SOP_CLASS_UID, pc.abstract_syntax),
             (dul.COMMAND_FIELD, field),
@@ -346,6 +381,7 @@ class QueryAssociation(acceptor.Association):
                 break
             out += pending
             out += dul.p_data(pc.id, identifier_bytes, False, self.peer_max)
+            MATCHES.inc()
             if len(out) >= 1 << 16:
                 self._write(out)
                 out = bytearray()
@@ -451,11 +487,15 @@ class QueryAssociation(acceptor.Association):
             remaining -= 1
             if status == SUCCESS:
                 completed += 1
+                result = "completed"
             elif _is_warning(status):
                 warning += 1
+                result = "warning"
             else:
                 failed += 1
                 failed_uids.append(loc.sop_uid)
+                result = "failed"
+            SUB_OPERATIONS.labels(_OPS[rsp], result).inc()
             if remaining:
                 self._respond(
                     pc, rsp, msg_id, PENDING, counts=(completed, failed, warning, remaining)
@@ -475,6 +515,14 @@ class QueryAssociation(acceptor.Association):
             encode(ds, implicit, little),
             counts=(completed, failed, warning),
         )
+
+
+def _outcome(status: int) -> str:
+    if status == SUCCESS:
+        return "success"
+    if status == CANCEL:
+        return "cancel"
+    return "warning" if _is_warning(status) else "failure"
 
 
 def _is_warning(status: int) -> bool:

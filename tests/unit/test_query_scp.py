@@ -18,6 +18,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from prometheus_client import REGISTRY
 from pydicom import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import decode, encode, split_dataset
@@ -146,7 +147,14 @@ def _find_rq(msg_id: int, level: str = "STUDY") -> tuple[bytes, bytes]:
     return cmd, encode(q, True, True)
 
 
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_find_statuses_and_identifiers_with_pynetdicom(qr: dict) -> None:
+    ok0 = _metric("strata_qr_operations_total", op="find", outcome="success")
+    failed0 = _metric("strata_qr_operations_total", op="find", outcome="failure")
+    matches0 = _metric("strata_qr_find_matches_total")
     ae = AE(ae_title="FINDER")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(Verification)
@@ -175,6 +183,9 @@ def test_find_statuses_and_identifiers_with_pynetdicom(qr: dict) -> None:
         assert status.Status == 0xA700
     finally:
         assoc.release()
+    assert _metric("strata_qr_operations_total", op="find", outcome="success") == ok0 + 1
+    assert _metric("strata_qr_operations_total", op="find", outcome="failure") == failed0 + 2
+    assert _metric("strata_qr_find_matches_total") == matches0 + 3
 
 
 def test_find_cancel_stops_the_responses(qr: dict) -> None:
@@ -230,6 +241,7 @@ def test_an_unknown_dimse_command_aborts_only_its_association(qr: dict) -> None:
 
 def test_get_counts_failures_and_lists_the_failed_instance(qr: dict) -> None:
     (qr["hot"] / "obj1.dcm").unlink()  # indexed, but its object is gone
+    sub_failed0 = _metric("strata_qr_suboperations_total", op="get", result="failed")
     received: list[bytes] = []
 
     def on_store(event: evt.Event) -> int:
@@ -262,6 +274,7 @@ def test_get_counts_failures_and_lists_the_failed_instance(qr: dict) -> None:
     _, offset = split_dataset(qr["hot"] / "obj0.dcm")
     assert received[0] == (qr["hot"] / "obj0.dcm").read_bytes()[offset:]
     assert len(received) == 2
+    assert _metric("strata_qr_suboperations_total", op="get", result="failed") == sub_failed0 + 1
 
 
 def test_move_converts_for_an_implicit_only_destination_and_reports_down_ones(
