@@ -2,14 +2,13 @@
 their bytes are sent unchanged.
 
 Retrieved bytes are the stored bytes: the object is streamed from its file without decoding
-and re-encoding (pynetdicom would otherwise rewrite every element), so what a workstation
-receives is byte-identical, dataset for dataset, to what the modality sent.
+and re-encoding (``common/requestor.send_store``), so what a workstation receives is
+byte-identical, dataset for dataset, to what the modality sent.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,12 +17,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-
 from archive.recall import RecallCache
 from archive.tiers import Tier
-from common.dimse import nodelay
 from common.errors import Conflict, Invalid, NotFound, Unavailable
 from query.matching import ATTRIBUTES, LEVELS, MatchError, Params, condition
 
@@ -220,63 +215,6 @@ def local_paths(
         finally:
             for _, f in window:  # a cancelled retrieve: fetches not started are dropped
                 f.cancel()
-
-
-class StoredInstance(Dataset):
-    """What a C-MOVE/C-GET handler yields: the identity of a stored object plus its file.
-    ``install_raw_send`` makes pynetdicom send the file's dataset bytes as they are."""
-
-    def __init__(self, loc: Located, path: Path) -> None:
-        super().__init__()
-        self.SOPClassUID = loc.sop_class_uid
-        self.SOPInstanceUID = loc.sop_uid
-        meta = FileMetaDataset()
-        meta.TransferSyntaxUID = loc.transfer_syntax_uid
-        meta.MediaStorageSOPClassUID = loc.sop_class_uid
-        meta.MediaStorageSOPInstanceUID = loc.sop_uid
-        self.file_meta = meta
-        object.__setattr__(self, "_strata_path", path)
-
-
-def install_raw_send() -> None:
-    """Patch pynetdicom (in this process) so that (1) a StoredInstance is sent from its file
-    without decoding, and (2) every outgoing socket has TCP_NODELAY (pynetdicom never sets it:
-    C-MOVE sub-associations crawl at ~18 instances/s with Nagle's algorithm on)."""
-    from pynetdicom import _config
-    from pynetdicom.association import Association
-    from pynetdicom.transport import AssociationSocket
-
-    if getattr(Association.send_c_store, "_strata", False):
-        return
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    original_send = Association.send_c_store
-
-    def send_c_store(self: Any, dataset: Any, *args: Any, **kwargs: Any) -> Any:
-        path = getattr(dataset, "_strata_path", None)
-        if path is None:
-            return original_send(self, dataset, *args, **kwargs)
-        try:
-            return original_send(self, path, *args, **kwargs)
-        except ValueError as exc:
-            if "presentation context" not in str(exc):
-                raise
-            # The peer accepted the SOP class only in another transfer syntax: decode and let
-            # pynetdicom convert (uncompressed <-> uncompressed). Bytes then differ by design.
-            from pydicom import dcmread
-
-            return original_send(self, dcmread(path), *args, **kwargs)
-
-    send_c_store._strata = True  # type: ignore[attr-defined]
-    Association.send_c_store = send_c_store  # type: ignore[method-assign]
-
-    original_create = AssociationSocket._create_socket
-
-    def create_socket(self: Any, address: Any) -> socket.socket:
-        sock = original_create(self, address)
-        nodelay(sock)
-        return sock
-
-    AssociationSocket._create_socket = create_socket  # type: ignore[method-assign]
 
 
 def parse_destinations(spec: str) -> dict[str, tuple[str, int]]:

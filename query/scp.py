@@ -16,10 +16,8 @@ import contextlib
 import logging
 import queue
 import socket
-import struct
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -41,7 +39,14 @@ from pynetdicom.sop_class import (
 
 from common import acceptor, dul
 from common.errors import Invalid, NotFound, Unavailable
-from common.requestor import EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, Requestor
+from common.requestor import (
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    Requestor,
+    send_store,
+    store_command,
+)
 from query.find import Index, find_rows, parse_identifier, to_bytes
 from query.retrieve import Located, ObjectSource, local_paths, locate
 
@@ -100,8 +105,6 @@ SUB_OPERATIONS = Counter(
     "C-MOVE/C-GET C-STORE sub-operations by result",
     ["op", "result"],
 )
-_PAYLOAD_IN_MEMORY = 4 << 20  # objects up to this size are sent from one read
-_CHUNK = 1 << 20
 
 
 @dataclass
@@ -620,27 +623,13 @@ def store(
         if not pc_id:
             log.warning("retrieve: the peer accepted no context for %s", loc.sop_class_uid)
             return -1
-    elements: list[tuple[int, int | str]] = [
-        (dul.AFFECTED_SOP_CLASS_UID, loc.sop_class_uid),
-        (dul.COMMAND_FIELD, dul.C_STORE_RQ),
-        (dul.MESSAGE_ID, msg_id),
-        (dul.PRIORITY, 0),
-        (dul.COMMAND_DATASET_TYPE, dul.HAS_DATASET),
-        (dul.AFFECTED_SOP_INSTANCE_UID, loc.sop_uid),
-    ]
-    if originator:
-        elements += [
-            (dul.MOVE_ORIGINATOR_AE, originator),
-            (dul.MOVE_ORIGINATOR_MESSAGE_ID, originator_msg_id),
-        ]
-    command = dul.p_data(pc_id, dul.encode_command(elements), True, channel.max_pdu)
-    if payload is not None:
-        channel.send(command + dul.p_data(pc_id, payload, False, channel.max_pdu))
-    else:
-        for i, chunk in enumerate(_dataset_chunks(path)):
-            last = chunk[1]
-            data = dul.p_data(pc_id, chunk[0], False, channel.max_pdu, last=last)
-            channel.send(command + data if i == 0 else data)
+    send_store(
+        channel.send,
+        pc_id,
+        store_command(loc.sop_class_uid, loc.sop_uid, msg_id, originator, originator_msg_id),
+        channel.max_pdu,
+        payload if payload is not None else path,
+    )
     return channel.store_status(msg_id)
 
 
@@ -651,43 +640,6 @@ def _converted(path: Path, ts: str) -> bytes:
     if data is None:
         raise Invalid(f"{path.name} cannot be converted to {ts}")
     return data
-
-
-def _dataset_chunks(path: Path) -> Iterator[tuple[bytes, bool]]:
-    """The dataset bytes of a Part 10 file (after its File Meta Information), in pieces of
-    at most 1 MiB (one piece when the object is small), each with "is the last"."""
-    with open(path, "rb") as f:
-        head = f.read(_PAYLOAD_IN_MEMORY)
-        offset = dataset_offset(head, path)
-        if len(head) < _PAYLOAD_IN_MEMORY:
-            yield head[offset:], True
-            return
-        f.seek(offset)
-        chunk = f.read(_CHUNK)
-        while chunk:
-            nxt = f.read(_CHUNK)
-            yield chunk, not nxt
-            chunk = nxt
-
-
-def dataset_offset(head: bytes, path: Path) -> int:
-    """Where the dataset starts in a Part 10 file: after the preamble, 'DICM' and the File
-    Meta group, whose length the group length element (0002,0000) gives; without that element
-    the meta elements are walked (explicit VR little endian, PS3.10 7.1)."""
-    if head[128:132] != b"DICM":
-        return 0  # a bare dataset
-    if head[132:140] == b"\x02\x00\x00\x00UL" and len(head) >= 144:
-        return 144 + struct.unpack_from("<L", head, 140)[0]
-    pos = 132
-    while pos + 8 <= len(head) and head[pos : pos + 2] == b"\x02\x00":
-        vr = head[pos + 4 : pos + 6]
-        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
-            pos += 12 + struct.unpack_from("<L", head, pos + 8)[0]
-        else:
-            pos += 8 + struct.unpack_from("<H", head, pos + 6)[0]
-    if pos > len(head):
-        raise Invalid(f"{path.name}: File Meta Information longer than the file")
-    return pos
 
 
 def _retrieve_request(identifier: Dataset) -> tuple[str, dict[str, str]]:
