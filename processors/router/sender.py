@@ -1,6 +1,7 @@
-"""Sending routed instances to a destination AE over one association (pynetdicom SCU).
+"""Sending routed instances to a destination AE over one association (the archive's lean
+requestor, ``common/requestor.py``).
 
-Without transcoding the stored bytes go out unchanged (query.retrieve's raw send). With
+Without transcoding the stored dataset bytes go out unchanged, read from the file. With
 transcoding the dataset is decoded and re-encoded losslessly in the target syntax (pydicom with
 the pylibjpeg / pyjpegls codecs); a transcoded object keeps its SOP Instance UID, as the
 lossless conversion leaves the image unchanged (PS3.5 A.4, PS3.3 C.12.1.1.5 lossy only).
@@ -23,13 +24,15 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE
-from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.dsutils import encode
 
+from common import dul
+from common.requestor import Requestor
 from processors.router.rules import Destination, Member
 from proto.strata.v1 import events_pb2 as pb
-from query.retrieve import Located, StoredInstance
+from query.retrieve import Located
+
+VERIFICATION = "1.2.840.10008.1.1"
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +96,23 @@ def transcode(path: Path, target: str) -> Dataset:
     return ds
 
 
-def _contexts(items: list[Item]) -> list[object]:
-    seen: dict[str, set[str]] = {}
+def _contexts(items: list[Item]) -> list[tuple[str, list[str]]]:
+    """One presentation context per (SOP class, syntax the object goes out in), so the peer
+    can accept each on its own; for objects stored uncompressed also one offering both little
+    endian syntaxes (converted then, if the peer takes only the other)."""
+    seen: dict[tuple[str, tuple[str, ...]], None] = {}
     for it in items:
-        syntaxes = seen.setdefault(it.inst.sop_class_uid, set())
+        cls = it.inst.sop_class_uid
         if it.transcode_to:
-            syntaxes.add(it.transcode_to)
+            seen[(cls, (it.transcode_to,))] = None
         else:
-            syntaxes.add(it.inst.transfer_syntax_uid)
+            seen[(cls, (it.inst.transfer_syntax_uid,))] = None
             if it.inst.transfer_syntax_uid in (*_UNCOMPRESSED, ExplicitVRBigEndian):
-                syntaxes.update(_UNCOMPRESSED)
+                seen[(cls, tuple(str(t) for t in _UNCOMPRESSED))] = None
     # Verification too: the association then stands even when the peer accepts none of the
     # storage contexts, and each instance gets the precise reason instead of a failed association.
-    return [build_context(Verification)] + [
-        build_context(cls, sorted(ts)) for cls, ts in sorted(seen.items())
+    return [(VERIFICATION, [str(ImplicitVRLittleEndian)])] + [
+        (cls, list(ts)) for cls, ts in sorted(seen)
     ]
 
 
@@ -141,47 +147,54 @@ def send(
 ) -> bool:
     """Send ``items`` over one association; ``report`` is called once per item, as soon as its
     outcome is known. Returns False when the member could not be reached (for its cool-down)."""
-    ae = AE(ae_title=dest.calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout
-    ae.connection_timeout = min(dest.timeout, 10.0)
-    ae.maximum_pdu_size = 0  # no limit on what we receive; the peer's limit applies to sends
-    ae.requested_contexts = _contexts(items)[:128]
     try:
-        assoc = ae.associate(member.host, member.port, ae_title=member.ae_title)
-    except Exception as exc:  # noqa: BLE001 - any socket failure is a failed attempt
-        assoc = None
-        why = f"cannot connect to {member.address}: {exc}"
-    else:
-        why = (
-            f"association rejected by {member.ae_title}@{member.address}"
-            if assoc.is_rejected
-            else f"association with {member.ae_title}@{member.address} failed (aborted or refused)"
+        assoc = Requestor(
+            member.host,
+            member.port,
+            dest.calling_ae,
+            member.ae_title,
+            _contexts(items)[:128],
+            timeout=dest.timeout,
         )
-    if assoc is None or not assoc.is_established:
+    except dul.ProtocolError as exc:
+        assoc, why = None, f"association with {member.ae_title}@{member.address} failed: {exc}"
+    except ConnectionError as exc:
+        assoc = None
+        why = (
+            f"association rejected by {member.ae_title}@{member.address}: {exc}"
+            if "rejected" in str(exc)
+            else f"association with {member.ae_title}@{member.address} failed: {exc}"
+        )
+    except OSError as exc:
+        assoc, why = None, f"cannot connect to {member.address}: {exc}"
+    if assoc is None:
         for it in items:
             report(Result(it, "retry", 0, why))
         return False
     ok = True
     try:
         for n, it in enumerate(items):
-            if not assoc.is_established:
+            if assoc.lost:
                 for rest in items[n:]:
                     report(Result(rest, "unattempted", 0, "association lost"))
                 ok = False
                 break
-            report(_send_one(assoc, it, local_path, throttle, member))
+            report(_send_one(assoc, it, local_path, throttle, member, n + 1))
     finally:
-        if assoc.is_established:
+        if assoc.lost:
+            assoc.abort()
+        else:
             assoc.release()
     return ok
 
 
 def _send_one(
-    assoc: object,
+    assoc: Requestor,
     it: Item,
     local_path: Callable[[pb.RoutedInstance], Path],
     throttle: Throttle,
     member: Member,
+    msg_id: int,
 ) -> Result:
     inst = it.inst
     target = it.transcode_to or inst.transfer_syntax_uid
@@ -189,12 +202,9 @@ def _send_one(
         path = local_path(inst)
     except Exception as exc:  # noqa: BLE001 - not readable now (e.g. cold tier down): retry
         return Result(it, "retry", 0, f"object not readable: {exc}")
-    accepted = [
-        cx
-        for cx in assoc.accepted_contexts  # type: ignore[attr-defined]
-        if cx.abstract_syntax == inst.sop_class_uid
-    ]
-    if not accepted:
+    # accepted transfer syntax -> context id, for this SOP class
+    syntaxes = {ts: pc for pc, (a, ts) in assoc.accepted.items() if a == inst.sop_class_uid}
+    if not syntaxes:
         return Result(
             it,
             "rejected",
@@ -202,31 +212,49 @@ def _send_one(
             f"{member.ae_title} accepted no presentation context for SOP class "
             f"{inst.sop_class_uid} in {target}",
         )
-    syntaxes = {cx.transfer_syntax[0] for cx in accepted}
+    dataset: bytes | Path
     try:
         if it.transcode_to:
             if target not in syntaxes:
                 return Result(it, "rejected", 0, f"{member.ae_title} does not accept {target}")
-            dataset: Dataset = transcode(path, target)
+            dataset = _encoded(transcode(path, target), target)
+        elif target in syntaxes:
+            dataset = path  # the stored dataset bytes, unchanged
         else:
-            dataset = StoredInstance(located(inst), path)
-            if target not in syntaxes:
-                target = sorted(syntaxes)[0]  # uncompressed <-> uncompressed: pynetdicom converts
+            # Stored uncompressed, taken only in the other little endian syntax: converted.
+            others = [t for t in _UNCOMPRESSED if t in syntaxes]
+            if target not in (*_UNCOMPRESSED, ExplicitVRBigEndian) or not others:
+                accepted = ", ".join(sorted(syntaxes))
+                return Result(it, "rejected", 0, f"{member.ae_title} accepts only {accepted}")
+            target = str(others[0])
+            dataset = _encoded(dcmread(path), target)
     except Exception as exc:  # noqa: BLE001 - a codec failure is this object's problem
         return Result(it, "rejected", 0, f"cannot transcode to {target}: {exc}")
     throttle.wait()
     try:
-        status_ds = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
-    except Exception as exc:  # noqa: BLE001
-        return Result(it, "retry", 0, f"send failed: {exc}", target)
-    status = getattr(status_ds, "Status", None)
-    if status is None:
-        return Result(
-            it, "retry", 0, "no C-STORE response (association aborted or timed out)", target
+        status, comment = assoc.store(
+            syntaxes[target], inst.sop_class_uid, inst.sop_instance_uid, dataset, msg_id % 65536
         )
-    outcome = classify(int(status))
-    detail = "" if outcome == "delivered" else f"C-STORE status 0x{int(status):04X}"
-    comment = getattr(status_ds, "ErrorComment", "")
+    except (OSError, dul.ProtocolError) as exc:
+        assoc.lost = True
+        return Result(
+            it, "retry", 0, f"no C-STORE response (association aborted or timed out): {exc}", target
+        )
+    outcome = classify(status)
+    detail = "" if outcome == "delivered" else f"C-STORE status 0x{status:04X}"
     if comment and outcome != "delivered":
         detail += f": {comment}"
-    return Result(it, outcome, int(status), detail, target)
+    return Result(it, outcome, status, detail, target)
+
+
+def _encoded(ds: Dataset, target: str) -> bytes:
+    """A dataset's bytes in ``target`` (its pixel data already encoded for it)."""
+    data = encode(
+        ds,
+        target == ImplicitVRLittleEndian,
+        target != ExplicitVRBigEndian,
+        target == DeflatedExplicitVRLittleEndian,
+    )
+    if data is None:
+        raise ValueError(f"cannot encode the dataset in {target}")
+    return data

@@ -548,10 +548,9 @@ def run(settings: Any, stop: threading.Event | None = None) -> None:
     from archive.cold import build_cold_tier
     from archive.recall import RecallCache
     from processors.router.rules import load
-    from query.retrieve import TieredSource, install_raw_send
+    from query.retrieve import TieredSource
 
     config = load(settings.router_config)
-    install_raw_send()
     # Whichever tier holds the object now: hot in place, cold through a recall cache of the
     # router's own (keys are the same in every tier, so a location decided before a tier move
     # is still found). Reads for forwarding are not study accesses (no lifecycle effect).
