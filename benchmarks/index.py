@@ -835,6 +835,47 @@ def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, 
     return out
 
 
+def run_cfind_queries_findscu(
+    port: int, aec: str, qsets: dict[str, list[dict[str, str]]], per_kind: int = 50
+) -> dict:
+    """The first ``per_kind`` searches of each kind with DCMTK findscu, as a workstation
+    script would run it: one process and one association per search, every response written
+    to a file (-X). The time includes starting the process (DCMTK's dictionary load) and the
+    association; the process start alone is measured too (findscu --version)."""
+    import subprocess
+    import tempfile
+
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    starts = []
+    for _ in range(20):
+        t = time.perf_counter()
+        subprocess.run(["findscu", "--version"], capture_output=True, env=env, check=True)
+        starts.append(time.perf_counter() - t)
+    out: dict[str, Any] = {
+        "load_avg_before": loadavg(),
+        "client": "DCMTK findscu, one process + association per search",
+        "process_start": stats_ms(starts),
+    }
+    for name, matches in qsets.items():
+        times, hits = [], []
+        for m in matches[:per_kind]:
+            with tempfile.TemporaryDirectory() as d:
+                args = ["findscu", "-S", "-aet", "BENCH", "-aec", aec, "-X", "-od", d]
+                args += ["-k", "QueryRetrieveLevel=STUDY"]
+                for k, v in study_keys(m):
+                    args += ["-k", f"{k}={v}" if v else k]
+                args += ["127.0.0.1", str(port)]
+                t = time.perf_counter()
+                r = subprocess.run(args, capture_output=True, env=env)
+                times.append(time.perf_counter() - t)
+                if r.returncode != 0:
+                    raise RuntimeError(f"findscu failed: {r.stderr[-300:]!r}")
+                hits.append(len(os.listdir(d)))
+        out[name] = {**stats_ms(times), "matches_mean": round(sum(hits) / len(hits), 1)}
+        log(f"  C-FIND (findscu) {QUERY_LABELS[name]}: {out[name]}")
+    return out
+
+
 def synthetic_instances(n: int, per_study: int, label: str) -> list[Any]:
     """Small CT instances (128x128, ~40 KB) in fresh studies of ``per_study`` instances."""
     from pydicom import Dataset

@@ -514,6 +514,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["search_cfind"] = ib.run_cfind_queries(stack.qr_port, "STRATA_QR", qsets)
         log("C-FIND from a lean SCU, the same queries ...")
         results["search_cfind_lean"] = ib.run_cfind_queries_lean(stack.qr_port, "STRATA_QR", qsets)
+        log("C-FIND with DCMTK findscu (a process per search), the first 50 of each kind ...")
+        results["search_findscu"] = ib.run_cfind_queries_findscu(stack.qr_port, "STRATA_QR", qsets)
 
         # 3. a real CT study through the ingest SCP, then its metadata
         label = f"qmv{datetime.now().strftime('%H%M%S')}"
@@ -651,6 +653,7 @@ def report(r: dict[str, Any]) -> str:
         ("search_grpc", "gRPC SearchStudies"),
         ("search_cfind", "C-FIND (pynetdicom SCU)"),
         ("search_cfind_lean", "C-FIND (lean SCU)"),
+        ("search_findscu", "C-FIND (DCMTK findscu, process per search)"),
     ):
         for name, s in r.get(key, {}).items():
             if name not in ib.QUERY_LABELS or not isinstance(s, dict):
