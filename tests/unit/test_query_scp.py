@@ -361,3 +361,44 @@ def test_concurrent_associations_do_not_wait_for_each_other(qr: dict) -> None:
         assert not slow_done.is_set()
     t.join(30)
     assert slow_done.is_set()
+
+
+def test_move_to_a_destination_that_aborts_mid_study(qr: dict) -> None:
+    """The destination aborts its association on the second object: it and the rest fail, the
+    final response says so with the failed instances, and the requesting association goes on."""
+    from pynetdicom import AllStoragePresentationContexts
+
+    stored: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        stored.append(str(event.request.AffectedSOPInstanceUID))
+        if len(stored) == 2:
+            event.assoc.abort()  # no response to the second object: A-ABORT instead
+        return 0x0000
+
+    dest = AE(ae_title="DEST")
+    dest.supported_contexts = AllStoragePresentationContexts
+    server = dest.start_server(
+        ("127.0.0.1", qr["dest_port"]), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        ae = AE(ae_title="MOVER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", qr["port"], ae_title="STRATA_QR")
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.StudyInstanceUID = STUDY + ".0"
+        try:
+            rsps = list(assoc.send_c_move(q, "DEST", StudyRootQueryRetrieveInformationModelMove))
+            echo = assoc.send_c_echo()
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()
+    final, ident = rsps[-1]
+    assert final.Status in (0xB000, 0xA702)
+    assert final.NumberOfCompletedSuboperations == 1
+    assert final.NumberOfFailedSuboperations == 2
+    assert len(ident.FailedSOPInstanceUIDList) == 2
+    assert echo.Status == 0x0000  # the requesting association is still served
