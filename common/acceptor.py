@@ -113,7 +113,7 @@ class Association:
             while time.monotonic() < deadline and f.read1(65536):
                 pass
 
-    def send(self, data: bytes, quiet: bool = False) -> None:
+    def send(self, data: bytes | bytearray, quiet: bool = False) -> None:
         """Write whole PDUs (one writer at a time: responses and aborts never interleave)."""
         with self._send_lock:
             if not quiet:

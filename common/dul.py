@@ -179,10 +179,14 @@ def iter_pdvs(body: bytes) -> list[tuple[int, int, memoryview]]:
     return out
 
 
-def p_data(pc_id: int, data: bytes, command: bool, max_pdu: int, last: bool = True) -> bytes:
+def p_data(
+    pc_id: int, data: bytes | bytearray | memoryview, command: bool, max_pdu: int, last: bool = True
+) -> bytearray:
     """``data`` as P-DATA-TF PDUs of at most ``max_pdu`` bytes (0 = unlimited), the final one
-    flagged last unless ``last`` is False (more fragments of the message follow)."""
+    flagged last unless ``last`` is False (more fragments of the message follow). The data
+    is copied once, into the returned buffer."""
     chunk = len(data) if max_pdu == 0 else max(1, max_pdu - 6)
+    data = memoryview(data)
     out = bytearray()
     pos = 0
     while True:
@@ -194,7 +198,7 @@ def p_data(pc_id: int, data: bytes, command: bool, max_pdu: int, last: bool = Tr
         out += _PDV.pack(len(piece) + 2, pc_id, mch)
         out += piece
         if final:
-            return bytes(out)
+            return out
 
 
 def release_rq() -> bytes:

@@ -91,7 +91,7 @@ class Requestor:
                 return pc_id
         return 0
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | bytearray) -> None:
         self.sock.sendall(data)
 
     def send_message(self, pc_id: int, command: bytes, dataset: bytes | None = None) -> None:
@@ -186,7 +186,7 @@ def store_command(
 
 
 def send_store(
-    send: Callable[[bytes], None],
+    send: Callable[[bytearray], None],
     pc_id: int,
     command: bytes,
     max_pdu: int,
@@ -196,21 +196,22 @@ def send_store(
     file whose dataset bytes go out as stored (read in 1 MiB pieces when large)."""
     out = dul.p_data(pc_id, command, True, max_pdu)
     if isinstance(dataset, bytes):
-        send(out + dul.p_data(pc_id, dataset, False, max_pdu))
+        out += dul.p_data(pc_id, dataset, False, max_pdu)
+        send(out)
         return
-    for i, (chunk, last) in enumerate(dataset_chunks(dataset)):
-        data = dul.p_data(pc_id, chunk, False, max_pdu, last=last)
-        send(out + data if i == 0 else data)
+    send(out)  # the command alone: one more segment, no copy of the dataset to join them
+    for chunk, last in dataset_chunks(dataset):
+        send(dul.p_data(pc_id, chunk, False, max_pdu, last=last))
 
 
-def dataset_chunks(path: Path) -> Iterator[tuple[bytes, bool]]:
+def dataset_chunks(path: Path) -> Iterator[tuple[memoryview, bool]]:
     """The dataset bytes of a Part 10 file (after its File Meta Information), in pieces of
     at most 1 MiB (one piece when the object is small), each with "is the last"."""
     with open(path, "rb") as f:
         head = f.read(_PAYLOAD_IN_MEMORY)
         offset = dataset_offset(head, path)
         if len(head) < _PAYLOAD_IN_MEMORY:
-            yield head[offset:], True
+            yield memoryview(head)[offset:], True
             return
         f.seek(offset)
         chunk = f.read(_CHUNK)

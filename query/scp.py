@@ -159,7 +159,7 @@ class StoreChannel(Protocol):
 
     def context(self, abstract: str, transfer_syntaxes: tuple[str, ...] | None = None) -> int: ...
 
-    def send(self, data: bytes) -> None: ...
+    def send(self, data: bytes | bytearray) -> None: ...
 
     def store_status(self, message_id: int) -> int: ...
 
@@ -395,7 +395,7 @@ class QueryAssociation(acceptor.Association):
     def _write(self, data: bytes | bytearray) -> None:
         if self._gone.is_set():
             raise _Stop
-        self.send(bytes(data))
+        self.send(data)
 
     # ---------------------------------------------------------------- C-MOVE / C-GET
     def _locate(
@@ -543,7 +543,7 @@ class _SubAssociation:
     def context(self, abstract: str, transfer_syntaxes: tuple[str, ...] | None = None) -> int:
         return self.requestor.context(abstract, transfer_syntaxes)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | bytearray) -> None:
         try:
             self.requestor.send(data)
         except OSError:
@@ -581,7 +581,7 @@ class _SameAssociation:
                 return pc.id
         return 0
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | bytearray) -> None:
         if self.assoc._gone.is_set():
             raise _Stop
         self.assoc.send(data)
