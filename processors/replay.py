@@ -2,7 +2,8 @@
 
 Used by ``strata replay`` (into a new database) and by ``strata verify`` (which compares the
 rebuilt index with the live one by checksums). The code path that writes rows is the live one
-(projection.rows_for + IndexStore.write): a replay exercises exactly what the agent does.
+(projection.Batch, i.e. the rows of rows_for, + IndexStore.write): a replay exercises exactly
+what the agent does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from common.errors import Unavailable
 from common.events import decode
-from processors.index.projection import Rows, merge, rows_for
+from processors.index.projection import Batch
 from processors.index.store import IndexStore
 
 Positions = dict[str, dict[int, int]]
@@ -104,7 +105,7 @@ def replay(
     try:
         c.assign([TopicPartition(t, p, lo) for (t, p), (lo, _hi) in todo.items()])
         remaining = {k for k in todo}
-        pending: list[Rows] = []
+        pending = Batch()
         while remaining:
             msgs = c.consume(num_messages=batch, timeout=1.0)
             for m in msgs:
@@ -122,14 +123,13 @@ def replay(
                     env = decode(m.value())
                 except DecodeError:
                     continue  # the live agent skips such records too
-                pending.append(rows_for(env, part, offset, topic))
+                pending.add(env, part, offset, topic)
                 if offset + 1 >= hi:
                     remaining.discard(key)
             if pending:
-                rows = merge(pending)
                 settle()
-                inflight = (writer.submit(index.write, rows), len(pending))
-                pending = []
+                inflight = (writer.submit(index.write, pending), len(pending))
+                pending = Batch()
         settle()
     finally:
         writer.shutdown(wait=True)

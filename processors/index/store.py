@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from datetime import datetime
+from math import floor
 from operator import itemgetter
 from typing import Any
 
@@ -13,7 +15,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from common.errors import Unavailable
-from processors.index.projection import Rows
+from processors.index.projection import Batch, Rows
 from processors.index.schema import DELETABLE, KEYS, TABLES, VERSIONS, ddl, study_stats_sql
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,73 @@ log = logging.getLogger(__name__)
 # Tables that get many rows per key in one batch (every instance event of a series/study
 # writes its series and study row): only the row that survives FINAL is inserted.
 DEDUPLICATED = ("series", "studies")
+
+
+class _NotArrow(Exception):
+    """A column the Arrow hand-off does not carry exactly: the table goes through the driver."""
+
+
+def _ticks_ms(value: Any) -> int:
+    """A DateTime64(3) value as clickhouse-connect encodes it: an int is already ticks, an
+    aware datetime is floored to the millisecond (driver/datatypes/temporal.py)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return ((floor(value.timestamp()) * 1_000_000 + value.microsecond) * 1000) // 1_000_000
+    raise _NotArrow(f"DateTime64 value {value!r}")
+
+
+def _arrow_columns(types: list[str], columns: list[Any]) -> Any:
+    """A pyarrow Table of ``columns`` (value sequences) for columns of ClickHouse ``types``,
+    holding exactly what the driver's Native encoding would send; _NotArrow when a type or a
+    value is not one this carries (bools, NULL in a non-Nullable column, naive datetimes...)."""
+    import pyarrow as pa
+
+    arrays = []
+    try:
+        for ch_type, values in zip(types, columns, strict=True):
+            t = ch_type
+            if t.startswith("LowCardinality("):
+                t = t[len("LowCardinality(") : -1]
+            nullable = t.startswith("Nullable(")
+            if nullable:
+                t = t[len("Nullable(") : -1]
+            if t == "String":
+                arr = pa.array(values, pa.string())
+            elif t in _ARROW_INTS:
+                arr = pa.array(values, _ARROW_INTS[t])
+            elif t.startswith("DateTime64(3"):
+                arr = pa.array([_ticks_ms(v) for v in values], pa.timestamp("ms", tz="UTC"))
+            elif t == "Array(String)":
+                arr = pa.array(values, pa.list_(pa.string()))
+                if arr.null_count or arr.flatten().null_count:
+                    raise _NotArrow("NULL in Array(String)")
+            else:
+                raise _NotArrow(ch_type)
+            if arr.null_count and not nullable:
+                raise _NotArrow(f"NULL in a {ch_type} column")
+            arrays.append(arr)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+        raise _NotArrow(str(exc)) from exc
+    return pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
+
+
+def _arrow_int_types() -> dict[str, Any]:
+    import pyarrow as pa
+
+    return {
+        "UInt8": pa.uint8(),
+        "UInt16": pa.uint16(),
+        "UInt32": pa.uint32(),
+        "UInt64": pa.uint64(),
+        "Int8": pa.int8(),
+        "Int16": pa.int16(),
+        "Int32": pa.int32(),
+        "Int64": pa.int64(),
+    }
+
+
+_ARROW_INTS: dict[str, Any] = {}
 
 
 def latest_per_key(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -46,7 +115,22 @@ class IndexStore:
         except Exception as exc:  # chDB lock errors, connection refused...
             raise Unavailable(f"cannot open the index at {dsn}: {exc}") from exc
         self._columns: dict[str, list[str]] = {}
+        self._types: dict[str, dict[str, str]] = {}
         self.write_lock = threading.Lock()
+        # Embedded (chDB): inserts hand the engine Arrow columns on a handle of its own
+        # (Python() table function) instead of the driver's Native encoding written to a temp
+        # file and read back (INSERT ... FROM INFILE): the same values, ~3x less CPU per row.
+        # A ClickHouse server (HTTP) gets the driver's insert, as before.
+        self._arrow = None
+        backend = getattr(self.client, "_backend", None)
+        if type(backend).__name__ == "ChdbBackend" and getattr(backend, "connection_string", ""):
+            with contextlib.suppress(ImportError):
+                import chdb
+                import pyarrow  # noqa: F401
+
+                global _ARROW_INTS
+                _ARROW_INTS = _ARROW_INTS or _arrow_int_types()
+                self._arrow = chdb.connect(backend.connection_string)
 
     def migrate(self) -> None:
         had_stats = self._has_table("study_stats")
@@ -78,11 +162,12 @@ class IndexStore:
             log.info("index table study_stats filled from instances")
         for table in TABLES:
             cols = self.client.query(
-                "SELECT name FROM system.columns WHERE database={db:String} AND table={t:String} "
-                "ORDER BY position",
+                "SELECT name, type FROM system.columns WHERE database={db:String} "
+                "AND table={t:String} ORDER BY position",
                 parameters={"db": self.database, "t": table},
             ).result_rows
             self._columns[table] = [c[0] for c in cols]
+            self._types[table] = {str(c[0]): str(c[1]) for c in cols}
 
     def _has_table(self, table: str) -> bool:
         return bool(
@@ -100,43 +185,66 @@ class IndexStore:
         engines = {str(n): str(e) for n, e in rows}
         return [t for t in DELETABLE if t in engines and "is_deleted" not in engines[t]]
 
-    def write(self, rows: Rows) -> int:
-        """Insert rows (idempotent: versions collapse on log position)."""
-        n = 0
+    def write(self, rows: Rows | Batch) -> int:
+        """Insert rows (idempotent: versions collapse on log position): rows_for/merge output
+        or a projection.Batch (the same rows, column-ready). Returns the rows written (before
+        series/studies are reduced to one row per key)."""
+        if not isinstance(rows, Batch):
+            batch = Batch()
+            batch.add_rows(rows)
+            rows = batch
+        tables = rows.table_rows()
         # The events table last (after study_stats too): its highest offsets are the index's
         # log position (read by the checks that gate the stability and lifecycle processors,
         # and by strata verify), so a position is only visible once the whole batch is.
         # The lock: a checksum snapshot (strata verify) never sees half a batch.
         with self.write_lock:
             try:
-                for table, rs in rows.items():
+                for table, data in tables.items():
                     if table != "events":
-                        n += self._insert(table, rs)
-                studies = {r["study_uid"] for r in rows.get("instances", ())}
+                        self._insert(table, data)
+                studies = rows.studies()
                 if studies:
                     # After the instances: the touched studies' aggregates from their rows.
                     self.client.command(
                         study_stats_sql(self.database, "study_uid IN {studies:Array(String)}"),
                         parameters={"studies": sorted(studies)},
                     )
-                n += self._insert("events", rows.get("events", []))
+                if "events" in tables:
+                    self._insert("events", tables["events"])
             except ClickHouseError as exc:
                 raise Unavailable(f"index write failed: {exc}") from exc
-        return n
+        return sum(rows.count.values())
 
-    def _insert(self, table: str, rs: list[dict[str, Any]]) -> int:
-        if not rs:
-            return 0
-        n = len(rs)
-        if table in DEDUPLICATED and n > 1:
-            rs = latest_per_key(table, rs)
+    def _insert(self, table: str, data: Any) -> None:
+        """Insert one table's rows: (names, row tuples) or a list of row dicts."""
         cols = self._columns[table]
-        # Column-oriented: no per-row tuples to build and pivot again in the driver.
-        data = [[r[c] for r in rs] for c in cols]
+        if isinstance(data, tuple):
+            names, tuples = data
+            by_name = dict(zip(names, zip(*tuples, strict=True), strict=True))
+            # Column-oriented: no per-row tuples to build and pivot again in the driver.
+            columns = [by_name[c] for c in cols]
+        else:
+            columns = [[r[c] for r in data] for c in cols]
+        if self._arrow is not None:
+            types = self._types[table]
+            try:
+                tbl = _arrow_columns([types[c] for c in cols], columns)  # noqa: F841 (read by chDB)
+            except _NotArrow as exc:
+                log.debug("%s: driver insert (%s)", table, exc)
+            else:
+                names = ", ".join(cols)
+                try:
+                    # Python(tbl): chDB reads the local variable's Arrow buffers
+                    self._arrow.query(
+                        f"INSERT INTO {self.database}.{table} ({names}) SELECT * FROM Python(tbl)"
+                    )
+                except RuntimeError as exc:  # what chDB raises for an engine error
+                    raise Unavailable(f"index write failed: {exc}") from exc
+                return
         self.client.insert(
-            f"{self.database}.{table}", data, column_names=cols, column_oriented=True
+            f"{self.database}.{table}", columns, column_names=cols, column_oriented=True
         )
-        return n
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         try:
@@ -146,4 +254,7 @@ class IndexStore:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # best effort at shutdown
+            if self._arrow is not None:
+                self._arrow.close()
+        with contextlib.suppress(Exception):
             self.client.close()

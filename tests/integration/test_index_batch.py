@@ -255,3 +255,70 @@ def test_study_stats_follow_deletions_moves_and_batching(chdb_index: IndexStore)
     one.migrate()
     assert checksum.table_checksums(one)["study_stats"] == before["study_stats"]
     assert _study_rows(one, study) == [(["MR"], 1, 1, 1)]
+
+
+def test_arrow_hand_off_equals_the_driver_insert(chdb_index: IndexStore) -> None:
+    """The embedded store inserts Arrow columns straight into chDB; a ClickHouse server gets
+    the driver's Native insert. Both give the same index, checksum for checksum, on a log of
+    every event kind with awkward headers (tests/support/awkward_log.py), whether the log is
+    written event by event through the driver or in batches of any size through Arrow."""
+    from processors.index.projection import Batch
+    from tests.support.awkward_log import records
+
+    log = records()
+    assert chdb_index._arrow is not None
+    driver = other_database(chdb_index)
+    driver._arrow = None  # the clickhouse-connect insert (the path of a ClickHouse server)
+    for part, off, topic, env in log:
+        driver.write(rows_for(env, part, off, topic))
+    want_tables = checksum.table_checksums(driver)
+    want_studies = checksum.study_checksums(driver)
+    assert {t for t, (n, _) in want_tables.items() if n} >= {
+        "instances",
+        "instance_versions",
+        "series",
+        "studies",
+        "events",
+        "study_stability",
+        "routes",
+        "route_attempts",
+        "route_states",
+        "tier_transitions",
+        "legal_holds",
+        "study_access",
+        "study_stats",
+    }
+    for size in (len(log), 4, 1):
+        arrow = other_database(chdb_index)
+        for i in range(0, len(log), size):
+            b = Batch()
+            for part, off, topic, env in log[i : i + size]:
+                b.add(env, part, off, topic)
+            arrow.write(b)
+        assert checksum.table_checksums(arrow) == want_tables, size
+        assert checksum.study_checksums(arrow) == want_studies, size
+        assert checksum.positions(arrow) == checksum.positions(driver)
+
+
+def test_arrow_refuses_what_it_would_not_carry_exactly() -> None:
+    """Values the Arrow hand-off cannot carry as the driver would (NULL in a non-Nullable
+    column, bools, naive datetimes, unknown types) send the table through the driver."""
+    from datetime import UTC, datetime
+
+    from processors.index.store import _arrow_columns, _NotArrow
+
+    ok = _arrow_columns(
+        ["String", "Nullable(Int64)", "DateTime64(3, 'UTC')", "UInt8", "Array(String)"],
+        [["a"], [None], [datetime(2024, 1, 1, 0, 0, 0, 999999, tzinfo=UTC)], [1], [["x"]]],
+    )
+    assert ok.column(2).to_pylist()[0] == datetime(2024, 1, 1, 0, 0, 0, 999000, tzinfo=UTC)
+    for types, cols in [
+        (["String"], [[None]]),
+        (["UInt8"], [[True]]),
+        (["DateTime64(3, 'UTC')"], [[datetime(2024, 1, 1)]]),
+        (["Map(String, String)"], [[{}]]),
+        (["UInt8"], [[256]]),
+        (["Array(String)"], [[["a", None]]]),
+    ]:
+        with pytest.raises(_NotArrow):
+            _arrow_columns(types, cols)
