@@ -4,9 +4,14 @@ random ids), so replaying the log into an empty store rebuilds the same index.""
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
+from json.encoder import encode_basestring_ascii
+from math import floor
 from typing import Any
 
 import msgspec
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from common.events import event_time
 from processors.index.routing import routing_rows
@@ -81,28 +86,75 @@ _TAGS = tuple(_T.values())
 _astuple = msgspec.structs.astuple
 
 
+# The same decoder keeping each indexed element as its raw JSON text (building the elements as
+# objects cost more than skipping the rest of the header). An element of the shapes ingest
+# writes for these attributes - one plain string, one PN with only an alphabetic group, one
+# integer, or no value - is read from its text by _SIMPLE; any other is decoded by _ELEMENT,
+# as _INDEXED would have. Plain means no escape, quote or control character in the JSON string,
+# so its text is the value; a JSON integer without a leading zero or "-0" reads back as itself.
+_ABSENT = msgspec.Raw(b"null")
+_RawIndexed = msgspec.defstruct(
+    "_RawIndexed",
+    [(name, msgspec.Raw, _ABSENT) for name in _T],
+    rename=_T,
+    gc=False,
+)
+_RAW_INDEXED = msgspec.json.Decoder(_RawIndexed)
+_ELEMENT = msgspec.json.Decoder(_Element | None)
+_SIMPLE = re.compile(
+    rb'\{"vr":"[A-Z]{2}"(?:,"Value":\[(?:"([^"\\\x00-\x1f]*)"'
+    rb'|\{"Alphabetic":"([^"\\\x00-\x1f]*)"\}'
+    rb"|(0|-?[1-9][0-9]{0,17}))\])?\}"
+)
+_simple = _SIMPLE.fullmatch
+
+
+def _element_text(raw: bytes) -> str:
+    """One indexed element's raw JSON text -> json_value's string; msgspec errors propagate."""
+    m = _simple(raw)
+    if m is not None:
+        text, alphabetic, number = m.groups()
+        if text is not None:
+            return text.decode().strip()
+        if alphabetic is not None:
+            return alphabetic.decode().strip()
+        if number is not None:
+            return number.decode()
+        return ""  # no "Value"
+    elem = _ELEMENT.decode(raw)
+    if elem is None:  # absent, or null
+        return ""
+    values = elem.Value
+    if len(values) == 1 and type(values[0]) is str:
+        return values[0].strip()
+    return _values_text(values)
+
+
+# Element text -> its string: the patient/study/series attributes repeat in every instance of
+# a study, so most elements are looked up, not read. A pure function of the text: exact.
+_MEMO: dict[bytes, str] = {}
+_MEMO_MAX = 100_000
+
+
 def header_strings(header_text: str) -> list[str]:
-    """The indexed attributes of a DICOM JSON header as DICOM strings, in the order of ``_T``."""
+    """The indexed attributes of a DICOM JSON header as DICOM strings, in the order of ``_T``
+    (``json_value`` of each: tested equal on real and awkward headers)."""
     if not header_text:
         return [""] * len(_T)
+    memo = _MEMO
     try:
-        h = _INDEXED.decode(header_text)
+        keys = [bytes(raw) for raw in _astuple(_RAW_INDEXED.decode(header_text))]
+        out = [memo.get(k) for k in keys]
+        if None in out:
+            if len(memo) > _MEMO_MAX:
+                memo.clear()
+            for i, v in enumerate(out):
+                if v is None:
+                    out[i] = memo[keys[i]] = _element_text(keys[i])
+        return out  # type: ignore[return-value]
     except (msgspec.DecodeError, msgspec.ValidationError):
         header = json.loads(header_text)
         return [json_value(header, tag) for tag in _TAGS]
-    out = []
-    for elem in _astuple(h):  # the fields in the order of _T
-        if elem is None:
-            out.append("")
-            continue
-        values = elem.Value
-        # the common case inline (one string value), the same result as _values_text
-        out.append(
-            values[0].strip()
-            if len(values) == 1 and type(values[0]) is str
-            else _values_text(values)
-        )
-    return out
 
 
 def header_values(header_text: str) -> dict[str, str]:
@@ -126,8 +178,33 @@ def _int_or_none(s: str) -> int | None:
 
 
 _ts = event_time  # protobuf Timestamp -> datetime, from the event (common.events)
+
+
+def ticks_ms(value: Any) -> int:
+    """A DateTime64(3) value as clickhouse-connect encodes it: an int is already ticks (ms), an
+    aware datetime is floored to the millisecond (driver/datatypes/temporal.py)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return ((floor(value.timestamp()) * 1_000_000 + value.microsecond) * 1000) // 1_000_000
+    raise TypeError(f"not a DateTime64 value: {value!r}")
+
+
+def event_ticks(t: Timestamp) -> int:
+    """ticks_ms(event_time(t)) without building the datetime, where that is exact: whole
+    microseconds (what a datetime makes) and 0 <= seconds < 2**32. There the float
+    seconds + nanos / 1e9 that event_time reads is within 0.24 us of the exact value, so its
+    rounding to microseconds gives the exact microsecond; anything else takes event_time."""
+    s, n = t.seconds, t.nanos
+    if 0 <= s < 4_294_967_296 and 0 <= n < 1_000_000_000 and n % 1000 == 0:
+        return s * 1000 + n // 1_000_000
+    return ticks_ms(event_time(t))
+
+
 # One encoder for every payload (json.dumps with arguments builds a new encoder per call).
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+_esc = encode_basestring_ascii  # what _COMPACT writes a str with (ensure_ascii)
+_int_repr = int.__repr__
 
 
 def event_row(env: pb.Envelope, topic: str, partition: int, offset: int) -> Row:
@@ -563,7 +640,8 @@ class Batch:
         patient_ref = e.patient
         patient_id = patient_ref.patient_id
         issuer = patient_ref.issuer_of_patient_id
-        received_at = _ts(e.received_at)
+        # DateTime64 columns as ticks (ms) in a Batch: what the insert would make of event_time
+        received_at = event_ticks(e.received_at)
         producer = env.producer
         self.tuples["events"].append(
             (
@@ -574,24 +652,23 @@ class Batch:
                 env.event_type,
                 env.schema_version,
                 env.study_instance_uid,
-                _ts(env.occurred_at),
+                event_ticks(env.occurred_at),
                 producer.service,
                 producer.node,
-                _COMPACT.encode(
-                    {
-                        "sop_instance_uid": sop_uid,
-                        "series_instance_uid": series_uid,
-                        "sop_class_uid": sop_class_uid,
-                        "modality": modality,
-                        "size_bytes": size_bytes,
-                        "sha256": sha256,
-                        "supersedes_sha256": supersedes_sha256,
-                        "tier": tier,
-                        "key": storage_key,
-                        "calling_ae_title": calling_ae_title,
-                        "ingest_node": ingest_node,
-                    }
-                ),
+                # event_row's payload, the text _COMPACT.encode gives for that dict: its C
+                # encoder writes str values with encode_basestring_ascii and ints with
+                # int.__repr__ (tested equal on awkward values)
+                f'{{"sop_instance_uid":{_esc(sop_uid)},'
+                f'"series_instance_uid":{_esc(series_uid)},'
+                f'"sop_class_uid":{_esc(sop_class_uid)},'
+                f'"modality":{_esc(modality)},'
+                f'"size_bytes":{_int_repr(size_bytes)},'
+                f'"sha256":{_esc(sha256)},'
+                f'"supersedes_sha256":{_esc(supersedes_sha256)},'
+                f'"tier":{_esc(tier)},'
+                f'"key":{_esc(storage_key)},'
+                f'"calling_ae_title":{_esc(calling_ae_title)},'
+                f'"ingest_node":{_esc(ingest_node)}}}',
             )
         )
         study_time_norm = norm_time(study_time)

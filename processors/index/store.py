@@ -6,8 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from datetime import datetime
-from math import floor
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -15,7 +14,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from common.errors import Unavailable
-from processors.index.projection import Batch, Rows
+from processors.index.projection import Batch, Rows, ticks_ms
 from processors.index.schema import DELETABLE, KEYS, TABLES, VERSIONS, ddl, study_stats_sql
 
 log = logging.getLogger(__name__)
@@ -29,14 +28,11 @@ class _NotArrow(Exception):
     """A column the Arrow hand-off does not carry exactly: the table goes through the driver."""
 
 
-def _ticks_ms(value: Any) -> int:
-    """A DateTime64(3) value as clickhouse-connect encodes it: an int is already ticks, an
-    aware datetime is floored to the millisecond (driver/datatypes/temporal.py)."""
-    if type(value) is int:
-        return value
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        return ((floor(value.timestamp()) * 1_000_000 + value.microsecond) * 1000) // 1_000_000
-    raise _NotArrow(f"DateTime64 value {value!r}")
+def _ticks(value: Any) -> int:
+    try:
+        return ticks_ms(value)
+    except TypeError as exc:
+        raise _NotArrow(str(exc)) from exc
 
 
 def _arrow_columns(types: list[str], columns: list[Any]) -> Any:
@@ -59,7 +55,11 @@ def _arrow_columns(types: list[str], columns: list[Any]) -> Any:
             elif t in _ARROW_INTS:
                 arr = pa.array(values, _ARROW_INTS[t])
             elif t.startswith("DateTime64(3"):
-                arr = pa.array([_ticks_ms(v) for v in values], pa.timestamp("ms", tz="UTC"))
+                try:  # ticks already (a Batch's own rows)
+                    arr = pa.array(values, pa.int64())
+                except (pa.ArrowException, TypeError):
+                    arr = pa.array([_ticks(v) for v in values], pa.int64())
+                arr = arr.view(pa.timestamp("ms", tz="UTC"))
             elif t == "Array(String)":
                 arr = pa.array(values, pa.list_(pa.string()))
                 if arr.null_count or arr.flatten().null_count:
@@ -90,6 +90,64 @@ def _arrow_int_types() -> dict[str, Any]:
 
 
 _ARROW_INTS: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Column names and ClickHouse types of every table, and whether inserts go as Arrow."""
+
+    columns: dict[str, list[str]]
+    types: dict[str, dict[str, str]]
+    arrow: bool
+
+
+@dataclass
+class Prepared:
+    """A Batch ready to insert: per table an Arrow table or the driver's columns (a list), the
+    studies whose study_stats the batch changes, and the rows it counts."""
+
+    tables: dict[str, Any]
+    studies: list[str]
+    rows: int
+    events: int
+
+
+def _driver_ticks(col: Any) -> Any:
+    try:
+        return [ticks_ms(v) for v in col]
+    except TypeError:  # not a value ticks_ms knows: the driver's own handling, as before
+        return col
+
+
+def prepare(batch: Batch, layout: Layout) -> Prepared:
+    """Columns of every table of ``batch`` in the store's column order; as Arrow where the
+    Arrow hand-off carries them exactly, else as the driver's columns."""
+    if layout.arrow and not _ARROW_INTS:
+        _ARROW_INTS.update(_arrow_int_types())
+    tables: dict[str, Any] = {}
+    for table, data in batch.table_rows().items():
+        cols = layout.columns[table]
+        if isinstance(data, tuple):
+            names, tuples = data
+            by_name = dict(zip(names, zip(*tuples, strict=True), strict=True))
+            # Column-oriented: no per-row tuples to build and pivot again in the driver.
+            columns: list[Any] = [by_name[c] for c in cols]
+        else:
+            columns = [[r[c] for r in data] for c in cols]
+        types = [layout.types[table][c] for c in cols]
+        if layout.arrow:
+            try:
+                tables[table] = _arrow_columns(types, columns)
+                continue
+            except _NotArrow as exc:
+                log.debug("%s: driver insert (%s)", table, exc)
+        # The driver writes a DateTime64 column of ints as ticks, of datetimes by converting
+        # them the way ticks_ms does: one kind per column (a Batch may hold both).
+        tables[table] = [
+            _driver_ticks(col) if ty.startswith("DateTime64(3") else col
+            for ty, col in zip(types, columns, strict=True)
+        ]
+    return Prepared(tables, sorted(batch.studies()), sum(batch.count.values()), batch.events)
 
 
 def latest_per_key(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,8 +186,6 @@ class IndexStore:
                 import chdb
                 import pyarrow  # noqa: F401
 
-                global _ARROW_INTS
-                _ARROW_INTS = _ARROW_INTS or _arrow_int_types()
                 self._arrow = chdb.connect(backend.connection_string)
 
     def migrate(self) -> None:
@@ -193,57 +249,56 @@ class IndexStore:
             batch = Batch()
             batch.add_rows(rows)
             rows = batch
-        tables = rows.table_rows()
+        return self.write_prepared(self.prepare(rows))
+
+    def layout(self) -> Layout:
+        """What prepare() needs of this store (picklable: a replay prepares batches in a
+        process of its own)."""
+        return Layout(self._columns, self._types, self._arrow is not None)
+
+    def prepare(self, batch: Batch) -> Prepared:
+        return prepare(batch, self.layout())
+
+    def write_prepared(self, prepared: Prepared) -> int:
+        """Insert a prepared batch: every table, then study_stats of the studies it touched,
+        then the events table."""
         # The events table last (after study_stats too): its highest offsets are the index's
         # log position (read by the checks that gate the stability and lifecycle processors,
         # and by strata verify), so a position is only visible once the whole batch is.
         # The lock: a checksum snapshot (strata verify) never sees half a batch.
         with self.write_lock:
             try:
-                for table, data in tables.items():
+                for table, data in prepared.tables.items():
                     if table != "events":
                         self._insert(table, data)
-                studies = rows.studies()
-                if studies:
+                if prepared.studies:
                     # After the instances: the touched studies' aggregates from their rows.
                     self.client.command(
                         study_stats_sql(self.database, "study_uid IN {studies:Array(String)}"),
-                        parameters={"studies": sorted(studies)},
+                        parameters={"studies": prepared.studies},
                     )
-                if "events" in tables:
-                    self._insert("events", tables["events"])
+                if "events" in prepared.tables:
+                    self._insert("events", prepared.tables["events"])
             except ClickHouseError as exc:
                 raise Unavailable(f"index write failed: {exc}") from exc
-        return sum(rows.count.values())
+        return prepared.rows
 
     def _insert(self, table: str, data: Any) -> None:
-        """Insert one table's rows: (names, row tuples) or a list of row dicts."""
+        """Insert one table: an Arrow table (embedded engine) or driver columns."""
         cols = self._columns[table]
-        if isinstance(data, tuple):
-            names, tuples = data
-            by_name = dict(zip(names, zip(*tuples, strict=True), strict=True))
-            # Column-oriented: no per-row tuples to build and pivot again in the driver.
-            columns = [by_name[c] for c in cols]
-        else:
-            columns = [[r[c] for r in data] for c in cols]
-        if self._arrow is not None:
-            types = self._types[table]
+        names = ", ".join(cols)
+        if not isinstance(data, list):
+            tbl = data  # noqa: F841 (read by chDB)
             try:
-                tbl = _arrow_columns([types[c] for c in cols], columns)  # noqa: F841 (read by chDB)
-            except _NotArrow as exc:
-                log.debug("%s: driver insert (%s)", table, exc)
-            else:
-                names = ", ".join(cols)
-                try:
-                    # Python(tbl): chDB reads the local variable's Arrow buffers
-                    self._arrow.query(
-                        f"INSERT INTO {self.database}.{table} ({names}) SELECT * FROM Python(tbl)"
-                    )
-                except RuntimeError as exc:  # what chDB raises for an engine error
-                    raise Unavailable(f"index write failed: {exc}") from exc
-                return
+                # Python(tbl): chDB reads the local variable's Arrow buffers
+                self._arrow.query(  # type: ignore[union-attr]
+                    f"INSERT INTO {self.database}.{table} ({names}) SELECT * FROM Python(tbl)"
+                )
+            except RuntimeError as exc:  # what chDB raises for an engine error
+                raise Unavailable(f"index write failed: {exc}") from exc
+            return
         self.client.insert(
-            f"{self.database}.{table}", columns, column_names=cols, column_oriented=True
+            f"{self.database}.{table}", data, column_names=cols, column_oriented=True
         )
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:

@@ -257,6 +257,59 @@ def test_study_stats_follow_deletions_moves_and_batching(chdb_index: IndexStore)
     assert _study_rows(one, study) == [(["MR"], 1, 1, 1)]
 
 
+def legacy_write(index: IndexStore, rows: dict) -> None:
+    """IndexStore.write as it was before projection.Batch (main at 9d9c88c): merge(rows_for)
+    rows, series/studies reduced by latest_per_key, every column pivoted from the row dicts
+    (datetimes as they are) and inserted by the driver; study_stats; events last."""
+    from processors.index.schema import study_stats_sql
+
+    for table, rs in rows.items():
+        if table == "events" or not rs:
+            continue
+        if table in ("series", "studies") and len(rs) > 1:
+            rs = latest_per_key(table, rs)
+        cols = index._columns[table]
+        data = [[r[c] for r in rs] for c in cols]
+        index.client.insert(
+            f"{index.database}.{table}", data, column_names=cols, column_oriented=True
+        )
+    studies = {r["study_uid"] for r in rows.get("instances", ())}
+    if studies:
+        index.client.command(
+            study_stats_sql(index.database, "study_uid IN {studies:Array(String)}"),
+            parameters={"studies": sorted(studies)},
+        )
+    if rows.get("events"):
+        cols = index._columns["events"]
+        data = [[r[c] for r in rows["events"]] for c in cols]
+        index.client.insert(
+            f"{index.database}.events", data, column_names=cols, column_oriented=True
+        )
+
+
+def test_batch_writes_equal_the_legacy_write(chdb_index: IndexStore) -> None:
+    """The awkward log written as before (rows_for dicts through the driver, event by event
+    and in one batch) and as now (Batch, Arrow), checksum for checksum."""
+    from processors.index.projection import Batch
+    from tests.support.awkward_log import records
+
+    log = records()
+    old = other_database(chdb_index)
+    for part, off, topic, env in log:
+        legacy_write(old, rows_for(env, part, off, topic))
+    old_batched = other_database(chdb_index)
+    legacy_write(old_batched, merge([rows_for(env, p, o, t) for p, o, t, env in log]))
+    new = other_database(chdb_index)
+    b = Batch()
+    for part, off, topic, env in log:
+        b.add(env, part, off, topic)
+    new.write(b)
+    for index in (old_batched, new):
+        assert checksum.table_checksums(index) == checksum.table_checksums(old)
+        assert checksum.study_checksums(index) == checksum.study_checksums(old)
+        assert checksum.positions(index) == checksum.positions(old)
+
+
 def test_arrow_hand_off_equals_the_driver_insert(chdb_index: IndexStore) -> None:
     """The embedded store inserts Arrow columns straight into chDB; a ClickHouse server gets
     the driver's Native insert. Both give the same index, checksum for checksum, on a log of

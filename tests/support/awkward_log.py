@@ -92,8 +92,8 @@ def _stored(study: str, series: str, sop: str, header: str, **kw: Any) -> pb.Ins
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         size_bytes=kw.pop("size_bytes", 4242),
         sha256=kw.pop("sha256", "ab" * 32),
-        location=pb.StorageLocation(tier=kw.pop("tier", "hot"), key=f"k/{sop}"),
-        calling_ae_title="CT1",
+        location=pb.StorageLocation(tier=kw.pop("tier", "hot"), key=kw.pop("key", f"k/{sop}")),
+        calling_ae_title=kw.pop("calling_ae_title", "CT1"),
         called_ae_title="STRATA",
         ingest_node="ingest-0",
         received_via="store",
@@ -162,6 +162,9 @@ def records() -> list[Record]:
             ),
             at=T0 + edges[(i + 1) % 6],
         )
+    # strings the events payload JSON must escape as json.dumps does
+    add(0, s1, _stored(s1, se[0], f"{ROOT}.1.0.99", hs[0], calling_ae_title='Q"\\\t\x01ä\u2028',
+                       key="ключ/😀", modality="", size_bytes=2**64 - 1))
     first = out[0][3]
     add(
         0,

@@ -7,6 +7,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import Dataset
 
 from common.dicom import header_json
@@ -318,16 +320,29 @@ def test_header_values_equal_json_value(text: str) -> None:
 # --- Batch (column-ready rows) == merge(rows_for) + latest_per_key ------------------------
 
 
+def _ticks(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """DateTime64 values as the insert encodes them (a Batch holds ticks where rows_for has
+    datetimes)."""
+    from processors.index.projection import ticks_ms
+
+    return {
+        t: [{k: ticks_ms(v) if isinstance(v, datetime) else v for k, v in r.items()} for r in rs]
+        for t, rs in rows.items()
+    }
+
+
 def _old_rows(records: list) -> dict[str, list[dict]]:
     """What IndexStore.write inserted before Batch: merge(rows_for(...)), series and studies
     reduced by latest_per_key."""
     from processors.index.store import DEDUPLICATED, latest_per_key
 
     merged = merge([rows_for(env, part, off, topic) for part, off, topic, env in records])
-    return {
-        t: (latest_per_key(t, rs) if t in DEDUPLICATED and len(rs) > 1 else rs)
-        for t, rs in merged.items()
-    }
+    return _ticks(
+        {
+            t: (latest_per_key(t, rs) if t in DEDUPLICATED and len(rs) > 1 else rs)
+            for t, rs in merged.items()
+        }
+    )
 
 
 def _batch_rows(records: list) -> dict[str, list[dict]]:
@@ -344,7 +359,7 @@ def _batch_rows(records: list) -> dict[str, list[dict]]:
             out[t] = [dict(zip(names, row, strict=True)) for row in tuples]
         else:
             out[t] = data
-    return out
+    return _ticks(out)
 
 
 def test_batch_columns_are_the_row_keys_of_rows_for() -> None:
@@ -387,3 +402,32 @@ def test_batch_equals_rows_for_on_real_headers() -> None:
         log.append((0, i, "t", stored(header_json=text)))
     assert len(log) > 40
     assert _batch_rows(log) == _old_rows(log)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.one_of(
+        st.integers(min_value=0, max_value=999_999).map(lambda us: us * 1000),
+        st.sampled_from([0, 999_000, 999_999_000, 1_000_000, 500_000, 999_500_000]),
+        st.integers(min_value=-(2**31), max_value=2**31 - 1),
+    ),
+)
+def test_event_ticks_equal_the_ticks_of_event_time(seconds: int, nanos: int) -> None:
+    """The Batch's DateTime64 ticks straight from the protobuf Timestamp are what the insert
+    made of event_time's datetime (or the same error)."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from common.events import event_time
+    from processors.index.projection import event_ticks, ticks_ms
+
+    t = Timestamp(seconds=seconds, nanos=nanos)
+    try:
+        want: object = ticks_ms(event_time(t))
+    except (ValueError, OverflowError, OSError) as exc:
+        want = type(exc)
+    try:
+        got: object = event_ticks(t)
+    except (ValueError, OverflowError, OSError) as exc:
+        got = type(exc)
+    assert got == want
