@@ -72,9 +72,10 @@ def replay(
     index: IndexStore,
     until: Positions,
     start: Positions | None = None,
-    batch: int = 20000,
+    batch: int = 50000,
     on_progress: Callable[[int], None] | None = None,
     in_process: bool = False,
+    projectors: int = 2,
 ) -> ReplayResult:
     """Apply every event in [start, until) of each topic partition to ``index``.
 
@@ -82,7 +83,11 @@ def replay(
     and building the columns of a batch is Python work that held the GIL nearly all the time,
     so on one interpreter it could not run beside the inserts' own Python work. This process
     only inserts prepared batches, in log order, while the next one is prepared; the rows are
-    the same either way (``in_process=True`` does it all here, with a writer thread)."""
+    the same either way (``in_process=True`` does it all here, with a writer thread).
+    ``projectors`` processes read disjoint sets of whole partitions. Batches of up to
+    ``batch`` events: every insert makes a part per table that chDB merges later, and
+    study_stats is recomputed per batch for the studies it touched, so larger batches cost
+    less per event (measured: 50k vs 20k, ~41 -> ~30 us of CPU per event in this process)."""
     start = start or {}
     todo: Todo = {
         (t, p): (start.get(t, {}).get(p, 0), end)
@@ -96,7 +101,7 @@ def replay(
     n = (
         _replay_in_process(bootstrap, index, todo, batch, on_progress)
         if in_process
-        else (_replay_with_projector(bootstrap, index, todo, batch, on_progress))
+        else (_replay_with_projector(bootstrap, index, todo, batch, on_progress, projectors))
     )
     return ReplayResult(n, time.monotonic() - t0, until)
 
@@ -191,12 +196,12 @@ class _ArrowFile:
     path: str
 
 
-def _hand_over(prepared: Prepared, shm: str, seq: int) -> Prepared:
+def _hand_over(prepared: Prepared, shm: str, name: str) -> Prepared:
     import pyarrow as pa
 
     for table, data in prepared.tables.items():
         if isinstance(data, pa.Table):
-            path = os.path.join(shm, f"{seq}-{table}.arrow")
+            path = os.path.join(shm, f"{name}-{table}.arrow")
             with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, data.schema) as w:
                 w.write_table(data)
             prepared.tables[table] = _ArrowFile(path)
@@ -216,13 +221,13 @@ def _take_over(prepared: Prepared) -> list[str]:
 
 
 def _project(
-    out: Connection, bootstrap: str, todo: Todo, batch: int, layout: Layout, shm: str
+    out: Connection, bootstrap: str, todo: Todo, batch: int, layout: Layout, shm: str, name: str
 ) -> None:
     """The projector process: every batch of the log, prepared for insertion, to ``out``;
     then None (or a _Failed)."""
     try:
         for seq, pending in enumerate(_batches(bootstrap, todo, batch)):
-            out.send(_hand_over(prepare(pending, layout), shm, seq))
+            out.send(_hand_over(prepare(pending, layout), shm, f"{name}-{seq}"))
         out.send(None)
     except (KafkaException, Unavailable) as exc:
         out.send(_Failed(True, f"Kafka unreachable at {bootstrap}: {exc}"))
@@ -244,71 +249,97 @@ def _projector_main() -> None:
     _project(Connection(int(sys.argv[1]), readable=False), *args)
 
 
+def _split(todo: Todo, k: int) -> list[Todo]:
+    """``todo`` in at most ``k`` parts of whole partitions with about as many events each
+    (largest first, to the part with the fewest)."""
+    parts: list[Todo] = [{} for _ in range(min(k, len(todo)))]
+    sizes = [0] * len(parts)
+    for key, (lo, hi) in sorted(todo.items(), key=lambda kv: kv[1][0] - kv[1][1]):
+        i = sizes.index(min(sizes))
+        parts[i][key] = (lo, hi)
+        sizes[i] += hi - lo
+    return [p for p in parts if p]
+
+
 def _replay_with_projector(
     bootstrap: str,
     index: IndexStore,
     todo: Todo,
     batch: int,
     on_progress: Callable[[int], None] | None,
+    projectors: int = 2,
 ) -> int:
-    # A plain child interpreter (not multiprocessing's spawn, which re-imports the caller's
-    # main module; never fork a process that holds chDB).
+    """Projector processes, each reading whole partitions (so each partition's batches arrive
+    in log order); their batches are written as they come."""
     import shutil
     import tempfile
+    from multiprocessing.connection import wait
 
     shm = tempfile.mkdtemp(
         prefix="strata-replay-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     )
-    r, w = os.pipe()
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from processors.replay import _projector_main; _projector_main()",
-            str(w),
-        ],
-        stdin=subprocess.PIPE,
-        pass_fds=(w,),
-        cwd=root,
-        env=env,
-    )
-    os.close(w)
-    receive = Connection(r, writable=False)
+    procs: list[subprocess.Popen[bytes]] = []
+    receivers: dict[Connection, subprocess.Popen[bytes]] = {}
     n = 0
     try:
-        assert proc.stdin is not None
-        with proc.stdin:
-            pickle.dump((bootstrap, todo, batch, index.layout(), shm), proc.stdin)
-        while True:
-            try:
-                prepared = receive.recv()  # the next batch is prepared while this one is written
-            except EOFError:
-                raise RuntimeError(
-                    f"the replay projector process ended unexpectedly (exit code {proc.poll()})"
-                ) from None
-            if prepared is None:
-                break
-            if isinstance(prepared, _Failed):
-                if prepared.unavailable:
-                    raise Unavailable(prepared.text)
-                raise RuntimeError(f"replay projector failed:\n{prepared.text}")
-            files = _take_over(prepared)
-            index.write_prepared(prepared)
-            del prepared.tables  # unmapped before the files go
-            for path in files:
-                os.unlink(path)
-            n += prepared.events
-            if on_progress:
-                on_progress(prepared.events)
+        for i, part in enumerate(_split(todo, projectors)):
+            # A plain child interpreter (not multiprocessing's spawn, which re-imports the
+            # caller's main module; never fork a process that holds chDB).
+            r, w = os.pipe()
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from processors.replay import _projector_main; _projector_main()",
+                    str(w),
+                ],
+                stdin=subprocess.PIPE,
+                pass_fds=(w,),
+                cwd=root,
+                env=env,
+            )
+            os.close(w)
+            procs.append(proc)
+            receivers[Connection(r, writable=False)] = proc
+            assert proc.stdin is not None
+            with proc.stdin:
+                pickle.dump((bootstrap, part, batch, index.layout(), shm, f"p{i}"), proc.stdin)
+        while receivers:
+            for receive in wait(list(receivers)):
+                proc = receivers[receive]  # type: ignore[index]
+                try:
+                    prepared = receive.recv()  # type: ignore[union-attr]
+                except EOFError:
+                    raise RuntimeError(
+                        f"a replay projector process ended unexpectedly (exit code {proc.poll()})"
+                    ) from None
+                if prepared is None:
+                    receive.close()  # type: ignore[union-attr]
+                    del receivers[receive]  # type: ignore[arg-type]
+                    continue
+                if isinstance(prepared, _Failed):
+                    if prepared.unavailable:
+                        raise Unavailable(prepared.text)
+                    raise RuntimeError(f"replay projector failed:\n{prepared.text}")
+                files = _take_over(prepared)
+                index.write_prepared(prepared)
+                del prepared.tables  # unmapped before the files go
+                for path in files:
+                    os.unlink(path)
+                n += prepared.events
+                if on_progress:
+                    on_progress(prepared.events)
     finally:
-        receive.close()
+        for receive in receivers:
+            receive.close()
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    proc.wait(timeout=30)  # each ends after its last batch
+                except subprocess.TimeoutExpired:
+                    proc.kill()  # only after a failure here
+                    proc.wait()
         shutil.rmtree(shm, ignore_errors=True)
-        if proc.poll() is None:
-            try:
-                proc.wait(timeout=30)  # it ends after its last batch
-            except subprocess.TimeoutExpired:
-                proc.kill()  # only after a failure here
-                proc.wait()
     return n
