@@ -98,11 +98,17 @@ def replay(
     t0 = time.monotonic()
     if not todo:
         return ReplayResult(0, 0.0, until)
-    n = (
-        _replay_in_process(bootstrap, index, todo, batch, on_progress)
-        if in_process
-        else (_replay_with_projector(bootstrap, index, todo, batch, on_progress, projectors))
-    )
+    # A replay is its store's one user while it runs (a fresh index): Arrow inserts are safe.
+    arrow = index.use_arrow()
+    try:
+        n = (
+            _replay_in_process(bootstrap, index, todo, batch, on_progress)
+            if in_process
+            else (_replay_with_projector(bootstrap, index, todo, batch, on_progress, projectors))
+        )
+    finally:
+        if arrow:
+            index.stop_arrow()
     return ReplayResult(n, time.monotonic() - t0, until)
 
 

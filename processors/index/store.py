@@ -175,18 +175,36 @@ class IndexStore:
         self._columns: dict[str, list[str]] = {}
         self._types: dict[str, dict[str, str]] = {}
         self.write_lock = threading.Lock()
-        # Embedded (chDB): inserts hand the engine Arrow columns on a handle of its own
-        # (Python() table function) instead of the driver's Native encoding written to a temp
-        # file and read back (INSERT ... FROM INFILE): the same values, ~3x less CPU per row.
-        # A ClickHouse server (HTTP) gets the driver's insert, as before.
-        self._arrow = None
-        backend = getattr(self.client, "_backend", None)
-        if type(backend).__name__ == "ChdbBackend" and getattr(backend, "connection_string", ""):
-            with contextlib.suppress(ImportError):
-                import chdb
-                import pyarrow  # noqa: F401
+        self._arrow: Any = None  # see use_arrow()
 
-                self._arrow = chdb.connect(backend.connection_string)
+    def use_arrow(self) -> bool:
+        """Embedded engine only (chDB), and only while this thread is the store's one user (a
+        replay into its fresh index): inserts then hand chDB Arrow columns on a handle of its
+        own (Python() table function) instead of the driver's Native encoding written to a
+        temp file and read back (INSERT ... FROM INFILE): the same values, ~3x less CPU per
+        row. Not for a store that other threads query meanwhile (the live index node): that
+        second handle's inserts would run beside the driver's queries, which the driver's
+        handle lock otherwise serializes, and a benchmark run saw a C-FIND stall there.
+        Returns whether inserts now go as Arrow (False: a ClickHouse server, or no chDB)."""
+        if self._arrow is not None:
+            return True
+        backend = getattr(self.client, "_backend", None)
+        if type(backend).__name__ != "ChdbBackend" or not getattr(backend, "connection_string", ""):
+            return False
+        try:
+            import chdb
+            import pyarrow  # noqa: F401
+        except ImportError:
+            return False
+        self._arrow = chdb.connect(backend.connection_string)
+        return True
+
+    def stop_arrow(self) -> None:
+        """Back to the driver's inserts (after use_arrow)."""
+        arrow, self._arrow = self._arrow, None
+        if arrow is not None:
+            with contextlib.suppress(Exception):
+                arrow.close()
 
     def migrate(self) -> None:
         had_stats = self._has_table("study_stats")
@@ -308,8 +326,6 @@ class IndexStore:
             raise Unavailable(f"index query failed: {exc}") from exc
 
     def close(self) -> None:
+        self.stop_arrow()
         with contextlib.suppress(Exception):  # best effort at shutdown
-            if self._arrow is not None:
-                self._arrow.close()
-        with contextlib.suppress(Exception):
             self.client.close()

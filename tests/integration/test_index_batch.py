@@ -303,8 +303,12 @@ def test_batch_writes_equal_the_legacy_write(chdb_index: IndexStore) -> None:
     b = Batch()
     for part, off, topic, env in log:
         b.add(env, part, off, topic)
-    new.write(b)
-    for index in (old_batched, new):
+    new.write(b)  # the driver's insert (a store's default, the live node's)
+    arrow = other_database(chdb_index)
+    assert arrow.use_arrow()  # as a replay writes
+    arrow.write(b)
+    arrow.stop_arrow()
+    for index in (old_batched, new, arrow):
         assert checksum.table_checksums(index) == checksum.table_checksums(old)
         assert checksum.study_checksums(index) == checksum.study_checksums(old)
         assert checksum.positions(index) == checksum.positions(old)
@@ -319,9 +323,8 @@ def test_arrow_hand_off_equals_the_driver_insert(chdb_index: IndexStore) -> None
     from tests.support.awkward_log import records
 
     log = records()
-    assert chdb_index._arrow is not None
+    assert chdb_index._arrow is None  # a store's default: the driver's insert
     driver = other_database(chdb_index)
-    driver._arrow = None  # the clickhouse-connect insert (the path of a ClickHouse server)
     for part, off, topic, env in log:
         driver.write(rows_for(env, part, off, topic))
     want_tables = checksum.table_checksums(driver)
@@ -343,6 +346,7 @@ def test_arrow_hand_off_equals_the_driver_insert(chdb_index: IndexStore) -> None
     }
     for size in (len(log), 4, 1):
         arrow = other_database(chdb_index)
+        assert arrow.use_arrow()
         for i in range(0, len(log), size):
             b = Batch()
             for part, off, topic, env in log[i : i + size]:
@@ -351,6 +355,7 @@ def test_arrow_hand_off_equals_the_driver_insert(chdb_index: IndexStore) -> None
         assert checksum.table_checksums(arrow) == want_tables, size
         assert checksum.study_checksums(arrow) == want_studies, size
         assert checksum.positions(arrow) == checksum.positions(driver)
+        arrow.stop_arrow()
 
 
 def test_arrow_refuses_what_it_would_not_carry_exactly() -> None:
