@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from common.events import decode
 from common.settings import Settings
 from processors.index import checksum, routing
-from processors.index.projection import Batch
+from processors.index.projection import merge, rows_for
 from processors.index.store import IndexStore
 from processors.lifecycle import LifecycleProcessor
 
@@ -99,7 +99,7 @@ def create_app(
             async for events in stream.take_events(
                 settings.index_batch_size, within=settings.index_batch_window
             ):
-                batch = Batch()  # rows_for's rows of every event, ready to insert
+                batch = []
                 for ev in events:
                     msg = ev.message
                     try:
@@ -114,10 +114,10 @@ def create_app(
                             msg.offset,
                         )
                         continue
-                    batch.add(env, msg.partition, msg.offset, msg.topic)
+                    batch.append(rows_for(env, msg.partition, msg.offset, msg.topic))
                 # chDB calls block: keep the event loop (heartbeats, fetches) responsive.
                 t0 = time.monotonic()
-                await asyncio.to_thread(index.write, batch)
+                await asyncio.to_thread(index.write, merge(batch))
                 applied["n"] += len(batch)
                 APPLIED.set(applied["n"])
                 # Every write makes a part per table that ClickHouse then merges: under load

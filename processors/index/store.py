@@ -260,14 +260,46 @@ class IndexStore:
         return [t for t in DELETABLE if t in engines and "is_deleted" not in engines[t]]
 
     def write(self, rows: Rows | Batch) -> int:
-        """Insert rows (idempotent: versions collapse on log position): rows_for/merge output
-        or a projection.Batch (the same rows, column-ready). Returns the rows written (before
-        series/studies are reduced to one row per key)."""
-        if not isinstance(rows, Batch):
-            batch = Batch()
-            batch.add_rows(rows)
-            rows = batch
-        return self.write_prepared(self.prepare(rows))
+        """Insert rows (idempotent: versions collapse on log position). rows_for/merge output
+        takes the path the live index agent has always taken (row dicts, the driver's insert);
+        a projection.Batch (the same rows, column-ready: a replay) goes through prepare()."""
+        if isinstance(rows, Batch):
+            return self.write_prepared(self.prepare(rows))
+        n = 0
+        # The events table last (after study_stats too): its highest offsets are the index's
+        # log position (read by the checks that gate the stability and lifecycle processors,
+        # and by strata verify), so a position is only visible once the whole batch is.
+        # The lock: a checksum snapshot (strata verify) never sees half a batch.
+        with self.write_lock:
+            try:
+                for table, rs in rows.items():
+                    if table != "events":
+                        n += self._insert_rows(table, rs)
+                studies = {r["study_uid"] for r in rows.get("instances", ())}
+                if studies:
+                    # After the instances: the touched studies' aggregates from their rows.
+                    self.client.command(
+                        study_stats_sql(self.database, "study_uid IN {studies:Array(String)}"),
+                        parameters={"studies": sorted(studies)},
+                    )
+                n += self._insert_rows("events", rows.get("events", []))
+            except ClickHouseError as exc:
+                raise Unavailable(f"index write failed: {exc}") from exc
+        return n
+
+    def _insert_rows(self, table: str, rs: list[dict[str, Any]]) -> int:
+        if not rs:
+            return 0
+        n = len(rs)
+        if table in DEDUPLICATED and n > 1:
+            rs = latest_per_key(table, rs)
+        cols = self._columns[table]
+        # Column-oriented: no per-row tuples to build and pivot again in the driver.
+        data = [[r[c] for r in rs] for c in cols]
+        self.client.insert(
+            f"{self.database}.{table}", data, column_names=cols, column_oriented=True
+        )
+        return n
 
     def layout(self) -> Layout:
         """What prepare() needs of this store (picklable: a replay prepares batches in a
