@@ -4,9 +4,14 @@ random ids), so replaying the log into an empty store rebuilds the same index.""
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
+from json.encoder import encode_basestring_ascii
+from math import floor
 from typing import Any
 
 import msgspec
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from common.events import event_time
 from processors.index.routing import routing_rows
@@ -76,29 +81,85 @@ _Indexed = msgspec.defstruct(
 _INDEXED = msgspec.json.Decoder(_Indexed)
 
 
-def header_values(header_text: str) -> dict[str, str]:
-    """The indexed attributes (keywords of ``_T``) of a DICOM JSON header as DICOM strings."""
+_NAMES = tuple(_T)
+_TAGS = tuple(_T.values())
+_astuple = msgspec.structs.astuple
+
+
+# The same decoder keeping each indexed element as its raw JSON text (building the elements as
+# objects cost more than skipping the rest of the header). An element of the shapes ingest
+# writes for these attributes - one plain string, one PN with only an alphabetic group, one
+# integer, or no value - is read from its text by _SIMPLE; any other is decoded by _ELEMENT,
+# as _INDEXED would have. Plain means no escape, quote or control character in the JSON string,
+# so its text is the value; a JSON integer without a leading zero or "-0" reads back as itself.
+_ABSENT = msgspec.Raw(b"null")
+_RawIndexed = msgspec.defstruct(
+    "_RawIndexed",
+    [(name, msgspec.Raw, _ABSENT) for name in _T],
+    rename=_T,
+    gc=False,
+)
+_RAW_INDEXED = msgspec.json.Decoder(_RawIndexed)
+_ELEMENT = msgspec.json.Decoder(_Element | None)
+_SIMPLE = re.compile(
+    rb'\{"vr":"[A-Z]{2}"(?:,"Value":\[(?:"([^"\\\x00-\x1f]*)"'
+    rb'|\{"Alphabetic":"([^"\\\x00-\x1f]*)"\}'
+    rb"|(0|-?[1-9][0-9]{0,17}))\])?\}"
+)
+_simple = _SIMPLE.fullmatch
+
+
+def _element_text(raw: bytes) -> str:
+    """One indexed element's raw JSON text -> json_value's string; msgspec errors propagate."""
+    m = _simple(raw)
+    if m is not None:
+        text, alphabetic, number = m.groups()
+        if text is not None:
+            return text.decode().strip()
+        if alphabetic is not None:
+            return alphabetic.decode().strip()
+        if number is not None:
+            return number.decode()
+        return ""  # no "Value"
+    elem = _ELEMENT.decode(raw)
+    if elem is None:  # absent, or null
+        return ""
+    values = elem.Value
+    if len(values) == 1 and type(values[0]) is str:
+        return values[0].strip()
+    return _values_text(values)
+
+
+# Element text -> its string: the patient/study/series attributes repeat in every instance of
+# a study, so most elements are looked up, not read. A pure function of the text: exact.
+_MEMO: dict[bytes, str] = {}
+_MEMO_MAX = 100_000
+
+
+def header_strings(header_text: str) -> list[str]:
+    """The indexed attributes of a DICOM JSON header as DICOM strings, in the order of ``_T``
+    (``json_value`` of each: tested equal on real and awkward headers)."""
     if not header_text:
-        return dict.fromkeys(_T, "")
+        return [""] * len(_T)
+    memo = _MEMO
     try:
-        h = _INDEXED.decode(header_text)
+        keys = [bytes(raw) for raw in _astuple(_RAW_INDEXED.decode(header_text))]
+        out = [memo.get(k) for k in keys]
+        if None in out:
+            if len(memo) > _MEMO_MAX:
+                memo.clear()
+            for i, v in enumerate(out):
+                if v is None:
+                    out[i] = memo[keys[i]] = _element_text(keys[i])
+        return out  # type: ignore[return-value]
     except (msgspec.DecodeError, msgspec.ValidationError):
         header = json.loads(header_text)
-        return {name: json_value(header, tag) for name, tag in _T.items()}
-    out = {}
-    for name in _T:
-        elem = getattr(h, name)
-        if elem is None:
-            out[name] = ""
-            continue
-        values = elem.Value
-        # the common case inline (one string value), the same result as _values_text
-        out[name] = (
-            values[0].strip()
-            if len(values) == 1 and type(values[0]) is str
-            else _values_text(values)
-        )
-    return out
+        return [json_value(header, tag) for tag in _TAGS]
+
+
+def header_values(header_text: str) -> dict[str, str]:
+    """The indexed attributes (keywords of ``_T``) of a DICOM JSON header as DICOM strings."""
+    return dict(zip(_NAMES, header_strings(header_text), strict=True))
 
 
 def norm_time(tm: str) -> str:
@@ -117,8 +178,33 @@ def _int_or_none(s: str) -> int | None:
 
 
 _ts = event_time  # protobuf Timestamp -> datetime, from the event (common.events)
+
+
+def ticks_ms(value: Any) -> int:
+    """A DateTime64(3) value as clickhouse-connect encodes it: an int is already ticks (ms), an
+    aware datetime is floored to the millisecond (driver/datatypes/temporal.py)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return ((floor(value.timestamp()) * 1_000_000 + value.microsecond) * 1000) // 1_000_000
+    raise TypeError(f"not a DateTime64 value: {value!r}")
+
+
+def event_ticks(t: Timestamp) -> int:
+    """ticks_ms(event_time(t)) without building the datetime, where that is exact: whole
+    microseconds (what a datetime makes) and 0 <= seconds < 2**32. There the float
+    seconds + nanos / 1e9 that event_time reads is within 0.24 us of the exact value, so its
+    rounding to microseconds gives the exact microsecond; anything else takes event_time."""
+    s, n = t.seconds, t.nanos
+    if 0 <= s < 4_294_967_296 and 0 <= n < 1_000_000_000 and n % 1000 == 0:
+        return s * 1000 + n // 1_000_000
+    return ticks_ms(event_time(t))
+
+
 # One encoder for every payload (json.dumps with arguments builds a new encoder per call).
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+_esc = encode_basestring_ascii  # what _COMPACT writes a str with (ensure_ascii)
+_int_repr = int.__repr__
 
 
 def event_row(env: pb.Envelope, topic: str, partition: int, offset: int) -> Row:
@@ -365,3 +451,330 @@ def merge(batch: list[Rows]) -> Rows:
         for table, rs in rows.items():
             out.setdefault(table, []).extend(rs)
     return out
+
+
+# Column order of the rows a Batch holds as tuples (the keys of the row dicts rows_for builds
+# for these tables; tests/unit/test_projection.py checks that they are the same).
+EVENT_COLUMNS = (
+    "topic",
+    "log_partition",
+    "log_offset",
+    "event_id",
+    "event_type",
+    "schema_version",
+    "study_uid",
+    "occurred_at",
+    "producer_service",
+    "producer_node",
+    "payload_json",
+)
+INSTANCE_COLUMNS = (
+    "patient_id",
+    "issuer_of_patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "study_uid",
+    "study_date",
+    "study_time",
+    "study_time_norm",
+    "accession_number",
+    "study_id",
+    "study_description",
+    "referring_physician_name",
+    "series_uid",
+    "modality",
+    "series_number",
+    "series_description",
+    "body_part_examined",
+    "sop_uid",
+    "sop_class_uid",
+    "instance_number",
+    "transfer_syntax_uid",
+    "size_bytes",
+    "sha256",
+    "tier",
+    "storage_key",
+    "calling_ae_title",
+    "called_ae_title",
+    "ingest_node",
+    "received_at",
+    "header_json",
+    "log_partition",
+    "log_offset",
+    "log_version",
+    "event_id",
+    "is_deleted",
+)
+VERSION_COLUMNS = (
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+    "sha256",
+    "supersedes_sha256",
+    "size_bytes",
+    "tier",
+    "storage_key",
+    "calling_ae_title",
+    "received_at",
+    "log_partition",
+    "log_offset",
+    "log_version",
+    "event_id",
+    "is_deleted",
+)
+SERIES_KEY = ("study_uid", "series_uid")
+TUPLE_TABLES = {
+    "events": EVENT_COLUMNS,
+    "instances": INSTANCE_COLUMNS,
+    "instance_versions": VERSION_COLUMNS,
+}
+# Tables that get many rows per key in one batch (every instance event of a series/study
+# writes its series and study row): a Batch keeps only the row that survives FINAL.
+DEDUPLICATED = {"series": SERIES_KEY, "studies": ("study_uid",)}
+
+
+class Batch:
+    """The rows of a run of events, ready to insert table by table: exactly the rows of
+    ``merge([rows_for(...) for each event])`` in the same order, with ``series`` and
+    ``studies`` reduced to the row FINAL keeps per key (``store.latest_per_key``).
+
+    The hot tables (events, instances, instance_versions) hold one tuple per row (columns in
+    the order of ``TUPLE_TABLES``) instead of a dict; an InstanceStored event, nearly every
+    event of the log, is projected straight into those tuples (``_add_instance_stored``, the
+    same values as ``rows_for``, tested equal). Every other event goes through ``rows_for``.
+    """
+
+    def __init__(self) -> None:
+        self.events = 0  # events added
+        self.count: dict[str, int] = {}  # rows per table before deduplication
+        self.tuples: dict[str, list[tuple[Any, ...]]] = {t: [] for t in TUPLE_TABLES}
+        self.latest: dict[str, dict[tuple[Any, ...], Row]] = {t: {} for t in DEDUPLICATED}
+        self.rows: Rows = {}  # every other table, row dicts in log order
+
+    def __len__(self) -> int:
+        return self.events
+
+    def add(self, env: pb.Envelope, partition: int, offset: int, topic: str = "") -> None:
+        self.events += 1
+        if env.WhichOneof("payload") == "instance_stored":
+            self._add_instance_stored(env, partition, offset, topic)
+        else:
+            self.add_rows(rows_for(env, partition, offset, topic))
+
+    def add_rows(self, rows: Rows) -> None:
+        """Rows as rows_for (or merge) gives them."""
+        for table, rs in rows.items():
+            self.count[table] = self.count.get(table, 0) + len(rs)
+            names = TUPLE_TABLES.get(table)
+            if names is not None:
+                self.tuples[table].extend(tuple(r[c] for c in names) for r in rs)
+            elif table in DEDUPLICATED:
+                for r in rs:
+                    self._keep_latest(table, r)
+            else:
+                self.rows.setdefault(table, []).extend(rs)
+
+    def _keep_latest(self, table: str, r: Row) -> None:
+        # store.latest_per_key, row by row: the highest version, the last among equal ones
+        latest = self.latest[table]
+        k = tuple(r[c] for c in DEDUPLICATED[table])
+        cur = latest.get(k)
+        if cur is None or r["log_version"] >= cur["log_version"]:
+            latest[k] = r
+
+    def table_rows(self) -> dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]] | list[Row]]:
+        """Per table with rows: (column names, row tuples) or a list of row dicts."""
+        out: dict[str, Any] = {}
+        for table, ts in self.tuples.items():
+            if ts:
+                out[table] = (TUPLE_TABLES[table], ts)
+        for table, latest in self.latest.items():
+            if latest:
+                out[table] = list(latest.values())
+        for table, rs in self.rows.items():
+            if rs:
+                out[table] = rs
+        return out
+
+    def studies(self) -> set[str]:
+        """The studies whose instances this batch writes (their study_stats are recomputed)."""
+        i = INSTANCE_COLUMNS.index("study_uid")
+        return {r[i] for r in self.tuples["instances"]}
+
+    def _add_instance_stored(
+        self, env: pb.Envelope, partition: int, offset: int, topic: str
+    ) -> None:
+        """rows_for of an InstanceStored event (event_row + _instance_rows with parents),
+        appended as tuples: the same values, without the dicts."""
+        e = env.instance_stored
+        header_text = e.header_json
+        (
+            patient_name,
+            patient_birth_date,
+            patient_sex,
+            study_date,
+            study_time,
+            accession_number,
+            study_id,
+            study_description,
+            referring_physician_name,
+            series_number,
+            series_description,
+            body_part_examined,
+            instance_number,
+        ) = header_strings(header_text)
+        event_id = env.event_id
+        study_uid = e.study_instance_uid
+        series_uid = e.series_instance_uid
+        sop_uid = e.sop_instance_uid
+        sop_class_uid = e.sop_class_uid
+        modality = e.modality
+        sha256 = e.sha256
+        supersedes_sha256 = e.supersedes_sha256
+        size_bytes = e.size_bytes
+        loc = e.location
+        tier, storage_key = loc.tier, loc.key
+        calling_ae_title = e.calling_ae_title
+        ingest_node = e.ingest_node
+        patient_ref = e.patient
+        patient_id = patient_ref.patient_id
+        issuer = patient_ref.issuer_of_patient_id
+        # DateTime64 columns as ticks (ms) in a Batch: what the insert would make of event_time
+        received_at = event_ticks(e.received_at)
+        producer = env.producer
+        self.tuples["events"].append(
+            (
+                topic,
+                partition,
+                offset,
+                event_id,
+                env.event_type,
+                env.schema_version,
+                env.study_instance_uid,
+                event_ticks(env.occurred_at),
+                producer.service,
+                producer.node,
+                # event_row's payload, the text _COMPACT.encode gives for that dict: its C
+                # encoder writes str values with encode_basestring_ascii and ints with
+                # int.__repr__ (tested equal on awkward values)
+                f'{{"sop_instance_uid":{_esc(sop_uid)},'
+                f'"series_instance_uid":{_esc(series_uid)},'
+                f'"sop_class_uid":{_esc(sop_class_uid)},'
+                f'"modality":{_esc(modality)},'
+                f'"size_bytes":{_int_repr(size_bytes)},'
+                f'"sha256":{_esc(sha256)},'
+                f'"supersedes_sha256":{_esc(supersedes_sha256)},'
+                f'"tier":{_esc(tier)},'
+                f'"key":{_esc(storage_key)},'
+                f'"calling_ae_title":{_esc(calling_ae_title)},'
+                f'"ingest_node":{_esc(ingest_node)}}}',
+            )
+        )
+        study_time_norm = norm_time(study_time)
+        series_number_int = _int_or_none(series_number)
+        self.tuples["instances"].append(
+            (
+                patient_id,
+                issuer,
+                patient_name,
+                patient_birth_date,
+                patient_sex,
+                study_uid,
+                study_date,
+                study_time,
+                study_time_norm,
+                accession_number,
+                study_id,
+                study_description,
+                referring_physician_name,
+                series_uid,
+                modality,
+                series_number_int,
+                series_description,
+                body_part_examined,
+                sop_uid,
+                sop_class_uid,
+                _int_or_none(instance_number),
+                e.transfer_syntax_uid,
+                size_bytes,
+                sha256,
+                tier,
+                storage_key,
+                calling_ae_title,
+                e.called_ae_title,
+                ingest_node,
+                received_at,
+                header_text,
+                partition,
+                offset,
+                offset,
+                event_id,
+                0,
+            )
+        )
+        self.tuples["instance_versions"].append(
+            (
+                study_uid,
+                series_uid,
+                sop_uid,
+                sha256,
+                supersedes_sha256,
+                size_bytes,
+                tier,
+                storage_key,
+                calling_ae_title,
+                received_at,
+                partition,
+                offset,
+                offset,
+                event_id,
+                0,
+            )
+        )
+        count = self.count
+        for t in ("events", "instances", "instance_versions", "series", "studies"):
+            count[t] = count.get(t, 0) + 1
+        # series and studies: only a row that FINAL would keep replaces the one held
+        series = self.latest["series"]
+        cur = series.get((study_uid, series_uid))
+        if cur is None or offset >= cur["log_version"]:
+            series[(study_uid, series_uid)] = {
+                "study_uid": study_uid,
+                "series_uid": series_uid,
+                "modality": modality,
+                "series_number": series_number_int,
+                "series_description": series_description,
+                "body_part_examined": body_part_examined,
+                "header_json": header_text,
+                "log_partition": partition,
+                "log_offset": offset,
+                "log_version": offset,
+                "event_id": event_id,
+                "is_deleted": 0,
+            }
+        studies = self.latest["studies"]
+        cur = studies.get((study_uid,))
+        if cur is None or offset >= cur["log_version"]:
+            studies[(study_uid,)] = {
+                "patient_id": patient_id,
+                "issuer_of_patient_id": issuer,
+                "patient_name": patient_name,
+                "patient_birth_date": patient_birth_date,
+                "patient_sex": patient_sex,
+                "study_uid": study_uid,
+                "study_date": study_date,
+                "study_time": study_time,
+                "study_time_norm": study_time_norm,
+                "accession_number": accession_number,
+                "study_id": study_id,
+                "study_description": study_description,
+                "referring_physician_name": referring_physician_name,
+                "last_received_at": received_at,
+                "header_json": header_text,
+                "log_partition": partition,
+                "log_offset": offset,
+                "log_version": offset,
+                "event_id": event_id,
+                "is_deleted": 0,
+            }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -13,7 +14,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from common.errors import Unavailable
-from processors.index.projection import Rows
+from processors.index.projection import Batch, Rows, ticks_ms
 from processors.index.schema import DELETABLE, KEYS, TABLES, VERSIONS, ddl, study_stats_sql
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,132 @@ log = logging.getLogger(__name__)
 # Tables that get many rows per key in one batch (every instance event of a series/study
 # writes its series and study row): only the row that survives FINAL is inserted.
 DEDUPLICATED = ("series", "studies")
+
+
+class _NotArrow(Exception):
+    """A column the Arrow hand-off does not carry exactly: the table goes through the driver."""
+
+
+def _ticks(value: Any) -> int:
+    try:
+        return ticks_ms(value)
+    except TypeError as exc:
+        raise _NotArrow(str(exc)) from exc
+
+
+def _arrow_columns(types: list[str], columns: list[Any]) -> Any:
+    """A pyarrow Table of ``columns`` (value sequences) for columns of ClickHouse ``types``,
+    holding exactly what the driver's Native encoding would send; _NotArrow when a type or a
+    value is not one this carries (bools, NULL in a non-Nullable column, naive datetimes...)."""
+    import pyarrow as pa
+
+    arrays = []
+    try:
+        for ch_type, values in zip(types, columns, strict=True):
+            t = ch_type
+            if t.startswith("LowCardinality("):
+                t = t[len("LowCardinality(") : -1]
+            nullable = t.startswith("Nullable(")
+            if nullable:
+                t = t[len("Nullable(") : -1]
+            if t == "String":
+                arr = pa.array(values, pa.string())
+            elif t in _ARROW_INTS:
+                arr = pa.array(values, _ARROW_INTS[t])
+            elif t.startswith("DateTime64(3"):
+                try:  # ticks already (a Batch's own rows)
+                    arr = pa.array(values, pa.int64())
+                except (pa.ArrowException, TypeError):
+                    arr = pa.array([_ticks(v) for v in values], pa.int64())
+                arr = arr.view(pa.timestamp("ms", tz="UTC"))
+            elif t == "Array(String)":
+                arr = pa.array(values, pa.list_(pa.string()))
+                if arr.null_count or arr.flatten().null_count:
+                    raise _NotArrow("NULL in Array(String)")
+            else:
+                raise _NotArrow(ch_type)
+            if arr.null_count and not nullable:
+                raise _NotArrow(f"NULL in a {ch_type} column")
+            arrays.append(arr)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+        raise _NotArrow(str(exc)) from exc
+    return pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
+
+
+def _arrow_int_types() -> dict[str, Any]:
+    import pyarrow as pa
+
+    return {
+        "UInt8": pa.uint8(),
+        "UInt16": pa.uint16(),
+        "UInt32": pa.uint32(),
+        "UInt64": pa.uint64(),
+        "Int8": pa.int8(),
+        "Int16": pa.int16(),
+        "Int32": pa.int32(),
+        "Int64": pa.int64(),
+    }
+
+
+_ARROW_INTS: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Column names and ClickHouse types of every table, and whether inserts go as Arrow."""
+
+    columns: dict[str, list[str]]
+    types: dict[str, dict[str, str]]
+    arrow: bool
+
+
+@dataclass
+class Prepared:
+    """A Batch ready to insert: per table an Arrow table or the driver's columns (a list), the
+    studies whose study_stats the batch changes, and the rows it counts."""
+
+    tables: dict[str, Any]
+    studies: list[str]
+    rows: int
+    events: int
+
+
+def _driver_ticks(col: Any) -> Any:
+    try:
+        return [ticks_ms(v) for v in col]
+    except TypeError:  # not a value ticks_ms knows: the driver's own handling, as before
+        return col
+
+
+def prepare(batch: Batch, layout: Layout) -> Prepared:
+    """Columns of every table of ``batch`` in the store's column order; as Arrow where the
+    Arrow hand-off carries them exactly, else as the driver's columns."""
+    if layout.arrow and not _ARROW_INTS:
+        _ARROW_INTS.update(_arrow_int_types())
+    tables: dict[str, Any] = {}
+    for table, data in batch.table_rows().items():
+        cols = layout.columns[table]
+        if isinstance(data, tuple):
+            names, tuples = data
+            by_name = dict(zip(names, zip(*tuples, strict=True), strict=True))
+            # Column-oriented: no per-row tuples to build and pivot again in the driver.
+            columns: list[Any] = [by_name[c] for c in cols]
+        else:
+            columns = [[r[c] for r in data] for c in cols]
+        types = [layout.types[table][c] for c in cols]
+        if layout.arrow:
+            try:
+                tables[table] = _arrow_columns(types, columns)
+                continue
+            except _NotArrow as exc:
+                log.debug("%s: driver insert (%s)", table, exc)
+        # The driver writes a DateTime64 column of ints as ticks, of datetimes by converting
+        # them the way ticks_ms does: one kind per column (a Batch may hold both).
+        tables[table] = [
+            _driver_ticks(col) if ty.startswith("DateTime64(3") else col
+            for ty, col in zip(types, columns, strict=True)
+        ]
+    return Prepared(tables, sorted(batch.studies()), sum(batch.count.values()), batch.events)
 
 
 def latest_per_key(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -46,7 +173,38 @@ class IndexStore:
         except Exception as exc:  # chDB lock errors, connection refused...
             raise Unavailable(f"cannot open the index at {dsn}: {exc}") from exc
         self._columns: dict[str, list[str]] = {}
+        self._types: dict[str, dict[str, str]] = {}
         self.write_lock = threading.Lock()
+        self._arrow: Any = None  # see use_arrow()
+
+    def use_arrow(self) -> bool:
+        """Embedded engine only (chDB), and only while this thread is the store's one user (a
+        replay into its fresh index): inserts then hand chDB Arrow columns on a handle of its
+        own (Python() table function) instead of the driver's Native encoding written to a
+        temp file and read back (INSERT ... FROM INFILE): the same values, ~3x less CPU per
+        row. Not for a store that other threads query meanwhile (the live index node): that
+        second handle's inserts would run beside the driver's queries, which the driver's
+        handle lock otherwise serializes, and a benchmark run saw a C-FIND stall there.
+        Returns whether inserts now go as Arrow (False: a ClickHouse server, or no chDB)."""
+        if self._arrow is not None:
+            return True
+        backend = getattr(self.client, "_backend", None)
+        if type(backend).__name__ != "ChdbBackend" or not getattr(backend, "connection_string", ""):
+            return False
+        try:
+            import chdb
+            import pyarrow  # noqa: F401
+        except ImportError:
+            return False
+        self._arrow = chdb.connect(backend.connection_string)
+        return True
+
+    def stop_arrow(self) -> None:
+        """Back to the driver's inserts (after use_arrow)."""
+        arrow, self._arrow = self._arrow, None
+        if arrow is not None:
+            with contextlib.suppress(Exception):
+                arrow.close()
 
     def migrate(self) -> None:
         had_stats = self._has_table("study_stats")
@@ -78,11 +236,12 @@ class IndexStore:
             log.info("index table study_stats filled from instances")
         for table in TABLES:
             cols = self.client.query(
-                "SELECT name FROM system.columns WHERE database={db:String} AND table={t:String} "
-                "ORDER BY position",
+                "SELECT name, type FROM system.columns WHERE database={db:String} "
+                "AND table={t:String} ORDER BY position",
                 parameters={"db": self.database, "t": table},
             ).result_rows
             self._columns[table] = [c[0] for c in cols]
+            self._types[table] = {str(c[0]): str(c[1]) for c in cols}
 
     def _has_table(self, table: str) -> bool:
         return bool(
@@ -100,8 +259,12 @@ class IndexStore:
         engines = {str(n): str(e) for n, e in rows}
         return [t for t in DELETABLE if t in engines and "is_deleted" not in engines[t]]
 
-    def write(self, rows: Rows) -> int:
-        """Insert rows (idempotent: versions collapse on log position)."""
+    def write(self, rows: Rows | Batch) -> int:
+        """Insert rows (idempotent: versions collapse on log position). rows_for/merge output
+        takes the path the live index agent has always taken (row dicts, the driver's insert);
+        a projection.Batch (the same rows, column-ready: a replay) goes through prepare()."""
+        if isinstance(rows, Batch):
+            return self.write_prepared(self.prepare(rows))
         n = 0
         # The events table last (after study_stats too): its highest offsets are the index's
         # log position (read by the checks that gate the stability and lifecycle processors,
@@ -111,7 +274,7 @@ class IndexStore:
             try:
                 for table, rs in rows.items():
                     if table != "events":
-                        n += self._insert(table, rs)
+                        n += self._insert_rows(table, rs)
                 studies = {r["study_uid"] for r in rows.get("instances", ())}
                 if studies:
                     # After the instances: the touched studies' aggregates from their rows.
@@ -119,12 +282,12 @@ class IndexStore:
                         study_stats_sql(self.database, "study_uid IN {studies:Array(String)}"),
                         parameters={"studies": sorted(studies)},
                     )
-                n += self._insert("events", rows.get("events", []))
+                n += self._insert_rows("events", rows.get("events", []))
             except ClickHouseError as exc:
                 raise Unavailable(f"index write failed: {exc}") from exc
         return n
 
-    def _insert(self, table: str, rs: list[dict[str, Any]]) -> int:
+    def _insert_rows(self, table: str, rs: list[dict[str, Any]]) -> int:
         if not rs:
             return 0
         n = len(rs)
@@ -138,6 +301,56 @@ class IndexStore:
         )
         return n
 
+    def layout(self) -> Layout:
+        """What prepare() needs of this store (picklable: a replay prepares batches in a
+        process of its own)."""
+        return Layout(self._columns, self._types, self._arrow is not None)
+
+    def prepare(self, batch: Batch) -> Prepared:
+        return prepare(batch, self.layout())
+
+    def write_prepared(self, prepared: Prepared) -> int:
+        """Insert a prepared batch: every table, then study_stats of the studies it touched,
+        then the events table."""
+        # The events table last (after study_stats too): its highest offsets are the index's
+        # log position (read by the checks that gate the stability and lifecycle processors,
+        # and by strata verify), so a position is only visible once the whole batch is.
+        # The lock: a checksum snapshot (strata verify) never sees half a batch.
+        with self.write_lock:
+            try:
+                for table, data in prepared.tables.items():
+                    if table != "events":
+                        self._insert(table, data)
+                if prepared.studies:
+                    # After the instances: the touched studies' aggregates from their rows.
+                    self.client.command(
+                        study_stats_sql(self.database, "study_uid IN {studies:Array(String)}"),
+                        parameters={"studies": prepared.studies},
+                    )
+                if "events" in prepared.tables:
+                    self._insert("events", prepared.tables["events"])
+            except ClickHouseError as exc:
+                raise Unavailable(f"index write failed: {exc}") from exc
+        return prepared.rows
+
+    def _insert(self, table: str, data: Any) -> None:
+        """Insert one table: an Arrow table (embedded engine) or driver columns."""
+        cols = self._columns[table]
+        names = ", ".join(cols)
+        if not isinstance(data, list):
+            tbl = data  # noqa: F841 (read by chDB)
+            try:
+                # Python(tbl): chDB reads the local variable's Arrow buffers
+                self._arrow.query(  # type: ignore[union-attr]
+                    f"INSERT INTO {self.database}.{table} ({names}) SELECT * FROM Python(tbl)"
+                )
+            except RuntimeError as exc:  # what chDB raises for an engine error
+                raise Unavailable(f"index write failed: {exc}") from exc
+            return
+        self.client.insert(
+            f"{self.database}.{table}", data, column_names=cols, column_oriented=True
+        )
+
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         try:
             return list(self.client.query(sql, parameters=parameters or {}).result_rows)
@@ -145,5 +358,6 @@ class IndexStore:
             raise Unavailable(f"index query failed: {exc}") from exc
 
     def close(self) -> None:
+        self.stop_arrow()
         with contextlib.suppress(Exception):  # best effort at shutdown
             self.client.close()

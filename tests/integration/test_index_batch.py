@@ -255,3 +255,128 @@ def test_study_stats_follow_deletions_moves_and_batching(chdb_index: IndexStore)
     one.migrate()
     assert checksum.table_checksums(one)["study_stats"] == before["study_stats"]
     assert _study_rows(one, study) == [(["MR"], 1, 1, 1)]
+
+
+def legacy_write(index: IndexStore, rows: dict) -> None:
+    """IndexStore.write as it was before projection.Batch (main at 9d9c88c): merge(rows_for)
+    rows, series/studies reduced by latest_per_key, every column pivoted from the row dicts
+    (datetimes as they are) and inserted by the driver; study_stats; events last."""
+    from processors.index.schema import study_stats_sql
+
+    for table, rs in rows.items():
+        if table == "events" or not rs:
+            continue
+        if table in ("series", "studies") and len(rs) > 1:
+            rs = latest_per_key(table, rs)
+        cols = index._columns[table]
+        data = [[r[c] for r in rs] for c in cols]
+        index.client.insert(
+            f"{index.database}.{table}", data, column_names=cols, column_oriented=True
+        )
+    studies = {r["study_uid"] for r in rows.get("instances", ())}
+    if studies:
+        index.client.command(
+            study_stats_sql(index.database, "study_uid IN {studies:Array(String)}"),
+            parameters={"studies": sorted(studies)},
+        )
+    if rows.get("events"):
+        cols = index._columns["events"]
+        data = [[r[c] for r in rows["events"]] for c in cols]
+        index.client.insert(
+            f"{index.database}.events", data, column_names=cols, column_oriented=True
+        )
+
+
+def test_batch_writes_equal_the_legacy_write(chdb_index: IndexStore) -> None:
+    """The awkward log written as before (rows_for dicts through the driver, event by event
+    and in one batch) and as now (Batch, Arrow), checksum for checksum."""
+    from processors.index.projection import Batch
+    from tests.support.awkward_log import records
+
+    log = records()
+    old = other_database(chdb_index)
+    for part, off, topic, env in log:
+        legacy_write(old, rows_for(env, part, off, topic))
+    old_batched = other_database(chdb_index)
+    legacy_write(old_batched, merge([rows_for(env, p, o, t) for p, o, t, env in log]))
+    new = other_database(chdb_index)
+    b = Batch()
+    for part, off, topic, env in log:
+        b.add(env, part, off, topic)
+    new.write(b)  # the driver's insert (a store's default, the live node's)
+    arrow = other_database(chdb_index)
+    assert arrow.use_arrow()  # as a replay writes
+    arrow.write(b)
+    arrow.stop_arrow()
+    for index in (old_batched, new, arrow):
+        assert checksum.table_checksums(index) == checksum.table_checksums(old)
+        assert checksum.study_checksums(index) == checksum.study_checksums(old)
+        assert checksum.positions(index) == checksum.positions(old)
+
+
+def test_arrow_hand_off_equals_the_driver_insert(chdb_index: IndexStore) -> None:
+    """The embedded store inserts Arrow columns straight into chDB; a ClickHouse server gets
+    the driver's Native insert. Both give the same index, checksum for checksum, on a log of
+    every event kind with awkward headers (tests/support/awkward_log.py), whether the log is
+    written event by event through the driver or in batches of any size through Arrow."""
+    from processors.index.projection import Batch
+    from tests.support.awkward_log import records
+
+    log = records()
+    assert chdb_index._arrow is None  # a store's default: the driver's insert
+    driver = other_database(chdb_index)
+    for part, off, topic, env in log:
+        driver.write(rows_for(env, part, off, topic))
+    want_tables = checksum.table_checksums(driver)
+    want_studies = checksum.study_checksums(driver)
+    assert {t for t, (n, _) in want_tables.items() if n} >= {
+        "instances",
+        "instance_versions",
+        "series",
+        "studies",
+        "events",
+        "study_stability",
+        "routes",
+        "route_attempts",
+        "route_states",
+        "tier_transitions",
+        "legal_holds",
+        "study_access",
+        "study_stats",
+    }
+    for size in (len(log), 4, 1):
+        arrow = other_database(chdb_index)
+        assert arrow.use_arrow()
+        for i in range(0, len(log), size):
+            b = Batch()
+            for part, off, topic, env in log[i : i + size]:
+                b.add(env, part, off, topic)
+            arrow.write(b)
+        assert checksum.table_checksums(arrow) == want_tables, size
+        assert checksum.study_checksums(arrow) == want_studies, size
+        assert checksum.positions(arrow) == checksum.positions(driver)
+        arrow.stop_arrow()
+
+
+def test_arrow_refuses_what_it_would_not_carry_exactly() -> None:
+    """Values the Arrow hand-off cannot carry as the driver would (NULL in a non-Nullable
+    column, bools, naive datetimes, unknown types) send the table through the driver."""
+    from datetime import UTC, datetime
+
+    from processors.index.store import _arrow_columns, _NotArrow
+
+    ok = _arrow_columns(
+        ["String", "Nullable(Int64)", "DateTime64(3, 'UTC')", "UInt8", "Array(String)"],
+        [["a"], [None], [datetime(2024, 1, 1, 0, 0, 0, 999999, tzinfo=UTC)], [1], [["x"]]],
+    )
+    assert ok.column(2).to_pylist()[0] == datetime(2024, 1, 1, 0, 0, 0, 999000, tzinfo=UTC)
+    for types, cols in [
+        (["String"], [[None]]),
+        (["UInt8"], [[True]]),
+        (["DateTime64(3, 'UTC')"], [[datetime(2024, 1, 1)]]),
+        (["Map(String, String)"], [[{}]]),
+        (["UInt8"], [[256]]),
+        (["Array(String)"], [[["a", None]]]),
+    ]:
+        with pytest.raises(_NotArrow):
+            _arrow_columns(types, cols)
