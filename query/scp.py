@@ -302,10 +302,7 @@ class QueryAssociation(acceptor.Association):
         counts: tuple[int, ...] = (),
     ) -> None:
         """One response (command and optional identifier) in one write."""
-        out = self._message(pc, field, msg_id, status, identifier, comment, counts)
-        if self._gone.is_set():
-            raise _Stop
-        self.send(out)
+        self._write(self._message(pc, field, msg_id, status, identifier, comment, counts))
 
     def _message(
         self,
