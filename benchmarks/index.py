@@ -796,7 +796,7 @@ def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, 
     from pynetdicom.dsutils import decode, encode
 
     from common import dul
-    from common.requestor import IMPLICIT_LE, Requestor
+    from common.requestor import IMPLICIT_LE, Requestor, find_command
 
     find_uid = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R information model - FIND
     r = Requestor("127.0.0.1", port, "BENCH", aec, [(find_uid, [IMPLICIT_LE])])
@@ -806,16 +806,7 @@ def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, 
     def c_find_lean(ds: Any) -> list[Any]:
         nonlocal msg
         msg += 1
-        cmd = dul.encode_command(
-            [
-                (dul.AFFECTED_SOP_CLASS_UID, find_uid),
-                (dul.COMMAND_FIELD, dul.C_FIND_RQ),
-                (dul.MESSAGE_ID, msg),
-                (dul.PRIORITY, 0),
-                (dul.COMMAND_DATASET_TYPE, dul.HAS_DATASET),
-            ]
-        )
-        r.send_message(pc, cmd, encode(ds, True, True))
+        r.send_message(pc, find_command(find_uid, msg), encode(ds, True, True))
         found = []
         while True:
             _, rsp, data = r.receive()

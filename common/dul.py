@@ -252,20 +252,30 @@ def _ae(b: bytes | memoryview) -> str:
     return bytes(b).decode("ascii", "replace").strip(" \0")
 
 
-def parse_associate_rq(body: bytes) -> AssociateRQ:
+def _variable_items(body: bytes, pdu_name: str) -> list[tuple[int, bytes]]:
+    """(item type, value) of each variable item of an A-ASSOCIATE-RQ/-AC body (PS3.8 9.3.2,
+    9.3.3: after the 68-byte fixed part)."""
     if len(body) < 68:
-        raise ProtocolError("A-ASSOCIATE-RQ too short")
-    (version,) = struct.unpack_from(">H", body, 0)
-    rq = AssociateRQ(version, _ae(body[4:20]), _ae(body[20:36]))
+        raise ProtocolError(f"{pdu_name} too short")
+    items = []
     pos, end = 68, len(body)
     while pos < end:
         if end - pos < 4:
-            raise ProtocolError("truncated A-ASSOCIATE-RQ item")
+            raise ProtocolError(f"truncated {pdu_name} item")
         item, _, length = _ITEM.unpack_from(body, pos)
         value = body[pos + 4 : pos + 4 + length]
         if len(value) < length:
-            raise ProtocolError("A-ASSOCIATE-RQ item length out of range")
+            raise ProtocolError(f"{pdu_name} item length out of range")
         pos += 4 + length
+        items.append((item, value))
+    return items
+
+
+def parse_associate_rq(body: bytes) -> AssociateRQ:
+    items = _variable_items(body, "A-ASSOCIATE-RQ")
+    (version,) = struct.unpack_from(">H", body, 0)
+    rq = AssociateRQ(version, _ae(body[4:20]), _ae(body[20:36]))
+    for item, value in items:
         if item == 0x10:
             rq.application_context = _uid(value)
         elif item == 0x20:
@@ -395,16 +405,8 @@ class AssociateAC:
 
 
 def parse_associate_ac(body: bytes) -> AssociateAC:
-    if len(body) < 68:
-        raise ProtocolError("A-ASSOCIATE-AC too short")
     ac = AssociateAC({})
-    pos, end = 68, len(body)
-    while pos < end:
-        if end - pos < 4:
-            raise ProtocolError("truncated A-ASSOCIATE-AC item")
-        item, _, length = _ITEM.unpack_from(body, pos)
-        value = body[pos + 4 : pos + 4 + length]
-        pos += 4 + length
+    for item, value in _variable_items(body, "A-ASSOCIATE-AC"):
         if item == 0x21 and len(value) >= 4:
             ts = ""
             sub = 4

@@ -185,6 +185,19 @@ def store_command(
     return dul.encode_command(elements)
 
 
+def find_command(sop_class: str, msg_id: int) -> bytes:
+    """A C-FIND-RQ command set (an identifier follows, PS3.7 9.1.2.1)."""
+    return dul.encode_command(
+        [
+            (dul.AFFECTED_SOP_CLASS_UID, sop_class),
+            (dul.COMMAND_FIELD, dul.C_FIND_RQ),
+            (dul.MESSAGE_ID, msg_id),
+            (dul.PRIORITY, 0),
+            (dul.COMMAND_DATASET_TYPE, dul.HAS_DATASET),
+        ]
+    )
+
+
 def send_store(
     send: Callable[[bytearray], None],
     pc_id: int,

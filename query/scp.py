@@ -291,18 +291,9 @@ class QueryAssociation(acceptor.Association):
             self._open.discard(msg_id)
             self._cancelled.discard(msg_id)
 
-    def _respond(
-        self,
-        pc: dul.PresentationContext,
-        field: int,
-        msg_id: int,
-        status: int,
-        identifier: bytes | None = None,
-        comment: str = "",
-        counts: tuple[int, ...] = (),
-    ) -> None:
-        """One response (command and optional identifier) in one write."""
-        self._write(self._message(pc, field, msg_id, status, identifier, comment, counts))
+    def _respond(self, pc: dul.PresentationContext, *args: Any, **kwargs: Any) -> None:
+        """One response (``_message``'s arguments) in one write."""
+        self._write(self._message(pc, *args, **kwargs))
 
     def _message(
         self,

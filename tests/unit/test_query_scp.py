@@ -33,7 +33,7 @@ from pynetdicom.sop_class import (
 from common import dul
 from common.acceptor import Config
 from common.errors import Unavailable
-from common.requestor import EXPLICIT_LE, IMPLICIT_LE, Requestor
+from common.requestor import EXPLICIT_LE, IMPLICIT_LE, Requestor, find_command
 from query.find import _COLUMNS
 from query.retrieve import HotSource
 from query.scp import QueryServer, Services
@@ -131,15 +131,7 @@ def qr(tmp_path: Path) -> Iterator[dict]:
 
 
 def _find_rq(msg_id: int, level: str = "STUDY") -> tuple[bytes, bytes]:
-    cmd = dul.encode_command(
-        [
-            (dul.AFFECTED_SOP_CLASS_UID, FIND),
-            (dul.COMMAND_FIELD, dul.C_FIND_RQ),
-            (dul.MESSAGE_ID, msg_id),
-            (dul.PRIORITY, 0),
-            (dul.COMMAND_DATASET_TYPE, dul.HAS_DATASET),
-        ]
-    )
+    cmd = find_command(FIND, msg_id)
     q = Dataset()
     q.QueryRetrieveLevel = level
     q.PatientID = ""
