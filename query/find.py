@@ -126,50 +126,63 @@ def build_sql(
     hdr = "header_json" if need_header else "'' AS header_json"
 
     if q.level == "PATIENT":
-        latest_header = "argMax(header_json, log_version) AS header_json" if need_header else hdr
+        # Patients grouped from study_stats (one row per current study, its current patient
+        # and its series/instance counts): no aggregation over every instance.
         sql = f"""
         SELECT p.patient_id AS patient_id, p.issuer_of_patient_id AS issuer_of_patient_id,
                p.patient_name AS patient_name, p.patient_birth_date AS patient_birth_date,
-               p.patient_sex AS patient_sex, p.header_json AS header_json,
-               p.n_studies AS n_studies, c.n_series AS n_series, c.n_instances AS n_instances
+               p.patient_sex AS patient_sex, {"h.header_json" if need_header else "''"}
+               AS header_json, p.n_studies AS n_studies, p.n_series AS n_series,
+               p.n_instances AS n_instances
         FROM (
             SELECT patient_id, issuer_of_patient_id,
                    argMax(patient_name, log_version) AS patient_name,
                    argMax(patient_birth_date, log_version) AS patient_birth_date,
                    argMax(patient_sex, log_version) AS patient_sex,
-                   {latest_header},
-                   count() AS n_studies
-            FROM {db}.studies FINAL
+                   count() AS n_studies, sum(n_series) AS n_series,
+                   sum(n_instances) AS n_instances
+            FROM {db}.study_stats FINAL
             GROUP BY patient_id, issuer_of_patient_id
-        ) AS p
+        ) AS p"""
+        if need_header:
+            sql += f"""
         INNER JOIN (
             SELECT patient_id, issuer_of_patient_id,
-                   uniqExact(series_uid) AS n_series, count() AS n_instances
-            FROM {db}.instances FINAL
+                   argMax(header_json, log_version) AS header_json
+            FROM {db}.studies FINAL
             GROUP BY patient_id, issuer_of_patient_id
-        ) AS c USING (patient_id, issuer_of_patient_id)
+        ) AS h USING (patient_id, issuer_of_patient_id)"""
+        sql += f"""
         WHERE ({where}) AND ({having})
         ORDER BY p.patient_id, p.issuer_of_patient_id
         LIMIT {limit}"""
         return sql, params.values, cols
 
     if q.level == "STUDY":
-        # The study-level aggregates are precomputed per study (study_stats, kept current by
-        # IndexStore.write from `instances` FINAL): one row per study to join, instead of
-        # aggregating every instance of every candidate study at query time. A study without
-        # current instances has no current study_stats row (a tombstone), so the inner join
-        # drops it exactly as the aggregation over instances did.
+        # One table: study_stats holds each current study's attributes (its `studies` row
+        # without the header) and its aggregates, kept current by IndexStore.write from
+        # `instances` and `studies` FINAL. A study without current instances has a tombstone
+        # there, which FINAL drops. The stored header, when some key needs it, comes from
+        # `studies` by primary key for the matched studies only.
+        aggs = "modalities_in_study, sop_classes_in_study, n_series, n_instances"
+        matched = f"{db}.study_stats FINAL WHERE ({where}) AND ({having})"
+        order = "ORDER BY study_date DESC, study_time DESC, study_uid"
+        if not need_header:
+            sql = f"""
+        SELECT {_STUDY_COLS}, '' AS header_json, {aggs}
+        FROM {matched}
+        {order}
+        LIMIT {limit}"""
+            return sql, params.values, cols
         sql = f"""
-        SELECT s.*, a.modalities_in_study, a.sop_classes_in_study, a.n_series, a.n_instances
-        FROM (
-            SELECT {_STUDY_COLS}, {hdr} FROM {db}.studies FINAL WHERE {where}
-        ) AS s
+        SELECT {", ".join(f"s.{c} AS {c}" for c in _STUDY_LIST)}, h.header_json AS header_json,
+               {", ".join(f"s.{c.strip()} AS {c.strip()}" for c in aggs.split(","))}
+        FROM (SELECT {_STUDY_COLS}, {aggs} FROM {matched}) AS s
         INNER JOIN (
-            SELECT study_uid, modalities_in_study, sop_classes_in_study, n_series, n_instances
-            FROM {db}.study_stats FINAL
-        ) AS a USING (study_uid)
-        WHERE {having}
-        ORDER BY s.study_date DESC, s.study_time DESC, s.study_uid
+            SELECT study_uid, header_json FROM {db}.studies FINAL
+            WHERE study_uid IN (SELECT study_uid FROM {matched})
+        ) AS h USING (study_uid)
+        {order}
         LIMIT {limit}"""
         return sql, params.values, cols
 

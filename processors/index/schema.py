@@ -46,6 +46,15 @@ SERIES_COLUMNS = """
     body_part_examined LowCardinality(String),
 """
 
+# The `studies` columns that study_stats repeats (every one but study_uid, which leads it).
+STATS_STUDY_COLUMNS = PATIENT_COLUMNS + STUDY_COLUMNS.replace("study_uid String,", "")
+STATS_STUDY_TYPES: dict[str, str] = dict(
+    line.strip().rstrip(",").split(" ", 1)
+    for line in STATS_STUDY_COLUMNS.splitlines()
+    if line.strip()
+)
+STATS_STUDY_NAMES = list(STATS_STUDY_TYPES)
+
 LOG_COLUMNS = """
     log_partition UInt32,
     log_offset UInt64,
@@ -272,6 +281,11 @@ def ddl(db: str) -> list[str]:
         # batch (STUDY_STATS_SQL), so it is the same function of the log as `instances`.
         # Version: the highest log_version of any row of the study in `instances`; a study
         # left without current instances gets a tombstone (is_deleted = 1).
+        # It also carries the study's current `studies` row (patient and study attributes,
+        # without the header), so a STUDY or PATIENT search reads this one table: a join of
+        # `studies` FINAL with it cost as much again as the whole single-table read. The
+        # columns come last so that an index made before them gets the same column order
+        # from ALTER TABLE ADD COLUMN (migrate) as a fresh one.
         f"""CREATE TABLE IF NOT EXISTS {db}.study_stats (
             study_uid String,
             modalities_in_study Array(String),
@@ -280,6 +294,7 @@ def ddl(db: str) -> list[str]:
             n_instances UInt64,
             log_version UInt64,
             {DELETED_COLUMN}
+            {STATS_STUDY_COLUMNS}
         ) {_engine("study_stats")}""",
         # Skip indexes (ADD ... IF NOT EXISTS also equips a table created by an older version;
         # its existing parts get the index as they are merged).
@@ -315,13 +330,15 @@ TABLES = (
 
 def study_stats_sql(db: str, where: str) -> str:
     """INSERT of the study_stats rows of the studies selected by ``where`` (a condition on
-    ``study_uid``), computed from the current instances."""
+    ``study_uid``), computed from the current instances, with the study's current `studies`
+    row (written in the same batch as the instances that changed it)."""
     return f"""
     INSERT INTO {db}.study_stats
         (study_uid, modalities_in_study, sop_classes_in_study, n_series, n_instances,
-         log_version, is_deleted)
+         log_version, is_deleted, {", ".join(STATS_STUDY_NAMES)})
     SELECT v.study_uid, a.modalities_in_study, a.sop_classes_in_study, a.n_series,
-           a.n_instances, v.version, a.n_instances = 0
+           a.n_instances, v.version, a.n_instances = 0,
+           {", ".join(f"s.{c}" for c in STATS_STUDY_NAMES)}
     FROM (
         SELECT study_uid, max(log_version) AS version
         FROM {db}.instances WHERE {where} GROUP BY study_uid
@@ -334,4 +351,8 @@ def study_stats_sql(db: str, where: str) -> str:
                count() AS n_instances
         FROM {db}.instances FINAL WHERE {where} GROUP BY study_uid
     ) AS a USING (study_uid)
+    LEFT JOIN (
+        SELECT study_uid, {", ".join(STATS_STUDY_NAMES)}
+        FROM {db}.studies FINAL WHERE {where}
+    ) AS s USING (study_uid)
     SETTINGS join_use_nulls = 0"""

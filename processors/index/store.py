@@ -15,7 +15,16 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from common.errors import Unavailable
 from processors.index.projection import Batch, Rows, ticks_ms
-from processors.index.schema import DELETABLE, KEYS, TABLES, VERSIONS, ddl, study_stats_sql
+from processors.index.schema import (
+    DELETABLE,
+    KEYS,
+    STATS_STUDY_NAMES,
+    STATS_STUDY_TYPES,
+    TABLES,
+    VERSIONS,
+    ddl,
+    study_stats_sql,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +239,24 @@ class IndexStore:
             )
             self.client.command(f"DROP TABLE {self.database}.{t}__old")
             log.info("index table %s migrated to the deletable engine", t)
-        if not had_stats:
-            # An index made before study_stats existed: derive it from its instances.
+        have = {
+            r[0]
+            for r in self.client.query(
+                "SELECT name FROM system.columns WHERE database={db:String} "
+                "AND table='study_stats'",
+                parameters={"db": self.database},
+            ).result_rows
+        }
+        missing = [c for c in STATS_STUDY_NAMES if c not in have]
+        for c in missing:  # in order: the same column order as a fresh table's
+            self.client.command(
+                f"ALTER TABLE {self.database}.study_stats "
+                f"ADD COLUMN IF NOT EXISTS {c} {STATS_STUDY_TYPES[c]}"
+            )
+        if not had_stats or missing:
+            # An index made before study_stats (or before it carried the study's attributes):
+            # derive every row again from the instances and studies (same versions: the rows
+            # inserted now supersede the old ones).
             self.client.command(study_stats_sql(self.database, "1"))
             log.info("index table study_stats filled from instances")
         for table in TABLES:

@@ -536,6 +536,8 @@ def test_return_key_not_indexed_is_answered_from_header(chdb_index: IndexStore) 
     [ds] = query(chdb_index, "STUDY", StudyInstanceUID=study, PatientAge="", InstitutionName="")
     assert ds.PatientAge == "045Y"
     assert ds.InstitutionName == "St. Mary's Hospital"
+    [ds] = query(chdb_index, "PATIENT", PatientID="PID-HEADER", PatientAge="", PatientName="")
+    assert ds.PatientAge == "045Y" and ds.PatientID == "PID-HEADER"
 
 
 def test_requested_key_absent_everywhere_is_returned_empty(chdb_index: IndexStore) -> None:

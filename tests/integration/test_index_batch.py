@@ -12,7 +12,7 @@ import pytest
 
 from processors.index import checksum
 from processors.index.projection import merge, rows_for
-from processors.index.schema import TABLES
+from processors.index.schema import STATS_STUDY_NAMES, TABLES
 from processors.index.store import IndexStore, latest_per_key
 from query.find import FindQuery, build_sql, find
 from tests.integration.test_find_chdb import instance, uid
@@ -147,6 +147,8 @@ def test_find_reads_study_aggregates_from_study_stats(chdb_index: IndexStore) ->
     # Precomputed per study at write time: the search does not aggregate instances.
     sql, _p, _c = build_sql(lean, chdb_index.database, only_requested=True)
     assert "study_stats FINAL" in sql and ".instances" not in sql
+    # ... and the study's attributes from the same row: one table, no join with `studies`.
+    assert "JOIN" not in sql and ".studies" not in sql
     [ds] = find(chdb_index, lean)
     assert list(ds.ModalitiesInStudy) == ["CT", "MR"] and int(ds.NumberOfStudyRelatedInstances) == 2
     both = FindQuery(
@@ -256,6 +258,14 @@ def test_study_stats_follow_deletions_moves_and_batching(chdb_index: IndexStore)
     one.migrate()
     assert checksum.table_checksums(one)["study_stats"] == before["study_stats"]
     assert _study_rows(one, study) == [(["MR"], 1, 1, 1)]
+    # An index whose study_stats predates the study attributes in it: migrate() adds the
+    # columns (same order as a fresh table) and fills them; searches match on them again.
+    for c in STATS_STUDY_NAMES:
+        one.client.command(f"ALTER TABLE {one.database}.study_stats DROP COLUMN {c}")
+    one.migrate()
+    assert checksum.table_checksums(one)["study_stats"] == before["study_stats"]
+    [ds] = find(one, FindQuery("STUDY", [("PatientID", "PB-ST"), ("StudyInstanceUID", "")], 10))
+    assert ds.StudyInstanceUID == study
 
 
 def legacy_write(index: IndexStore, rows: dict) -> None:
