@@ -706,13 +706,13 @@ def image_keys(study: str, series: str, sop: str, hierarchical: bool) -> list[tu
 def timed_find(index: Any, q: Any) -> tuple[int, float, float]:
     """query.find.find, step by step (the same calls): (matches, seconds in the SQL query,
     seconds in total including building the response identifiers)."""
-    from query.find import build_sql, to_identifier
+    from query.find import build_sql, row_dict, to_identifier
 
     t0 = time.perf_counter()
     sql, params, cols = build_sql(q, index.database, only_requested=True)
     rows = index.query(sql, params)
     t1 = time.perf_counter()
-    out = [to_identifier(q, dict(zip(cols, row, strict=True))) for row in rows]
+    out = [to_identifier(q, row_dict(cols, row)) for row in rows]
     return len(out), t1 - t0, time.perf_counter() - t0
 
 

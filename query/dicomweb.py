@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from common.errors import Invalid, NotFound, StrataError, Unavailable
-from query.find import FindQuery, build_sql, to_identifier
+from query.find import FindQuery, build_sql, row_dict, to_identifier
 from query.grpc_service import DEFAULT_KEYS
 from query.matching import ATTRIBUTES
 from query.retrieve import Located, ObjectSource, locate
@@ -136,7 +136,7 @@ class DicomWeb:
             )
             out = []
             for r in rows:
-                row = dict(zip(cols, r, strict=True))
+                row = row_dict(cols, r)
                 ds = to_identifier(fq, row)
                 del ds.QueryRetrieveLevel
                 out.append(ds.to_json_dict())

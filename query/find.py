@@ -22,6 +22,7 @@ from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
 from common.errors import Invalid
+from processors.index.schema import CARD_COLUMNS
 from query.matching import ATTRIBUTES, LEVELS, Attr, MatchError, Params, condition
 
 _STUDY_COLS = (
@@ -94,10 +95,17 @@ def parse_identifier(identifier: Dataset, limit: int) -> FindQuery:
 
 
 def build_sql(
-    q: FindQuery, db: str, *, only_requested: bool = False
+    q: FindQuery,
+    db: str,
+    *,
+    only_requested: bool = False,
+    extra_columns: tuple[str, ...] = (),
 ) -> tuple[str, dict[str, Any], list[str]]:
-    """SQL, parameters and the list of selected column names for the query.
+    """SQL, parameters and the list of selected column names for the query; ``row_dict``
+    makes a result row the mapping of every column of ``columns(q.level)``.
 
+    ``extra_columns`` (of ``columns(q.level)``): also selected as columns of their own (a
+    caller that sorts or pages on them in SQL around this query).
     ``only_requested`` (kept for callers): study-level aggregates are precomputed now
     (study_stats), so every one of them is always returned; it changes nothing."""
     params = Params()
@@ -161,30 +169,31 @@ def build_sql(
     if q.level == "STUDY":
         # One table: study_stats holds each current study's attributes (its `studies` row
         # without the header) and its aggregates, kept current by IndexStore.write from
-        # `instances` and `studies` FINAL. A study without current instances has a tombstone
-        # there, which FINAL drops. The stored header, when some key needs it, comes from
-        # `studies` by primary key for the matched studies only.
-        aggs = "modalities_in_study, sop_classes_in_study, n_series, n_instances"
+        # `instances` and `studies` FINAL; a study without current instances has a tombstone
+        # there, which FINAL drops. What is returned comes as the row's `card` (one JSON
+        # column: row_dict expands it), read besides the columns matched and sorted on. The
+        # stored header, when some key needs it, comes from `studies` by primary key for the
+        # matched studies only.
         matched = f"{db}.study_stats FINAL WHERE ({where}) AND ({having})"
         order = "ORDER BY study_date DESC, study_time DESC, study_uid"
+        selected = ["study_uid", "study_date", "study_time"]
+        selected += [c for c in extra_columns if c not in selected] + ["card"]
         if not need_header:
             sql = f"""
-        SELECT {_STUDY_COLS}, '' AS header_json, {aggs}
-        FROM {matched}
+        SELECT {", ".join(selected)} FROM {matched}
         {order}
         LIMIT {limit}"""
-            return sql, params.values, cols
+            return sql, params.values, selected
         sql = f"""
-        SELECT {", ".join(f"s.{c} AS {c}" for c in _STUDY_LIST)}, h.header_json AS header_json,
-               {", ".join(f"s.{c.strip()} AS {c.strip()}" for c in aggs.split(","))}
-        FROM (SELECT {_STUDY_COLS}, {aggs} FROM {matched}) AS s
+        SELECT {", ".join(f"s.{c} AS {c}" for c in selected)}, h.header_json AS header_json
+        FROM (SELECT {", ".join(selected)} FROM {matched}) AS s
         INNER JOIN (
             SELECT study_uid, header_json FROM {db}.studies FINAL
             WHERE study_uid IN (SELECT study_uid FROM {matched})
         ) AS h USING (study_uid)
         {order}
         LIMIT {limit}"""
-        return sql, params.values, cols
+        return sql, params.values, [*selected, "header_json"]
 
     if q.level == "SERIES":
         study_cols = _STUDY_LIST
@@ -235,7 +244,27 @@ def find(index: Index, q: FindQuery) -> Iterator[Dataset]:
 def find_rows(index: Index, q: FindQuery) -> list[dict[str, Any]]:
     """The matches of ``q`` as rows (column name -> value), for to_identifier / to_bytes."""
     sql, params, cols = build_sql(q, index.database, only_requested=True)
-    return [dict(zip(cols, row, strict=True)) for row in index.query(sql, params)]
+    return [row_dict(cols, row) for row in index.query(sql, params)]
+
+
+def columns(level: str) -> list[str]:
+    """The columns of a row of this level's results (what row_dict returns)."""
+    return list(_COLUMNS[level])
+
+
+def row_dict(cols: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
+    """A result row of build_sql's query (``cols``: its selected columns) as a mapping of
+    column name -> value, the study `card` expanded into its columns."""
+    d = dict(zip(cols, row, strict=True))
+    card = d.pop("card", None)
+    if card is not None:
+        values = json.loads(card)
+        if isinstance(values, dict):  # a ClickHouse that names tuple elements
+            values = list(values.values())
+        d.update(zip(CARD_COLUMNS, values, strict=True))
+        d["n_series"], d["n_instances"] = int(d["n_series"]), int(d["n_instances"])
+        d.setdefault("header_json", "")
+    return d
 
 
 def _format(attr: Attr, value: Any) -> Any:

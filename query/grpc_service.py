@@ -26,7 +26,7 @@ from common.errors import Invalid, NotFound, StrataError, Unavailable
 from common.events import decode
 from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
-from query.find import FindQuery, build_sql, to_json
+from query.find import FindQuery, build_sql, columns, row_dict, to_json
 from query.matching import ATTRIBUTES
 from query.retrieve import ObjectSource, local_paths, locate
 
@@ -151,13 +151,13 @@ class QueryService(q_grpc.QueryServiceServicer):
         keys = [(kw, request.match.get(kw, "")) for kw in wanted]
         page_size = min(request.page_size or 100, 1000)
         fq = FindQuery(level, keys, limit=10_000_000)
-        inner, params, cols = build_sql(fq, self.d.index.database)
         order = request.order_by or DEFAULT_ORDER[level]
         desc = order.startswith("-")
         attr = ATTRIBUTES.get(order.lstrip("-"))
-        if attr is None or attr.column not in cols or attr.vr.endswith("[]"):
+        if attr is None or attr.column not in columns(level) or attr.vr.endswith("[]"):
             raise Invalid(f"cannot order by {order!r}")
         uid = UID_COLUMN[level]
+        inner, params, cols = build_sql(fq, self.d.index.database, extra_columns=(attr.column, uid))
         numeric = attr.vr in NUMERIC
         sort_expr = f"ifNull({attr.column}, -1)" if numeric else attr.column
         cond = "1"
@@ -195,7 +195,7 @@ class QueryService(q_grpc.QueryServiceServicer):
         matches = []
         last: dict[str, Any] = {}
         for r in rows:
-            last = dict(zip(cols, r, strict=True))
+            last = row_dict(cols, r)
             matches.append(to_json(fq, last))
         token = ""
         if more:

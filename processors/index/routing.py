@@ -13,6 +13,8 @@ from common.events import event_time as _ts
 from proto.strata.v1 import events_pb2 as pb
 
 Rows = dict[str, list[dict[str, Any]]]
+
+
 def instances_json(instances: Any) -> str:
     return json.dumps(
         [MessageToDict(i, preserving_proto_field_name=True) for i in instances],

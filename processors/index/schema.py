@@ -54,6 +54,21 @@ STATS_STUDY_TYPES: dict[str, str] = dict(
     if line.strip()
 )
 STATS_STUDY_NAMES = list(STATS_STUDY_TYPES)
+# What a STUDY search returns of a study, in this order, as one JSON array in study_stats'
+# `card` column: a search then reads the key, version and deletion columns, the columns it
+# matches and sorts on, and this one column, instead of every returned column (each column
+# read costs the engine ~0.5 ms over 10k studies; this halves a study search's SQL).
+CARD_COLUMNS: tuple[str, ...] = (
+    *STATS_STUDY_NAMES[:5],  # the patient's
+    "study_uid",
+    *STATS_STUDY_NAMES[5:],
+    "modalities_in_study",
+    "sop_classes_in_study",
+    "n_series",
+    "n_instances",
+)
+# The columns study_stats got after its first version (migrate adds them in this order).
+STATS_ADDED_TYPES: dict[str, str] = {**STATS_STUDY_TYPES, "card": "String"}
 
 LOG_COLUMNS = """
     log_partition UInt32,
@@ -295,6 +310,7 @@ def ddl(db: str) -> list[str]:
             log_version UInt64,
             {DELETED_COLUMN}
             {STATS_STUDY_COLUMNS}
+            card String,
         ) {_engine("study_stats")}""",
         # Skip indexes (ADD ... IF NOT EXISTS also equips a table created by an older version;
         # its existing parts get the index as they are merged).
@@ -328,6 +344,12 @@ TABLES = (
 )
 
 
+def _card_expr(column: str) -> str:
+    if column == "study_uid":
+        return "v.study_uid"
+    return f"{'s' if column in STATS_STUDY_TYPES else 'a'}.{column}"
+
+
 def study_stats_sql(db: str, where: str) -> str:
     """INSERT of the study_stats rows of the studies selected by ``where`` (a condition on
     ``study_uid``), computed from the current instances, with the study's current `studies`
@@ -335,10 +357,11 @@ def study_stats_sql(db: str, where: str) -> str:
     return f"""
     INSERT INTO {db}.study_stats
         (study_uid, modalities_in_study, sop_classes_in_study, n_series, n_instances,
-         log_version, is_deleted, {", ".join(STATS_STUDY_NAMES)})
+         log_version, is_deleted, {", ".join(STATS_STUDY_NAMES)}, card)
     SELECT v.study_uid, a.modalities_in_study, a.sop_classes_in_study, a.n_series,
            a.n_instances, v.version, a.n_instances = 0,
-           {", ".join(f"s.{c}" for c in STATS_STUDY_NAMES)}
+           {", ".join(f"s.{c}" for c in STATS_STUDY_NAMES)},
+           toJSONString(tuple({", ".join(_card_expr(c) for c in CARD_COLUMNS)}))
     FROM (
         SELECT study_uid, max(log_version) AS version
         FROM {db}.instances WHERE {where} GROUP BY study_uid

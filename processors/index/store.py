@@ -18,8 +18,7 @@ from processors.index.projection import Batch, Rows, ticks_ms
 from processors.index.schema import (
     DELETABLE,
     KEYS,
-    STATS_STUDY_NAMES,
-    STATS_STUDY_TYPES,
+    STATS_ADDED_TYPES,
     TABLES,
     VERSIONS,
     ddl,
@@ -247,11 +246,11 @@ class IndexStore:
                 parameters={"db": self.database},
             ).result_rows
         }
-        missing = [c for c in STATS_STUDY_NAMES if c not in have]
+        missing = [c for c in STATS_ADDED_TYPES if c not in have]
         for c in missing:  # in order: the same column order as a fresh table's
             self.client.command(
                 f"ALTER TABLE {self.database}.study_stats "
-                f"ADD COLUMN IF NOT EXISTS {c} {STATS_STUDY_TYPES[c]}"
+                f"ADD COLUMN IF NOT EXISTS {c} {STATS_ADDED_TYPES[c]}"
             )
         if not had_stats or missing:
             # An index made before study_stats (or before it carried the study's attributes):

@@ -36,6 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         s.down()
 
+
 pytestmark = pytest.mark.e2e
 
 STORAGE_CLASSES = {cx.abstract_syntax for cx in AllStoragePresentationContexts}

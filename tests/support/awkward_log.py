@@ -163,8 +163,20 @@ def records() -> list[Record]:
             at=T0 + edges[(i + 1) % 6],
         )
     # strings the events payload JSON must escape as json.dumps does
-    add(0, s1, _stored(s1, se[0], f"{ROOT}.1.0.99", hs[0], calling_ae_title='Q"\\\t\x01ä\u2028',
-                       key="ключ/😀", modality="", size_bytes=2**64 - 1))
+    add(
+        0,
+        s1,
+        _stored(
+            s1,
+            se[0],
+            f"{ROOT}.1.0.99",
+            hs[0],
+            calling_ae_title='Q"\\\t\x01ä\u2028',
+            key="ключ/😀",
+            modality="",
+            size_bytes=2**64 - 1,
+        ),
+    )
     first = out[0][3]
     add(
         0,

@@ -7,6 +7,7 @@ conversion for a destination that takes only implicit VR, concurrency."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import threading
@@ -34,7 +35,8 @@ from common import dul
 from common.acceptor import Config
 from common.errors import Unavailable
 from common.requestor import EXPLICIT_LE, IMPLICIT_LE, Requestor, find_command
-from query.find import _COLUMNS
+from processors.index.schema import CARD_COLUMNS
+from query.find import FindQuery, build_sql, columns
 from query.retrieve import HotSource
 from query.scp import QueryServer, Services
 from tests.support.dcmtk import dcmtk_env
@@ -67,7 +69,9 @@ class FakeIndex:
             raise Unavailable("index down")
         if "storage_key" in sql:
             return list(self.located)
-        cols = _COLUMNS["STUDY"]
+        cols = columns("STUDY")
+        # the selected columns of a STUDY search whose keys need no stored header
+        selected = build_sql(FindQuery("STUDY", [], 1), self.database)[2]
         rows = []
         for i in range(self.n_studies):
             row = {c: "" for c in cols}
@@ -81,7 +85,8 @@ class FakeIndex:
                 n_series=1,
                 n_instances=1,
             )
-            rows.append(tuple(row[c] for c in cols))
+            row["card"] = json.dumps([row[c] for c in CARD_COLUMNS])
+            rows.append(tuple(row[c] for c in selected))
         return rows
 
 
