@@ -347,8 +347,10 @@ def to_json(q: FindQuery, row: dict[str, Any]) -> str:
             out[f"{tag:08X}"] = {"vr": vr}
             continue
         values = value if isinstance(value, list) else [value]
-        if not all(type(v) is str and _plain(v) for v in values):
+        if not all(type(v) is str and _plain(v, vr) for v in values):
             return to_identifier(q, row).to_json()
+        if not all(v.isascii() for v in values):
+            out["00080005"] = _UTF8_JSON  # what to_identifier declares for it
         if vr == "PN":
             json_values: list[Any] = [{"Alphabetic": v} for v in values]
         elif vr == "IS":
@@ -392,10 +394,12 @@ def to_bytes(q: FindQuery, row: dict[str, Any], implicit: bool, little: bool = T
                 elements[tag] = _element(tag, vr, b"", implicit)
                 continue
             values = value if isinstance(value, list) else [value]
-            if not all(type(v) is str and _plain(v) for v in values):
+            if not all(type(v) is str and _plain(v, vr) for v in values):
                 break
             if vr == "IS" and not all(v.isdigit() and str(int(v)) == v for v in values):
                 break
+            if not all(v.isascii() for v in values):
+                elements[_CHARSET_TAG] = _element(_CHARSET_TAG, "CS", _UTF8, implicit)
             raw = _pad("\\".join(values), vr)
             if len(raw) > 0xFFFF:
                 break
@@ -411,15 +415,24 @@ def to_bytes(q: FindQuery, row: dict[str, Any], implicit: bool, little: bool = T
 
 
 def _pad(text: str, vr: str) -> bytes:
-    raw = text.encode("ascii")
+    raw = text.encode("utf-8")  # ASCII but for the _UTF8_VRS (see _plain)
     if len(raw) % 2:
         raw += b"\0" if vr == "UI" else b" "
     return raw
 
 
-def _plain(v: str) -> bool:
+# Text VRs that pydicom writes in the dataset's Specific Character Set: their values may be
+# any printable text, written directly as UTF-8 under the (0008,0005) 'ISO_IR 192' that
+# to_identifier declares for a non-ASCII value. Other VRs: ASCII only, else the pydicom way.
+_UTF8_VRS = frozenset({"PN", "LO", "SH", "ST", "LT"})
+_CHARSET_TAG = 0x00080005
+_UTF8 = b"ISO_IR 192"
+_UTF8_JSON = {"vr": "CS", "Value": ["ISO_IR 192"]}
+
+
+def _plain(v: str, vr: str = "") -> bool:
     return (
-        v.isascii()
+        (v.isascii() or vr in _UTF8_VRS)
         and v.isprintable()
         and "\\" not in v
         and "=" not in v

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pynetdicom.dsutils import encode
 
 from query.find import FindQuery, to_identifier, to_json
 
@@ -85,3 +86,41 @@ def test_plain_row_and_header_keys() -> None:
     ):
         q = FindQuery("STUDY", [(k, "") for k in keys], 10)
         assert to_json(q, row) == to_identifier(q, row).to_json()
+
+
+def test_non_ascii_names_are_written_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A patient or physician name outside ASCII (common: MÜLLER, SØREN) is written without
+    pydicom, as UTF-8 under the 'ISO_IR 192' pydicom would declare, with the same result."""
+    import query.find as find
+    from query.find import to_bytes
+
+    row = {
+        "patient_id": "MRN0001",
+        "issuer_of_patient_id": "GH",
+        "patient_name": "MÜLLER^JÜRGEN",
+        "patient_birth_date": "19640229",
+        "patient_sex": "M",
+        "study_uid": "1.2.3",
+        "study_date": "20240101",
+        "study_time": "101500",
+        "accession_number": "A0001",
+        "study_id": "1",
+        "sop_classes_in_study": ["1.2.840.10008.5.1.4.1.1.4"],
+        "n_series": 2,
+        "study_description": "IRM CÉRÉBRALE",
+        "referring_physician_name": "SØRENSEN^SØREN-ANNE",
+        "n_instances": 12,
+        "modalities_in_study": ["MR"],
+    }
+    q = FindQuery("STUDY", [(k, "") for k in STUDY_KEYS], 10)
+    expected_json = to_identifier(q, row).to_json()
+    expected = {imp: encode(to_identifier(q, row), imp, True) for imp in (True, False)}
+    assert "ISO_IR 192" in expected_json and "\\u00dc" in expected_json
+
+    def no_pydicom(*_a: Any) -> None:
+        raise AssertionError("took the pydicom path")
+
+    monkeypatch.setattr(find, "to_identifier", no_pydicom)
+    assert to_json(q, row) == expected_json
+    for imp in (True, False):
+        assert to_bytes(q, row, imp) == expected[imp]
