@@ -12,6 +12,7 @@ others; an association that fails with a bug is logged and closed, never the nod
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import socket
 import threading
@@ -41,6 +42,24 @@ class Config:
     acse_timeout: float
     allow_list: list[str] | None = None
     max_associations: int = 64
+
+
+class _SocketRaw(io.RawIOBase):
+    """The socket as a raw stream for io.BufferedReader. Unlike socket.makefile's SocketIO,
+    a read timeout does not make it unreadable for good ("cannot read from timed out
+    object"): _serve reads on after a timeout while an operation runs (the requestor is
+    silent then, waiting for our responses), so an operation longer than the network
+    timeout no longer ends its association."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        return self._sock.recv_into(b)
 
 
 class Association:
@@ -83,7 +102,7 @@ class Association:
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> None:
-        f = self.sock.makefile("rb", buffering=1 << 18)
+        f = io.BufferedReader(_SocketRaw(self.sock), 1 << 18)
         try:
             if self._associate(f):
                 self._serve(f)

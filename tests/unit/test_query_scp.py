@@ -63,8 +63,10 @@ class FakeIndex:
         self.n_studies = 3
         self.located: list[tuple[Any, ...]] = []
         self.down = False
+        self.delay = 0.0  # seconds every query takes
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        time.sleep(self.delay)
         if self.down:
             raise Unavailable("index down")
         if "storage_key" in sql:
@@ -399,3 +401,33 @@ def test_move_to_a_destination_that_aborts_mid_study(qr: dict) -> None:
     assert final.NumberOfFailedSuboperations == 2
     assert len(ident.FailedSOPInstanceUIDList) == 2
     assert echo.Status == 0x0000  # the requesting association is still served
+
+
+def test_an_operation_longer_than_the_network_timeout_completes(qr: dict) -> None:
+    """While an operation runs the requestor is silent (it waits for our responses): the
+    read timeout then is no idle peer. An operation longer than the network timeout is
+    answered, the association serves the next request, and real silence still ends it."""
+    index = FakeIndex()
+    index.delay = 1.0  # every search takes over three network timeouts
+    port = _free_port()
+    server = QueryServer(
+        Config(16384, 0.3, 10.0),
+        Services(index, HotSource(qr["hot"]), {}, "STRATA_QR", 10000, 5.0),
+        ("127.0.0.1", port),
+    )
+    try:
+        ae = AE(ae_title="FINDER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="STRATA_QR")
+        assert assoc.is_established
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.PatientID = ""
+        for _ in range(2):
+            rsps = list(assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind))
+            assert [s.Status for s, _ in rsps] == [0xFF00] * 3 + [0x0000]
+        time.sleep(1.0)  # idle: over the network timeout with nothing running
+        assert assoc.is_aborted or not assoc.is_established
+    finally:
+        server.shutdown()
