@@ -13,7 +13,8 @@ temporary STRATA_HOME (progress on stderr, the table on stdout, JSON in benchmar
    (SOPInstanceUID, InstanceNumber, slice position) varied;
 3. replays the log into a fresh chDB index (processors.replay.replay, the live write path):
    events/s and the index size on disk, as replayed and after OPTIMIZE FINAL;
-4. measures study search at that size in-process (query.find.find): by exact PatientID, by
+4. measures study search at that size in-process (what the C-FIND SCP runs: query.find's SQL,
+   then the encoded response identifier of every match): by exact PatientID, by
    PatientName prefix wildcard, by StudyDate month + ModalitiesInStudy=CT (p50/p99), plus
    instance lookups; then the same STUDY searches through the real C-FIND SCP (step 5's stack);
 5. starts the archive (``strata up``) on that Kafka and that index (the index node's consumer
@@ -704,15 +705,16 @@ def image_keys(study: str, series: str, sop: str, hierarchical: bool) -> list[tu
 
 
 def timed_find(index: Any, q: Any) -> tuple[int, float, float]:
-    """query.find.find, step by step (the same calls): (matches, seconds in the SQL query,
-    seconds in total including building the response identifiers)."""
-    from query.find import build_sql, row_dict, to_identifier
+    """What the C-FIND SCP does for a search (query.scp: find_rows, then to_bytes per match),
+    step by step: (matches, seconds in the SQL query, seconds in total including the encoded
+    response identifiers, explicit VR little endian)."""
+    from query.find import build_sql, row_dict, to_bytes
 
     t0 = time.perf_counter()
     sql, params, cols = build_sql(q, index.database, only_requested=True)
     rows = index.query(sql, params)
     t1 = time.perf_counter()
-    out = [to_identifier(q, row_dict(cols, row)) for row in rows]
+    out = [to_bytes(q, row_dict(cols, row), False) for row in rows]
     return len(out), t1 - t0, time.perf_counter() - t0
 
 
@@ -964,7 +966,14 @@ class LatencyProbe:
         while True:
             k += 1
             tq = time.perf_counter()
-            if c_find(self.find, q):
+            try:
+                found = c_find(self.find, q)
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    f"{self.label}: instance {i}, poll {k}, "
+                    f"{time.perf_counter() - tq:.1f} s into the C-FIND: {exc}"
+                ) from exc
+            if found:
                 self.visible.append(time.perf_counter() - t1)
                 break
             if tq > t1 + 60:
@@ -1340,9 +1349,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     st.down()
         with contextlib.suppress(Exception):
             broker.proc(settings).stop()
-        if not args.keep:
+        failed = sys.exc_info()[0] is not None
+        if not args.keep and not failed:
             shutil.rmtree(home, ignore_errors=True)
-        else:
+        else:  # a failed run keeps its archives' logs for the diagnosis
             log(f"kept {home}")
     results["machine"]["load_avg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return results
@@ -1467,7 +1477,8 @@ def markdown(r: dict[str, Any]) -> str:
         table(["measure", "result", "goal", "met"], report_rows(r)),
         "",
         "Search latencies are per query (SQL + building the response identifiers), random values "
-        "per query; in-process runs `query.find.find` on the replayed index (as replayed: "
+        "per query; in-process runs what the C-FIND SCP runs (query.find's SQL, then "
+        "`query.find.to_bytes` of every match) on the replayed index (as replayed: "
         "background merges still running; optimized: after OPTIMIZE FINAL); C-FIND is one "
         "association to the running query SCP (network, DIMSE encode/decode included). "
         "Ingest latency: one pynetdicom association (TCP_NODELAY) per archive, instances sent one "
