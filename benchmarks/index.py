@@ -773,20 +773,28 @@ def run_cfind_queries(port: int, aec: str, qsets: dict[str, list[dict[str, str]]
     assoc = associate(port, aec, [(FIND,)])
     out: dict[str, Any] = {"load_avg_before": loadavg()}
     try:
-        for name, matches in qsets.items():
-            c_find(assoc, identifier("STUDY", study_keys(matches[0])))  # warm-up
-            times, hits = [], []
-            for m in matches:
-                ds = identifier("STUDY", study_keys(m))
-                t = time.perf_counter()
-                res = c_find(assoc, ds)
-                times.append(time.perf_counter() - t)
-                hits.append(len(res))
-            out[name] = {**stats_ms(times), "matches_mean": round(sum(hits) / len(hits), 1)}
-            log(f"  C-FIND {QUERY_LABELS[name]}: {out[name]}")
+        _timed_study_finds(lambda ds: c_find(assoc, ds), qsets, "C-FIND", out)
     finally:
         assoc.release()
     return out
+
+
+def _timed_study_finds(
+    find: Any, qsets: dict[str, list[dict[str, str]]], label: str, out: dict[str, Any]
+) -> None:
+    """Every STUDY search of ``qsets`` through ``find`` (identifier -> matches), one warm-up
+    per kind first; per kind into ``out``: latency stats and the mean number of matches."""
+    for name, matches in qsets.items():
+        find(identifier("STUDY", study_keys(matches[0])))  # warm-up
+        times, hits = [], []
+        for m in matches:
+            ds = identifier("STUDY", study_keys(m))
+            t = time.perf_counter()
+            res = find(ds)
+            times.append(time.perf_counter() - t)
+            hits.append(len(res))
+        out[name] = {**stats_ms(times), "matches_mean": round(sum(hits) / len(hits), 1)}
+        log(f"  {label} {QUERY_LABELS[name]}: {out[name]}")
 
 
 def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, str]]]) -> dict:
@@ -821,17 +829,7 @@ def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, 
 
     out: dict[str, Any] = {"load_avg_before": loadavg(), "client": "lean SCU (common/requestor)"}
     try:
-        for name, matches in qsets.items():
-            c_find_lean(identifier("STUDY", study_keys(matches[0])))  # warm-up
-            times, hits = [], []
-            for m in matches:
-                ds = identifier("STUDY", study_keys(m))
-                t = time.perf_counter()
-                res = c_find_lean(ds)
-                times.append(time.perf_counter() - t)
-                hits.append(len(res))
-            out[name] = {**stats_ms(times), "matches_mean": round(sum(hits) / len(hits), 1)}
-            log(f"  C-FIND (lean SCU) {QUERY_LABELS[name]}: {out[name]}")
+        _timed_study_finds(c_find_lean, qsets, "C-FIND (lean SCU)", out)
     finally:
         r.release()
     return out
