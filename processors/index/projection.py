@@ -133,7 +133,22 @@ def _element_text(raw: bytes) -> str:
 # Element text -> its string: the patient/study/series attributes repeat in every instance of
 # a study, so most elements are looked up, not read. A pure function of the text: exact.
 _MEMO: dict[bytes, str] = {}
+# The same for the first twelve elements at once (all but InstanceNumber, the one that changes
+# from instance to instance): one lookup keyed by their texts joined with NUL, a byte valid JSON
+# never holds (msgspec refuses it), so the key splits back into the same twelve texts only.
+_HEAD_MEMO: dict[bytes, tuple[str, ...]] = {}
 _MEMO_MAX = 100_000
+_HEAD = len(_T) - 1
+assert _NAMES[_HEAD] == "InstanceNumber"
+
+
+def _memo_text(key: bytes) -> str:
+    text = _MEMO.get(key)
+    if text is None:
+        if len(_MEMO) > _MEMO_MAX:
+            _MEMO.clear()
+        text = _MEMO[key] = _element_text(key)
+    return text
 
 
 def header_strings(header_text: str) -> list[str]:
@@ -141,17 +156,15 @@ def header_strings(header_text: str) -> list[str]:
     (``json_value`` of each: tested equal on real and awkward headers)."""
     if not header_text:
         return [""] * len(_T)
-    memo = _MEMO
     try:
-        keys = [bytes(raw) for raw in _astuple(_RAW_INDEXED.decode(header_text))]
-        out = [memo.get(k) for k in keys]
-        if None in out:
-            if len(memo) > _MEMO_MAX:
-                memo.clear()
-            for i, v in enumerate(out):
-                if v is None:
-                    out[i] = memo[keys[i]] = _element_text(keys[i])
-        return out  # type: ignore[return-value]
+        raws = _astuple(_RAW_INDEXED.decode(header_text))
+        key = b"\x00".join(raws[:_HEAD])
+        head = _HEAD_MEMO.get(key)
+        if head is None:
+            if len(_HEAD_MEMO) > _MEMO_MAX:
+                _HEAD_MEMO.clear()
+            head = _HEAD_MEMO[key] = tuple(_memo_text(bytes(r)) for r in raws[:_HEAD])
+        return [*head, _memo_text(bytes(raws[_HEAD]))]
     except (msgspec.DecodeError, msgspec.ValidationError):
         header = json.loads(header_text)
         return [json_value(header, tag) for tag in _TAGS]
