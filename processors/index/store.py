@@ -364,9 +364,15 @@ class IndexStore:
         if not isinstance(data, list):
             tbl = data  # noqa: F841 (read by chDB)
             try:
-                # Python(tbl): chDB reads the local variable's Arrow buffers
+                # Python(tbl): chDB reads the local variable's Arrow buffers. Without the
+                # replacing pass over each inserted block (optimize_on_insert): a Batch's
+                # deduplicated tables hold one row per key already, the others are read with
+                # FINAL (or max of a version) everywhere, so the same rows come out; the pass
+                # cost ~10% of the insert's CPU (a redelivered event's two rows now wait for
+                # a merge or FINAL, as two batches' rows always did).
                 self._arrow.query(  # type: ignore[union-attr]
-                    f"INSERT INTO {self.database}.{table} ({names}) SELECT * FROM Python(tbl)"
+                    f"INSERT INTO {self.database}.{table} ({names}) "
+                    "SETTINGS optimize_on_insert = 0 SELECT * FROM Python(tbl)"
                 )
             except RuntimeError as exc:  # what chDB raises for an engine error
                 raise Unavailable(f"index write failed: {exc}") from exc
