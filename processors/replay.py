@@ -75,7 +75,7 @@ def replay(
     batch: int = 50000,
     on_progress: Callable[[int], None] | None = None,
     in_process: bool = False,
-    projectors: int = 2,
+    projectors: int | None = None,
 ) -> ReplayResult:
     """Apply every event in [start, until) of each topic partition to ``index``.
 
@@ -84,7 +84,8 @@ def replay(
     so on one interpreter it could not run beside the inserts' own Python work. This process
     only inserts prepared batches, in log order, while the next one is prepared; the rows are
     the same either way (``in_process=True`` does it all here, with a writer thread).
-    ``projectors`` processes read disjoint sets of whole partitions. Batches of up to
+    ``projectors`` processes read disjoint sets of whole partitions (by default as many as
+    balance the partitions best, see ``projector_count``). Batches of up to
     ``batch`` events: every insert makes a part per table that chDB merges later, and
     study_stats is recomputed per batch for the studies it touched, so larger batches cost
     less per event (measured: 50k vs 20k, ~41 -> ~30 us of CPU per event in this process)."""
@@ -267,13 +268,28 @@ def _split(todo: Todo, k: int) -> list[Todo]:
     return [p for p in parts if p]
 
 
+def projector_count(todo: Todo, limit: int | None = None) -> int:
+    """How many projector processes: the number (up to ``limit``, by default one more than the
+    cores, and at least 2) whose split of whole partitions has the smallest largest part,
+    the fewest among equals. A projector that runs out of partitions early leaves a core to
+    the others for the rest of the replay: with the default 3 partitions, 2 projectors split
+    them 2:1 and used ~1.75 of the 2 cores, 3 projectors ~1.93 (~+13% events/s, 300k log)."""
+    limit = limit or max(2, (os.cpu_count() or 1) + 1)
+    best, best_size = 1, sum(hi - lo for lo, hi in todo.values())
+    for k in range(2, min(limit, len(todo)) + 1):
+        size = max(sum(hi - lo for lo, hi in part.values()) for part in _split(todo, k))
+        if size < best_size:
+            best, best_size = k, size
+    return max(best, min(2, len(todo)))
+
+
 def _replay_with_projector(
     bootstrap: str,
     index: IndexStore,
     todo: Todo,
     batch: int,
     on_progress: Callable[[int], None] | None,
-    projectors: int = 2,
+    projectors: int | None = None,
 ) -> int:
     """Projector processes, each reading whole partitions (so each partition's batches arrive
     in log order); their batches are written as they come."""
@@ -290,7 +306,8 @@ def _replay_with_projector(
     receivers: dict[Connection, subprocess.Popen[bytes]] = {}
     n = 0
     try:
-        for i, part in enumerate(_split(todo, projectors)):
+        k = projectors or projector_count(todo)
+        for i, part in enumerate(_split(todo, k)):
             # A plain child interpreter (not multiprocessing's spawn, which re-imports the
             # caller's main module; never fork a process that holds chDB).
             r, w = os.pipe()
