@@ -269,18 +269,18 @@ def _split(todo: Todo, k: int) -> list[Todo]:
 
 
 def projector_count(todo: Todo, limit: int | None = None) -> int:
-    """How many projector processes: the number (up to ``limit``, by default one more than the
-    cores, and at least 2) whose split of whole partitions has the smallest largest part,
-    the fewest among equals. A projector that runs out of partitions early leaves a core to
-    the others for the rest of the replay: with the default 3 partitions, 2 projectors split
-    them 2:1 and used ~1.75 of the 2 cores, 3 projectors ~1.93 (~+13% events/s, 300k log)."""
+    """How many projector processes: the number up to ``limit`` (by default one more than the
+    cores) whose split of whole partitions has the smallest largest part, the fewest among
+    equals. A projector that runs out of partitions early leaves a core to the others for the
+    rest of the replay: with the default 3 partitions, 2 projectors split them 2:1 and used
+    ~1.75 of the 2 cores, 3 projectors ~1.93 (~+13% events/s, 300k log)."""
     limit = limit or max(2, (os.cpu_count() or 1) + 1)
     best, best_size = 1, sum(hi - lo for lo, hi in todo.values())
     for k in range(2, min(limit, len(todo)) + 1):
         size = max(sum(hi - lo for lo, hi in part.values()) for part in _split(todo, k))
         if size < best_size:
             best, best_size = k, size
-    return max(best, min(2, len(todo)))
+    return best
 
 
 def _replay_with_projector(
