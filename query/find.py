@@ -467,7 +467,6 @@ def _pad(text: str, vr: str) -> bytes:
 _UTF8_VRS = frozenset({"PN", "LO", "SH", "ST", "LT"})
 _CHARSET_TAG = 0x00080005
 _UTF8 = b"ISO_IR 192"
-_UTF8_JSON = {"vr": "CS", "Value": ["ISO_IR 192"]}
 
 
 def _plain(v: str, vr: str = "") -> bool:
