@@ -71,7 +71,10 @@ def header_json(ds: Dataset, element_max: int | None = None, total_max: int | No
     check more."""
     charset = ds._dict.get(_CHARSET_TAG)
     if not ds.is_little_endian or (charset is not None and not _plain_charset(charset)):
-        return _bounded(json.loads(header_json_pydicom(ds)), element_max, total_max)
+        text = header_json_pydicom(ds)
+        if _within(text, element_max, total_max):
+            return text
+        return _bounded(json.loads(text), element_max, total_max)
     obj: dict[str, Any] = {}
     for tag in sorted(ds._dict):
         raw = ds._dict[tag]
@@ -101,11 +104,16 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+def _within(text: str, element_max: int | None, total_max: int | None) -> bool:
+    """No element can be over element_max, nor the whole over total_max (UTF-8 bytes)."""
+    limit = min(x for x in (element_max, total_max, 1 << 62) if x is not None)
+    return len(text) <= limit // 4 or len(text.encode()) <= limit
+
+
 def _bounded(obj: dict[str, Any], element_max: int | None, total_max: int | None) -> str:
     text = _dumps(obj)
-    limit = min(x for x in (element_max, total_max, 1 << 62) if x is not None)
-    if len(text) <= limit // 4 or len(text.encode()) <= limit:
-        return text  # no element can be over element_max, nor the whole over total_max
+    if _within(text, element_max, total_max):
+        return text
     sizes = {tag: len(_dumps(v).encode()) for tag, v in obj.items()}
     if element_max is not None:
         for tag, n in sizes.items():
