@@ -7,6 +7,7 @@ strata config                      list every setting with its env name and defa
 strata route list|show|redrive     routes: decisions, attempts, dead letters; re-drive
 strata hold place|release|list     legal holds on studies (never deleted while held)
 strata storage verify              check every object's bytes in its tier; --repair
+strata outbox list|redrive         events Kafka refused for good (set aside); re-queue them
 strata serve ingest|index|router   run one service in the foreground (used by ``up``)
 """
 
@@ -61,7 +62,54 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if detail:
         print()
         print(_table(["topic", "log end", "indexed", "lag", "ingest outbox"], detail))
+    print()
+    print(_ingest_state(settings))
     return 0 if all(r[1] == "running" for r in rows) else 3
+
+
+def _ingest_state(settings: Settings) -> str:
+    """Set-aside events and quarantine use, read from the node's files (no service needed)."""
+    from ingest.node import build_quarantine
+    from ingest.outbox import Outbox
+
+    aside = Outbox(settings.outbox_path).set_aside_count() if settings.outbox_path.is_file() else 0
+    use = build_quarantine(settings).sweep(delete=False)
+    pct = 100.0 * use.bytes / settings.quarantine_max_bytes if settings.quarantine_max_bytes else 0
+    hint = " (not published, not indexed: see 'strata outbox list', then 'redrive')"
+    return (
+        f"set-aside events: {aside}"
+        + (hint if aside else "")
+        + f"\nquarantine: {use.files} objects, {use.bytes / 1e6:.1f} MB of "
+        f"{settings.quarantine_max_bytes / 1e6:.0f} MB ({pct:.1f}%)"
+    )
+
+
+def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
+    """Events the relay set aside (Kafka refused them for good): list them, or re-drive them."""
+    from datetime import UTC, datetime
+
+    from ingest.outbox import Outbox
+
+    if not settings.outbox_path.is_file():
+        raise StrataError(f"no ingest outbox at {settings.outbox_path}")
+    outbox = Outbox(settings.outbox_path)
+    if args.action == "list":
+        rows = [
+            [
+                e.seq,
+                e.sop_uid or "-",
+                e.size,
+                datetime.fromtimestamp(e.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                e.error,
+            ]
+            for e in outbox.set_aside_events()
+        ]
+        print(_table(["seq", "sop instance uid", "bytes", "recorded (UTC)", "error"], rows))
+        print(f"{len(rows)} set-aside events")
+        return 0
+    n = outbox.redrive([int(x) for x in args.seq] if args.seq else None)
+    print(f"re-driven {n} events: the relay publishes them next")
+    return 0
 
 
 def _index_http(settings: Settings, path: str, timeout: float = 120) -> dict:
@@ -632,6 +680,10 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--hold-id", default="legal", help="name of the hold (several may coexist)")
     h.add_argument("--by", help="operator name (default: the login name)")
     h.set_defaults(fn=cmd_hold)
+    ob = sub.add_parser("outbox", help="ingest outbox: events set aside by the relay")
+    ob.add_argument("action", choices=["list", "redrive"])
+    ob.add_argument("seq", nargs="*", help="outbox seq numbers to re-drive (default: all)")
+    ob.set_defaults(fn=cmd_outbox)
     st = sub.add_parser("storage", help="storage tiers: verify objects")
     stsub = st.add_subparsers(dest="storage_cmd", required=True)
     sv_ = stsub.add_parser(

@@ -127,6 +127,31 @@ class Settings:
         ' ..., "institution": ..., "issuer_of_patient_id": ...}}}. Empty = accept any AE.',
     )
 
+    # --- hostile input: bounded events, set-aside events, deflate bound, quarantine quota ---
+    event_element_max_bytes: int = _setting(
+        64 * 1024,
+        "Element values larger than this are left out of an event's header and marked as bulk "
+        "data (a BulkDataURI in WADO-RS metadata); the object keeps them.",
+    )
+    event_header_max_bytes: int = _setting(
+        512 * 1024,
+        "Largest header (DICOM JSON) an event carries: beyond it the largest elements are "
+        "marked as bulk data too, so an event stays under the broker's message size (1 MiB).",
+    )
+    max_inflated_bytes: int = _setting(
+        256 * 1024**2,
+        "Largest size a Deflated Explicit VR Little Endian dataset may inflate to; larger ones "
+        "are refused (A721) and quarantined.",
+    )
+    quarantine_max_bytes: int = _setting(
+        10 * 1024**3,
+        "Bytes the quarantine may hold; beyond it a refused object's record is still written "
+        "(reason, identifiers, size, sha256) but its bytes are not kept.",
+    )
+    quarantine_retention_days: float = _setting(
+        30.0, "Quarantined bytes older than this many days are deleted (their records stay)."
+    )
+
     # --- query (DIMSE Q/R SCP) ---
     qr_ae_title: str = _setting("STRATA_QR", "AE title of the query/retrieve SCP.")
     qr_port: int = _setting(11113, "Port of the query/retrieve (C-FIND/C-ECHO) SCP.")

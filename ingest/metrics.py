@@ -34,3 +34,21 @@ KAFKA_UP = Gauge(
 WORKERS = Gauge(
     "strata_ingest_workers", "Live ingest worker processes", multiprocess_mode="livemax"
 )
+OUTBOX_SET_ASIDE = Gauge(
+    "strata_ingest_outbox_set_aside",
+    "Events Kafka refused for good, set aside in the outbox until re-driven",
+    multiprocess_mode="livemax",
+)
+SET_ASIDE = Counter(
+    "strata_ingest_events_set_aside_total", "Events set aside (refused for good by Kafka)"
+)
+QUARANTINE_BYTES = Gauge(
+    "strata_ingest_quarantine_bytes",
+    "Bytes of refused objects kept in quarantine",
+    multiprocess_mode="livemax",
+)
+QUARANTINE_FILES = Gauge(
+    "strata_ingest_quarantine_files",
+    "Refused objects kept in quarantine",
+    multiprocess_mode="livemax",
+)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from common.settings import Settings
 
 if TYPE_CHECKING:
+    from ingest.quarantine import Quarantine
     from ingest.store import StoreService
 
 log = logging.getLogger("strata.ingest")
@@ -49,8 +50,15 @@ def run_node(settings: Settings) -> None:
 
     _purge_incoming(settings)
     outbox = Outbox(settings.outbox_path)
-    relay = Relay(outbox, settings.kafka_bootstrap, on_published=metrics.PUBLISHED.inc)
+    relay = Relay(
+        outbox,
+        settings.kafka_bootstrap,
+        on_published=metrics.PUBLISHED.inc,
+        on_set_aside=metrics.SET_ASIDE.inc,
+    )
     relay.start()
+    quarantine = build_quarantine(settings)
+    quarantine_use = [quarantine.sweep()]  # retention applied here too, every ~10 s
     n = settings.ingest_workers or os.cpu_count() or 1
     env = {**os.environ, **settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     argv = [sys.executable, "-m", "cli.main", "serve", "ingest-worker"]
@@ -68,6 +76,10 @@ def run_node(settings: Settings) -> None:
             "kafka_up": relay.kafka_ok,
             "outbox_depth": outbox.depth(),
             "outbox_oldest_seconds": round(age, 3),
+            "outbox_set_aside": outbox.set_aside_count(),
+            "quarantine_files": quarantine_use[0].files,
+            "quarantine_bytes": quarantine_use[0].bytes,
+            "quarantine_max_bytes": settings.quarantine_max_bytes,
         }
         # Healthy = can accept and make durable. Kafka down with the spool working is
         # "degraded" (still accepting, durable locally), not unhealthy.
@@ -82,6 +94,7 @@ def run_node(settings: Settings) -> None:
         settings.ingest_port,
         settings.ingest_http_port,
     )
+    swept_at = time.monotonic()
     while not stop.is_set():
         for i, w in enumerate(workers):
             if w.poll() is not None and not stop.is_set():
@@ -94,6 +107,12 @@ def run_node(settings: Settings) -> None:
         metrics.OUTBOX_OLDEST.set(outbox.oldest_pending_age())
         metrics.KAFKA_UP.set(1 if relay.kafka_ok else 0)
         metrics.WORKERS.set(sum(1 for w in workers if w.poll() is None))
+        metrics.OUTBOX_SET_ASIDE.set(outbox.set_aside_count())
+        if time.monotonic() - swept_at > 10.0:
+            quarantine_use[0] = quarantine.sweep()
+            swept_at = time.monotonic()
+        metrics.QUARANTINE_BYTES.set(quarantine_use[0].bytes)
+        metrics.QUARANTINE_FILES.set(quarantine_use[0].files)
         stop.wait(0.5)
 
     log.info("ingest node: draining")
@@ -157,6 +176,16 @@ def _http_server(settings: Settings, health: Any) -> ThreadingHTTPServer:
     return server
 
 
+def build_quarantine(settings: Settings) -> Quarantine:
+    from ingest.quarantine import Quarantine
+
+    return Quarantine(
+        settings.quarantine_dir,
+        max_bytes=settings.quarantine_max_bytes,
+        retention_s=settings.quarantine_retention_days * 86400.0,
+    )
+
+
 def build_store_service(settings: Settings) -> StoreService:
     """The store feature wired to this node's hot tier, outbox and configuration (used by the
     C-STORE workers and by STOW-RS: one contract for both)."""
@@ -178,8 +207,22 @@ def build_store_service(settings: Settings) -> StoreService:
             refuse_when_log_down=settings.outbox_mode == "refuse",
             refuse_after_s=settings.outbox_refuse_after,
             max_outbox_depth=settings.outbox_max_depth,
+            event_element_max_bytes=settings.event_element_max_bytes,
+            event_header_max_bytes=settings.event_header_max_bytes,
+            max_inflated_bytes=settings.max_inflated_bytes,
         ),
+        cold=_cold_tier(settings),
+        quarantine=build_quarantine(settings),
     )
+
+
+def _cold_tier(settings: Settings) -> Any:
+    """The cold tier when configured (asked only whether a duplicate's object is there)."""
+    if not settings.s3_endpoint:
+        return None
+    from archive.cold import build_cold_tier
+
+    return build_cold_tier(settings)
 
 
 def run_worker(settings: Settings) -> None:

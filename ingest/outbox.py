@@ -30,11 +30,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     sop_uid    TEXT,
     sha256     TEXT,
     created_ms INTEGER NOT NULL,                   -- local time, used only to bound recovery scans
-    published  INTEGER NOT NULL DEFAULT 0
+    published  INTEGER NOT NULL DEFAULT 0          -- 0 pending, 1 published, 2 set aside
 );
--- The idempotency key of an arrival: same instance, same bytes = same arrival.
-CREATE UNIQUE INDEX IF NOT EXISTS outbox_arrival ON outbox (sop_uid, sha256)
-    WHERE sop_uid IS NOT NULL AND sha256 IS NOT NULL;
+-- The idempotency key of an arrival (same instance, same bytes) is checked by append() inside
+-- its write transaction, on outbox_sop: not a UNIQUE index, because an arrival whose object
+-- has since gone from every tier is recorded again (ingest/store.py). Older outboxes had one.
+DROP INDEX IF EXISTS outbox_arrival;
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (published, seq);
 -- The latest version of an instance (new-version detection) without a scan of the history.
 CREATE INDEX IF NOT EXISTS outbox_sop ON outbox (sop_uid, seq);
@@ -51,6 +52,24 @@ class Pending:
     created_ms: int
 
 
+PENDING, PUBLISHED, SET_ASIDE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """An event the relay moved aside: Kafka refused it for good (e.g. too large). It stays
+    here with the error until an operator re-drives it (``strata outbox redrive``)."""
+
+    seq: int
+    event_id: str
+    topic: str
+    key: str
+    sop_uid: str | None
+    size: int
+    created_ms: int
+    error: str
+
+
 @dataclass(frozen=True)
 class Appended:
     event_id: str
@@ -64,6 +83,9 @@ class Outbox:
         self._local = threading.local()
         with self._db() as db:
             db.executescript(SCHEMA)
+            cols = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
+            if "error" not in cols:  # outboxes made before events could be set aside
+                db.execute("ALTER TABLE outbox ADD COLUMN error TEXT")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -84,19 +106,23 @@ class Outbox:
         value: bytes,
         sop_uid: str | None = None,
         sha256: str | None = None,
+        again_after: str = "",
     ) -> Appended:
         """Durably record an event (fsync'd when this returns). With (sop_uid, sha256) given,
-        an arrival already recorded is not recorded again."""
+        an arrival already recorded is not recorded again, unless ``again_after`` names the
+        event id of its latest record: the arrival is then recorded again (its object was
+        gone), once, even when several workers receive it at the same time."""
         db = self._db()
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if sop_uid and sha256:
                     row = db.execute(
-                        "SELECT event_id FROM outbox WHERE sop_uid=? AND sha256=?",
+                        "SELECT event_id FROM outbox WHERE sop_uid=? AND sha256=?"
+                        " ORDER BY seq DESC LIMIT 1",
                         (sop_uid, sha256),
                     ).fetchone()
-                    if row:
+                    if row and row[0] != again_after:
                         db.execute("ROLLBACK")
                         return Appended(row[0], new=False)
                 db.execute(
@@ -123,6 +149,18 @@ class Outbox:
         )
         return row[0] if row else None
 
+    def latest_arrival(self, sop_uid: str) -> tuple[str, str] | None:
+        """(sha256, event id) of this instance's latest recorded arrival."""
+        row = (
+            self._db()
+            .execute(
+                "SELECT sha256, event_id FROM outbox WHERE sop_uid=? ORDER BY seq DESC LIMIT 1",
+                (sop_uid,),
+            )
+            .fetchone()
+        )
+        return (row[0], row[1]) if row else None
+
     def pending(self, limit: int = 500) -> list[Pending]:
         rows = (
             self._db()
@@ -144,6 +182,54 @@ class Outbox:
             "UPDATE outbox SET published=1, value=NULL WHERE seq=?", [(s,) for s in seqs]
         )
         db.execute("COMMIT")
+
+    def set_aside(self, seq: int, error: str) -> bool:
+        """Move a pending event aside (it no longer blocks the ones after it)."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        cur = db.execute(
+            "UPDATE outbox SET published=?, error=? WHERE seq=? AND published=?",
+            (SET_ASIDE, error[:500], seq, PENDING),
+        )
+        db.execute("COMMIT")
+        return cur.rowcount == 1
+
+    def set_aside_count(self) -> int:
+        return int(
+            self._db()
+            .execute("SELECT count(*) FROM outbox WHERE published=?", (SET_ASIDE,))
+            .fetchone()[0]
+        )
+
+    def set_aside_events(self, limit: int = 1000) -> list[SetAside]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT seq, event_id, topic, key, sop_uid, length(value), created_ms, error"
+                " FROM outbox WHERE published=? ORDER BY seq LIMIT ?",
+                (SET_ASIDE, limit),
+            )
+            .fetchall()
+        )
+        return [SetAside(r[0], r[1], r[2], r[3], r[4], r[5] or 0, r[6], r[7] or "") for r in rows]
+
+    def redrive(self, seqs: list[int] | None = None) -> int:
+        """Make set-aside events pending again (all, or those of ``seqs``): the relay publishes
+        them next, before newer pending events (their order among newer events is lost)."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        if seqs is None:
+            cur = db.execute(
+                "UPDATE outbox SET published=?, error=NULL WHERE published=?",
+                (PENDING, SET_ASIDE),
+            )
+        else:
+            cur = db.executemany(
+                "UPDATE outbox SET published=?, error=NULL WHERE seq=? AND published=?",
+                [(PENDING, s, SET_ASIDE) for s in seqs],
+            )
+        db.execute("COMMIT")
+        return int(cur.rowcount)
 
     def depth(self) -> int:
         return int(

@@ -6,6 +6,12 @@
 - Exactly once across a crash: a record published but not yet marked (crash in between) is found
   again at start-up by scanning the topic tail from just before its creation time for its
   event id, and marked without being produced twice.
+- Poison: an event Kafka refuses for good (``PERMANENT``: too large for the broker, an invalid
+  record) is produced once more on its own (a refused batch fails every record in it); refused
+  again, it is set aside in the outbox with the error (``strata outbox redrive`` re-queues it)
+  and never blocks the events after it. Events refused with a batch and published on their own
+  land after the ones behind them that were already acknowledged: the only case where the log
+  order differs from the outbox order.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -21,6 +28,22 @@ from ingest.outbox import Outbox, Pending
 from proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+# Produce errors that retrying the same record cannot fix: the record is the problem.
+PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_TIMESTAMP,
+    }
+)
+
+
+def is_permanent(err: KafkaError | None) -> bool:
+    return err is not None and err.code() in PERMANENT
 
 
 class Relay:
@@ -31,19 +54,26 @@ class Relay:
         on_published: Callable[[int], None] | None = None,
         batch: int = 500,
         idle_wait: float = 0.002,
+        on_set_aside: Callable[[], None] | None = None,
+        producer_factory: Callable[[dict[str, Any]], Any] = Producer,
     ) -> None:
         self.outbox = outbox
         self.bootstrap = bootstrap
         self.batch = batch
         self.idle_wait = idle_wait
         self.on_published = on_published
+        self.on_set_aside = on_set_aside
         self.kafka_ok = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
-        self._producer = Producer(
+        self._producer_factory = producer_factory
+        self._producer = self._new_producer()
+
+    def _new_producer(self) -> Any:
+        return self._producer_factory(
             {
-                "bootstrap.servers": bootstrap,
+                "bootstrap.servers": self.bootstrap,
                 "enable.idempotence": True,  # implies acks=all and ordered retries
                 "acks": "all",
                 "linger.ms": 2,
@@ -96,38 +126,93 @@ class Relay:
 
             return done
 
+        produced: list[Pending] = []
         for r in rows:
-            while True:
-                try:
-                    self._producer.produce(
-                        r.topic, key=r.key.encode(), value=r.value, on_delivery=cb(r.seq)
-                    )
-                    break
-                except BufferError:
-                    self._producer.poll(0.1)
+            err = self._produce(r, cb(r.seq))
+            if err is None:
+                produced.append(r)
+            else:  # refused before leaving: the record itself is the problem
+                self._set_aside(r, err)
         waited_since = time.monotonic()
-        while len(acked) < len(rows) and not self._stop.is_set():
+        while len(acked) < len(produced) and not self._stop.is_set():
             self._producer.poll(0.05)
             # Asking the broker for metadata on every wait was a request per batch: only
             # when acknowledgements are late is it worth knowing whether Kafka is up.
-            if len(acked) < len(rows) and time.monotonic() - waited_since > 1.0:
+            if len(acked) < len(produced) and time.monotonic() - waited_since > 1.0:
                 self.kafka_ok = self._broker_up()
-        failed = [(seq, err) for seq, err in acked.items() if err is not None]
-        # Mark in order only up to the first failure, so order is kept on the retry.
-        ok_prefix = []
-        for r in rows:
-            if acked.get(r.seq, "missing") is None:
-                ok_prefix.append(r.seq)
-            else:
+        # Every acknowledged record is in Kafka: mark it (re-producing it would duplicate it).
+        # With message.timeout.ms=0 a record fails only when Kafka refuses it for good (or the
+        # producer failed fatally); until then the wait above keeps the order.
+        ok = [r.seq for r in produced if r.seq in acked and acked[r.seq] is None]
+        self.outbox.mark_published(ok)
+        published = len(ok)
+        for r in produced:
+            err = acked.get(r.seq)
+            if err is None:
+                continue
+            if err.fatal():
+                log.error("relay: producer failed fatally (%s); starting a new one", err)
+                self._producer.flush(5)
+                self._producer = self._new_producer()
                 break
-        self.outbox.mark_published(ok_prefix)
-        if ok_prefix:
+            if not is_permanent(err):
+                log.error("relay: event seq=%d not delivered (%s); will retry", r.seq, err)
+                break
+            # A refused batch fails every record in it: try this one on its own.
+            alone = self._produce_alone(r)
+            if alone is None:
+                self.outbox.mark_published([r.seq])
+                published += 1
+            elif is_permanent(alone):
+                self._set_aside(r, alone)
+            else:
+                log.error("relay: event seq=%d not delivered (%s); will retry", r.seq, alone)
+                break
+        if published:
             self.kafka_ok = True
             if self.on_published:
-                self.on_published(len(ok_prefix))
-        for seq, err in failed:
-            log.error("relay: event seq=%d not delivered (%s); will retry", seq, err)
+                self.on_published(published)
         return True
+
+    def _produce(self, r: Pending, on_delivery: Callable[..., None]) -> KafkaError | None:
+        """Hand one record to the producer; the error when it refuses it for good at once
+        (e.g. larger than the producer's message.max.bytes)."""
+        while True:
+            try:
+                self._producer.produce(
+                    r.topic, key=r.key.encode(), value=r.value, on_delivery=on_delivery
+                )
+                return None
+            except BufferError:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is not None and is_permanent(err):
+                    return err
+                raise
+
+    def _produce_alone(self, r: Pending) -> KafkaError | None:
+        got: list[KafkaError | None] = []
+        err = self._produce(r, lambda e, _m: got.append(e))
+        if err is not None:
+            return err
+        while not got and not self._stop.is_set():
+            self._producer.poll(0.05)
+        return got[0] if got else KafkaError(KafkaError._DESTROY)
+
+    def _set_aside(self, r: Pending, err: KafkaError) -> None:
+        error = f"{err.name()}: {err.str()}"
+        if self.outbox.set_aside(r.seq, error):
+            log.error(
+                "relay: event seq=%d id=%s (%d bytes) set aside: %s; the events after it go on"
+                " (re-drive with 'strata outbox redrive')",
+                r.seq,
+                r.event_id,
+                len(r.value or b""),
+                error,
+            )
+            if self.on_set_aside:
+                self.on_set_aside()
 
     def _broker_up(self) -> bool:
         try:

@@ -17,3 +17,6 @@ CANNOT_UNDERSTAND_UNDECODABLE = 0xC003
 # Refused: the object exceeds the configured size limit (not retryable as is; A7xx because
 # PS3.4 has no better class for a resource limit of the receiver).
 OUT_OF_RESOURCES_OBJECT_TOO_LARGE = 0xA720
+# Refused: a Deflated Explicit VR Little Endian dataset inflates beyond the configured bound
+# (STRATA_MAX_INFLATED_BYTES; a deflate bomb). Not retryable as is, like A720.
+OUT_OF_RESOURCES_INFLATED_TOO_LARGE = 0xA721

@@ -6,9 +6,15 @@ success is returned only after the bytes are fsync'd in the tier AND the Instanc
 is durable in the fsync'd outbox, which the relay publishes to Kafka in order. Any failure
 before that yields a failure status and the sender keeps responsibility for the object.
 
-Arrivals: same SOP Instance UID and same bytes as an earlier arrival = idempotent duplicate
-(success, nothing new). Same UID, other bytes = a new version (new object key, new event that
-names the superseded sha256). Refused objects go to quarantine with an InstanceQuarantined event.
+Arrivals: same SOP Instance UID and same bytes as an earlier arrival whose object is still
+there (hot, or cold when configured) = idempotent duplicate (success, nothing new); if that
+object is gone (deleted at the end of retention, a lost disk) the arrival is stored again, with
+a new event. Same UID, other bytes = a new version (new object key, new event that names the
+superseded sha256). Refused objects go to quarantine with an InstanceQuarantined event.
+
+Events are bounded (one must fit in a Kafka message): header values over
+``Limits.event_element_max_bytes`` and the largest ones beyond ``event_header_max_bytes`` are
+left out of the event's header and marked as bulk data (common/dicom.py ``header_json``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from common.errors import Invalid, Unavailable
 from common.events import envelope, timestamp
 from ingest import statuses
 from ingest.config import AEConfig
+from ingest.quarantine import Quarantine
 from proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,14 @@ REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 
 class ObjectTier(Protocol):
     def put_file(self, key: str, src: Path) -> bool: ...
+
+    def size(self, key: str) -> int | None: ...
+
+
+class ReadTier(Protocol):
+    """A tier objects may have moved to (cold): asked only whether an object is there."""
+
+    def size(self, key: str) -> int | None: ...
 
 
 class EventLog(Protocol):
@@ -52,9 +67,10 @@ class EventLog(Protocol):
         value: bytes,
         sop_uid: str | None = None,
         sha256: str | None = None,
+        again_after: str = "",
     ) -> object: ...
 
-    def latest_sha256(self, sop_uid: str) -> str | None: ...
+    def latest_arrival(self, sop_uid: str) -> tuple[str, str] | None: ...
 
     def depth(self) -> int: ...
 
@@ -97,6 +113,9 @@ class Limits:
     refuse_when_log_down: bool = False  # outbox mode 'refuse'
     refuse_after_s: float = 5.0
     max_outbox_depth: int = 1_000_000
+    event_element_max_bytes: int = 64 * 1024
+    event_header_max_bytes: int = 512 * 1024
+    max_inflated_bytes: int = 256 * 1024**2
 
 
 class Refused(Exception):
@@ -115,9 +134,15 @@ class StoreService:
     node: str
     aes: AEConfig
     limits: Limits
+    cold: ReadTier | None = None  # where the lifecycle moves objects, when configured
+    quarantine: Quarantine | None = None  # None: no quota (a Quarantine of quarantine_dir)
     _sampled_at: float = field(default=-1e9, init=False, repr=False)
     _depth: int = field(default=0, init=False, repr=False)
     _oldest: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.quarantine is None:
+            self.quarantine = Quarantine(self.quarantine_dir, max_bytes=1 << 62)
 
     def store(self, rx: Received) -> Outcome:
         try:
@@ -171,8 +196,14 @@ class StoreService:
                 f"object of {size} bytes exceeds the limit",
             )
         try:
-            dicom.check_structure(rx.path)
+            dicom.check_structure(rx.path, self.limits.max_inflated_bytes)
             ds = dicom.read_header(rx.path)
+        except dicom.InflateLimit as exc:
+            raise Refused(
+                statuses.OUT_OF_RESOURCES_INFLATED_TOO_LARGE,
+                "inflate-limit",
+                f"deflated dataset inflates beyond {self.limits.max_inflated_bytes} bytes",
+            ) from exc
         except Invalid as exc:
             raise Refused(
                 statuses.CANNOT_UNDERSTAND_UNDECODABLE, "undecodable", str(exc)[:64]
@@ -214,14 +245,24 @@ class StoreService:
         )
         # Everything the event needs is read from the dataset BEFORE the file moves: large
         # values are read lazily from the spool file, which put_file takes away.
-        previous = self.outbox.latest_sha256(uids["SOPInstanceUID"])
+        latest = self.outbox.latest_arrival(uids["SOPInstanceUID"])
+        previous = latest[0] if latest else None
+        again_after = ""
         if previous == sha:
             # The same bytes as this instance's latest arrival, which was recorded only after
-            # its object was durable: an idempotent duplicate. Nothing is written again (a
-            # second copy in hot of an object the lifecycle has since moved to cold would be
-            # an orphan nobody deletes).
-            rx.path.unlink(missing_ok=True)
-            return Outcome(statuses.SUCCESS, duplicate=True)
+            # its object was durable: an idempotent duplicate while that object is still there.
+            # Nothing is written again (a second copy in hot of an object the lifecycle has
+            # since moved to cold would be an orphan nobody deletes).
+            if self._object_present(key, size):
+                rx.path.unlink(missing_ok=True)
+                return Outcome(statuses.SUCCESS, duplicate=True)
+            # Gone from every tier (end of retention, a lost disk): a new arrival.
+            assert latest is not None
+            again_after = latest[1]
+            log.warning(
+                "sop=%s: the object of its recorded arrival is gone; storing it again",
+                uids["SOPInstanceUID"],
+            )
         ae = self.aes.lookup(rx.calling_ae)
         now = datetime.now(UTC)
         issuer = dicom.text(ds, "IssuerOfPatientID") or ae.issuer_of_patient_id
@@ -244,7 +285,10 @@ class StoreService:
             peer_address=rx.peer_address,
             ingest_node=self.node,
             received_at=timestamp(now),
-            header_json=dicom.header_json(ds),  # the original header, as received
+            # the original header, as received, bounded (values too large marked as bulk data)
+            header_json=dicom.header_json(
+                ds, self.limits.event_element_max_bytes, self.limits.event_header_max_bytes
+            ),
             received_via=rx.via,
             supersedes_sha256=previous if previous and previous != sha else "",
             calling_ae_site=ae.site,
@@ -258,7 +302,16 @@ class StoreService:
             occurred_at=now,
         )
         # 1. bytes durable (content-addressed key: a retransmission lands on the same key)
-        self.tier.put_file(key, rx.path)
+        created = self.tier.put_file(key, rx.path)
+        if again_after and not created:
+            # Something is at the key but not with the recorded size: a damaged object, which
+            # the tier never overwrites. Retryable once `strata storage verify --repair` ran.
+            log.error("sop=%s: the object at its key is damaged; not stored", rx.sop_instance_uid)
+            return Outcome(
+                statuses.OUT_OF_RESOURCES_STORAGE,
+                "stored copy damaged, repair pending",
+                reason="damaged-object",
+            )
         # 2. event durable (fsync'd outbox; deduplicated on (sop, sha256))
         appended = self.outbox.append(
             event_id=env.event_id,
@@ -267,19 +320,38 @@ class StoreService:
             value=env.SerializeToString(),
             sop_uid=uids["SOPInstanceUID"],
             sha256=sha,
+            again_after=again_after,
         )
         if not getattr(appended, "new", True):
             return Outcome(statuses.SUCCESS, duplicate=True)
         return Outcome(statuses.SUCCESS, event=env)
 
+    def _object_present(self, key: str, size: int) -> bool:
+        """Is the object of a recorded arrival still there, in some tier?
+
+        Existence and size at its key, not a re-hash: the key holds the sha256 recorded at
+        ingest and a key is never rewritten with other bytes (hot: link-if-absent; cold: put
+        only after the copy was verified), so what is at the key with that size is those bytes
+        unless the medium corrupted them, which ``strata storage verify`` finds and repairs.
+        Re-hashing would read the whole object again for every retransmission. A cold tier
+        that cannot answer raises Unavailable (a retryable failure): better than a copy in hot
+        of an object that is in cold."""
+        if self.tier.size(key) == size:
+            return True
+        return self.cold is not None and self.cold.size(key) == size
+
     def _quarantine(self, rx: Received, r: Refused, size: int, sha: str) -> Outcome:
-        """Keep the refused bytes and record why; the sender gets the precise status."""
+        """Keep the refused bytes (within the quota) and record why; the sender gets the
+        precise status. Over the quota the record is still written, saying the bytes were not
+        kept."""
         key = f"{sha}.dcm"
+        assert self.quarantine is not None
         try:
-            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-            dst = self.quarantine_dir / key
-            if not dst.exists():
-                rx.path.rename(dst)
+            dropped = self.quarantine.keep(rx.path, key, size)
+        except OSError as exc:
+            log.error("quarantine of a refused object failed: %s", exc)
+            dropped = f"quarantine-write-failed: {exc.strerror}"
+        try:
             q = pb.InstanceQuarantined(
                 reason=r.reason,
                 detail=r.comment,
@@ -288,12 +360,14 @@ class StoreService:
                 sop_instance_uid=rx.sop_instance_uid,
                 size_bytes=size,
                 sha256=sha,
-                location=pb.StorageLocation(tier="quarantine", key=key),
+                location=None if dropped else pb.StorageLocation(tier="quarantine", key=key),
                 calling_ae_title=rx.calling_ae,
                 called_ae_title=rx.called_ae,
                 peer_address=rx.peer_address,
                 ingest_node=self.node,
                 received_at=timestamp(datetime.now(UTC)),
+                bytes_dropped=bool(dropped),
+                bytes_dropped_reason=dropped,
             )
             env = envelope(q, study_uid="", service="ingest", node=self.node)
             self.outbox.append(
@@ -303,7 +377,11 @@ class StoreService:
                 value=env.SerializeToString(),
             )
         except (OSError, Unavailable) as exc:
-            log.error("quarantine of a refused object failed: %s", exc)
+            log.error("quarantine record of a refused object failed: %s", exc)
+        if dropped:
+            log.warning(
+                "refused sop=%s: bytes not kept (%s); the record is", rx.sop_instance_uid, dropped
+            )
         return Outcome(r.status, r.comment, reason=r.reason)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.dicom import BULK_MARK
 from common.errors import Invalid, NotFound, StrataError, Unavailable
 from query.find import FindQuery, build_sql, row_dict, to_identifier
 from query.grpc_service import DEFAULT_KEYS
@@ -243,11 +244,12 @@ class DicomWeb:
             where += " AND sop_uid = {i:String}"
         db = self.d.index.database
 
-        def run() -> list[tuple[str, str]]:
+        def run() -> list[tuple[str, str, str, str]]:
             return [
-                (r[0], r[1])
+                (r[0], r[1], r[2], r[3])
                 for r in self.d.index.query(
-                    f"SELECT header_json, transfer_syntax_uid FROM {db}.instances FINAL "
+                    f"SELECT header_json, transfer_syntax_uid, series_uid, sop_uid "
+                    f"FROM {db}.instances FINAL "
                     f"WHERE {where} ORDER BY series_uid, instance_number, sop_uid",
                     params,
                 )
@@ -260,10 +262,17 @@ class DicomWeb:
         if not rows:
             return _error(404, "not found")
         # Splice the stored JSON text (no re-encoding): add the transfer syntax, which viewers
-        # need to decode frames, as (0002,0010).
+        # need to decode frames, as (0002,0010). Values left out of the event's header at
+        # ingest (too large, common/dicom.py BULK_MARK) point at the instance's retrieve URL,
+        # which serves the object holding them.
+        url = str(request.url.with_query(None))
+        root = url[: url.rindex("/studies/")]
         parts = []
-        for header, ts in rows:
+        for header, ts, series, sop in rows:
             inner = header.strip()[1:-1]
+            if BULK_MARK in inner:
+                where_uri = f"{root}/studies/{mi['study']}/series/{series}/instances/{sop}"
+                inner = inner.replace(BULK_MARK, f'"BulkDataURI":{json.dumps(where_uri)}')
             ts_elem = f'"00020010":{{"vr":"UI","Value":["{ts}"]}}'
             parts.append("{" + ts_elem + ("," + inner if inner else "") + "}")
         return web.Response(

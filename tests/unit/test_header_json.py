@@ -5,6 +5,7 @@ tags, odd values) and over generated CT headers with awkward values."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pydicom
@@ -79,3 +80,63 @@ def test_same_text_as_pydicom_on_awkward_values(
     except Exception:
         return  # not writable at all: nothing a modality could send either
     assert header_json(read_header(path)) == header_json_pydicom(read_header(path))
+
+
+# --------------------------------------------------------------------------- bounded headers
+def _with(tmp_path: Path, mutate) -> pydicom.Dataset:  # noqa: ANN001
+    ds = pydicom.dcmread(str(CORPUS[0].parent / "CT_small.dcm"))
+    mutate(ds)
+    p = tmp_path / "x.dcm"
+    ds.save_as(str(p), enforce_file_format=True)
+    return read_header(p)
+
+
+def test_a_value_over_the_element_bound_is_marked_as_bulk_data(tmp_path: Path) -> None:
+    """Finding #15.1: a 2 MB UT went whole into the event, which Kafka then refused."""
+    ds = _with(tmp_path, lambda d: setattr(d, "TextValue", "x" * 2_000_000))  # (0040,A160) UT
+    text = header_json(ds, 64 * 1024, 512 * 1024)
+    assert len(text.encode()) < 64 * 1024
+    obj = json.loads(text)
+    assert obj["0040A160"] == {"vr": "UT", "BulkDataURI": ""}
+    assert obj["00100010"]["Value"] == [{"Alphabetic": "CompressedSamples^CT1"}]
+    # unbounded: as before (the whole value)
+    assert len(header_json(ds)) > 2_000_000
+
+
+def test_many_values_under_the_element_bound_are_kept_within_the_total(tmp_path: Path) -> None:
+    def many(d: pydicom.Dataset) -> None:
+        for i in range(12):  # 12 x 60 KB private LT values: each under 64 KiB, 720 KB together
+            d.add_new(0x00291000 + i, "LT", chr(65 + i) * 60_000)
+        d.add_new(0x00290010, "LO", "ACME")
+
+    ds = _with(tmp_path, many)
+    text = header_json(ds, 64 * 1024, 256 * 1024)
+    assert len(text.encode()) <= 256 * 1024
+    obj = json.loads(text)
+    marked = {t for t, v in obj.items() if "BulkDataURI" in v}
+    private = {f"{0x00291000 + i:08X}" for i in range(12)}
+    assert len(marked) == 8 and marked < private  # the fewest, largest first; 4 kept whole
+    assert all(obj[t]["Value"] == [obj[t]["Value"][0]] for t in private - marked)
+    assert obj["00100020"]["Value"] == ["1CT1"]
+
+
+def test_a_large_sequence_is_marked_whole(tmp_path: Path) -> None:
+    def seq(d: pydicom.Dataset) -> None:
+        items = []
+        for i in range(40):
+            it = pydicom.Dataset()
+            it.add_new(0x00080104, "LO", f"{i:03d}" + "y" * 3000)  # CodeMeaning
+            items.append(it)
+        d.ConceptNameCodeSequence = items  # 40 x 3 KB: 120 KB as JSON
+
+    ds = _with(tmp_path, seq)
+    obj = json.loads(header_json(ds, 64 * 1024, 512 * 1024))
+    assert obj["0040A043"] == {"vr": "SQ", "BulkDataURI": ""}
+
+
+def test_bounds_do_not_change_an_ordinary_header(tmp_path: Path) -> None:
+    for path in CORPUS[:40]:
+        ds = _read(path)
+        plain = header_json(ds)
+        if len(plain.encode()) <= 64 * 1024:
+            assert header_json(_read(path), 64 * 1024, 512 * 1024) == plain

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from archive.hot import HotTier
 from common.errors import Unavailable
+from common.events import decode
 from ingest import statuses
 from ingest.config import AEConfig, CallingAE
 from ingest.outbox import Outbox
+from ingest.quarantine import OVER_QUOTA, Quarantine, Usage
 from ingest.store import Limits, Received, StoreService
+from tests.support.hostile import DEFLATED, ct_with_text, deflate_bomb
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 
@@ -111,6 +116,19 @@ def test_same_bytes_again_is_an_idempotent_duplicate(tmp_path: Path, hot: HotTie
     assert len(list(hot.root.rglob("*.dcm"))) == 1
 
 
+class FakeCold:
+    """The cold tier as the store asks it: the size of the object at a key (None: absent)."""
+
+    def __init__(self, sizes: dict[str, int] | None = None, down: bool = False) -> None:
+        self.sizes = sizes or {}
+        self.down = down
+
+    def size(self, key: str) -> int | None:
+        if self.down:
+            raise Unavailable("S3 endpoint unreachable")
+        return self.sizes.get(key)
+
+
 def test_duplicate_of_an_instance_moved_away_leaves_no_hot_copy(
     tmp_path: Path, hot: HotTier
 ) -> None:
@@ -121,11 +139,89 @@ def test_duplicate_of_an_instance_moved_away_leaves_no_hot_copy(
     assert svc.store(rx(p, ds)).ok
     [key] = [str(f.relative_to(hot.root)) for f in hot.root.rglob("*.dcm")]
     hot.delete(key)  # the lifecycle moved it to the cold tier
+    svc.cold = FakeCold({key: len(data)})
     p2 = hot.incoming / "again.dcm"
     p2.write_bytes(data)
     out = svc.store(rx(p2, ds))
     assert out.ok and out.duplicate and len(log.records) == 1
     assert not hot.exists(key) and not p2.exists()
+
+
+@pytest.mark.parametrize("cold", [None, {}], ids=["no-cold-tier", "not-in-cold"])
+def test_duplicate_of_an_instance_whose_object_is_gone_is_stored_again(
+    tmp_path: Path, hot: HotTier, cold: dict[str, int] | None
+) -> None:
+    """Finding #15.2: the duplicate check asked only the outbox; an object deleted at the end
+    of retention (or lost with a disk) was answered Success and never stored again."""
+    log = FakeLog(tmp_path / "ob.sqlite")
+    svc = service(tmp_path, hot, log)
+    svc.cold = None if cold is None else FakeCold(cold)
+    p, ds = spool(tmp_path, hot)
+    data = p.read_bytes()
+    first = svc.store(rx(p, ds)).event
+    key = first.instance_stored.location.key
+    hot.delete(key)
+    p2 = hot.incoming / "again.dcm"
+    p2.write_bytes(data)
+    out = svc.store(rx(p2, ds))
+    assert out.ok and not out.duplicate and out.event is not None
+    again = out.event.instance_stored
+    assert out.event.event_id != first.event_id and again.sha256 == first.instance_stored.sha256
+    assert again.supersedes_sha256 == "" and again.location.key == key
+    assert hot.path(key).read_bytes() == data and len(log.records) == 2
+    # and once it is there again, the next copy is a duplicate
+    p3 = hot.incoming / "third.dcm"
+    p3.write_bytes(data)
+    assert svc.store(rx(p3, ds)).duplicate and len(log.records) == 2
+
+
+def test_duplicate_whose_hot_object_is_damaged_is_a_retryable_failure(
+    tmp_path: Path, hot: HotTier
+) -> None:
+    """Something else at the key (another size): not the recorded object, and the tier never
+    overwrites it; the arrival is refused retryably (no event that would claim its bytes)."""
+    log = FakeLog(tmp_path / "ob.sqlite")
+    svc = service(tmp_path, hot, log)
+    p, ds = spool(tmp_path, hot)
+    data = p.read_bytes()
+    key = svc.store(rx(p, ds)).event.instance_stored.location.key
+    hot.path(key).write_bytes(data[:100])  # a damaged disk
+    p2 = hot.incoming / "again.dcm"
+    p2.write_bytes(data)
+    out = svc.store(rx(p2, ds))
+    assert out.status == statuses.OUT_OF_RESOURCES_STORAGE and len(log.records) == 1
+
+
+def test_duplicate_while_cold_tier_is_unreachable_is_a_retryable_failure(
+    tmp_path: Path, hot: HotTier
+) -> None:
+    log = FakeLog(tmp_path / "ob.sqlite")
+    svc = service(tmp_path, hot, log)
+    p, ds = spool(tmp_path, hot)
+    data = p.read_bytes()
+    key = svc.store(rx(p, ds)).event.instance_stored.location.key
+    hot.delete(key)
+    svc.cold = FakeCold(down=True)
+    p2 = hot.incoming / "again.dcm"
+    p2.write_bytes(data)
+    out = svc.store(rx(p2, ds))
+    assert out.status == statuses.OUT_OF_RESOURCES_STORAGE and len(log.records) == 1
+    assert not hot.exists(key)
+
+
+def test_a_gone_object_arriving_twice_at_once_is_recorded_once(tmp_path: Path) -> None:
+    """Two workers see the object gone at the same time: only one records it again."""
+    log = Outbox(tmp_path / "ob.sqlite")
+    first = log.append(event_id="e1", topic="t", key="s", value=b"1", sop_uid="1.2", sha256="a")
+    assert log.latest_arrival("1.2") == ("a", "e1")
+    a = log.append(
+        event_id="e2", topic="t", key="s", value=b"2", sop_uid="1.2", sha256="a", again_after="e1"
+    )
+    b = log.append(
+        event_id="e3", topic="t", key="s", value=b"3", sop_uid="1.2", sha256="a", again_after="e1"
+    )
+    assert first.new and a.new and not b.new and b.event_id == "e2"
+    assert [r.event_id for r in log.pending()] == ["e1", "e2"]
 
 
 def test_other_bytes_same_uid_is_a_new_version(tmp_path: Path, hot: HotTier) -> None:
@@ -248,3 +344,83 @@ def test_header_is_complete_when_large_values_are_read_lazily(tmp_path: Path, ho
     assert out.ok
     header = out.event.instance_stored.header_json
     assert '"00100010"' in header and '"0020000D"' in header and '"00091010"' not in header
+
+
+# --------------------------------------------------------------------------- hostile input
+def test_a_2mb_header_value_gives_a_bounded_event(tmp_path: Path, hot: HotTier) -> None:
+    """Finding #15.1: a legal 2 MB UT went whole into the event (larger than a Kafka message);
+    now it is left out of the header, marked as bulk data, and the object keeps it."""
+    p = ct_with_text(tmp_path / "in", 2_000_000)
+    data = p.read_bytes()
+    spooled = hot.incoming / "big.dcm"
+    shutil.move(p, spooled)
+    ds = pydicom.dcmread(str(spooled), stop_before_pixels=True)
+    out = service(tmp_path, hot).store(rx(spooled, ds))
+    assert out.ok
+    assert len(out.event.SerializeToString()) < 64 * 1024
+    assert '"0040A160":{"vr":"UT","BulkDataURI":""}' in out.event.instance_stored.header_json
+    assert hot.path(out.event.instance_stored.location.key).read_bytes() == data
+
+
+def test_a_deflate_bomb_is_refused_and_quarantined(tmp_path: Path, hot: HotTier) -> None:
+    """Finding #15.3: a deflated dataset inflated without a bound (memory)."""
+    p, sop = deflate_bomb(tmp_path, 64 * 1024**2)
+    spooled = hot.incoming / "bomb.dcm"
+    shutil.move(p, spooled)
+    log = FakeLog(tmp_path / "ob.sqlite")
+    svc = service(tmp_path, hot, log, max_inflated_bytes=8 * 1024**2)
+    out = svc.store(
+        Received(
+            path=spooled,
+            sop_class_uid=str(CTImageStorage),
+            sop_instance_uid=sop,
+            transfer_syntax_uid=DEFLATED,
+            calling_ae="CT1",
+            called_ae="STRATA",
+            peer_address="127.0.0.1:5000",
+        )
+    )
+    assert out.status == statuses.OUT_OF_RESOURCES_INFLATED_TOO_LARGE
+    assert out.reason == "inflate-limit" and "inflates beyond" in out.comment
+    [(topic, _, value)] = log.records
+    q = decode(value).instance_quarantined
+    assert topic == "q" and q.reason == "inflate-limit" and q.sop_instance_uid == sop
+    assert not q.bytes_dropped and (tmp_path / "quarantine" / q.location.key).is_file()
+
+
+def test_over_the_quarantine_quota_the_record_stays_without_the_bytes(
+    tmp_path: Path, hot: HotTier
+) -> None:
+    """Finding #15.4: the quarantine grew without a quota."""
+    log = FakeLog(tmp_path / "ob.sqlite")
+    svc = service(tmp_path, hot, log)
+    svc.quarantine = Quarantine(tmp_path / "quarantine", max_bytes=3000, rescan_s=0)
+    kept = []
+    for i in range(3):
+        p = hot.incoming / f"garbage{i}.dcm"
+        p.write_bytes(bytes([i]) * 1200)
+        out = svc.store(
+            Received(p, "1.2.3", f"1.2.3.{i}", ExplicitVRLittleEndian, "X", "STRATA", "ip:1")
+        )
+        assert out.status == statuses.CANNOT_UNDERSTAND_UNDECODABLE
+        kept.append(p.exists())
+    records = [decode(v).instance_quarantined for _, _, v in log.records]
+    assert [r.bytes_dropped for r in records] == [False, False, True]
+    dropped = records[2]
+    assert dropped.bytes_dropped_reason == OVER_QUOTA and not dropped.HasField("location")
+    assert dropped.reason == "undecodable" and dropped.size_bytes == 1200
+    assert len(dropped.sha256) == 64 and dropped.sop_instance_uid == "1.2.3.2"
+    assert len(list((tmp_path / "quarantine").glob("*.dcm"))) == 2
+
+
+def test_quarantine_retention_deletes_old_bytes(tmp_path: Path) -> None:
+    q = Quarantine(tmp_path / "q", retention_s=3600)
+    for i, age in enumerate((10, 7200)):
+        src = tmp_path / f"s{i}"
+        src.write_bytes(b"x" * 100)
+        assert q.keep(src, f"{i}.dcm", 100) == ""
+        t = time.time() - age
+        os.utime(tmp_path / "q" / f"{i}.dcm", (t, t))
+    assert q.sweep(delete=False) == Usage(2, 200)
+    assert q.sweep() == Usage(1, 100)
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["0.dcm"]

@@ -124,7 +124,7 @@ class InstanceStored(_message.Message):
     def __init__(self, sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., patient: _Optional[_Union[PatientRef, _Mapping]] = ..., modality: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., peer_address: _Optional[str] = ..., ingest_node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., header_json: _Optional[str] = ..., received_via: _Optional[str] = ..., supersedes_sha256: _Optional[str] = ..., calling_ae_site: _Optional[str] = ..., calling_ae_institution: _Optional[str] = ...) -> None: ...
 
 class InstanceQuarantined(_message.Message):
-    __slots__ = ("reason", "detail", "dimse_status", "sop_class_uid", "sop_instance_uid", "study_instance_uid", "size_bytes", "sha256", "location", "calling_ae_title", "called_ae_title", "peer_address", "ingest_node", "received_at", "series_instance_uid")
+    __slots__ = ("reason", "detail", "dimse_status", "sop_class_uid", "sop_instance_uid", "study_instance_uid", "size_bytes", "sha256", "location", "calling_ae_title", "called_ae_title", "peer_address", "ingest_node", "received_at", "series_instance_uid", "bytes_dropped", "bytes_dropped_reason")
     REASON_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     DIMSE_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,8 @@ class InstanceQuarantined(_message.Message):
     INGEST_NODE_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DROPPED_REASON_FIELD_NUMBER: _ClassVar[int]
     reason: str
     detail: str
     dimse_status: int
@@ -155,7 +157,9 @@ class InstanceQuarantined(_message.Message):
     ingest_node: str
     received_at: _timestamp_pb2.Timestamp
     series_instance_uid: str
-    def __init__(self, reason: _Optional[str] = ..., detail: _Optional[str] = ..., dimse_status: _Optional[int] = ..., sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., peer_address: _Optional[str] = ..., ingest_node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., series_instance_uid: _Optional[str] = ...) -> None: ...
+    bytes_dropped: bool
+    bytes_dropped_reason: str
+    def __init__(self, reason: _Optional[str] = ..., detail: _Optional[str] = ..., dimse_status: _Optional[int] = ..., sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., peer_address: _Optional[str] = ..., ingest_node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., series_instance_uid: _Optional[str] = ..., bytes_dropped: _Optional[bool] = ..., bytes_dropped_reason: _Optional[str] = ...) -> None: ...
 
 class StudyStable(_message.Message):
     __slots__ = ("study_instance_uid", "through_partition", "through_offset", "quiet_seconds", "last_arrival_at")
