@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from common.errors import Invalid, NotFound, Unavailable
+from archive.keys import key_path
+from common.errors import NotFound, Unavailable
 
 TIER = "hot"
 
@@ -33,9 +34,9 @@ class HotTier:
         self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/") or "\0" in key:
-            raise Invalid(f"key escapes the tier root: {key!r}")
-        return self.root / key
+        """The file of ``key``; raises UnsafeKey (a NotFound) for a key that is not a plain
+        relative key or resolves outside the root (``archive.keys.key_path``)."""
+        return key_path(self.root, key)
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -97,8 +98,9 @@ class HotTier:
             except FileExistsError:
                 created = False
             os.unlink(src)  # the spool entry needs no durability: it is never read again
-            if created:
-                _fsync_dir(str(dst.parent))
+            # Also when the key existed: the write that created it may have crashed before its
+            # directory entry was fsync'd, and this call must not return "durable" before it is.
+            _fsync_dir(str(dst.parent))
         except OSError as exc:
             raise Unavailable(f"hot tier write failed: {exc.strerror}") from exc
         return created
