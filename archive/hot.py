@@ -19,6 +19,7 @@ from archive.keys import key_path
 from common.errors import NotFound, Unavailable
 
 TIER = "hot"
+SPOOL = ".incoming"  # the spool directory at the root: never part of the tier
 
 
 class HotTier:
@@ -26,9 +27,17 @@ class HotTier:
 
     name = TIER
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, spool: str = "") -> None:
+        """``spool``: this node's own spool directory under ``<root>/.incoming`` (nodes that
+        share one hot volume must not share, or purge, each other's partial receptions);
+        empty = ``.incoming`` itself. The spool is on the tier's filesystem (link() into
+        place)."""
         self.root = root.resolve()
-        self.incoming = self.root / ".incoming"
+        self.incoming = self.root / SPOOL
+        if spool:
+            if "/" in spool or spool in (".", "..") or "\0" in spool:
+                raise ValueError(f"spool directory name {spool!r} is not one path component")
+            self.incoming = self.incoming / spool
         self.incoming.mkdir(parents=True, exist_ok=True)
         self._durable_dirs: set[str] = {str(self.root)}
         self._lock = threading.Lock()
@@ -73,7 +82,7 @@ class HotTier:
             return
         for dirpath, dirnames, filenames in os.walk(start):
             if dirpath == str(self.root):
-                dirnames[:] = [d for d in dirnames if d != self.incoming.name]
+                dirnames[:] = [d for d in dirnames if d != SPOOL]
             dirnames.sort()
             rel = os.path.relpath(dirpath, self.root)
             for fn in sorted(filenames):

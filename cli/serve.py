@@ -167,7 +167,7 @@ def _tiers(settings: Settings) -> tuple[Any, Any]:
 
     path = policy_path(settings.home, {"STRATA_LIFECYCLE_POLICY": settings.lifecycle_policy})
     policy = load_policy(path)
-    hot = HotTier(settings.hot_dir)
+    hot = HotTier(settings.hot_dir, settings.spool_dir)
     cold = build_cold_tier(settings)
     tiers: dict[str, Any] = {"hot": hot}
     if cold is not None:

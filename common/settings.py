@@ -212,6 +212,11 @@ class Settings:
     grpc_max_retrieve_streams: int = _setting(
         8, "Concurrent RetrieveInstances streams; more are refused with RESOURCE_EXHAUSTED."
     )
+    spool_dir: str = _setting(
+        "",
+        "This node's own spool directory (partial receptions) under <hot>/.incoming; empty = "
+        ".incoming itself. Set per pod where nodes share one hot volume (helm: the pod name).",
+    )
 
     # ---------------------------------------------------------------- derived paths
     @property

@@ -183,3 +183,25 @@ def test_index_dsn_password_is_not_in_the_error() -> None:
         IndexStore("http://admin:s3cretpw@127.0.0.1:1/", "strata")
     assert "s3cretpw" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_nodes_sharing_a_hot_volume_keep_and_purge_only_their_own_spool(tmp_path: Path) -> None:
+    from common.settings import Settings
+    from ingest.node import _purge_incoming
+
+    a = HotTier(tmp_path / "hot", "ingest-0")
+    b = HotTier(tmp_path / "hot", "ingest-1")
+    assert a.incoming != b.incoming and a.incoming.parent == b.incoming.parent
+    (a.incoming / "rx-a").write_bytes(b"partial")
+    (b.incoming / "rx-b").write_bytes(b"in flight on the other pod")
+    _purge_incoming(Settings(home=tmp_path, spool_dir="ingest-0"))  # ingest-0 restarts
+    assert not (a.incoming / "rx-a").exists()
+    assert (b.incoming / "rx-b").exists()
+    _purge_incoming(Settings(home=tmp_path))  # a node without its own spool: files only
+    assert (b.incoming / "rx-b").exists()
+    first = b.incoming / "obj"
+    first.write_bytes(b"obj")
+    assert b.put_file(GOOD, first)
+    assert list(a.keys()) == [GOOD]  # no spool directory is a key
+    with pytest.raises(ValueError):
+        HotTier(tmp_path / "hot", "../elsewhere")
