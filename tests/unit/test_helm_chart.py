@@ -10,11 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
+import yaml  # a dev dependency (pyproject)
 
 from common.settings import Settings
-
-yaml = pytest.importorskip("yaml")
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "strata"
 _ACTION = re.compile(r"(\s*)\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
