@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from archive.keys import UnsafeKey, check_key
 from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
@@ -452,7 +453,7 @@ class DicomWeb:
         while True:
             try:
                 part = await reader.next()
-            except ValueError as exc:  # a malformed boundary or part header
+            except (ValueError, BadHttpMessage) as exc:  # a malformed boundary or part header
                 return self._stow_response(referenced, failed, 400, f"malformed part: {exc}")
             if part is None:
                 break
@@ -473,6 +474,9 @@ class DicomWeb:
                         if size > self.d.max_part_bytes:
                             break
                         f.write(chunk)
+            except (ValueError, BadHttpMessage) as exc:  # a malformed body
+                tmp.unlink(missing_ok=True)
+                return self._stow_response(referenced, failed, 400, f"malformed part: {exc}")
             except BaseException:  # the client gone mid-upload, a cancelled handler
                 tmp.unlink(missing_ok=True)
                 raise

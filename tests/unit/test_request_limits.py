@@ -360,3 +360,27 @@ def test_retrieve_chunks_are_bounded_and_uid_lists_too(
 def test_web_app_still_builds_without_stow(tmp_path: Path) -> None:
     deps = WebDeps(SlowIndex(), HotSource(tmp_path), None, None)
     assert isinstance(create_app(deps), web.Application)
+
+
+@pytest.mark.parametrize(
+    "ctype, body",
+    [
+        ('multipart/related; type="application/dicom"', b"--x\r\n\r\nabc\r\n--x--\r\n"),
+        (
+            'multipart/related; type="application/dicom"; boundary=x',
+            b"--x\r\nX-A: " + b"a" * 200_000 + b"\r\n\r\nabc\r\n--x--\r\n",
+        ),
+        ('multipart/related; type="application/dicom"; boundary=x', b"--x\r\n\r\nabc"),
+        ('multipart/related; type="application/dicom"; boundary=x', b"garbage"),
+    ],
+    ids=["no-boundary", "overlong-part-header", "unterminated", "garbage"],
+)
+def test_malformed_stow_bodies_are_400_not_500(tmp_path: Path, ctype: str, body: bytes) -> None:
+    app, store = web_client(tmp_path)
+
+    async def go(c: TestClient) -> int:
+        r = await c.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})
+        return r.status
+
+    assert run(go, app) == 400
+    assert store.stored == [] and not list((tmp_path / "incoming").iterdir())
