@@ -31,7 +31,9 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
+from archive.keys import check_key
 from common.errors import Conflict, NotFound, StrataError, Unavailable
+from common.redact import redact
 from common.settings import Settings
 
 TIER = "cold"
@@ -127,6 +129,7 @@ class ColdTier:
 
     def head(self, key: str) -> ObjectInfo | None:
         """Size, recorded sha256 and ETag of the object at ``key``; None when absent."""
+        check_key(key)
         try:
             r = self._call(lambda: self.client.head_object(Bucket=self.bucket, Key=key), key)
         except NotFound:
@@ -170,6 +173,7 @@ class ColdTier:
         return digest
 
     def _download(self, key: str, f: IO[bytes]) -> str:
+        check_key(key)
         r = self._call(lambda: self.client.get_object(Bucket=self.bucket, Key=key), key)
         expected = int(r["ContentLength"])
         h = hashlib.sha256()
@@ -213,6 +217,7 @@ class ColdTier:
         Raises Conflict when the key holds an object of another size (keys are content-addressed:
         that object is not ours, and it is never overwritten).
         """
+        check_key(key)
         size = src.stat().st_size
         existing = self.head(key)
         if existing is not None:
@@ -285,6 +290,7 @@ class ColdTier:
 
     def delete(self, key: str) -> None:
         """Remove the object; an absent key is not an error (S3 deletes are idempotent)."""
+        check_key(key)
         self._call(lambda: self.client.delete_object(Bucket=self.bucket, Key=key), key)
 
     # ------------------------------------------------------------------ errors
@@ -307,9 +313,9 @@ class ColdTier:
                 f"{code or status} {err.get('Message', '')}".rstrip()
             ) from exc
         except botocore.exceptions.SSLError as exc:
-            raise Unavailable(f"cold tier TLS verification failed: {exc}") from exc
+            raise Unavailable(redact(f"cold tier TLS verification failed: {exc}")) from exc
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
-            raise Unavailable(f"cold tier unreachable: {exc}") from exc
+            raise Unavailable(redact(f"cold tier unreachable: {exc}")) from exc
 
 
 def build_cold_tier(settings: Settings) -> ColdTier | None:

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from common.errors import Invalid, NotFound, Unavailable
+from archive.keys import key_path
+from common.errors import NotFound, Unavailable
 
 TIER = "hot"
+SPOOL = ".incoming"  # the spool directory at the root: never part of the tier
 
 
 class HotTier:
@@ -25,17 +27,25 @@ class HotTier:
 
     name = TIER
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, spool: str = "") -> None:
+        """``spool``: this node's own spool directory under ``<root>/.incoming`` (nodes that
+        share one hot volume must not share, or purge, each other's partial receptions);
+        empty = ``.incoming`` itself. The spool is on the tier's filesystem (link() into
+        place)."""
         self.root = root.resolve()
-        self.incoming = self.root / ".incoming"
+        self.incoming = self.root / SPOOL
+        if spool:
+            if "/" in spool or spool in (".", "..") or "\0" in spool:
+                raise ValueError(f"spool directory name {spool!r} is not one path component")
+            self.incoming = self.incoming / spool
         self.incoming.mkdir(parents=True, exist_ok=True)
         self._durable_dirs: set[str] = {str(self.root)}
         self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/") or "\0" in key:
-            raise Invalid(f"key escapes the tier root: {key!r}")
-        return self.root / key
+        """The file of ``key``; raises UnsafeKey (a NotFound) for a key that is not a plain
+        relative key or resolves outside the root (``archive.keys.key_path``)."""
+        return key_path(self.root, key)
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -72,7 +82,7 @@ class HotTier:
             return
         for dirpath, dirnames, filenames in os.walk(start):
             if dirpath == str(self.root):
-                dirnames[:] = [d for d in dirnames if d != self.incoming.name]
+                dirnames[:] = [d for d in dirnames if d != SPOOL]
             dirnames.sort()
             rel = os.path.relpath(dirpath, self.root)
             for fn in sorted(filenames):
@@ -97,8 +107,9 @@ class HotTier:
             except FileExistsError:
                 created = False
             os.unlink(src)  # the spool entry needs no durability: it is never read again
-            if created:
-                _fsync_dir(str(dst.parent))
+            # Also when the key existed: the write that created it may have crashed before its
+            # directory entry was fsync'd, and this call must not return "durable" before it is.
+            _fsync_dir(str(dst.parent))
         except OSError as exc:
             raise Unavailable(f"hot tier write failed: {exc.strerror}") from exc
         return created

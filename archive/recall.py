@@ -24,6 +24,7 @@ from pathlib import Path
 
 from prometheus_client import Histogram
 
+from archive.keys import check_key
 from archive.tiers import Tier
 from common.errors import Conflict, Invalid, Unavailable
 
@@ -71,6 +72,7 @@ class RecallCache:
 
         Raises NotFound when the tier has no such object, Conflict when its bytes do not match
         ``sha256``, Unavailable when the tier cannot be reached."""
+        check_key(key)
         t0 = time.perf_counter()
         p = self.cached(sha256)
         if p is not None:
@@ -129,4 +131,3 @@ def _fetch(tier: Tier, key: str, dst: Path) -> str:
     except OSError as exc:
         raise Unavailable(f"recall of {key!r} failed: {exc}") from exc
     return h.hexdigest()
-

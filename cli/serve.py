@@ -70,7 +70,9 @@ def serve_index(settings: Settings) -> None:
     app = create_app(settings, index, lifecycle)
     destinations = parse_destinations(settings.move_destinations)
     qr_server: list[QueryServer] = []
-    stow = build_store_service(settings)  # STOW-RS: the same store contract as C-STORE
+    # STOW-RS: the same store contract as C-STORE, into the outbox of this home, which the
+    # ingest node's relay publishes (the local stack). Off where no relay reads it (helm).
+    stow = build_store_service(settings) if settings.stow_enabled else None
     viewer_dist = Path(settings.viewer_dir) if settings.viewer_dir else viewer.installed()
     grpc_server: list[Any] = []
 
@@ -80,9 +82,13 @@ def serve_index(settings: Settings) -> None:
                 index,
                 source.with_via("dicomweb"),
                 stow,
-                stow.tier.incoming,  # type: ignore[attr-defined]
+                stow.tier.incoming if stow is not None else None,  # type: ignore[attr-defined]
                 settings.dicomweb_cors_origins,
                 settings.find_limit,
+                query_timeout=settings.query_timeout,
+                max_part_bytes=settings.stow_max_part_bytes,
+                max_parts=settings.stow_max_parts,
+                max_frames=settings.wado_max_frames,
             ),
             settings.dicomweb_prefix,
         )
@@ -96,9 +102,14 @@ def serve_index(settings: Settings) -> None:
                     source.with_via("grpc"),
                     settings.kafka_bootstrap,
                     [settings.study_topic, settings.quarantine_topic],
+                    query_timeout=settings.query_timeout,
+                    max_chunk_bytes=settings.grpc_max_chunk_bytes,
+                    max_watch_streams=settings.grpc_max_watch_streams,
+                    max_retrieve_streams=settings.grpc_max_retrieve_streams,
                 ),
                 settings.bind_host,
                 settings.grpc_port,
+                workers=settings.grpc_workers,
             )
         )
         qr_server.append(
@@ -115,6 +126,7 @@ def serve_index(settings: Settings) -> None:
                     destinations,
                     settings.qr_ae_title,
                     settings.find_limit,
+                    query_timeout=settings.query_timeout,
                 ),
                 (settings.bind_host, settings.qr_port),
             )
@@ -155,7 +167,7 @@ def _tiers(settings: Settings) -> tuple[Any, Any]:
 
     path = policy_path(settings.home, {"STRATA_LIFECYCLE_POLICY": settings.lifecycle_policy})
     policy = load_policy(path)
-    hot = HotTier(settings.hot_dir)
+    hot = HotTier(settings.hot_dir, settings.spool_dir)
     cold = build_cold_tier(settings)
     tiers: dict[str, Any] = {"hot": hot}
     if cold is not None:

@@ -23,3 +23,7 @@ class Invalid(StrataError):
 
 class Unavailable(StrataError):
     """A dependency (log, store, index) cannot serve now; retrying later may succeed."""
+
+
+class DeadlineExceeded(Unavailable):
+    """A time limit (the server's or the caller's) ran out before the work was done."""

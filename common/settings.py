@@ -53,6 +53,7 @@ class Settings:
         "",
         "ClickHouse DSN. Empty = embedded chDB at <home>/index. "
         "e.g. http://user:pw@host:8123 for a server; chdb:///abs/path for another chDB path.",
+        secret=True,  # may carry a password: kept out of repr() (and logs)
     )
     clickhouse_database: str = _setting("strata", "ClickHouse database of the index.")
 
@@ -202,6 +203,45 @@ class Settings:
     )
     router_http_port: int = _setting(8083, "Port of the router's /healthz, /metrics, /routes.")
     router_group: str = _setting("strata-router", "Kafka consumer group of the router.")
+
+    # --- limits on what a peer can ask of the read side and STOW (issue #15) ---
+    query_timeout: float = _setting(
+        30.0,
+        "Server-side time limit (s) of every search: C-FIND, QIDO-RS, WADO-RS metadata and "
+        "gRPC searches (ClickHouse max_execution_time; a gRPC call gets min(its deadline, "
+        "this)). Answered A700 (C-FIND), 503 with a JSON body (HTTP), DEADLINE_EXCEEDED (gRPC).",
+    )
+    stow_enabled: bool = _setting(
+        True,
+        "Serve STOW-RS on the index node. Only where the ingest relay publishes that node's "
+        "outbox (the local stack: one home); off in Kubernetes (helm/strata), where it is not.",
+    )
+    stow_max_part_bytes: int = _setting(
+        4 * 1024**3, "Largest STOW-RS part; a larger one ends the request with 413."
+    )
+    stow_max_parts: int = _setting(
+        1000, "Most parts (objects) in one STOW-RS request; more end the request with 413."
+    )
+    wado_max_frames: int = _setting(
+        1000, "Most frame numbers in one WADO-RS frames request (more: 400)."
+    )
+    grpc_max_chunk_bytes: int = _setting(
+        4 * 1024**2, "Largest RetrieveInstances chunk; a larger chunk_size asked is lowered."
+    )
+    grpc_workers: int = _setting(
+        16, "gRPC worker threads for unary calls (searches), besides the streams' own."
+    )
+    grpc_max_watch_streams: int = _setting(
+        8, "Concurrent WatchEvents streams; more are refused with RESOURCE_EXHAUSTED."
+    )
+    grpc_max_retrieve_streams: int = _setting(
+        8, "Concurrent RetrieveInstances streams; more are refused with RESOURCE_EXHAUSTED."
+    )
+    spool_dir: str = _setting(
+        "",
+        "This node's own spool directory (partial receptions) under <hot>/.incoming; empty = "
+        ".incoming itself. Set per pod where nodes share one hot volume (helm: the pod name).",
+    )
 
     # ---------------------------------------------------------------- derived paths
     @property

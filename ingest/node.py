@@ -134,9 +134,12 @@ def _purge_incoming(settings: Settings) -> None:
     """Partial receptions left by a killed worker: never acknowledged, so never stored. Safe to
     remove at node start, before any worker runs."""
     incoming = settings.hot_dir / ".incoming"
+    if settings.spool_dir:
+        incoming = incoming / settings.spool_dir  # this node's own: others' are not ours
     if incoming.is_dir():
         for f in incoming.iterdir():
-            f.unlink(missing_ok=True)
+            if not f.is_dir():  # other nodes' spool directories live beside the files
+                f.unlink(missing_ok=True)
 
 
 def _http_server(settings: Settings, health: Any) -> ThreadingHTTPServer:
@@ -195,7 +198,7 @@ def build_store_service(settings: Settings) -> StoreService:
     from ingest.store import Limits, StoreService
 
     return StoreService(
-        tier=HotTier(settings.hot_dir),
+        tier=HotTier(settings.hot_dir, settings.spool_dir),
         outbox=Outbox(settings.outbox_path),
         topic=settings.study_topic,
         quarantine_topic=settings.quarantine_topic,

@@ -15,6 +15,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
+from archive.keys import UnsafeKey, check_key
 from common.dicom import BULK_MARK
-from common.errors import Invalid, NotFound, StrataError, Unavailable
-from query.find import FindQuery, build_sql, row_dict, to_identifier
+from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
+from query.find import FindQuery, build_sql, row_dict, time_limit, to_identifier
 from query.grpc_service import DEFAULT_KEYS
 from query.matching import ATTRIBUTES
 from query.retrieve import Located, ObjectSource, locate
@@ -58,6 +61,10 @@ class WebDeps:
     incoming: Path | None
     cors_origins: str = ""
     limit: int = 10000
+    query_timeout: float = 0.0  # s, the server's limit on one search (0 = none)
+    max_part_bytes: int = 4 * 1024**3  # STOW-RS: largest part
+    max_parts: int = 1000  # STOW-RS: most parts in one request
+    max_frames: int = 1000  # WADO-RS: most frame numbers in one request
 
 
 def _keyword(name: str) -> str | None:
@@ -74,6 +81,13 @@ def _keyword(name: str) -> str | None:
 
 def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
+
+
+def _timed_out(seconds: float) -> web.Response:
+    """503 with a JSON body: the search outlived the server's time limit (retry narrower)."""
+    resp = _error(503, f"the search exceeded the server's time limit ({seconds:g} s)")
+    resp.headers["Retry-After"] = "1"
+    return resp
 
 
 class DicomWeb:
@@ -133,7 +147,9 @@ class DicomWeb:
         def run() -> list[str]:
             sql, params, cols = build_sql(fq, self.d.index.database)
             rows = self.d.index.query(
-                f"SELECT * FROM ({sql}) LIMIT {limit} OFFSET {offset}", params
+                f"SELECT * FROM ({sql}) LIMIT {limit} OFFSET {offset}"
+                + time_limit(self.d.query_timeout),
+                params,
             )
             out = []
             for r in rows:
@@ -147,6 +163,8 @@ class DicomWeb:
             results = await self._run(run)
         except Invalid as exc:
             return _error(400, str(exc))
+        except DeadlineExceeded:
+            return _timed_out(self.d.query_timeout)
         except Unavailable as exc:
             return _error(503, str(exc))
         return web.Response(body=json.dumps(results).encode(), content_type=DICOM_JSON)
@@ -182,8 +200,11 @@ class DicomWeb:
             return _error(404, str(exc))
         except (Invalid, Unavailable) as exc:
             return _error(400 if isinstance(exc, Invalid) else 503, str(exc))
+        locs = _servable(locs)
+        if not locs:
+            return _error(404, "no retrievable object")
         if "instance" in request.match_info:
-            etag = f'"{locs[0].sha256}"'
+            etag = f'"{_header_safe(locs[0].sha256)}"'
             if request.headers.get("If-None-Match") == etag:
                 return web.Response(status=304, headers={"ETag": etag})
         boundary = uuid.uuid4().hex
@@ -193,7 +214,7 @@ class DicomWeb:
             }
         )
         if "instance" in request.match_info:
-            resp.headers["ETag"] = f'"{locs[0].sha256}"'
+            resp.headers["ETag"] = f'"{_header_safe(locs[0].sha256)}"'
             resp.headers["Cache-Control"] = "private, max-age=3600"
         await resp.prepare(request)
         for loc in locs:
@@ -203,7 +224,8 @@ class DicomWeb:
                 log.error("WADO-RS: %s", exc)
                 continue
             await resp.write(
-                f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={ts}\r\n"
+                f"--{boundary}\r\nContent-Type: application/dicom; "
+                f"transfer-syntax={_header_safe(ts)}\r\n"
                 f"Content-Length: {len(data)}\r\n\r\n".encode()
             )
             await resp.write(data)
@@ -250,13 +272,16 @@ class DicomWeb:
                 for r in self.d.index.query(
                     f"SELECT header_json, transfer_syntax_uid, series_uid, sop_uid "
                     f"FROM {db}.instances FINAL "
-                    f"WHERE {where} ORDER BY series_uid, instance_number, sop_uid",
+                    f"WHERE {where} ORDER BY series_uid, instance_number, sop_uid"
+                    + time_limit(self.d.query_timeout),
                     params,
                 )
             ]
 
         try:
             rows = await self._run(run)
+        except DeadlineExceeded:
+            return _timed_out(self.d.query_timeout)
         except Unavailable as exc:
             return _error(503, str(exc))
         if not rows:
@@ -273,7 +298,7 @@ class DicomWeb:
             if BULK_MARK in inner:
                 where_uri = f"{root}/studies/{mi['study']}/series/{series}/instances/{sop}"
                 inner = inner.replace(BULK_MARK, f'"BulkDataURI":{json.dumps(where_uri)}')
-            ts_elem = f'"00020010":{{"vr":"UI","Value":["{ts}"]}}'
+            ts_elem = f'"00020010":{{"vr":"UI","Value":[{json.dumps(ts)}]}}'
             parts.append("{" + ts_elem + ("," + inner if inner else "") + "}")
         return web.Response(
             body=("[" + ",".join(parts) + "]").encode(),
@@ -283,11 +308,9 @@ class DicomWeb:
 
     async def frames(self, request: web.Request) -> web.StreamResponse:
         try:
-            numbers = [int(x) for x in request.match_info["frames"].split(",")]
-            if not numbers or min(numbers) < 1:
-                raise ValueError
-        except ValueError:
-            return _error(400, "frame numbers are 1-based integers, comma-separated")
+            numbers = parse_frames(request.match_info["frames"], self.d.max_frames)
+        except Invalid as exc:
+            return _error(400, str(exc))
         accept = request.headers.get("Accept", "")
         wanted_ts = _accept_param(accept, "transfer-syntax")
         try:
@@ -304,14 +327,14 @@ class DicomWeb:
             headers={
                 "Content-Type": f'multipart/related; type="{media.split(";")[0]}"; '
                 f"boundary={boundary}",
-                "ETag": f'"{loc.sha256}-{request.match_info["frames"]}"',
+                "ETag": f'"{_header_safe(loc.sha256)}-{request.match_info["frames"]}"',
                 "Cache-Control": "private, max-age=3600",
             }
         )
         await resp.prepare(request)
         for data in parts:
             await resp.write(
-                f"--{boundary}\r\nContent-Type: {media}\r\n"
+                f"--{boundary}\r\nContent-Type: {_header_safe(media)}\r\n"
                 f"Content-Length: {len(data)}\r\n\r\n".encode()
             )
             await resp.write(data)
@@ -367,7 +390,10 @@ class DicomWeb:
     async def rendered(self, request: web.Request) -> web.Response:
         accept = request.headers.get("Accept", "image/jpeg")
         fmt = "PNG" if "image/png" in accept else "JPEG"
-        frame = int(request.match_info.get("frame", "1"))
+        try:
+            (frame,) = parse_frames(request.match_info.get("frame", "1"), 1)
+        except Invalid as exc:
+            return _error(400, str(exc))
         try:
             [loc] = await self._run(self._locate, request)
             data = await self._run(self._render, loc, frame, fmt)
@@ -377,7 +403,7 @@ class DicomWeb:
             body=data,
             content_type=f"image/{fmt.lower()}",
             headers={
-                "ETag": f'"{loc.sha256}-r{frame}{fmt}"',
+                "ETag": f'"{_header_safe(loc.sha256)}-r{frame}{fmt}"',
                 "Cache-Control": "private, max-age=3600",
             },
         )
@@ -392,6 +418,8 @@ class DicomWeb:
             raise NotFound("the instance has no pixel data")
         arr = ds.pixel_array
         n = int(ds.get("NumberOfFrames", 1) or 1)
+        if frame > n:
+            raise NotFound(f"the instance has {n} frames")
         if n > 1:
             arr = arr[frame - 1]
         if ds.get("PhotometricInterpretation", "") in ("RGB", "YBR_FULL", "YBR_FULL_422"):
@@ -423,53 +451,104 @@ class DicomWeb:
         if not ctype.startswith("multipart/related") or "application/dicom" not in ctype:
             return _error(415, 'expected multipart/related; type="application/dicom"')
         study = request.match_info.get("study")
-        reader = await request.multipart()
-        referenced, failed = [], []
+        try:
+            reader = await request.multipart()
+        except (ValueError, AssertionError) as exc:
+            return _error(400, f"malformed multipart request: {exc}")
+        referenced: list[dict] = []
+        failed: list[dict] = []
         peer = f"{request.remote}:0"
+        parts = 0
         while True:
-            part = await reader.next()
+            try:
+                part = await reader.next()
+            except (ValueError, BadHttpMessage) as exc:  # a malformed boundary or part header
+                return self._stow_response(referenced, failed, 400, f"malformed part: {exc}")
             if part is None:
                 break
+            parts += 1
+            if parts > self.d.max_parts:
+                return self._stow_response(
+                    referenced, failed, 413, f"more than {self.d.max_parts} parts in one request"
+                )
+            if not isinstance(part, BodyPartReader):  # a nested multipart: not an object
+                failed.append(_stow_item("", "", 0xC000, "a nested multipart is not an object"))
+                continue
             tmp = self.d.incoming / f"stow-{uuid.uuid4().hex}.dcm"
-            with open(tmp, "wb") as f:
-                while chunk := await part.read_chunk(1 << 20):  # type: ignore[union-attr]
-                    f.write(chunk)
+            try:
+                size = 0
+                with open(tmp, "wb") as f:
+                    while chunk := await part.read_chunk(1 << 20):
+                        size += len(chunk)
+                        if size > self.d.max_part_bytes:
+                            break
+                        f.write(chunk)
+            except (ValueError, BadHttpMessage) as exc:  # a malformed body
+                tmp.unlink(missing_ok=True)
+                return self._stow_response(referenced, failed, 400, f"malformed part: {exc}")
+            except BaseException:  # the client gone mid-upload, a cancelled handler
+                tmp.unlink(missing_ok=True)
+                raise
+            if size > self.d.max_part_bytes:
+                tmp.unlink(missing_ok=True)
+                return self._stow_response(
+                    referenced, failed, 413, f"a part is larger than {self.d.max_part_bytes} bytes"
+                )
             res = await self._run(self._store_one, tmp, study, peer)
             (referenced if res[0] else failed).append(res[1])
         if not referenced and not failed:
             return _error(400, "no DICOM part in the request")
+        status = 200 if not failed else (202 if referenced else 409)
+        return self._stow_response(referenced, failed, status)
+
+    @staticmethod
+    def _stow_response(
+        referenced: list[dict], failed: list[dict], status: int, refusal: str = ""
+    ) -> web.Response:
+        """The STOW-RS response dataset; a ``refusal`` (413/400: the rest of the request was
+        not read) is one more failed item (A700 for a limit) and closes the connection, so
+        the unread rest of a huge body is not drained into this node for long."""
         body: dict[str, Any] = {}
         if referenced:
             body["00081199"] = {"vr": "SQ", "Value": referenced}
+        if refusal:
+            failed = [*failed, _stow_item("", "", 0xA700 if status == 413 else 0xC000, refusal)]
         if failed:
             body["00081198"] = {"vr": "SQ", "Value": failed}
-        status = 200 if not failed else (202 if referenced else 409)
-        return web.Response(body=json.dumps(body).encode(), status=status, content_type=DICOM_JSON)
+        resp = web.Response(body=json.dumps(body).encode(), status=status, content_type=DICOM_JSON)
+        if refusal:
+            resp.force_close()
+        return resp
 
     def _store_one(self, path: Path, study: str | None, peer: str) -> tuple[bool, dict]:
+        try:
+            return self._store_part(path, study, peer)
+        finally:
+            path.unlink(missing_ok=True)  # moved into the tier or quarantine when kept
+
+    def _store_part(self, path: Path, study: str | None, peer: str) -> tuple[bool, dict]:
         from pydicom.filereader import read_file_meta_info
 
         from ingest.store import Received
 
-        def item(cls: str, sop: str, reason: int | None = None, comment: str = "") -> dict:
-            d: dict[str, Any] = {
-                "00081150": {"vr": "UI", "Value": [cls]} if cls else {"vr": "UI"},
-                "00081155": {"vr": "UI", "Value": [sop]} if sop else {"vr": "UI"},
-            }
-            if reason is not None:
-                d["00081197"] = {"vr": "US", "Value": [reason]}
-                if comment:
-                    d["00741048"] = {"vr": "LO", "Value": [comment[:64]]}  # failure detail
-            return d
-
+        item = _stow_item
         try:
             meta = read_file_meta_info(str(path))
             cls = str(meta.get("MediaStorageSOPClassUID", ""))
             sop = str(meta.get("MediaStorageSOPInstanceUID", ""))
             ts = str(meta.get("TransferSyntaxUID", ""))
         except Exception:
-            path.unlink(missing_ok=True)
             return False, item("", "", 0xC000, "not a DICOM Part 10 object")
+        # Every UID of the meta header is written back later into JSON and HTTP headers
+        # (metadata, multipart parts): only UID syntax is accepted (PS3.5 9.1).
+        for name, uid in (("TransferSyntaxUID", ts), ("SOPClassUID", cls), ("SOPInstanceUID", sop)):
+            if not is_uid(uid):
+                return False, item(
+                    cls if is_uid(cls) else "",
+                    sop if is_uid(sop) else "",
+                    0xC000,
+                    f"{name} of the meta header is not a valid UID",
+                )
         if study is not None:
             import pydicom
 
@@ -482,7 +561,6 @@ class DicomWeb:
             except Exception:
                 got = ""
             if got != study:
-                path.unlink(missing_ok=True)
                 return False, item(cls, sop, 0xA900, "StudyInstanceUID differs from the URL")
         out = self.d.store.store(
             Received(
@@ -496,7 +574,6 @@ class DicomWeb:
                 via="stow",
             )
         )
-        path.unlink(missing_ok=True)  # moved into the tier or quarantine when kept
         if out.ok:
             return True, item(cls, sop)
         return False, item(cls, sop, out.status, out.comment)
@@ -504,6 +581,60 @@ class DicomWeb:
 
 class _NotAcceptable(Exception):
     pass
+
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros tolerated, as archive.keys does
+
+
+def is_uid(value: str) -> bool:
+    """Whether ``value`` has UID syntax: dot-separated numbers of at most 64 characters
+    (PS3.5 9.1)."""
+    return len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+_FRAME_NUMBER = re.compile(r"[1-9][0-9]{0,9}")
+
+
+def parse_frames(text: str, most: int) -> list[int]:
+    """The frame numbers of a WADO-RS frame list ('1,3,5'): at most ``most`` of them, each a
+    1-based decimal number (ASCII digits, no sign, space or '_'). Invalid otherwise (400);
+    a number past the instance's last frame is the caller's 404."""
+    pieces = text.split(",")
+    if len(pieces) > most:
+        raise Invalid(f"at most {most} frame numbers in one request")
+    if not all(_FRAME_NUMBER.fullmatch(p) for p in pieces):
+        raise Invalid("frame numbers are 1-based decimal integers, comma-separated")
+    return [int(p) for p in pieces]
+
+
+def _servable(locs: list[Located]) -> list[Located]:
+    """The located objects whose recorded storage key is safe to resolve (archive.keys)."""
+    out = []
+    for loc in locs:
+        try:
+            check_key(loc.storage_key)
+        except UnsafeKey:
+            log.error("WADO-RS: object of %s has an unsafe storage key: not served", loc.sop_uid)
+            continue
+        out.append(loc)
+    return out
+
+
+def _header_safe(value: str) -> str:
+    """``value`` for an HTTP header: printable ASCII only (no CR/LF: no header injection)."""
+    return "".join(c for c in value if " " <= c <= "~")
+
+
+def _stow_item(cls: str, sop: str, reason: int | None = None, comment: str = "") -> dict:
+    d: dict[str, Any] = {
+        "00081150": {"vr": "UI", "Value": [cls]} if cls else {"vr": "UI"},
+        "00081155": {"vr": "UI", "Value": [sop]} if sop else {"vr": "UI"},
+    }
+    if reason is not None:
+        d["00081197"] = {"vr": "US", "Value": [reason]}
+        if comment:
+            d["00741048"] = {"vr": "LO", "Value": [comment[:64]]}  # failure detail
+    return d
 
 
 def _accept_param(accept: str, name: str) -> str | None:

@@ -241,10 +241,25 @@ def find(index: Index, q: FindQuery) -> Iterator[Dataset]:
         yield to_identifier(q, row)
 
 
-def find_rows(index: Index, q: FindQuery) -> list[dict[str, Any]]:
-    """The matches of ``q`` as rows (column name -> value), for to_identifier / to_bytes."""
+def find_rows(index: Index, q: FindQuery, timeout: float = 0.0) -> list[dict[str, Any]]:
+    """The matches of ``q`` as rows (column name -> value), for to_identifier / to_bytes.
+
+    ``timeout`` (s, 0 = none): the server's limit on the search (``time_limit``); a search
+    that outlives it raises DeadlineExceeded (from the index adapter)."""
     sql, params, cols = build_sql(q, index.database, only_requested=True)
-    return [row_dict(cols, row) for row in index.query(sql, params)]
+    return [row_dict(cols, row) for row in index.query(sql + time_limit(timeout), params)]
+
+
+def time_limit(seconds: float | None) -> str:
+    """The SETTINGS clause that makes ClickHouse cut a query after ``seconds`` (throwing
+    TIMEOUT_EXCEEDED, which the index adapter raises as DeadlineExceeded); '' for none.
+    Appended to the outermost SELECT of every search, so no peer can hold the index longer."""
+    if seconds is None or seconds <= 0:
+        return ""
+    return (
+        f" SETTINGS max_execution_time = {max(0.001, float(seconds)):.3f}, "
+        "timeout_overflow_mode = 'throw'"
+    )
 
 
 def columns(level: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -22,11 +23,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common.errors import Invalid, NotFound, StrataError, Unavailable
+from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
 from common.events import decode
 from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
-from query.find import FindQuery, build_sql, columns, row_dict, to_json
+from query.find import FindQuery, build_sql, columns, row_dict, time_limit, to_json
 from query.matching import ATTRIBUTES
 from query.retrieve import ObjectSource, local_paths, locate
 
@@ -71,12 +72,40 @@ DEFAULT_ORDER = {"STUDY": "-StudyDate", "SERIES": "SeriesNumber", "IMAGE": "Inst
 NUMERIC = {"IS"}
 
 
+MAX_SOP_UIDS = 10_000  # sop_instance_uids of one RetrieveInstances request
+
+
 @dataclass
 class Deps:
     index: Any  # processors.index.store.IndexStore
     source: ObjectSource
     bootstrap: str
     topics: list[str]
+    query_timeout: float = 0.0  # s, the server's limit on one search (0 = none)
+    max_chunk_bytes: int = 4 * 1024**2  # largest RetrieveInstances chunk
+    max_watch_streams: int = 8  # concurrent WatchEvents streams
+    max_retrieve_streams: int = 8  # concurrent RetrieveInstances streams
+
+
+class _Slots:
+    """A bound on concurrent streams of one kind: a stream beyond it is refused at once
+    (RESOURCE_EXHAUSTED), so streams never take the worker threads searches need."""
+
+    def __init__(self, n: int, what: str) -> None:
+        self.n = n
+        self.what = what
+        self._sem = threading.BoundedSemaphore(max(0, n)) if n > 0 else None
+
+    def acquire(self, context: grpc.ServicerContext) -> None:
+        if self._sem is None or not self._sem.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"at most {self.n} concurrent {self.what} streams: retry later",
+            )
+
+    def release(self) -> None:
+        if self._sem is not None:
+            self._sem.release()
 
 
 def _encode_token(obj: Any) -> str:
@@ -90,15 +119,15 @@ def _decode_token(token: str) -> Any:
         raise Invalid("malformed page or resume token") from exc
 
 
-def _deadline_settings(context: grpc.ServicerContext) -> str:
+def _deadline_settings(context: grpc.ServicerContext, server_limit: float = 0.0) -> str:
+    """The query's time limit: min(the caller's deadline, the server's limit)."""
     remaining = context.time_remaining()
     if remaining is None or remaining > 3600:  # no deadline (grpc reports a huge value)
-        return ""
-    if remaining <= 0:
+        remaining = None
+    elif remaining <= 0:
         raise _Deadline()
-    return (
-        f" SETTINGS max_execution_time = {max(0.01, remaining):.3f}, timeout_overflow_mode='throw'"
-    )
+    limits = [t for t in (remaining, server_limit) if t is not None and t > 0]
+    return time_limit(max(0.01, min(limits))) if limits else ""
 
 
 class _Deadline(Exception):
@@ -108,6 +137,11 @@ class _Deadline(Exception):
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, _Deadline):
         context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    if isinstance(exc, DeadlineExceeded):
+        context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "the search exceeded its time limit (the call's deadline or the server's)",
+        )
     if isinstance(exc, Invalid):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, NotFound):
@@ -123,6 +157,8 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
 class QueryService(q_grpc.QueryServiceServicer):
     def __init__(self, deps: Deps) -> None:
         self.d = deps
+        self._watches = _Slots(deps.max_watch_streams, "WatchEvents")
+        self._retrieves = _Slots(deps.max_retrieve_streams, "RetrieveInstances")
 
     # ------------------------------------------------------------------ search
     def SearchStudies(self, request: q.SearchRequest, context: Any) -> q.SearchResponse:  # noqa: N802
@@ -175,7 +211,7 @@ class QueryService(q_grpc.QueryServiceServicer):
                 f"({sort_expr} {cmp} {{cur_v:{ch_t}}} OR ({sort_expr} = {{cur_v:{ch_t}}} "
                 f"AND {uid} > {{cur_u:String}}))"
             )
-        settings = _deadline_settings(context)
+        settings = _deadline_settings(context, self.d.query_timeout)
         # One query per page: the first page counts all matches in the same scan (a window
         # over the whole result, computed before LIMIT); later pages carry the total in the
         # token (it is the total of the search as first run).
@@ -215,7 +251,8 @@ class QueryService(q_grpc.QueryServiceServicer):
             rows = self.d.index.query(
                 f"SELECT header_json FROM {self.d.index.database}.instances FINAL "
                 "WHERE study_uid = {s:String} "
-                f"ORDER BY series_uid, instance_number, sop_uid{_deadline_settings(context)}",
+                "ORDER BY series_uid, instance_number, sop_uid"
+                + _deadline_settings(context, self.d.query_timeout),
                 {"s": study},
             )
             if not rows:
@@ -229,7 +266,16 @@ class QueryService(q_grpc.QueryServiceServicer):
     def RetrieveInstances(
         self, request: q.RetrieveRequest, context: Any
     ) -> Iterator[q.InstanceChunk]:  # noqa: N802
+        self._retrieves.acquire(context)
         try:
+            yield from self._retrieve(request, context)
+        finally:
+            self._retrieves.release()
+
+    def _retrieve(self, request: q.RetrieveRequest, context: Any) -> Iterator[q.InstanceChunk]:
+        try:
+            if len(request.sop_instance_uids) > MAX_SOP_UIDS:
+                raise Invalid(f"at most {MAX_SOP_UIDS} sop_instance_uids in one request")
             keys = {"StudyInstanceUID": request.study_instance_uid}
             level = "STUDY"
             if request.series_instance_uid:
@@ -243,7 +289,9 @@ class QueryService(q_grpc.QueryServiceServicer):
             locs = locate(self.d.index, level, keys)
             if not locs:
                 raise NotFound("no matching instance")
-            size = request.chunk_size or (1 << 20)
+            # chunk_size is the caller's wish, bounded by the server's (offsets tell where each
+            # chunk goes, so a smaller chunk than asked is still a correct answer).
+            size = min(request.chunk_size or (1 << 20), self.d.max_chunk_bytes)
             for loc, path in local_paths(self.d.source, locs):
                 if isinstance(path, StrataError):
                     raise path
@@ -275,7 +323,7 @@ class QueryService(q_grpc.QueryServiceServicer):
                 "SELECT event_id, event_type, occurred_at, topic, log_partition, log_offset, "
                 f"payload_json, producer_service FROM {self.d.index.database}.events FINAL "
                 "WHERE study_uid = {s:String} ORDER BY topic, log_partition, log_offset"
-                f"{_deadline_settings(context)}",
+                f"{_deadline_settings(context, self.d.query_timeout)}",
                 {"s": study},
             )
             if not rows:
@@ -301,6 +349,13 @@ class QueryService(q_grpc.QueryServiceServicer):
 
     # ------------------------------------------------------------------ watch
     def WatchEvents(self, request: q.WatchRequest, context: Any) -> Iterator[q.WatchedEvent]:  # noqa: N802
+        self._watches.acquire(context)
+        try:
+            yield from self._watch(request, context)
+        finally:
+            self._watches.release()
+
+    def _watch(self, request: q.WatchRequest, context: Any) -> Iterator[q.WatchedEvent]:
         try:
             start = _decode_token(request.resume_token) if request.resume_token else None
         except Invalid as exc:
@@ -364,8 +419,12 @@ def _is_keyword(kw: str) -> bool:
 
 
 def serve(deps: Deps, host: str, port: int, workers: int = 16) -> grpc.Server:
+    """The gRPC server: ``workers`` threads for unary calls (searches) plus one per allowed
+    stream (WatchEvents, RetrieveInstances hold a thread for their whole life), so streams
+    up to their caps never leave a search waiting for a thread."""
+    threads = max(1, workers) + max(0, deps.max_watch_streams) + max(0, deps.max_retrieve_streams)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
         options=[
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),

@@ -17,6 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
+from archive.keys import UnsafeKey, check_key, key_path
 from archive.recall import RecallCache
 from archive.tiers import Tier
 from common.errors import Conflict, Invalid, NotFound, Unavailable
@@ -102,7 +103,7 @@ class HotSource:
     def local_path(self, loc: Located) -> Path:
         if loc.tier != "hot":
             raise NotFound(f"object of {loc.sop_uid} is in tier {loc.tier!r}, not readable here")
-        p = self.root / loc.storage_key
+        p = key_path(self.root, loc.storage_key)
         if not p.is_file():
             raise NotFound(f"object of {loc.sop_uid} is missing from the hot tier")
         return p
@@ -145,6 +146,11 @@ class TieredSource:
         )
 
     def local_path(self, loc: Located) -> Path:
+        try:
+            check_key(loc.storage_key)  # a recorded key is untrusted: never resolved unchecked
+        except UnsafeKey as exc:
+            log.error("object of %s not served: %s", loc.sop_uid, exc)
+            raise UnsafeKey(f"object of {loc.sop_uid} has an unsafe storage key") from exc
         order = [loc.tier] + ["hot", *sorted(self.remote)]
         tried: list[str] = []
         errors: list[str] = []
@@ -153,7 +159,11 @@ class TieredSource:
                 continue
             tried.append(tier)
             if tier == "hot":
-                p = self.hot_root / loc.storage_key
+                try:
+                    p = key_path(self.hot_root, loc.storage_key)
+                except UnsafeKey as exc:  # a symbolic link out of the tier
+                    log.error("object of %s not served: %s", loc.sop_uid, exc)
+                    raise UnsafeKey(f"object of {loc.sop_uid} has an unsafe storage key") from exc
                 if p.is_file():
                     self._accessed(loc)
                     return p

@@ -38,7 +38,7 @@ from pynetdicom.sop_class import (
 )
 
 from common import acceptor, dul
-from common.errors import Invalid, NotFound, Unavailable
+from common.errors import DeadlineExceeded, Invalid, NotFound, Unavailable
 from common.requestor import (
     EXPLICIT_BE,
     EXPLICIT_LE,
@@ -118,6 +118,7 @@ class Services:
     ae_title: str
     find_limit: int
     sub_association_timeout: float = 30.0
+    query_timeout: float = 0.0  # s, the server's limit on one C-FIND (0 = none)
 
 
 class QueryServer(acceptor.Server):
@@ -348,9 +349,15 @@ class QueryAssociation(acceptor.Association):
             self._respond(pc, rsp, msg_id, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, comment=str(exc))
             return
         try:
-            rows = find_rows(self.services.index, q)
+            rows = find_rows(self.services.index, q, self.services.query_timeout)
         except Invalid as exc:
             self._respond(pc, rsp, msg_id, UNABLE_TO_PROCESS, comment=str(exc))
+            return
+        except DeadlineExceeded:
+            log.warning("C-FIND cut at the %.1f s time limit", self.services.query_timeout)
+            self._respond(
+                pc, rsp, msg_id, OUT_OF_RESOURCES, comment="search exceeded the time limit"
+            )
             return
         except Unavailable as exc:
             log.error("C-FIND failed: %s", exc)

@@ -13,7 +13,8 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from common.errors import Unavailable
+from common.errors import DeadlineExceeded, Unavailable
+from common.redact import redact
 from processors.index.projection import Batch, Rows, ticks_ms
 from processors.index.schema import (
     DELETABLE,
@@ -179,7 +180,8 @@ class IndexStore:
         try:
             self.client = clickhouse_connect.get_client(dsn=dsn)
         except Exception as exc:  # chDB lock errors, connection refused...
-            raise Unavailable(f"cannot open the index at {dsn}: {exc}") from exc
+            # The DSN may carry a password: never in a message (nor the driver's text of it).
+            raise Unavailable(redact(f"cannot open the index at {dsn}: {exc}")) from None
         self._columns: dict[str, list[str]] = {}
         self._types: dict[str, dict[str, str]] = {}
         self.write_lock = threading.Lock()
@@ -308,7 +310,7 @@ class IndexStore:
                     )
                 n += self._insert_rows("events", rows.get("events", []))
             except ClickHouseError as exc:
-                raise Unavailable(f"index write failed: {exc}") from exc
+                raise Unavailable(redact(f"index write failed: {exc}")) from exc
         return n
 
     def _insert_rows(self, table: str, rs: list[dict[str, Any]]) -> int:
@@ -354,7 +356,7 @@ class IndexStore:
                 if "events" in prepared.tables:
                     self._insert("events", prepared.tables["events"])
             except ClickHouseError as exc:
-                raise Unavailable(f"index write failed: {exc}") from exc
+                raise Unavailable(redact(f"index write failed: {exc}")) from exc
         return prepared.rows
 
     def _insert(self, table: str, data: Any) -> None:
@@ -375,7 +377,7 @@ class IndexStore:
                     "SETTINGS optimize_on_insert = 0 SELECT * FROM Python(tbl)"
                 )
             except RuntimeError as exc:  # what chDB raises for an engine error
-                raise Unavailable(f"index write failed: {exc}") from exc
+                raise Unavailable(redact(f"index write failed: {exc}")) from exc
             return
         self.client.insert(
             f"{self.database}.{table}", data, column_names=cols, column_oriented=True
@@ -385,7 +387,10 @@ class IndexStore:
         try:
             return list(self.client.query(sql, parameters=parameters or {}).result_rows)
         except ClickHouseError as exc:
-            raise Unavailable(f"index query failed: {exc}") from exc
+            text = redact(f"index query failed: {exc}")
+            if "TIMEOUT_EXCEEDED" in text or "Code: 159." in text:
+                raise DeadlineExceeded(text) from exc
+            raise Unavailable(text) from exc
 
     def close(self) -> None:
         self.stop_arrow()
