@@ -107,7 +107,10 @@ def serve_index(settings: Settings) -> None:
                     max_pdu=settings.max_pdu,
                     network_timeout=settings.network_timeout,
                     acse_timeout=settings.acse_timeout,
-                    max_associations=32,
+                    max_associations=min(32, settings.max_associations),
+                    max_per_peer=settings.max_associations_per_peer,
+                    artim_timeout=settings.artim_timeout,
+                    pdu_timeout=settings.pdu_timeout,
                 ),
                 Services(
                     index,
@@ -115,6 +118,7 @@ def serve_index(settings: Settings) -> None:
                     destinations,
                     settings.qr_ae_title,
                     settings.find_limit,
+                    max_pending=settings.qr_max_pending,
                 ),
                 (settings.bind_host, settings.qr_port),
             )
