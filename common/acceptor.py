@@ -44,6 +44,7 @@ _WHOLE_PDU = 4 << 20  # P-DATA-TF up to this size are read whole, larger ones st
 _CHUNK = 1 << 20
 _LINGER = 2.0  # seconds a closing connection is drained before it is closed (PS3.8 ARTIM)
 _MAX_LINGERING = 1024  # connections drained at once by the lingerer; beyond, closed at once
+_MIN_TIMEOUT = 1.0  # the least socket timeout a deadline sets (it is shared with sends)
 _DEADLINE_STEP = 4 << 20  # each further 4 MiB of a PDU adds one more PDU deadline
 
 
@@ -95,6 +96,9 @@ class _SocketRaw(io.RawIOBase):
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("deadline passed")
+            # Never below a second: the socket timeout also bounds our sends (responses, and
+            # the Q/R worker's writes), which must not fail for the peer's slowness.
+            left = max(left, _MIN_TIMEOUT)
             if self.timeout is None or left < self.timeout:
                 self._sock.settimeout(left)
                 self.timeout = left
@@ -429,6 +433,7 @@ class Server:
         self._stopping = False
         self._lingerer = _Lingerer()
         self.refused = 0  # connections refused at a cap (for tests and metrics)
+        self._refusal_logged = -1e9
         self.evicted = 0
         self._acceptor = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
         self._acceptor.start()
@@ -497,7 +502,14 @@ class Server:
 
     def _refuse(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         self.refused += 1
-        log.warning("connection from %s:%d refused: association limit", *peer)
+        now = time.monotonic()
+        if now - self._refusal_logged >= 1.0:  # a flood of refusals is not a flood of logs
+            log.warning(
+                "connection from %s:%d refused: association limit (%d refused so far)",
+                *peer,
+                self.refused,
+            )
+            self._refusal_logged = now
         with contextlib.suppress(OSError):
             conn.setblocking(False)
             conn.send(_LIMIT_RJ)  # 10 bytes into a fresh connection's empty send buffer
