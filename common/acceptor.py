@@ -389,6 +389,10 @@ class _Lingerer:
                 self._drop(s)
         for s in list(self._deadlines):
             self._drop(s)
+        self._sel.close()
+        for s in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                s.close()
 
     def _drop(self, s: socket.socket) -> None:
         self._deadlines.pop(s, None)
@@ -477,6 +481,8 @@ class Server:
             if self._count - self._evicting >= self.cfg.max_associations:
                 victim = self._victim(len(mine) + 1)
                 if victim is None:
+                    if not mine:  # no empty entry per refused address
+                        del self._by_host[host]
                     return None
                 victim.evicted = True
                 self._evicting += 1
