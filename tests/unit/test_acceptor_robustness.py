@@ -36,6 +36,7 @@ from pynetdicom.sop_class import (
 from archive.hot import HotTier
 from common import dul
 from common.requestor import IMPLICIT_LE, Requestor, find_command
+from common.settings import Settings
 from ingest import statuses
 from ingest.config import AEConfig
 from ingest.outbox import Outbox
@@ -291,12 +292,14 @@ def test_an_oversize_object_is_refused_while_received_and_nothing_is_kept(node: 
 
 def test_a_large_object_streams_at_the_default_max_pdu(tmp_path: Path) -> None:
     """The finite default (1 MiB) keeps large objects streaming: 24 MB in 1 MiB PDUs."""
-    server, port, hot, outbox = _serve(tmp_path, max_pdu=1 << 20, max_object_bytes=100_000_000)
+    default = Settings().max_pdu
+    assert 0 < default <= 4 << 20
+    server, port, hot, outbox = _serve(tmp_path, max_pdu=default, max_object_bytes=100_000_000)
     try:
         ae = AE(ae_title="CT1")
         ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         a = ae.associate("127.0.0.1", port, ae_title="ARCHIVE")
-        assert a.acceptor.maximum_length == 1 << 20
+        assert a.acceptor.maximum_length == default
         assert a.send_c_store(_ct(pixels=24_000_000)).Status == statuses.SUCCESS
         a.release()
         (e,) = [pb.Envelope.FromString(r.value) for r in outbox.pending(10)]
