@@ -487,6 +487,7 @@ class Server:
                 victim.evicted = True
                 self._evicting += 1
                 self.evicted += 1
+                self.connection_counted("evicted")
                 # The victim's blocked read returns EOF; its own thread sends the A-ABORT.
                 with contextlib.suppress(OSError):
                     victim.sock.shutdown(socket.SHUT_RD)
@@ -506,8 +507,12 @@ class Server:
                 return min(idle, key=lambda c: c.since)
         return None
 
+    def connection_counted(self, outcome: str) -> None:
+        """A connection was 'refused' at a cap or an idle one 'evicted' (for metrics)."""
+
     def _refuse(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         self.refused += 1
+        self.connection_counted("refused")
         now = time.monotonic()
         if now - self._refusal_logged >= 1.0:  # a flood of refusals is not a flood of logs
             log.warning(

@@ -307,3 +307,6 @@ class StoreServer(acceptor.Server):
         self.service = service
         self.incoming = incoming
         super().__init__(cfg, address, Association)
+
+    def connection_counted(self, outcome: str) -> None:
+        metrics.ASSOCIATIONS.labels(outcome).inc()  # "refused" at a cap, "evicted"

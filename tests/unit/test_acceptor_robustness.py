@@ -23,6 +23,7 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
@@ -162,6 +163,7 @@ def _limit_rj(got: tuple[int, bytes] | None) -> bool:
 
 def test_a_peer_over_its_cap_is_rejected_without_a_thread(node: dict) -> None:
     port, server = node["port"], node["server"]
+    refused0 = REGISTRY.get_sample_value("strata_ingest_associations_total", {"result": "refused"})
     held = [_connect(port, "127.0.0.2") for _ in range(3)]
     try:
         while server.connections_from("127.0.0.2") < 3:
@@ -172,6 +174,10 @@ def test_a_peer_over_its_cap_is_rejected_without_a_thread(node: dict) -> None:
         assert _eof(over)  # and the acceptor has closed its side: no thread holds it
         over.close()
         assert server.active() == 3 and server.refused == 1
+        refused = REGISTRY.get_sample_value(
+            "strata_ingest_associations_total", {"result": "refused"}
+        )
+        assert refused == (refused0 or 0) + 1
         _store_ok(port)  # another address is served as before
     finally:
         for s in held:
