@@ -186,18 +186,24 @@ def test_malformed_datasets_get_a_precise_status(bstack: Stack, tmp_path: Path, 
 
 
 def test_truncated_and_oversize_are_refused_and_quarantined(bstack: Stack, tmp_path: Path) -> None:
+    def kept() -> set[Path]:
+        return set(bstack.settings.quarantine_dir.glob("*.dcm"))
+
+    before = kept()
     ds = fresh_ct()
     body = dataset_bytes(ds)
     assert send_raw(bstack, write(tmp_path, ds, body[: len(body) // 2])) == (
         statuses.CANNOT_UNDERSTAND_UNDECODABLE
     )
+    assert len(kept() - before) == 1  # the undecodable object's bytes, kept
+    before = kept()
     big = fresh_ct()
     big.PixelData = b"\0" * 300_000
     assert send_raw(bstack, write(tmp_path, big, dataset_bytes(big))) == (
         statuses.OUT_OF_RESOURCES_OBJECT_TOO_LARGE
     )
-    q = list((bstack.settings.quarantine_dir).glob("*.dcm"))
-    assert len(q) >= 2
+    # refused while received: only the record of it, no bytes (docs/network.md)
+    assert kept() == before
 
 
 def test_unknown_calling_ae_is_rejected(bstack: Stack) -> None:
