@@ -54,7 +54,7 @@ class Config:
     # and the A-ASSOCIATE-AC echoes it (as pynetdicom's acceptor did).
     max_pdu: int
     network_timeout: float  # idle: seconds without a byte between PDUs before an A-ABORT
-    acse_timeout: float  # (kept for the requestor side; the ARTIM deadline bounds the RQ)
+    acse_timeout: float  # unused here since artim_timeout bounds the whole A-ASSOCIATE-RQ
     allow_list: list[str] | None = None
     max_associations: int = 64  # connections of this process (threads), all peers
     max_per_peer: int = 16  # connections of this process from one peer address

@@ -97,7 +97,11 @@ class Settings:
         "peer hold one PDU as long as it likes: not recommended).",
     )
     network_timeout: float = _setting(60.0, "Seconds without network activity before abort.")
-    acse_timeout: float = _setting(30.0, "Seconds to wait for association messages.")
+    acse_timeout: float = _setting(
+        30.0,
+        "Seconds to wait for association messages (no longer used by the DICOM acceptors: "
+        "STRATA_ARTIM_TIMEOUT bounds the whole A-ASSOCIATE-RQ from connect).",
+    )
     dimse_timeout: float = _setting(60.0, "Seconds to wait for DIMSE messages.")
     event_timeout: float = _setting(
         15.0, "Seconds to wait for Kafka to confirm an event before answering a failure status."
