@@ -10,7 +10,7 @@ the peer holding the most is evicted first); the whole A-ASSOCIATE-RQ must arriv
 ARTIM deadline of the connect, every PDU must complete within a deadline of its first byte,
 and the idle timeout ends a silent association. Every end of an association half-closes,
 drains what the peer still sends (to EOF or a short deadline) and only then closes, so the
-last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP, A-ABORT) is never lost to a connection reset.
+last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP, A-ABORT) is not lost to a reset by unread bytes.
 
 An endpoint subclasses ``Association``: ``negotiate`` sets each presentation context's result,
 ``pdv`` receives every PDV (commands and dataset fragments) in order. Anything PS3.8 does not

@@ -99,7 +99,10 @@ def _rq(calling: str = "CT1", max_length: int = 16384) -> bytes:
     return dul.associate_rq(
         "ARCHIVE",
         calling,
-        [(1, str(CTImageStorage), [str(ExplicitVRLittleEndian)]), (3, str(Verification), [])],
+        [
+            (1, str(CTImageStorage), [str(ExplicitVRLittleEndian)]),
+            (3, str(Verification), [IMPLICIT_LE]),
+        ],
         max_length,
         IMPL,
         "FUZZ",
