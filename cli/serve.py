@@ -118,7 +118,10 @@ def serve_index(settings: Settings) -> None:
                     max_pdu=settings.max_pdu,
                     network_timeout=settings.network_timeout,
                     acse_timeout=settings.acse_timeout,
-                    max_associations=32,
+                    max_associations=min(32, settings.max_associations),
+                    max_per_peer=settings.max_associations_per_peer,
+                    artim_timeout=settings.artim_timeout,
+                    pdu_timeout=settings.pdu_timeout,
                 ),
                 Services(
                     index,
@@ -127,6 +130,7 @@ def serve_index(settings: Settings) -> None:
                     settings.qr_ae_title,
                     settings.find_limit,
                     query_timeout=settings.query_timeout,
+                    max_pending=settings.qr_max_pending,
                 ),
                 (settings.bind_host, settings.qr_port),
             )

@@ -132,11 +132,11 @@ def read_exact(f: BinaryIO, n: int) -> bytes:
     return data
 
 
-def read_pdu_header(f: BinaryIO, max_length: int) -> tuple[int, int]:
-    """The type and length of the next PDU. A P-DATA-TF is bounded by the maximum length this
-    node announced (0 = unlimited; a little slack for requestors that count the PDV header
-    differently); association PDUs are small."""
-    pdu_type, _, length = _HDR.unpack(read_exact(f, 6))
+def read_pdu_header(f: BinaryIO, max_length: int, first: bytes = b"") -> tuple[int, int]:
+    """The type and length of the next PDU (``first``: its first byte, already read). A
+    P-DATA-TF is bounded by the maximum length this node announced (0 = unlimited; a little
+    slack for requestors that count the PDV header differently); association PDUs are small."""
+    pdu_type, _, length = _HDR.unpack(first + read_exact(f, 6 - len(first)))
     limit = 1 << 20
     if pdu_type == P_DATA_TF:
         limit = max_length + 1024 if max_length else 1 << 32
@@ -296,6 +296,8 @@ def _parse_context(value: bytes) -> PresentationContext:
         if len(value) - pos < 4:
             raise ProtocolError("truncated presentation context sub-item")
         sub, _, length = _ITEM.unpack_from(value, pos)
+        if pos + 4 + length > len(value):
+            raise ProtocolError("presentation context sub-item length out of range")
         uid = _uid(value[pos + 4 : pos + 4 + length])
         pos += 4 + length
         if sub == 0x30:
@@ -311,20 +313,29 @@ def _parse_user_info(value: bytes, rq: AssociateRQ) -> None:
         if len(value) - pos < 4:
             raise ProtocolError("truncated user information sub-item")
         sub, _, length = _ITEM.unpack_from(value, pos)
+        if pos + 4 + length > len(value):
+            raise ProtocolError(f"user information sub-item 0x{sub:02X} length out of range")
         v = value[pos + 4 : pos + 4 + length]
         pos += 4 + length
-        if sub == 0x51 and length == 4:
+        if sub == 0x51:
+            if length != 4:
+                raise ProtocolError("maximum length sub-item of the wrong length")
             (rq.max_length,) = struct.unpack(">L", v)
         elif sub == 0x52:
             rq.implementation_class_uid = _uid(v)
         elif sub == 0x55:
             rq.implementation_version_name = _ae(v)
-        elif sub == 0x53 and length == 4:
+        elif sub == 0x53:
+            if length != 4:
+                raise ProtocolError("asynchronous operations sub-item of the wrong length")
             rq.async_ops = struct.unpack(">HH", v)
-        elif sub == 0x54 and length >= 2:
+        elif sub == 0x54:
+            if length < 2:
+                raise ProtocolError("role selection sub-item too short")
             (n,) = struct.unpack_from(">H", v, 0)
-            if length >= 4 + n:
-                rq.roles[_uid(v[2 : 2 + n])] = (v[2 + n], v[3 + n])
+            if length != 4 + n:
+                raise ProtocolError("role selection sub-item of the wrong length")
+            rq.roles[_uid(v[2 : 2 + n])] = (v[2 + n], v[3 + n])
         # 0x56 / 0x57 extended negotiation, 0x58 user identity: not negotiated (ignored;
         # PS3.7 D.3.3: an acceptor that does not support them simply omits the reply)
 
@@ -525,6 +536,9 @@ def file_meta(
 # --------------------------------------------------------------------------- DIMSE messages
 
 
+MAX_COMMAND_BYTES = 64 << 10  # a command set is a few hundred bytes; more is no command
+
+
 class MessageAssembler:
     """Collects PDV fragments into whole DIMSE messages: (context id, command, dataset bytes
     or None). For services whose datasets are small (identifiers, not images)."""
@@ -543,6 +557,8 @@ class MessageAssembler:
             if self._command is not None:
                 raise ProtocolError("command while a dataset was expected")
             self._cmd += data
+            if len(self._cmd) > MAX_COMMAND_BYTES:
+                raise ProtocolError("command set too large")
             if not mch & 0x02:
                 return None
             cmd = decode_command(self._cmd)

@@ -93,10 +93,16 @@ class Settings:
     ingest_ae_title: str = _setting("STRATA", "AE title of the ingest (C-STORE) SCP.")
     ingest_port: int = _setting(11112, "Port of the ingest (C-STORE/C-ECHO) SCP.")
     max_pdu: int = _setting(
-        0, "Maximum PDU size we receive (0 = unlimited, the fastest for large objects)."
+        1 << 20,
+        "Maximum P-DATA-TF length we announce and receive (bytes; 0 = unlimited, which lets a "
+        "peer hold one PDU as long as it likes: not recommended).",
     )
     network_timeout: float = _setting(60.0, "Seconds without network activity before abort.")
-    acse_timeout: float = _setting(30.0, "Seconds to wait for association messages.")
+    acse_timeout: float = _setting(
+        30.0,
+        "Seconds to wait for association messages (no longer used by the DICOM acceptors: "
+        "STRATA_ARTIM_TIMEOUT bounds the whole A-ASSOCIATE-RQ from connect).",
+    )
     dimse_timeout: float = _setting(60.0, "Seconds to wait for DIMSE messages.")
     event_timeout: float = _setting(
         15.0, "Seconds to wait for Kafka to confirm an event before answering a failure status."
@@ -151,6 +157,34 @@ class Settings:
     )
     quarantine_retention_days: float = _setting(
         30.0, "Quarantined bytes older than this many days are deleted (their records stay)."
+    )
+
+    # --- network robustness (docs/network.md). Caps are per process: the ingest node runs
+    # STRATA_INGEST_WORKERS processes on its port, each with its own caps. ---
+    max_associations: int = _setting(
+        64,
+        "Connections one DICOM acceptor process serves at once (ingest: per worker; the "
+        "Q/R SCP uses at most 32). At the cap an idle connection of the peer address holding "
+        "the most is evicted for a newcomer holding fewer, else the newcomer gets "
+        "A-ASSOCIATE-RJ (transient, local-limit-exceeded).",
+    )
+    max_associations_per_peer: int = _setting(
+        16,
+        "Connections one peer IP address may hold in one acceptor process (ingest: per "
+        "worker); beyond, A-ASSOCIATE-RJ (transient, local-limit-exceeded), without a thread.",
+    )
+    artim_timeout: float = _setting(
+        10.0, "Seconds from connect by which a peer's whole A-ASSOCIATE-RQ must have arrived."
+    )
+    pdu_timeout: float = _setting(
+        30.0,
+        "Seconds by which a PDU must be complete once its first byte arrived (one more "
+        "period per further 4 MiB of the PDU): a peer trickling bytes cannot hold its slot.",
+    )
+    qr_max_pending: int = _setting(
+        16,
+        "DIMSE requests (and unsolicited C-STORE responses) one Q/R association may have "
+        "queued; more is a protocol violation answered with A-ABORT.",
     )
 
     # --- query (DIMSE Q/R SCP) ---

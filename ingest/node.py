@@ -239,6 +239,10 @@ def run_worker(settings: Settings) -> None:
             network_timeout=settings.network_timeout,
             acse_timeout=settings.acse_timeout,
             allow_list=service.aes.allow_list,
+            max_associations=settings.max_associations,
+            max_per_peer=settings.max_associations_per_peer,
+            artim_timeout=settings.artim_timeout,
+            pdu_timeout=settings.pdu_timeout,
         ),
         service,
         service.tier.incoming,  # type: ignore[attr-defined]

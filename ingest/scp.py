@@ -11,6 +11,13 @@ class pynetdicom knows, each with any transfer syntax it knows (the requestor's 
 An allow-list of calling AE titles rejects unknown callers with A-ASSOCIATE-RJ (permanent,
 service-user, calling AE title not recognized). Anything PS3.8 does not allow aborts the
 association (A-ABORT, service-provider) and leaves the node serving the others.
+
+Limits hold while receiving: a dataset that grows past ``max_object_bytes`` stops being
+written at once (its spool file removed); the rest of its fragments are read and discarded,
+then the C-STORE is answered A720 (object too large) and an InstanceQuarantined records the
+refusal with no bytes kept. DCMTK's storescu reports that status and goes on with its next
+file, where an A-ABORT would end its whole run. A peer that goes on sending far past the limit
+(over ``_DISCARD_FACTOR`` times it) is aborted.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ ABSTRACT_SYNTAXES = frozenset(
     [VERIFICATION] + [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
 )
 TRANSFER_SYNTAXES = frozenset(str(ts) for ts in ALL_TRANSFER_SYNTAXES)
+_DISCARD_FACTOR = 4  # an oversize dataset is read and discarded up to this many times the limit
 
 
 def negotiate(rq: dul.AssociateRQ) -> None:
@@ -110,6 +118,8 @@ class Association(acceptor.Association):
         self._request: dict[int, bytes] | None = None
         self._spool: _Spool | None = None
         self._rx_pc = 0
+        self._limit = server.service.limits.max_object_bytes
+        self._oversize = 0  # bytes of the dataset being discarded (0: none)
 
     def negotiate(self, rq: dul.AssociateRQ) -> None:
         negotiate(rq)
@@ -121,6 +131,9 @@ class Association(acceptor.Association):
         if self._spool is not None:  # never acknowledged: never stored
             self._spool.discard()
 
+    def between_messages(self) -> bool:
+        return self._request is None and not self._cmd
+
     # ---------------------------------------------------------------- DIMSE
     def pdv(self, pc_id: int, mch: int, data: memoryview) -> None:
         pc = self.contexts.get(pc_id)
@@ -130,6 +143,8 @@ class Association(acceptor.Association):
             if self._request is not None:
                 raise dul.ProtocolError("command while a dataset was expected")
             self._cmd += data
+            if len(self._cmd) > dul.MAX_COMMAND_BYTES:
+                raise dul.ProtocolError("command set too large")
             if mch & 0x02:
                 cmd = dul.decode_command(self._cmd)
                 self._cmd = bytearray()
@@ -138,11 +153,23 @@ class Association(acceptor.Association):
         # dataset fragment
         if self._request is None or pc_id != self._rx_pc:
             raise dul.ProtocolError("dataset without a command on its presentation context")
-        if self._spool is not None:
-            self._spool.write(data)
+        spool = self._spool
+        if spool is not None:
+            spool.write(data)
+            if spool.size > self._limit:  # stop writing at once; the rest is discarded
+                self._oversize = spool.size
+                self._spool = None
+                spool.discard()
+        elif self._oversize:
+            self._oversize += len(data)
+            if self._oversize > self._limit * _DISCARD_FACTOR:
+                raise dul.ProtocolError("dataset far over the object size limit")
         if mch & 0x02:
             request, self._request = self._request, None
-            self._store(pc, request)
+            if self._oversize:
+                self._refuse_oversize(pc, request)
+            else:
+                self._store(pc, request)
 
     def _command(self, pc: dul.PresentationContext, cmd: dict[int, bytes]) -> None:
         field = dul.us(cmd, dul.COMMAND_FIELD)
@@ -215,6 +242,49 @@ class Association(acceptor.Association):
             comment,
         )
 
+    def _refuse_oversize(self, pc: dul.PresentationContext, cmd: dict[int, bytes]) -> None:
+        """The C-STORE of a dataset over the size limit: nothing was kept (the spool was
+        removed when the limit was crossed); the refusal is recorded and answered."""
+        assert self.rq is not None
+        size, self._oversize = self._oversize, 0
+        sop_class = dul.text(cmd, dul.AFFECTED_SOP_CLASS_UID)
+        sop_instance = dul.text(cmd, dul.AFFECTED_SOP_INSTANCE_UID)
+        status = statuses.OUT_OF_RESOURCES_OBJECT_TOO_LARGE
+        comment = f"object over the limit of {self._limit} bytes"
+        self.server.service.record_refused(
+            Received(
+                path=Path(),
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_instance,
+                transfer_syntax_uid=pc.transfer_syntax,
+                calling_ae=self.rq.calling_ae,
+                called_ae=self.rq.called_ae,
+                peer_address=self.peer,
+                size=size,
+            ),
+            status,
+            "too-large",
+            comment,
+        )
+        metrics.INSTANCES.labels("refused").inc()
+        metrics.REFUSED.labels("too-large").inc()
+        log.warning(
+            "refused sop=%s from %s: 0x%04X over %d bytes, not kept",
+            sop_instance,
+            self.rq.calling_ae,
+            status,
+            self._limit,
+        )
+        self._reply(
+            pc.id,
+            dul.C_STORE_RSP,
+            dul.us(cmd, dul.MESSAGE_ID, 0),
+            sop_class,
+            status,
+            sop_instance,
+            comment[:64],
+        )
+
     def _reply(
         self,
         pc_id: int,
@@ -237,3 +307,6 @@ class StoreServer(acceptor.Server):
         self.service = service
         self.incoming = incoming
         super().__init__(cfg, address, Association)
+
+    def connection_counted(self, outcome: str) -> None:
+        metrics.ASSOCIATIONS.labels(outcome).inc()  # "refused" at a cap, "evicted"

@@ -384,6 +384,35 @@ class StoreService:
             )
         return Outcome(r.status, r.comment, reason=r.reason)
 
+    def record_refused(self, rx: Received, status: int, reason: str, comment: str) -> None:
+        """An InstanceQuarantined for an arrival refused while it was received, whose bytes
+        were not kept (e.g. over the size limit: ``rx.size`` is what had arrived by then)."""
+        try:
+            q = pb.InstanceQuarantined(
+                reason=reason,
+                detail=comment,
+                dimse_status=status,
+                sop_class_uid=rx.sop_class_uid,
+                sop_instance_uid=rx.sop_instance_uid,
+                size_bytes=max(rx.size, 0),
+                calling_ae_title=rx.calling_ae,
+                called_ae_title=rx.called_ae,
+                peer_address=rx.peer_address,
+                ingest_node=self.node,
+                received_at=timestamp(datetime.now(UTC)),
+                bytes_dropped=True,
+                bytes_dropped_reason="refused while received",
+            )
+            env = envelope(q, study_uid="", service="ingest", node=self.node)
+            self.outbox.append(
+                event_id=env.event_id,
+                topic=self.quarantine_topic,
+                key=rx.sop_instance_uid or str(uuid.uuid4()),
+                value=env.SerializeToString(),
+            )
+        except (OSError, Unavailable) as exc:
+            log.error("quarantine record of a refused arrival failed: %s", exc)
+
 
 def normalize_id(value: str) -> str:
     """Patient ID / issuer as an identity key: surrounding blanks and NULs removed (PS3.5 pads

@@ -119,6 +119,7 @@ class Services:
     find_limit: int
     sub_association_timeout: float = 30.0
     query_timeout: float = 0.0  # s, the server's limit on one C-FIND (0 = none)
+    max_pending: int = 16  # requests / C-STORE-RSPs one association may have queued
 
 
 class QueryServer(acceptor.Server):
@@ -220,8 +221,12 @@ class QueryAssociation(acceptor.Association):
             if cancelled in self._open:  # a cancel for a finished operation is ignored
                 self._cancelled.add(cancelled)
         elif field == dul.C_STORE_RSP:
+            if self._store_rsps.qsize() >= self.services.max_pending:
+                raise dul.ProtocolError("too many unsolicited C-STORE responses", 0)
             self._store_rsps.put(cmd)
         elif field in (dul.C_ECHO_RQ, dul.C_FIND_RQ, dul.C_MOVE_RQ, dul.C_GET_RQ):
+            if self._work.qsize() >= self.services.max_pending:
+                raise dul.ProtocolError("too many outstanding requests", 0)
             self._open.add(dul.us(cmd, dul.MESSAGE_ID, 0))
             self._work.put((pc, cmd, dataset))
         else:
