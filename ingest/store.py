@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from pydicom import Dataset
+
 from archive.hot import TIER as HOT
 from archive.keys import instance_key
 from common import dicom
@@ -163,7 +165,7 @@ class StoreService:
                 "event log unavailable",
             )
 
-    def _validate(self, rx: Received, size: int) -> tuple[object, dict[str, str]]:
+    def _validate(self, rx: Received, size: int) -> tuple[Dataset, dict[str, str]]:
         if size > self.limits.max_object_bytes:
             raise Refused(
                 statuses.OUT_OF_RESOURCES_OBJECT_TOO_LARGE,
@@ -207,7 +209,7 @@ class StoreService:
         return ds, uids
 
     def _accept(
-        self, rx: Received, ds: object, uids: dict[str, str], size: int, sha: str
+        self, rx: Received, ds: Dataset, uids: dict[str, str], size: int, sha: str
     ) -> Outcome:
         key = instance_key(
             uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"], sha

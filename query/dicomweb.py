@@ -53,7 +53,7 @@ FRAME_MEDIA = {
 class WebDeps:
     index: Any  # IndexStore
     source: ObjectSource
-    store: Any | None  # ingest.store.StoreService for STOW (None: read-only)
+    store: Any  # ingest.store.StoreService for STOW (None: read-only)
     incoming: Path | None
     cors_origins: str = ""
     limit: int = 10000
@@ -96,6 +96,7 @@ class DicomWeb:
         match: dict[str, str] = {}
         include: list[str] = []
         limit, offset = self.d.limit, 0
+        k: str | None
         try:
             for k, v in request.query.items():
                 if k == "includefield":
@@ -129,7 +130,7 @@ class DicomWeb:
                 wanted.append(k)
         fq = FindQuery(level, [(kw, match.get(kw, "")) for kw in wanted], limit=offset + limit)
 
-        def run() -> list[str]:
+        def run() -> list[dict[str, Any]]:
             sql, params, cols = build_sql(fq, self.d.index.database)
             rows = self.d.index.query(
                 f"SELECT * FROM ({sql}) LIMIT {limit} OFFSET {offset}", params
@@ -226,7 +227,7 @@ class DicomWeb:
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress()
         else:
-            ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(EXPLICIT_LE)
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         return buf.getvalue(), EXPLICIT_LE
@@ -415,7 +416,8 @@ class DicomWeb:
             return _error(415, 'expected multipart/related; type="application/dicom"')
         study = request.match_info.get("study")
         reader = await request.multipart()
-        referenced, failed = [], []
+        referenced: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
         peer = f"{request.remote}:0"
         while True:
             part = await reader.next()
