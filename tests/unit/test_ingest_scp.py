@@ -34,14 +34,9 @@ from ingest.outbox import Outbox
 from ingest.scp import Config, StoreServer
 from ingest.store import Limits, StoreService
 from proto.strata.v1 import events_pb2 as pb
+from tests.support.stack import free_port
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -58,7 +53,7 @@ def scp(tmp_path: Path) -> Iterator[dict]:
         aes=AEConfig(aes={"CT1": CallingAE("CT1", "north", "General", "")}),
         limits=Limits(max_object_bytes=2_000_000),
     )
-    port = _free_port()
+    port = free_port()
     server = StoreServer(
         Config(16384, 10.0, 10.0, allow_list=["CT1", "STORESCU", "ECHOSCU"]),
         service,
@@ -128,7 +123,7 @@ def test_an_object_sent_in_one_huge_pdu_is_streamed(scp: dict, tmp_path) -> None
         Config(0, 30.0, 10.0),
         dataclasses.replace(scp["server"].service, limits=Limits(max_object_bytes=200_000_000)),
         hot.incoming,
-        ("127.0.0.1", port := _free_port()),
+        ("127.0.0.1", port := free_port()),
     )
     try:
         ds = pydicom.dcmread(str(CT))

@@ -8,7 +8,6 @@ conversion for a destination that takes only implicit VR, concurrency."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -40,17 +39,11 @@ from query.find import FindQuery, build_sql, columns
 from query.retrieve import HotSource
 from query.scp import QueryServer, Services
 from tests.support.dcmtk import dcmtk_env
-from tests.support.stack import require_tool
+from tests.support.stack import free_port, require_tool
 
 CT_FILE = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 FIND = str(StudyRootQueryRetrieveInformationModelFind)
 STUDY = "1.2.826.0.1.3680043.10.543.77"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class FakeIndex:
@@ -117,14 +110,14 @@ def qr(tmp_path: Path) -> Iterator[dict]:
         )
     index = FakeIndex()
     index.located = stored
-    dest_port = _free_port()
-    port = _free_port()
+    dest_port = free_port()
+    port = free_port()
     server = QueryServer(
         Config(16384, 10.0, 10.0),
         Services(
             index,
             HotSource(hot),
-            {"DEST": ("127.0.0.1", dest_port), "DOWN": ("127.0.0.1", _free_port())},
+            {"DEST": ("127.0.0.1", dest_port), "DOWN": ("127.0.0.1", free_port())},
             "STRATA_QR",
             10000,
             5.0,
@@ -409,7 +402,7 @@ def test_an_operation_longer_than_the_network_timeout_completes(qr: dict) -> Non
     answered, the association serves the next request, and real silence still ends it."""
     index = FakeIndex()
     index.delay = 1.0  # every search takes over three network timeouts
-    port = _free_port()
+    port = free_port()
     server = QueryServer(
         Config(16384, 0.3, 10.0),
         Services(index, HotSource(qr["hot"]), {}, "STRATA_QR", 10000, 5.0),
