@@ -11,7 +11,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from ingest.scp import Config, StoreServer
 from ingest.store import Limits, StoreService
 from proto.strata.v1 import events_pb2 as pb
 from tests.support.stack import free_port
+from tests.support.wait import wait_for
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 
@@ -318,17 +318,10 @@ def test_cut_mid_dataset_stores_nothing(scp: dict, tmp_path) -> None:
     cmd = _store_rq(CTImageStorage, generate_uid())
     s.sendall(dul.p_data(1, cmd, True, 16384))
     s.sendall(dul.p_data(1, b"\x08\x00\x16\x00UI\x04\x001.2\0", False, 16384)[:-3])
-    for _ in range(100):  # the spool file of the dataset being received exists
-        if list(scp["hot"].incoming.iterdir()):
-            break
-        time.sleep(0.05)
-    assert list(scp["hot"].incoming.iterdir())
+    # the spool file of the dataset being received exists
+    assert wait_for(lambda: list(scp["hot"].incoming.iterdir()), 10, step=0.05)
     s.close()  # cut: no last fragment, no response ever sent
-    for _ in range(100):
-        if not list(scp["hot"].incoming.iterdir()):
-            break
-        time.sleep(0.05)
-    assert not list(scp["hot"].incoming.iterdir())
+    assert wait_for(lambda: not list(scp["hot"].incoming.iterdir()), 10, step=0.05)
     assert events(scp["outbox"]) == []
 
 
