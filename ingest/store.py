@@ -1,7 +1,7 @@
 """The store feature: turn a received object into a durable object plus a durable event.
 
 Plain functions over ports (the hot tier, the outbox, the quarantine): no pynetdicom here, so
-the contract can be tested without a network. The contract (DESIGN.md invariant 1):
+the contract can be tested without a network. The contract (docs/design.md, section 1.1):
 success is returned only after the bytes are fsync'd in the tier AND the InstanceStored event
 is durable in the fsync'd outbox, which the relay publishes to Kafka in order. Any failure
 before that yields a failure status and the sender keeps responsibility for the object.
