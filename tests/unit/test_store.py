@@ -177,10 +177,10 @@ def test_refuse_mode_refuses_when_log_is_behind(
     p, ds = spool(tmp_path, hot)
     assert svc.store(rx(p, ds)).ok  # nothing pending yet: accepted, now pending
     # The outbox state is sampled at most every 100 ms: let the service's clock pass that.
-    import ingest.store
+    from ingest import store as store_module
 
-    later = ingest.store.time.monotonic() + 1.0
-    monkeypatch.setattr(ingest.store.time, "monotonic", lambda: later)
+    later = store_module.time.monotonic() + 1.0
+    monkeypatch.setattr(store_module.time, "monotonic", lambda: later)
     p2, ds2 = spool(tmp_path, hot, lambda d: setattr(d, "SOPInstanceUID", generate_uid()))
     assert svc.store(rx(p2, ds2)).status == statuses.OUT_OF_RESOURCES_EVENT_LOG
 
