@@ -318,7 +318,7 @@ def _replay_with_projector(
                 [
                     sys.executable,
                     "-c",
-                    "import sys; from processors.replay import _projector_main; _projector_main()",
+                    "from processors.replay import _projector_main; _projector_main()",
                     str(w),
                 ],
                 stdin=subprocess.PIPE,
