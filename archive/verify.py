@@ -4,7 +4,7 @@ at ingest? And repair from another good copy when one exists.
 Every check streams the object's bytes through SHA-256 (no trust in sizes, ETags or stored
 metadata). A repair restores the SAME bytes (the candidate copy must hash to the recorded
 sha256) under the same content-addressed key: it puts back what the key always named, it never
-writes other content there (DESIGN.md invariant 4).
+writes other content there (docs/design.md, section 1.4).
 """
 
 from __future__ import annotations

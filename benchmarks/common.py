@@ -27,13 +27,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from stack import procs
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_CACHE = Path.home() / ".cache" / "strata" / "bench"
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 HOST = "127.0.0.1"
 # Ports other people use on shared machines: never pick them even if they happen to be free.
-RESERVED_PORTS = {9092, 9093, 11112, 11113}
+RESERVED_PORTS = {9092, 9093, 11112, 11113, 8081, 8082}
 CALLING_AE = "BENCH"
 
 _T0 = time.monotonic()
@@ -45,18 +47,9 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- system
-_taken: set[int] = set()
-
-
 def free_port() -> int:
     """A free TCP port on loopback (not reserved, not handed out before in this process)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in RESERVED_PORTS and port not in _taken:
-            _taken.add(port)
-            return port
+    return procs.free_port(HOST, RESERVED_PORTS)
 
 
 def machine() -> dict[str, str]:

@@ -36,7 +36,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import associate, c_find
+from benchmarks.common import associate, c_find, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -57,7 +56,6 @@ BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 MD_SECTION = "## Index at 1M instances (issue 4)"
 HOST = "127.0.0.1"
 # Ports other people use on shared machines: never picked, even when free.
-RESERVED_PORTS = {9092, 9093, 11112, 11113, 8081, 8082}
 CALLING_AE = "BENCH"
 GROUP_ID = "strata-processors"  # the index node's faust app id = its consumer group
 
@@ -69,17 +67,6 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
-_taken: set[int] = set()
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in RESERVED_PORTS and port not in _taken:
-            _taken.add(port)
-            return port
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -72,13 +72,11 @@ from benchmarks.common import (
 )
 from benchmarks.ingest import wait_visible
 
-# Ports other people use on this machine: never handed out, even when free. Both port
-# allocators (benchmarks.common for Orthanc/storescp, benchmarks.index for the stack) share one
-# "already handed out" set, so no port is given twice within this run.
+# Ports other people use on this machine: never handed out, even when free. Every port of
+# the run comes from benchmarks.common.free_port (one "already handed out" set: stack.procs),
+# so no port is given twice within this run.
 NEVER_PORTS = {9092, 9093, 11112, 11113, 8081, 8082, 50051}
 common.RESERVED_PORTS.update(NEVER_PORTS)
-ib.RESERVED_PORTS.update(NEVER_PORTS)
-ib._taken = common._taken  # noqa: SLF001 - one allocator state for the whole run
 
 WORKSTATION = "WORKSTATION"
 SEARCH_GOAL = (20.0, 100.0)  # p50, p99 ms

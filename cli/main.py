@@ -26,13 +26,13 @@ from common.settings import Settings
 
 
 def _table(headers: list[str], rows: Iterable[Iterable[object]]) -> str:
-    rows = [[("" if c is None else str(c)) for c in r] for r in rows]
+    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
     widths = [len(h) for h in headers]
-    for r in rows:
+    for r in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, r, strict=False)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*headers), line.format(*("-" * w for w in widths))]
-    out += [line.format(*r) for r in rows]
+    out += [line.format(*r) for r in cells]
     return "\n".join(out)
 
 
@@ -301,7 +301,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
     def connect() -> Any:
         a = ae.associate(host, port, ae_title=called)
-        if a.is_established:
+        if a.is_established and a.dul.socket is not None:
             nodelay(a.dul.socket.socket)
         return a
 

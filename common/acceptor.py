@@ -420,7 +420,8 @@ class Server:
         self,
         cfg: Config,
         address: Any,
-        association: Callable[[socket.socket, tuple[str, int], Server], Association],
+        # Any: each SCP's Association takes its own Server subclass
+        association: Callable[[socket.socket, tuple[str, int], Any], Association],
     ) -> None:
         self.cfg = cfg
         self._association = association

@@ -12,6 +12,7 @@ from pydicom import Dataset, dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 
 from common.errors import Invalid
 
@@ -161,7 +162,7 @@ def _strip(d: Dataset) -> Dataset:
 
 
 _FALLBACK = object()
-_CHARSET_TAG = 0x00080005
+_CHARSET_TAG = BaseTag(0x00080005)
 _PLAIN_CHARSETS = {"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6"}
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UI", "UC", "PN"}
 _SINGLE_TEXT_VRS = {"LT", "ST", "UT", "UR"}

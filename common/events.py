@@ -44,7 +44,9 @@ def envelope(
 
 # payload message name -> its field in the Envelope's oneof (e.g. "RouteDecided" -> "route_decided")
 _FIELDS = {
-    f.message_type.name: f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields
+    f.message_type.name: f.name
+    for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields
+    if f.message_type is not None  # every payload is a message
 }
 
 

@@ -8,13 +8,33 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from common.errors import Unavailable
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed event record: where it sits in the log and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+def record(m: Message) -> Record:
+    """The position and bytes of a consumed record (``m.error()`` is None). The client types
+    them optional because error messages carry none; the archive's topics hold no null values
+    (no tombstones: they are never compacted), so an empty value stands in for one."""
+    topic, partition, offset = m.topic(), m.partition(), m.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError("not a consumed record (an error or a produced message)")
+    return Record(topic, partition, offset, m.value() or b"")
 
 
 @dataclass(frozen=True)
@@ -25,7 +45,7 @@ class TopicSpec:
 
 
 def source_of_truth_topics(settings: Settings) -> list[TopicSpec]:
-    """Topics that ARE the truth: never expire, never compact (DESIGN.md invariant 3)."""
+    """Topics that ARE the truth: never expire, never compact (docs/design.md, invariants)."""
     forever = {
         "retention.ms": "-1",
         "retention.bytes": "-1",
@@ -95,9 +115,10 @@ def read_log(bootstrap: str, topic: str, timeout: float = 60.0) -> list[bytes]:
             m = c.poll(0.5)
             if m is None or m.error():
                 continue
-            out.append(m.value())
-            if m.offset() + 1 >= ends[m.partition()]:
-                done.add(m.partition())
+            r = record(m)
+            out.append(r.value)
+            if r.offset + 1 >= ends[r.partition]:
+                done.add(r.partition)
     except KafkaException as exc:
         raise Unavailable(f"cannot read {topic}: {exc}") from exc
     finally:

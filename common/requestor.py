@@ -10,7 +10,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from common import dul
 from common.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
@@ -49,7 +49,7 @@ class Requestor:
             raise ValueError("an association proposes 1 to 128 presentation contexts")
         self.sock = socket.create_connection((host, port), timeout=timeout)
         nodelay(self.sock)
-        self._f = self.sock.makefile("rb", buffering=1 << 18)
+        self._f = cast(BinaryIO, self.sock.makefile("rb", buffering=1 << 18))
         self.max_pdu = max_pdu
         proposed = [(2 * i + 1, a, list(ts)) for i, (a, ts) in enumerate(contexts)]
         try:
@@ -217,7 +217,7 @@ def send_store(
         send(dul.p_data(pc_id, chunk, False, max_pdu, last=last))
 
 
-def dataset_chunks(path: Path) -> Iterator[tuple[memoryview, bool]]:
+def dataset_chunks(path: Path) -> Iterator[tuple[bytes | memoryview, bool]]:
     """The dataset bytes of a Part 10 file (after its File Meta Information), in pieces of
     at most 1 MiB (one piece when the object is small), each with "is the last"."""
     with open(path, "rb") as f:

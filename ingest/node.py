@@ -70,7 +70,7 @@ def run_node(settings: Settings) -> None:
     def health() -> dict[str, Any]:
         alive = sum(1 for w in workers if w.poll() is None)
         age = outbox.oldest_pending_age()
-        state = {
+        state: dict[str, Any] = {
             "workers": alive,
             "workers_wanted": n,
             "kafka_up": relay.kafka_ok,

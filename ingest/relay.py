@@ -250,7 +250,7 @@ class Relay:
             md = c.list_topics(timeout=30)
             tps = [TopicPartition(t, p, since) for t in topics for p in md.topics[t].partitions]
             starts = c.offsets_for_times(tps, timeout=30)
-            ends = {}
+            ends: dict[tuple[str | None, int | None], int] = {}
             assign = []
             for tp in starts:
                 _lo, hi = c.get_watermark_offsets(
@@ -269,18 +269,19 @@ class Relay:
                 if msg is None:
                     continue
                 key = (msg.topic(), msg.partition())
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         remaining.discard(key)
                     continue
                 env = pb.Envelope()
                 try:
-                    env.ParseFromString(msg.value())
+                    env.ParseFromString(msg.value() or b"")
                     if env.event_id in wanted:
                         found.add(env.event_id)
                 except Exception:
                     pass
-                if msg.offset() + 1 >= ends[key]:
+                if (msg.offset() or 0) + 1 >= ends[key]:
                     remaining.discard(key)
         finally:
             c.close()

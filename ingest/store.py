@@ -1,7 +1,7 @@
 """The store feature: turn a received object into a durable object plus a durable event.
 
 Plain functions over ports (the hot tier, the outbox, the quarantine): no pynetdicom here, so
-the contract can be tested without a network. The contract (DESIGN.md invariant 1):
+the contract can be tested without a network. The contract (docs/design.md, section 1.1):
 success is returned only after the bytes are fsync'd in the tier AND the InstanceStored event
 is durable in the fsync'd outbox, which the relay publishes to Kafka in order. Any failure
 before that yields a failure status and the sender keeps responsibility for the object.
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
+
+from pydicom import Dataset
 
 from archive.hot import TIER as HOT
 from archive.keys import instance_key
@@ -188,7 +190,7 @@ class StoreService:
                 "event log unavailable",
             )
 
-    def _validate(self, rx: Received, size: int) -> tuple[object, dict[str, str]]:
+    def _validate(self, rx: Received, size: int) -> tuple[Dataset, dict[str, str]]:
         if size > self.limits.max_object_bytes:
             raise Refused(
                 statuses.OUT_OF_RESOURCES_OBJECT_TOO_LARGE,
@@ -238,7 +240,7 @@ class StoreService:
         return ds, uids
 
     def _accept(
-        self, rx: Received, ds: object, uids: dict[str, str], size: int, sha: str
+        self, rx: Received, ds: Dataset, uids: dict[str, str], size: int, sha: str
     ) -> Outcome:
         key = instance_key(
             uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"], sha

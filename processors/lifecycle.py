@@ -54,6 +54,7 @@ from archive.tiers import Tier
 from archive.verify import stream_sha256
 from common.errors import Conflict, NotFound, StrataError, Unavailable
 from common.events import SCHEMA_VERSION, SOFTWARE_VERSION, timestamp
+from common.fs import fsync_dir
 from proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class Journal:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.root / f"{p.event_id}.json")
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def remove(self, event_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -758,14 +759,6 @@ def _mtime(path: Path | None) -> float:
         return path.stat().st_mtime if path is not None else 0.0
     except OSError:
         return 0.0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- access events

@@ -20,12 +20,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import cast
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
 from common.errors import Unavailable
 from common.events import decode
+from common.kafka import record
 from processors.index.projection import Batch
 from processors.index.store import IndexStore, Layout, Prepared, prepare
 
@@ -133,7 +135,8 @@ def _batches(bootstrap: str, todo: Todo, batch: int) -> Iterator[Batch]:
             for m in c.consume(num_messages=batch, timeout=1.0):
                 if m.error():
                     continue
-                topic, part, offset = m.topic(), m.partition(), m.offset()
+                r = record(m)
+                topic, part, offset = r.topic, r.partition, r.offset
                 key = (topic, part)
                 if key not in remaining:
                     continue
@@ -142,7 +145,7 @@ def _batches(bootstrap: str, todo: Todo, batch: int) -> Iterator[Batch]:
                     remaining.discard(key)
                     continue
                 try:
-                    env = decode(m.value())
+                    env = decode(r.value)
                 except DecodeError:
                     continue  # the live agent skips such records too
                 pending.add(env, part, offset, topic)
@@ -315,7 +318,7 @@ def _replay_with_projector(
                 [
                     sys.executable,
                     "-c",
-                    "import sys; from processors.replay import _projector_main; _projector_main()",
+                    "from processors.replay import _projector_main; _projector_main()",
                     str(w),
                 ],
                 stdin=subprocess.PIPE,
@@ -330,17 +333,18 @@ def _replay_with_projector(
             with proc.stdin:
                 pickle.dump((bootstrap, part, batch, index.layout(), shm, f"p{i}"), proc.stdin)
         while receivers:
-            for receive in wait(list(receivers)):
-                proc = receivers[receive]  # type: ignore[index]
+            for ready in wait(list(receivers)):
+                receive = cast(Connection, ready)  # wait() answers with the objects it was given
+                proc = receivers[receive]
                 try:
-                    prepared = receive.recv()  # type: ignore[union-attr]
+                    prepared: Prepared | _Failed | None = receive.recv()
                 except EOFError:
                     raise RuntimeError(
                         f"a replay projector process ended unexpectedly (exit code {proc.poll()})"
                     ) from None
                 if prepared is None:
-                    receive.close()  # type: ignore[union-attr]
-                    del receivers[receive]  # type: ignore[arg-type]
+                    receive.close()
+                    del receivers[receive]
                     continue
                 if isinstance(prepared, _Failed):
                     if prepared.unavailable:

@@ -57,7 +57,7 @@ FRAME_MEDIA = {
 class WebDeps:
     index: Any  # IndexStore
     source: ObjectSource
-    store: Any | None  # ingest.store.StoreService for STOW (None: read-only)
+    store: Any  # ingest.store.StoreService for STOW (None: read-only)
     incoming: Path | None
     cors_origins: str = ""
     limit: int = 10000
@@ -111,6 +111,7 @@ class DicomWeb:
         match: dict[str, str] = {}
         include: list[str] = []
         limit, offset = self.d.limit, 0
+        k: str | None
         try:
             for k, v in request.query.items():
                 if k == "includefield":
@@ -144,7 +145,7 @@ class DicomWeb:
                 wanted.append(k)
         fq = FindQuery(level, [(kw, match.get(kw, "")) for kw in wanted], limit=offset + limit)
 
-        def run() -> list[str]:
+        def run() -> list[dict[str, Any]]:
             sql, params, cols = build_sql(fq, self.d.index.database)
             rows = self.d.index.query(
                 f"SELECT * FROM ({sql}) LIMIT {limit} OFFSET {offset}"
@@ -249,7 +250,7 @@ class DicomWeb:
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress()
         else:
-            ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(EXPLICIT_LE)
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         return buf.getvalue(), EXPLICIT_LE
@@ -455,8 +456,8 @@ class DicomWeb:
             reader = await request.multipart()
         except (ValueError, AssertionError) as exc:
             return _error(400, f"malformed multipart request: {exc}")
-        referenced: list[dict] = []
-        failed: list[dict] = []
+        referenced: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
         peer = f"{request.remote}:0"
         parts = 0
         while True:

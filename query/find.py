@@ -13,7 +13,7 @@ import json
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -212,9 +212,9 @@ def build_sql(
         LIMIT {limit}"""
         return sql, params.values, cols
 
-    selected = ", ".join(hdr if c == "header_json" else c for c in cols)
+    select_list = ", ".join(hdr if c == "header_json" else c for c in cols)
     sql = f"""
-    SELECT {selected} FROM {db}.instances FINAL
+    SELECT {select_list} FROM {db}.instances FINAL
     WHERE {where}
     ORDER BY study_uid, series_uid, instance_number, sop_uid
     LIMIT {limit}"""
@@ -305,7 +305,7 @@ def _plan(
         empty = attr is not None and (
             LEVELS.index(attr.level) > lvl or (attr.aggregate and attr.level != level)
         )
-        tag = Tag(tag_for_keyword(kw)) if attr is not None else None
+        tag = Tag(cast(int, tag_for_keyword(kw))) if attr is not None else None
         out.append((kw, tag, dictionary_VR(tag) if tag is not None else "", attr, empty))
     return tuple(out)
 
@@ -365,7 +365,7 @@ def _direct(q: FindQuery, row: dict[str, Any]) -> tuple[list[tuple[int, str, Any
     plan = _direct_plan(q.level, tuple(kw for kw, _raw in q.keys))
     if plan is None:
         return None
-    out = []
+    out: list[tuple[int, str, Any]] = []
     non_ascii = False
     for tag, vr, attr in plan:
         if attr is None:

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
 from common.events import decode
+from common.kafka import record
 from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
 from query.find import FindQuery, build_sql, columns, row_dict, time_limit, to_json
@@ -388,9 +389,10 @@ class QueryService(q_grpc.QueryServiceServicer):
                 m = c.poll(0.2)
                 if m is None or m.error():
                     continue
-                pos[m.topic()][str(m.partition())] = m.offset() + 1
+                r = record(m)
+                pos[r.topic][str(r.partition)] = r.offset + 1
                 try:
-                    env = decode(m.value())
+                    env = decode(r.value)
                 except Exception:
                     continue
                 if types and env.event_type not in types:

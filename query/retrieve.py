@@ -85,7 +85,20 @@ def locate(index: Index, level: str, keys: dict[str, str], limit: int = 65535) -
     )
     if len(rows) > limit:
         raise Invalid(f"more than {limit} instances match: narrow the request")
-    return [Located(*(str(v) if i != 7 else int(v) for i, v in enumerate(r))) for r in rows]
+    return [
+        Located(
+            study_uid=str(study),
+            series_uid=str(series),
+            sop_uid=str(sop),
+            sop_class_uid=str(sop_class),
+            transfer_syntax_uid=str(syntax),
+            tier=str(tier),
+            storage_key=str(key),
+            size_bytes=int(size),
+            sha256=str(sha),
+        )
+        for study, series, sop, sop_class, syntax, tier, key, size, sha in rows
+    ]
 
 
 class ObjectSource(Protocol):

@@ -311,7 +311,7 @@ class QueryAssociation(acceptor.Association):
         comment: str = "",
         counts: tuple[int, ...] = (),
         with_dataset: bool = False,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """A response's PDUs: its command set, and its identifier when given (a command set
         announcing a dataset without one: ``with_dataset``)."""
         with_dataset = with_dataset or identifier is not None

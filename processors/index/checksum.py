@@ -2,8 +2,8 @@
 
 Per table: row count and the sum (mod 2^64) of cityHash64 over every column of every current
 row (FINAL): independent of insertion order and of merges. Per study: the same, grouped by
-study. Two indexes built from the same log prefix give identical checksums (DESIGN.md
-invariant 2: state is a pure function of the log).
+study. Two indexes built from the same log prefix give identical checksums (docs/design.md,
+section 1.2: state is a pure function of the log).
 """
 
 from __future__ import annotations

@@ -199,7 +199,11 @@ class IndexStore:
         if self._arrow is not None:
             return True
         backend = getattr(self.client, "_backend", None)
-        if type(backend).__name__ != "ChdbBackend" or not getattr(backend, "connection_string", ""):
+        if (
+            backend is None
+            or type(backend).__name__ != "ChdbBackend"
+            or not getattr(backend, "connection_string", "")
+        ):
             return False
         try:
             import chdb
@@ -261,13 +265,13 @@ class IndexStore:
             self.client.command(study_stats_sql(self.database, "1"))
             log.info("index table study_stats filled from instances")
         for table in TABLES:
-            cols = self.client.query(
+            described = self.client.query(
                 "SELECT name, type FROM system.columns WHERE database={db:String} "
                 "AND table={t:String} ORDER BY position",
                 parameters={"db": self.database, "t": table},
             ).result_rows
-            self._columns[table] = [c[0] for c in cols]
-            self._types[table] = {str(c[0]): str(c[1]) for c in cols}
+            self._columns[table] = [str(c[0]) for c in described]
+            self._types[table] = {str(c[0]): str(c[1]) for c in described}
 
     def _has_table(self, table: str) -> bool:
         return bool(
@@ -385,7 +389,8 @@ class IndexStore:
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         try:
-            return list(self.client.query(sql, parameters=parameters or {}).result_rows)
+            rows = self.client.query(sql, parameters=parameters or {}).result_rows
+            return [tuple(r) for r in rows]
         except ClickHouseError as exc:
             text = redact(f"index query failed: {exc}")
             if "TIMEOUT_EXCEEDED" in text or "Code: 159." in text:

@@ -32,6 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from common.events import decode, envelope
+from common.kafka import record
 from processors.router import sender
 from processors.router.rules import Destination, Member, RouterConfig
 from processors.router.state import Route, RouterState, Trigger, event_id
@@ -232,17 +233,18 @@ class Router:
         decided = False
         for msg in self.consumer.consume(500, timeout=0.05):
             err = msg.error()
-            p = msg.partition()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    self.catching_up.pop(p, None)
+                eof_part = msg.partition()
+                if err.code() == KafkaError._PARTITION_EOF and eof_part is not None:
+                    self.catching_up.pop(eof_part, None)
                 else:
                     log.warning("router: consume error: %s", err)
                 continue
-            off = msg.offset()
+            rec = record(msg)
+            p, off = rec.partition, rec.offset
             self.positions[p] = off + 1
             try:
-                env = decode(msg.value())
+                env = decode(rec.value)
             except Exception:  # noqa: BLE001 - not ours to judge; the index quarantines nothing
                 log.error("router: undecodable event at %d/%d skipped", p, off)
                 continue

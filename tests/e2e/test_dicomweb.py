@@ -118,7 +118,11 @@ def test_metadata_from_the_index(w: dict) -> None:
     md = w["client"].retrieve_study_metadata(ds.StudyInstanceUID)
     assert len(md) == 12
     one = pydicom.Dataset.from_json(md[0])
-    assert one.Rows == 64 and one.file_meta if False else one.Rows == 64
+    assert one.Rows == 64 and one.Modality == "CT"
+    stored = {
+        str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID) for f in w["files"]
+    }
+    assert {m["00080018"]["Value"][0] for m in md} == stored  # one header per stored instance
     assert all("7FE00010" not in m for m in md)
     assert md[0]["00020010"]["Value"] == ["1.2.840.10008.1.2.1"]
 

@@ -19,6 +19,7 @@ from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
 from tests.support.stack import Stack, make_stack
 from tests.support.synthetic import ct_series
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -40,14 +41,14 @@ def g(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         studies.append((str(pydicom.dcmread(str(files[0])).StudyInstanceUID), files))
     channel = grpc.insecure_channel(f"127.0.0.1:{s.settings.grpc_port}")
     stub = q_grpc.QueryServiceStub(channel)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def indexed() -> bool:
         r = stub.SearchStudies(q.SearchRequest(match={"PatientID": "GRPC-PAT"}), timeout=5)
-        if r.total == 3 and all(
+        return r.total == 3 and all(
             json.loads(m)["00201208"]["Value"][0] in (30, 4) for m in r.matches
-        ):
-            break
-        time.sleep(0.2)
+        )
+
+    wait_for(indexed, 30, "the three studies to be indexed with their counts")
     try:
         yield {"stack": s, "stub": stub, "channel": channel, "studies": studies}
     finally:
@@ -182,15 +183,23 @@ def test_watch_events_resumes_after_disconnect(g: dict, tmp_path: Path) -> None:
     stub = g["stub"]
     files = ct_series(tmp_path / "w", 5, patient_id="GRPC-WATCH")
     sops = [str(pydicom.dcmread(str(f)).SOPInstanceUID) for f in files]
-    call = stub.WatchEvents(q.WatchRequest(event_types=["InstanceStored"]))
-    time.sleep(1.0)  # the stream is positioned at the end of the log
+    study = str(pydicom.dcmread(str(files[0])).StudyInstanceUID)
     s.cli("send", "-q", str(files[0]))
+    # From the beginning, filtered to the new study: whenever the stream gets positioned, it
+    # sees the first instance (and only it: nothing else of the study is sent yet).
+    call = stub.WatchEvents(
+        q.WatchRequest(
+            from_beginning=True, study_instance_uid=study, event_types=["InstanceStored"]
+        )
+    )
     first = next(call)
     assert first.event.instance_stored.sop_instance_uid == sops[0]
     token = first.resume_token
     call.cancel()  # disconnect
     s.cli("send", "-q", *map(str, files[1:]))
-    resumed = stub.WatchEvents(q.WatchRequest(resume_token=token, event_types=["InstanceStored"]))
+    resumed = stub.WatchEvents(
+        q.WatchRequest(resume_token=token, study_instance_uid=study, event_types=["InstanceStored"])
+    )
     got = []
     for ev in resumed:
         got.append(ev.event.instance_stored.sop_instance_uid)

@@ -18,6 +18,7 @@ import pytest
 from tests.support.dcmtk import dcmtk_env, findscu
 from tests.support.stack import Stack, make_stack, require_tool
 from tests.support.synthetic import ct_series
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 QUIET = 3
@@ -50,16 +51,6 @@ def count_images(stack: Stack, study: str) -> int:
             {"StudyInstanceUID": study, "SOPInstanceUID": ""},
         )
     )
-
-
-def wait_for(pred, timeout: float, step: float = 0.3):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def stable_events(stack: Stack) -> list[dict]:

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from tests.support.dcmtk import storescu
 from tests.support.events import of_type, read_all
 from tests.support.peers import OrthancPeer, StoreSCP
 from tests.support.stack import Stack, free_port, make_stack
+from tests.support.wait import wait_for
 
 ROUTER_PORT_ENV = "STRATA_ROUTER_HTTP_PORT"
 
@@ -85,16 +86,6 @@ def send(
         stack.settings.ingest_port, called_ae or stack.settings.ingest_ae_title, files, extra
     )
     assert code == 0 and len(rsp) == len(files) and all("Success" in r for r in rsp), out
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def sops(files: list[Path]) -> set[str]:
@@ -236,7 +227,13 @@ def test_down_destination_gets_everything_once_back(env: dict[str, Any], tmp_pat
         stub = q_grpc.QueryServiceStub(ch)
 
         def history() -> Counter[str] | None:
-            h = stub.GetStudyHistory(q.GetStudyHistoryRequest(study_instance_uid=study_uid))
+            # The router reads the log itself; the index (the history's source) follows it.
+            try:
+                h = stub.GetStudyHistory(q.GetStudyHistoryRequest(study_instance_uid=study_uid))
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:  # not indexed yet
+                    return None
+                raise
             kinds = Counter(e.event_type for e in h.events)
             return kinds if kinds["RouteDelivered"] == 24 else None
 

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from tests.support.dcmtk import dcmtk_env, findscu
 from tests.support.events import read_all
 from tests.support.stack import Stack, make_stack, require_tool
 from tests.support.synthetic import ct_series
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -99,16 +100,6 @@ def locations(s: Stack, study: str) -> dict[str, dict[str, Any]]:
             if st == study:
                 out[sop] = {"tier": tier, "key": key, "sha256": sha, "size": size, "series": se}
         after = "/".join(page[-1][:3])
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def send(s: Stack, files: list[Path], calling_ae: str) -> str:

@@ -7,15 +7,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from PIL import Image
 
 from tests.support.stack import Stack, make_stack, require_tool
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 HERE = Path(__file__).parent / "viewer"
@@ -33,7 +34,14 @@ def vstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s.cli("viewer", "install", timeout=900)
     s.up()
     s.cli("send", "-q", str(CT))
-    time.sleep(1.5)
+    study = str(pydicom.dcmread(str(CT), stop_before_pixels=True).StudyInstanceUID)
+    qido = f"http://127.0.0.1:{s.settings.dicomweb_port}{s.settings.dicomweb_prefix}/studies"
+
+    def indexed() -> bool:  # the study list the viewer opens with finds the study
+        r = requests.get(qido, params={"StudyInstanceUID": study}, timeout=10)
+        return r.status_code == 200 and len(r.json()) == 1
+
+    wait_for(indexed, 30, "the CT study to be found by QIDO-RS")
     try:
         yield s
     finally:

@@ -11,7 +11,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,14 +33,10 @@ from ingest.outbox import Outbox
 from ingest.scp import Config, StoreServer
 from ingest.store import Limits, StoreService
 from proto.strata.v1 import events_pb2 as pb
+from tests.support.stack import free_port
+from tests.support.wait import wait_for
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -58,7 +53,7 @@ def scp(tmp_path: Path) -> Iterator[dict]:
         aes=AEConfig(aes={"CT1": CallingAE("CT1", "north", "General", "")}),
         limits=Limits(max_object_bytes=2_000_000),
     )
-    port = _free_port()
+    port = free_port()
     server = StoreServer(
         Config(16384, 10.0, 10.0, allow_list=["CT1", "STORESCU", "ECHOSCU"]),
         service,
@@ -128,7 +123,7 @@ def test_an_object_sent_in_one_huge_pdu_is_streamed(scp: dict, tmp_path) -> None
         Config(0, 30.0, 10.0),
         dataclasses.replace(scp["server"].service, limits=Limits(max_object_bytes=200_000_000)),
         hot.incoming,
-        ("127.0.0.1", port := _free_port()),
+        ("127.0.0.1", port := free_port()),
     )
     try:
         ds = pydicom.dcmread(str(CT))
@@ -335,17 +330,10 @@ def test_cut_mid_dataset_stores_nothing(scp: dict, tmp_path) -> None:
     cmd = _store_rq(CTImageStorage, generate_uid())
     s.sendall(dul.p_data(1, cmd, True, 16384))
     s.sendall(dul.p_data(1, b"\x08\x00\x16\x00UI\x04\x001.2\0", False, 16384)[:-3])
-    for _ in range(100):  # the spool file of the dataset being received exists
-        if list(scp["hot"].incoming.iterdir()):
-            break
-        time.sleep(0.05)
-    assert list(scp["hot"].incoming.iterdir())
+    # the spool file of the dataset being received exists
+    assert wait_for(lambda: list(scp["hot"].incoming.iterdir()), 10, step=0.05)
     s.close()  # cut: no last fragment, no response ever sent
-    for _ in range(100):
-        if not list(scp["hot"].incoming.iterdir()):
-            break
-        time.sleep(0.05)
-    assert not list(scp["hot"].incoming.iterdir())
+    assert wait_for(lambda: not list(scp["hot"].incoming.iterdir()), 10, step=0.05)
     assert events(scp["outbox"]) == []
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from common.errors import NotFound
@@ -15,17 +14,23 @@ def loc(i: int) -> Located:
 
 
 class SlowSource:
+    """Fetches that overlap when they can: the first waits (bounded) until a second one runs
+    beside it, so concurrent fetching shows as two active at once, deterministically, and
+    one-at-a-time fetching as ``most == 1`` after the wait times out."""
+
     def __init__(self) -> None:
         self.active = 0
         self.most = 0
-        self.lock = threading.Lock()
+        self.calls = 0
+        self.cond = threading.Condition()
 
     def local_path(self, loc: Located) -> Path:
-        with self.lock:
+        with self.cond:
+            self.calls += 1
             self.active += 1
             self.most = max(self.most, self.active)
-        time.sleep(0.02)
-        with self.lock:
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.most > 1, timeout=5)
             self.active -= 1
         if loc.sop_uid == "sop3":
             raise NotFound("gone")
@@ -50,3 +55,4 @@ def test_an_abandoned_retrieve_does_not_fetch_everything() -> None:
     next(gen)
     gen.close()
     assert src.active == 0
+    assert src.calls < 100

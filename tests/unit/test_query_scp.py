@@ -40,17 +40,12 @@ from query.find import FindQuery, build_sql, columns
 from query.retrieve import HotSource
 from query.scp import QueryServer, Services
 from tests.support.dcmtk import dcmtk_env
-from tests.support.stack import require_tool
+from tests.support.stack import free_port, require_tool
+from tests.support.wait import wait_for
 
 CT_FILE = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 FIND = str(StudyRootQueryRetrieveInformationModelFind)
 STUDY = "1.2.826.0.1.3680043.10.543.77"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class FakeIndex:
@@ -117,14 +112,14 @@ def qr(tmp_path: Path) -> Iterator[dict]:
         )
     index = FakeIndex()
     index.located = stored
-    dest_port = _free_port()
-    port = _free_port()
+    dest_port = free_port()
+    port = free_port()
     server = QueryServer(
         Config(16384, 10.0, 10.0),
         Services(
             index,
             HotSource(hot),
-            {"DEST": ("127.0.0.1", dest_port), "DOWN": ("127.0.0.1", _free_port())},
+            {"DEST": ("127.0.0.1", dest_port), "DOWN": ("127.0.0.1", free_port())},
             "STRATA_QR",
             10000,
             5.0,
@@ -135,6 +130,14 @@ def qr(tmp_path: Path) -> Iterator[dict]:
         yield {"port": port, "index": index, "hot": hot, "dest_port": dest_port}
     finally:
         server.shutdown()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def _find_rq(msg_id: int, level: str = "STUDY") -> tuple[bytes, bytes]:
@@ -289,7 +292,7 @@ def test_move_converts_for_an_implicit_only_destination_and_reports_down_ones(
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.5)
+        wait_for(lambda: _listening(qr["dest_port"]), 10, "storescp to listen")
         ae = AE(ae_title="MOVER")
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         assoc = ae.associate("127.0.0.1", qr["port"], ae_title="STRATA_QR")
@@ -330,20 +333,24 @@ def test_move_converts_for_an_implicit_only_destination_and_reports_down_ones(
 def test_concurrent_associations_do_not_wait_for_each_other(qr: dict) -> None:
     """A long C-FIND on one association; a C-ECHO on another is answered meanwhile."""
     qr["index"].n_studies = 20000
+    slow_sent = threading.Event()
+    echo_answered = threading.Event()
     slow_done = threading.Event()
 
     def slow() -> None:
         with Requestor("127.0.0.1", qr["port"], "SLOW", "STRATA_QR", [(FIND, [IMPLICIT_LE])]) as r:
             cmd, ident = _find_rq(1)
             r.send_message(r.context(FIND), cmd, ident)
-            time.sleep(1.0)  # does not read: the SCP blocks on a full socket buffer
+            slow_sent.set()
+            # does not read until the echo is answered: the SCP blocks on a full socket buffer
+            echo_answered.wait(30)
             while dul.us(r.receive()[1], dul.STATUS) == 0xFF00:
                 pass
         slow_done.set()
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.2)
+    assert slow_sent.wait(30)
     with Requestor(
         "127.0.0.1", qr["port"], "ECHO", "STRATA_QR", [(str(Verification), [IMPLICIT_LE])]
     ) as r:
@@ -358,6 +365,7 @@ def test_concurrent_associations_do_not_wait_for_each_other(qr: dict) -> None:
         r.send_message(r.context(str(Verification)), echo)
         assert dul.us(r.receive()[1], dul.STATUS) == 0x0000
         assert not slow_done.is_set()
+        echo_answered.set()
     t.join(30)
     assert slow_done.is_set()
 
@@ -409,7 +417,7 @@ def test_an_operation_longer_than_the_network_timeout_completes(qr: dict) -> Non
     answered, the association serves the next request, and real silence still ends it."""
     index = FakeIndex()
     index.delay = 1.0  # every search takes over three network timeouts
-    port = _free_port()
+    port = free_port()
     server = QueryServer(
         Config(16384, 0.3, 10.0),
         Services(index, HotSource(qr["hot"]), {}, "STRATA_QR", 10000, 5.0),
@@ -427,7 +435,7 @@ def test_an_operation_longer_than_the_network_timeout_completes(qr: dict) -> Non
         for _ in range(2):
             rsps = list(assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind))
             assert [s.Status for s, _ in rsps] == [0xFF00] * 3 + [0x0000]
-        time.sleep(1.0)  # idle: over the network timeout with nothing running
-        assert assoc.is_aborted or not assoc.is_established
+        # idle, with nothing running: the network timeout (0.3 s) ends the association
+        assert wait_for(lambda: assoc.is_aborted or not assoc.is_established, 10)
     finally:
         server.shutdown()

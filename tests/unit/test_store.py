@@ -265,14 +265,18 @@ def test_oversize_object_is_refused(tmp_path: Path, hot: HotTier) -> None:
     assert out.status == statuses.OUT_OF_RESOURCES_OBJECT_TOO_LARGE
 
 
-def test_refuse_mode_refuses_when_log_is_behind(tmp_path: Path, hot: HotTier) -> None:
+def test_refuse_mode_refuses_when_log_is_behind(
+    tmp_path: Path, hot: HotTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = FakeLog(tmp_path / "ob.sqlite")
     svc = service(tmp_path, hot, log, refuse_when_log_down=True, refuse_after_s=0.0)
     p, ds = spool(tmp_path, hot)
     assert svc.store(rx(p, ds)).ok  # nothing pending yet: accepted, now pending
-    import time
+    # The outbox state is sampled at most every 100 ms: let the service's clock pass that.
+    from ingest import store as store_module
 
-    time.sleep(0.15)  # the outbox state is sampled every 100 ms
+    later = store_module.time.monotonic() + 1.0
+    monkeypatch.setattr(store_module.time, "monotonic", lambda: later)
     p2, ds2 = spool(tmp_path, hot, lambda d: setattr(d, "SOPInstanceUID", generate_uid()))
     assert svc.store(rx(p2, ds2)).status == statuses.OUT_OF_RESOURCES_EVENT_LOG
 
