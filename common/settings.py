@@ -178,6 +178,14 @@ class Settings:
     router_http_port: int = _setting(8083, "Port of the router's /healthz, /metrics, /routes.")
     router_group: str = _setting("strata-router", "Kafka consumer group of the router.")
 
+    # --- transcoding (retrieve and routing in a syntax other than the stored one) ---
+    transcode_workers: int = _setting(
+        0,
+        "Processes decoding / encoding pixel data when a C-GET, C-MOVE, WADO-RS or routing "
+        "peer takes another transfer syntax than the stored one (docs/transcoding.md). "
+        "0 = one per CPU.",
+    )
+
     # ---------------------------------------------------------------- derived paths
     @property
     def hot_dir(self) -> Path:
