@@ -30,6 +30,10 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -129,7 +133,7 @@ def stored_dataset_bytes(path: Path | str) -> bytes:
         return f.read()
 
 
-def _decoded(path: Path | str, target: str):  # type: ignore[no-untyped-def]
+def decoded(path: Path | str, target: str) -> Dataset:
     """The object read and, unless it stays as stored, with its pixel data in ``target``."""
     from pydicom import dcmread
     from pydicom.uid import UID
@@ -162,7 +166,7 @@ def dataset_bytes(path: Path | str, target: str) -> bytes:
         return stored_dataset_bytes(path)
     from pynetdicom.dsutils import encode
 
-    ds = _decoded(path, target)
+    ds = decoded(path, target)
     data = encode(ds, target == IMPLICIT_LE, target != EXPLICIT_BE, target == DEFLATED_LE)
     if data is None:
         raise TranscodeError(f"the dataset cannot be encoded in {target}")
@@ -175,7 +179,7 @@ def part10_bytes(path: Path | str, target: str) -> bytes:
     from pydicom import dcmread
 
     path = str(path)
-    ds = _decoded(path, target) if target else dcmread(path)
+    ds = decoded(path, target) if target else dcmread(path)
     buf = io.BytesIO()
     ds.file_meta.pop("ImplementationVersionName", None)
     ds.file_meta.pop("ImplementationClassUID", None)

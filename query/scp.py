@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from io import BytesIO
@@ -701,7 +701,7 @@ def plan(channel: StoreChannel, loc: Located) -> tuple[int, str]:
 
 def _prepared(
     paths: Iterator[tuple[Located, Path | Exception]], channel: StoreChannel
-) -> Iterator[Prepared]:
+) -> Generator[Prepared, None, None]:
     """Each object with its path, its context and its payload (the file, or the future of its
     transcoded bytes): objects to transcode are submitted ahead, up to twice the transcoding
     pool's workers, so they decode in parallel while earlier ones are sent."""
