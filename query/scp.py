@@ -550,6 +550,14 @@ class QueryAssociation(acceptor.Association):
             self._respond(pc, rsp, msg_id, SUCCESS, counts=(completed, failed, warning))
             return
         final = SUB_OPERATIONS_FAILED if failed == len(locs) else WARNING
+        if rsp == dul.C_GET_RSP:
+            # The C-GET requestor reads the failed instances off its own C-STORE sub-operations;
+            # an identifier after the final C-GET-RSP is left unread by DCMTK's getscu
+            # (DcmSCU), which then fails its release ("DUL P-Data PDU arrived"): the final
+            # response carries the counts only, and nothing follows it.
+            log.warning("C-GET: %d of %d sub-operations failed", failed, len(locs))
+            self._respond(pc, rsp, msg_id, final, counts=(completed, failed, warning))
+            return
         ds = Dataset()
         ds.FailedSOPInstanceUIDList = failed_uids
         implicit, little = pc.transfer_syntax == IMPLICIT_LE, pc.transfer_syntax != EXPLICIT_BE
