@@ -99,6 +99,8 @@ def can_produce(stored: str, target: str) -> bool:
     """Whether an object stored in ``stored`` can be sent in ``target``."""
     if stored == target:
         return True
+    if stored == EXPLICIT_BE:  # retired (PS3.5 A.3); its byte-swapped OW values are not converted
+        return False
     if stored not in NATIVE and stored not in decodable():
         return False
     if target in (EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE):
