@@ -34,10 +34,12 @@ from benchmarks.common import (
     ORTHANC_BIN,
     RESULTS_DIR,
     SIZES,
+    ForeignLoad,
     Orthanc,
     Strata,
     busy_cpu_percent,
     count_instances,
+    cpu_seconds,
     generate,
     git_revision,
     log,
@@ -169,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{len(files)} J2K objects, {size / 1e6:.1f} MB")
         strata, orthanc = TranscodeStrata(work, args.workers), GdcmOrthanc(work)
         times: dict[str, list[float]] = {"strata": [], "orthanc": []}
+        cpu: dict[str, list[float]] = {"strata": [], "orthanc": []}
+        foreign: dict[str, list[float]] = {"strata": [], "orthanc": []}
         try:
             log("starting Strata and Orthanc")
             strata.start()
@@ -181,15 +185,29 @@ def main(argv: list[str] | None = None) -> int:
                 "strata": (strata.find_aet, strata.find_port),
                 "orthanc": (orthanc.aet, orthanc.dicom_port),
             }
+
+            def pids(name: str) -> list[int]:
+                if name == "strata":  # the index node serves C-GET; its pool workers are children
+                    return [strata.pids()["index"]]
+                return [orthanc.proc.pid] if orthanc.proc else []
+
             for run in range(args.runs):
                 order = ["strata", "orthanc"] if run % 2 == 0 else ["orthanc", "strata"]
                 for name in order:
                     aec, port = peers[name]
+                    load = ForeignLoad(lambda: [*strata.pids().values(), *pids("orthanc")])
+                    load.start()
+                    cpu0 = sum(cpu_seconds(pids(name)).values())
                     seconds, done = get(aec, port, study, work / f"get-{name}-{run}.log")
+                    cpu[name].append(sum(cpu_seconds(pids(name)).values()) - cpu0)
+                    foreign[name].append(load.stop())
                     if done != len(files):
                         raise RuntimeError(f"{name}: {done}/{len(files)} completed")
                     times[name].append(seconds)
-                    log(f"run {run + 1}: {name} {seconds:.2f} s ({len(files) / seconds:.0f}/s)")
+                    log(
+                        f"run {run + 1}: {name} {seconds:.2f} s ({len(files) / seconds:.0f}/s), "
+                        f"{cpu[name][-1]:.1f} CPU s, other users {foreign[name][-1]}% of CPU"
+                    )
         finally:
             orthanc.stop()
             strata.stop()
@@ -203,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{min(times[name]):.2f}",
             f"{len(files) / med[name]:.0f}",
             f"{size / 1e6 / med[name]:.1f}",
+            f"{1000 * statistics.median(cpu[name]) / len(files):.0f}",
+            f"{statistics.median(foreign[name]):.0f}%",
         ]
         for name in ("strata", "orthanc")
     ]
@@ -212,7 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         table(
-            ["peer", "objects", "median s", "best s", "objects/s", "stored MB/s"],
+            [
+                "peer",
+                "objects",
+                "median s",
+                "best s",
+                "objects/s",
+                "stored MB/s",
+                "CPU ms/object",
+                "other users' CPU",
+            ],
             rows,
         )
     )
@@ -228,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "strata_transcode_workers": args.workers or os.cpu_count(),
         "seconds": times,
+        "cpu_seconds": cpu,
+        "other_users_cpu_percent": foreign,
         "median_seconds": med,
         "ratio": ratio,
         "goal": GOAL,

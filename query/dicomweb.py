@@ -180,14 +180,16 @@ class DicomWeb:
                 406, 'this resource is served as multipart/related; type="application/dicom"'
             )
         wanted_ts = _accept_param(accept, "transfer-syntax") or EXPLICIT_LE
-        if wanted_ts != "*" and wanted_ts not in transcode.NATIVE | transcode.encodable():
-            return _error(406, f"objects cannot be served in transfer syntax {wanted_ts}")
         try:
             locs = await self._run(self._locate, request)
         except NotFound as exc:
             return _error(404, str(exc))
         except (Invalid, Unavailable) as exc:
             return _error(400 if isinstance(exc, Invalid) else 503, str(exc))
+        if wanted_ts != "*" and not all(
+            transcode.can_produce(loc.transfer_syntax_uid, wanted_ts) for loc in locs
+        ):
+            return _error(406, f"not every object can be served in transfer syntax {wanted_ts}")
         if "instance" in request.match_info:
             etag = f'"{locs[0].sha256}"'
             if request.headers.get("If-None-Match") == etag:

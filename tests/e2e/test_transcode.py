@@ -497,3 +497,9 @@ def test_unknown_dicomweb_paths_answer_404_json(tc: dict) -> None:
         r = requests.get(tc["url"] + path, timeout=10)
         assert r.status_code == 404, path
         assert r.headers["Content-Type"].startswith("application/json") and r.json()["error"]
+
+
+def test_wado_rs_in_a_syntax_that_cannot_be_produced_is_406(tc: dict) -> None:
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+    r = requests.get(f"{tc['url']}/studies/{tc['study']}", headers={"Accept": accept}, timeout=30)
+    assert r.status_code == 406 and r.json()["error"]
