@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import struct
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -54,6 +55,20 @@ ALWAYS_LOSSY = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 MAYBE_LOSSY = frozenset(
     {"1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}
 )
+# Lossless-only compressed syntaxes: decoding one changes nothing but the pixel data unless the
+# decoder converts the colour space (``_spliced`` checks).
+LOSSLESS_ONLY = frozenset(
+    {
+        RLE,
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        JPEG_LS_LOSSLESS,
+        J2K_LOSSLESS,
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+    }
+)
+_PIXEL_DATA = 0x7FE00010
 
 
 class TranscodeError(Exception):
@@ -161,11 +176,59 @@ def decoded(path: Path | str, target: str) -> Dataset:
     return ds
 
 
+def _spliced(path: str, stored: str) -> bytes | None:
+    """Explicit VR Little Endian dataset bytes of an object stored in a lossless-only
+    compressed syntax, when decoding changes nothing but the pixel data: the stored bytes up
+    to Pixel Data unchanged (they are explicit VR little endian already), then the decoded
+    Pixel Data. None when another attribute would change (the decoder converted the colour
+    space, frames without Number of Frames) or elements follow the pixel data: the caller then
+    takes the general path. Saves parsing and re-writing every element (~20% of a JPEG 2000
+    slice's transcoding time)."""
+    if stored not in LOSSLESS_ONLY or stored not in decodable():
+        return None
+    from pydicom import dcmread
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import split_dataset
+
+    _meta, start = split_dataset(Path(path))
+    raw = Path(path).read_bytes()
+    ds = dcmread(io.BytesIO(raw))
+    elem = ds._dict.get(_PIXEL_DATA)  # noqa: SLF001 - the raw element, for its file offset
+    if elem is None or not hasattr(elem, "value_tell"):
+        return None
+    head_end = elem.value_tell - 12  # explicit VR OB/OW: tag, VR, 2 reserved, 4 length
+    if raw[head_end : head_end + 4] != b"\xe0\x7f\x10\x00" or max(ds.keys()) != _PIXEL_DATA:
+        return None
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    planar = int(ds.get("PlanarConfiguration", 0) or 0)
+    frames = []
+    for arr, pixel in get_decoder(UID(stored)).iter_array(ds, as_rgb=False):
+        if pixel["photometric_interpretation"] != photometric or (
+            int(pixel["samples_per_pixel"]) > 1 and int(pixel["planar_configuration"]) != planar
+        ):
+            return None
+        frames.append(arr.tobytes())
+    if len(frames) > 1 and "NumberOfFrames" not in ds:
+        return None
+    data = b"".join(frames)
+    if len(data) % 2:
+        data += b"\x00"
+    vr = b"OB" if int(ds.BitsAllocated) <= 8 else b"OW"
+    header = struct.pack("<HH2sHL", 0x7FE0, 0x0010, vr, 0, len(data))
+    return raw[start:head_end] + header + data
+
+
 def dataset_bytes(path: Path | str, target: str) -> bytes:
     """The object's dataset (no file meta) encoded in ``target``, ready for a C-STORE."""
     path = str(path)
-    if stored_syntax(path) == target:
+    stored = stored_syntax(path)
+    if stored == target:
         return stored_dataset_bytes(path)
+    if target == EXPLICIT_LE:
+        spliced = _spliced(path, stored)
+        if spliced is not None:
+            return spliced
     from pynetdicom.dsutils import encode
 
     ds = decoded(path, target)

@@ -113,3 +113,14 @@ def test_the_pool_transcodes_in_order() -> None:
     jobs = [(_file("SC_rgb_rle.dcm"), t.EXPLICIT_LE), (_file("JPEG2000.dcm"), t.IMPLICIT_LE)]
     got = list(t.in_order(jobs))
     assert got == [t.dataset_bytes(p, ts) for p, ts in jobs]
+
+
+def test_lossless_grayscale_keeps_the_stored_bytes_before_the_pixel_data() -> None:
+    """The fast path: only the Pixel Data element differs from the stored dataset bytes."""
+    path = _file("MR_small_jp2klossless.dcm")
+    stored = t.stored_dataset_bytes(path)
+    out = t.dataset_bytes(path, t.EXPLICIT_LE)
+    head = stored.index(b"\xe0\x7f\x10\x00")
+    assert out[:head] == stored[:head]
+    assert out[head : head + 6] == b"\xe0\x7f\x10\x00OW"
+    assert np.array_equal(_read(out, t.EXPLICIT_LE).pixel_array, dcmread(path).pixel_array)
