@@ -719,7 +719,7 @@ def _prepared(
         for loc, path in paths:
             pc_id, target = 0, ""
             payload: Path | Future[bytes] | None = None
-            if not isinstance(path, Exception):
+            if not isinstance(path, Exception) and not channel.broken:
                 pc_id, target = plan(channel, loc)
                 if not pc_id:
                     log.warning(
