@@ -140,6 +140,13 @@ def get(aec: str, port: int, study: str, log_file: Path) -> tuple[float, int]:
     return seconds, int(done[-1]) if done else 0
 
 
+def own_cpu(pid: int) -> float:
+    """user+system CPU seconds of ``pid`` itself (all its threads, not its children)."""
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read().rsplit(")", 1)[1].split()
+    return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_visible(n: int, port: int, aec: str, study: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -172,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         strata, orthanc = TranscodeStrata(work, args.workers), GdcmOrthanc(work)
         times: dict[str, list[float]] = {"strata": [], "orthanc": []}
         cpu: dict[str, list[float]] = {"strata": [], "orthanc": []}
+        main_cpu: dict[str, list[float]] = {"strata": [], "orthanc": []}  # without children
         foreign: dict[str, list[float]] = {"strata": [], "orthanc": []}
         try:
             log("starting Strata and Orthanc")
@@ -198,15 +206,18 @@ def main(argv: list[str] | None = None) -> int:
                     load = ForeignLoad(lambda: [*strata.pids().values(), *pids("orthanc")])
                     load.start()
                     cpu0 = sum(cpu_seconds(pids(name)).values())
+                    main0 = own_cpu(pids(name)[0])
                     seconds, done = get(aec, port, study, work / f"get-{name}-{run}.log")
                     cpu[name].append(sum(cpu_seconds(pids(name)).values()) - cpu0)
+                    main_cpu[name].append(own_cpu(pids(name)[0]) - main0)
                     foreign[name].append(load.stop())
                     if done != len(files):
                         raise RuntimeError(f"{name}: {done}/{len(files)} completed")
                     times[name].append(seconds)
                     log(
                         f"run {run + 1}: {name} {seconds:.2f} s ({len(files) / seconds:.0f}/s), "
-                        f"{cpu[name][-1]:.1f} CPU s, other users {foreign[name][-1]}% of CPU"
+                        f"{cpu[name][-1]:.1f} CPU s ({main_cpu[name][-1]:.1f} in the main "
+                        f"process), other users {foreign[name][-1]}% of CPU"
                     )
         finally:
             orthanc.stop()
@@ -258,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "strata_transcode_workers": args.workers or os.cpu_count(),
         "seconds": times,
         "cpu_seconds": cpu,
+        "cpu_seconds_main_process": main_cpu,
         "other_users_cpu_percent": foreign,
         "median_seconds": med,
         "ratio": ratio,
