@@ -169,6 +169,9 @@ def decoded(path: Path | str, target: str) -> Dataset:
         if stored in ALWAYS_LOSSY and str(ds.get("LossyImageCompression", "")) != "01":
             ds.LossyImageCompression = "01"
     if target not in NATIVE and "PixelData" in ds:
+        if target == J2K_LOSSLESS and min(int(ds.Rows), int(ds.Columns)) < 32:
+            # openjpeg's encoder (6 resolution levels, not configurable through pydicom)
+            raise TranscodeError("JPEG 2000 encoding needs at least 32x32 pixels")
         if str(ds.file_meta.TransferSyntaxUID) != EXPLICIT_LE:  # native in another syntax
             ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_LE)
         ds.compress(UID(target), generate_instance_uid=False)

@@ -140,7 +140,7 @@ def tc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     # the failure paths: an object whose JPEG data no decoder reads, alone and with a good one
     bad = Path(get_testdata_file("JPEG-lossy.dcm"))
     mixed, bad_only = generate_uid(), generate_uid()
-    good = ct_series(root / "good", 1, patient_id="TRANSCODE-1", rows=16)[0]
+    good = ct_series(root / "good", 1, patient_id="TRANSCODE-1", rows=32)[0]
     extra = [
         _rewritten(good, root / "good", mixed, generate_uid(), 200),
         _rewritten(bad, root / "good", mixed, generate_uid(), 201),
@@ -503,3 +503,21 @@ def test_wado_rs_in_a_syntax_that_cannot_be_produced_is_406(tc: dict) -> None:
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
     r = requests.get(f"{tc['url']}/studies/{tc['study']}", headers={"Accept": accept}, timeout=30)
     assert r.status_code == 406 and r.json()["error"]
+
+
+def test_get_encodes_losslessly_when_the_peer_prefers_a_compressed_syntax(tc: dict) -> None:
+    """An object stored uncompressed, retrieved by a getscu preferring JPEG 2000 lossless (a
+    syntax the archive holds CT objects in, so it is accepted): encoded, pixels identical."""
+    good = next(p for p in tc["originals"].values() if p.name == "200.dcm")  # the CT, ELE
+    ds = pydicom.dcmread(str(good), stop_before_pixels=True)
+    out = tc["root"] / "get-j2k"
+    keys = {
+        "QueryRetrieveLevel": "IMAGE",
+        "StudyInstanceUID": ds.StudyInstanceUID,
+        "SeriesInstanceUID": ds.SeriesInstanceUID,
+        "SOPInstanceUID": ds.SOPInstanceUID,
+    }
+    text = _getscu(tc, out, keys, ["+xv"])
+    [got] = _received(out).values()
+    assert str(got.file_meta.TransferSyntaxUID) == J2K, text
+    _check_same(got, tc, as_stored=False)

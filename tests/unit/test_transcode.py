@@ -124,3 +124,12 @@ def test_lossless_grayscale_keeps_the_stored_bytes_before_the_pixel_data() -> No
     assert out[:head] == stored[:head]
     assert out[head : head + 6] == b"\xe0\x7f\x10\x00OW"
     assert np.array_equal(_read(out, t.EXPLICIT_LE).pixel_array, dcmread(path).pixel_array)
+
+
+def test_too_small_for_jpeg_2000_is_a_precise_error(tmp_path: Path) -> None:
+    from tests.support.synthetic import ct_series
+
+    [small] = ct_series(tmp_path, 1, rows=16)
+    with pytest.raises(t.TranscodeError, match="32x32"):
+        t.dataset_bytes(small, t.J2K_LOSSLESS)
+    assert t.dataset_bytes(small, t.RLE)  # the other lossless encoders take it
