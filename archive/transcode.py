@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -162,10 +162,9 @@ def decoded(path: Path | str, target: str) -> Dataset:
     if stored in NATIVE or "PixelData" not in ds:
         pass
     else:
-        lossy = stored in ALWAYS_LOSSY or (
-            stored in MAYBE_LOSSY and str(ds.get("LossyImageCompression", "")) == "01"
-        )
-        ds.decompress(as_rgb=lossy or stored in MAYBE_LOSSY, generate_instance_uid=False)
+        # YCbCr from a (possibly) lossy codec goes out as RGB, as its decoder gives it
+        as_rgb = stored in ALWAYS_LOSSY or stored in MAYBE_LOSSY
+        ds.decompress(as_rgb=as_rgb, generate_instance_uid=False)
         if stored in ALWAYS_LOSSY and str(ds.get("LossyImageCompression", "")) != "01":
             ds.LossyImageCompression = "01"
     if target not in NATIVE and "PixelData" in ds:
@@ -258,7 +257,8 @@ def part10_bytes(path: Path | str, target: str) -> bytes:
 # ------------------------------------------------------------------------ the process pool
 _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
-_workers = 0
+_workers = 0  # configured (0: one per CPU)
+_size = 0  # the pool's
 
 
 def configure(workers: int) -> None:
@@ -270,16 +270,21 @@ def configure(workers: int) -> None:
 def pool() -> ProcessPoolExecutor:
     """This process's transcoding pool (created on first use; spawned, not forked: the
     callers are multithreaded servers)."""
-    global _pool
+    global _pool, _size
     with _pool_lock:
-        if _pool is None:
-            n = _workers or os.cpu_count() or 1
-            _pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        # a worker that died (a codec crash) breaks the whole pool: start a new one
+        if _pool is None or getattr(_pool, "_broken", False):
+            if _pool is not None:
+                _pool.shutdown(wait=False, cancel_futures=True)
+            _size = _workers or os.cpu_count() or 1
+            _pool = ProcessPoolExecutor(_size, mp_context=multiprocessing.get_context("spawn"))
         return _pool
 
 
 def workers() -> int:
-    return pool()._max_workers  # type: ignore[attr-defined]
+    """The pool's number of worker processes."""
+    pool()
+    return _size
 
 
 def warm() -> None:
@@ -298,17 +303,3 @@ def _warm_one() -> None:
 def submit(path: Path | str, target: str) -> Future[bytes]:
     """``dataset_bytes(path, target)`` in the pool."""
     return pool().submit(dataset_bytes, str(path), target)
-
-
-def in_order(jobs: Sequence[tuple[Path | str, str]], window: int = 0) -> Iterable[bytes]:
-    """``dataset_bytes`` of each job, in order, at most ``window`` (default twice the pool's
-    workers) decoding at once: the caller sends one while the next ones decode."""
-    window = window or 2 * workers()
-    futures: list[Future[bytes]] = []
-    nxt = 0
-    for i in range(len(jobs)):
-        while nxt < len(jobs) and nxt < i + window:
-            futures.append(submit(*jobs[nxt]))
-            nxt += 1
-        yield futures[i].result()
-        futures[i] = None  # type: ignore[call-overload]

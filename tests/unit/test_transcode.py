@@ -108,11 +108,22 @@ def test_an_undecodable_object_raises() -> None:
         t.dataset_bytes(_file("JPEG-lossy.dcm"), t.EXPLICIT_LE)
 
 
-def test_the_pool_transcodes_in_order() -> None:
+def test_the_pool_transcodes_and_recovers_from_a_dead_worker() -> None:
+    import os
+
     t.configure(2)
     jobs = [(_file("SC_rgb_rle.dcm"), t.EXPLICIT_LE), (_file("JPEG2000.dcm"), t.IMPLICIT_LE)]
-    got = list(t.in_order(jobs))
-    assert got == [t.dataset_bytes(p, ts) for p, ts in jobs]
+    assert [t.submit(p, ts).result() for p, ts in jobs] == [
+        t.dataset_bytes(p, ts) for p, ts in jobs
+    ]
+    assert t.workers() == 2
+    # a worker dying (as in a codec crash) fails its job and breaks the pool: the next job
+    # gets a new pool
+    from concurrent.futures.process import BrokenProcessPool
+
+    with pytest.raises(BrokenProcessPool):
+        t.pool().submit(os._exit, 1).result(timeout=60)
+    assert t.submit(*jobs[0]).result(timeout=60) == t.dataset_bytes(*jobs[0])
 
 
 def test_lossless_grayscale_keeps_the_stored_bytes_before_the_pixel_data() -> None:
