@@ -190,13 +190,14 @@ def _spliced(path: str, stored: str) -> bytes | None:
         return None
     from pydicom import dcmread
     from pydicom.pixels import get_decoder
+    from pydicom.tag import Tag
     from pydicom.uid import UID
     from pynetdicom.dsutils import split_dataset
 
     _meta, start = split_dataset(Path(path))
     raw = Path(path).read_bytes()
     ds = dcmread(io.BytesIO(raw))
-    elem = ds._dict.get(_PIXEL_DATA)  # noqa: SLF001 - the raw element, for its file offset
+    elem = ds._dict.get(Tag(_PIXEL_DATA))  # noqa: SLF001 - the raw element, for its file offset
     if elem is None or not hasattr(elem, "value_tell"):
         return None
     head_end = elem.value_tell - 12  # explicit VR OB/OW: tag, VR, 2 reserved, 4 length
