@@ -128,13 +128,18 @@ def test_the_pool_transcodes_and_recovers_from_a_dead_worker() -> None:
 
 def test_lossless_grayscale_keeps_the_stored_bytes_before_the_pixel_data() -> None:
     """The fast path: only the Pixel Data element differs from the stored dataset bytes."""
-    path = _file("MR_small_jp2klossless.dcm")
+    path = _file("MR_small_jp2klossless.dcm")  # with Data Set Trailing Padding after it
     stored = t.stored_dataset_bytes(path)
-    out = t.dataset_bytes(path, t.EXPLICIT_LE)
+    out = t._spliced(str(path), t.J2K_LOSSLESS)  # noqa: SLF001 - the path taken
+    assert out is not None and out == t.dataset_bytes(path, t.EXPLICIT_LE)
     head = stored.index(b"\xe0\x7f\x10\x00")
     assert out[:head] == stored[:head]
     assert out[head : head + 6] == b"\xe0\x7f\x10\x00OW"
-    assert np.array_equal(_read(out, t.EXPLICIT_LE).pixel_array, dcmread(path).pixel_array)
+    got = _read(out, t.EXPLICIT_LE)
+    assert np.array_equal(got.pixel_array, dcmread(path).pixel_array)
+    assert got[0xFFFCFFFC].value == dcmread(path)[0xFFFCFFFC].value  # after it: kept
+    # the colour space converted by the decoder: the general path
+    assert t._spliced(str(_file("GDCMJ2K_TextGBR.dcm")), t.J2K_LOSSLESS) is None  # noqa: SLF001
 
 
 def test_too_small_for_jpeg_2000_is_a_precise_error(tmp_path: Path) -> None:
