@@ -241,8 +241,8 @@ class DicomWeb:
     ) -> AsyncIterator[tuple[Located, asyncio.Task[tuple[bytes, str]]]]:
         """Each object with the task producing its part, in order; up to twice the transcoding
         pool's workers are produced ahead of the one being written, so a study's objects
-        transcode in parallel (as stored: a few files read ahead)."""
-        ahead = 4 if wanted_ts == "*" else 2 * transcode.workers()
+        transcode in parallel (as stored: the next file is read while one is written)."""
+        ahead = 1 if wanted_ts == "*" else 2 * transcode.workers()
         todo = iter(locs)
         window: deque[tuple[Located, asyncio.Task[tuple[bytes, str]]]] = deque()
         try:
