@@ -6,6 +6,7 @@ This is the one place that wires adapters to services (the bootstrap of each pro
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ def serve_router(settings: Settings) -> None:
     _logging()
     if not settings.router_config:
         raise SystemExit("STRATA_ROUTER_CONFIG is not set: no routing rules to run")
+    from archive import transcode
+
+    transcode.configure(settings.transcode_workers)
     run(settings)
 
 
@@ -112,6 +116,11 @@ def serve_index(settings: Settings) -> None:
                 workers=settings.grpc_workers,
             )
         )
+        from archive import transcode
+
+        transcode.configure(settings.transcode_workers)
+        # the pool's workers start (and load their codecs) now, not on the first retrieve
+        threading.Thread(target=transcode.warm, name="transcode-warm", daemon=True).start()
         qr_server.append(
             QueryServer(
                 Config(

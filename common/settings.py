@@ -277,6 +277,14 @@ class Settings:
         ".incoming itself. Set per pod where nodes share one hot volume (helm: the pod name).",
     )
 
+    # --- transcoding (retrieve and routing in a syntax other than the stored one) ---
+    transcode_workers: int = _setting(
+        0,
+        "Processes decoding / encoding pixel data when a C-GET, C-MOVE, WADO-RS or routing "
+        "peer takes another transfer syntax than the stored one (docs/transcoding.md). "
+        "0 = one per CPU.",
+    )
+
     # ---------------------------------------------------------------- derived paths
     @property
     def hot_dir(self) -> Path:

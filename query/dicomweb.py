@@ -1,8 +1,12 @@
 """DICOMweb (PS3.18) for web viewers: QIDO-RS, WADO-RS and STOW-RS, on aiohttp.
 
 - QIDO-RS answers from the index with the same matching as C-FIND and gRPC.
-- WADO-RS serves the stored objects unchanged (multipart/related; type="application/dicom"),
-  metadata from the index (no object opened), frames and rendered images.
+- WADO-RS serves the objects (multipart/related; type="application/dicom") in Explicit VR
+  Little Endian unless the Accept header's transfer-syntax parameter asks for another one
+  (PS3.18 8.7.3.5.2; ``*``: as stored, unchanged), transcoded by ``archive.transcode``;
+  metadata from the index (no object opened), frames (uncompressed application/octet-stream
+  unless a compressed media type is asked for) and rendered images. An unknown path under the
+  DICOMweb root answers 404 with a JSON body.
 - STOW-RS goes through the very same store feature as C-STORE: same validation, same
   durability contract (object fsync'd + event in the fsync'd outbox before 200), same events,
   same quarantine.
@@ -18,14 +22,18 @@ import logging
 import re
 import threading
 import uuid
+from collections import deque
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 
+from archive import transcode
 from archive.keys import UnsafeKey, check_key
 from common.dicom import BULK_MARK
 from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
@@ -194,7 +202,7 @@ class DicomWeb:
             return _error(
                 406, 'this resource is served as multipart/related; type="application/dicom"'
             )
-        wanted_ts = _accept_param(accept, "transfer-syntax")
+        wanted_ts = _accept_param(accept, "transfer-syntax") or EXPLICIT_LE
         try:
             locs = await self._run(self._locate, request)
         except NotFound as exc:
@@ -204,6 +212,10 @@ class DicomWeb:
         locs = _servable(locs)
         if not locs:
             return _error(404, "no retrievable object")
+        if wanted_ts != "*" and not all(
+            transcode.can_produce(loc.transfer_syntax_uid, wanted_ts) for loc in locs
+        ):
+            return _error(406, f"not every object can be served in transfer syntax {wanted_ts}")
         if "instance" in request.match_info:
             etag = f'"{_header_safe(locs[0].sha256)}"'
             if request.headers.get("If-None-Match") == etag:
@@ -218,11 +230,14 @@ class DicomWeb:
             resp.headers["ETag"] = f'"{_header_safe(locs[0].sha256)}"'
             resp.headers["Cache-Control"] = "private, max-age=3600"
         await resp.prepare(request)
-        for loc in locs:
+        async for loc, part in self._parts(locs, wanted_ts):
             try:
-                data, ts = await self._run(self._object_bytes, loc, wanted_ts)
-            except NotFound as exc:
-                log.error("WADO-RS: %s", exc)
+                data, ts = await part
+            except (NotFound, Unavailable, transcode.TranscodeError) as exc:
+                log.error("WADO-RS: %s: %s", loc.sop_uid, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a codec failure: this part is left out
+                log.error("WADO-RS: %s cannot be transcoded: %s", loc.sop_uid, exc)
                 continue
             await resp.write(
                 f"--{boundary}\r\nContent-Type: application/dicom; "
@@ -235,25 +250,38 @@ class DicomWeb:
         await resp.write_eof()
         return resp
 
-    def _object_bytes(self, loc: Located, wanted_ts: str | None) -> tuple[bytes, str]:
-        path = self.d.source.local_path(loc)
-        if wanted_ts in (None, "*", loc.transfer_syntax_uid) or (
-            wanted_ts == EXPLICIT_LE and loc.transfer_syntax_uid in NATIVE and wanted_ts is None
-        ):
-            return path.read_bytes(), loc.transfer_syntax_uid
-        # Another syntax was asked for: transcode (decompress to explicit VR little endian).
-        import pydicom
+    async def _object_bytes(self, loc: Located, wanted_ts: str) -> tuple[bytes, str]:
+        """The object as a Part 10 file in ``wanted_ts`` (``*``: as stored, unchanged); a
+        transcoded one is produced in the transcoding process pool, off the event loop and
+        this process's threads."""
+        path = await self._run(self.d.source.local_path, loc)
+        if wanted_ts in ("*", loc.transfer_syntax_uid):
+            return await self._run(path.read_bytes), loc.transfer_syntax_uid
+        job = transcode.pool().submit(transcode.part10_bytes, str(path), wanted_ts)
+        return await asyncio.wrap_future(job), wanted_ts
 
-        ds = pydicom.dcmread(str(path))
-        if wanted_ts != EXPLICIT_LE:
-            raise NotFound(f"cannot transcode {loc.transfer_syntax_uid} to {wanted_ts}")
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            ds.decompress()
-        else:
-            ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(EXPLICIT_LE)
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        return buf.getvalue(), EXPLICIT_LE
+    async def _parts(
+        self, locs: list[Located], wanted_ts: str
+    ) -> AsyncIterator[tuple[Located, asyncio.Task[tuple[bytes, str]]]]:
+        """Each object with the task producing its part, in order; up to twice the transcoding
+        pool's workers are produced ahead of the one being written, so a study's objects
+        transcode in parallel (as stored: the next file is read while one is written)."""
+        ahead = 1 if wanted_ts == "*" else 2 * transcode.workers()
+        todo = iter(locs)
+        window: deque[tuple[Located, asyncio.Task[tuple[bytes, str]]]] = deque()
+        try:
+            for loc in islice(todo, ahead):
+                window.append((loc, asyncio.ensure_future(self._object_bytes(loc, wanted_ts))))
+            while window:
+                loc, task = window.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    task_n = asyncio.ensure_future(self._object_bytes(nxt, wanted_ts))
+                    window.append((nxt, task_n))
+                yield loc, task
+        finally:
+            for _, task in window:  # the client went away: nothing more is produced
+                task.cancel()
 
     async def metadata(self, request: web.Request) -> web.Response:
         mi = request.match_info
@@ -350,7 +378,7 @@ class DicomWeb:
         import pydicom
         from pydicom.encaps import generate_frames
 
-        ds = pydicom.dcmread(str(self.d.source.local_path(loc)))
+        ds: pydicom.Dataset = pydicom.dcmread(str(self.d.source.local_path(loc)))
         if "PixelData" not in ds:
             raise NotFound("the instance has no pixel data")
         n = int(ds.get("NumberOfFrames", 1) or 1)
@@ -361,6 +389,13 @@ class DicomWeb:
         stored_ok = wanted_ts in ("*", ts) or (
             compressed and FRAME_MEDIA.get(ts, "") in accept and wanted_ts is None
         )
+        if wanted_ts in transcode.encodable() and not stored_ok:
+            # a compressed media type in another (lossless) syntax than the stored one
+            ds = transcode.decoded(self.d.source.local_path(loc), wanted_ts)
+            frames = list(generate_frames(ds.PixelData, number_of_frames=n))
+            return [
+                frames[i - 1] for i in numbers
+            ], f"{FRAME_MEDIA[wanted_ts]}; transfer-syntax={wanted_ts}"
         if compressed and stored_ok:
             frames = list(generate_frames(ds.PixelData, number_of_frames=n))
             return [
@@ -380,7 +415,7 @@ class DicomWeb:
             raise _NotAcceptable("frames are available as application/octet-stream")
         # native (uncompressed) little endian frames
         if compressed:
-            ds.decompress()
+            ds = transcode.decoded(self.d.source.local_path(loc), EXPLICIT_LE)
         arr_bytes = ds.PixelData
         rows, cols = int(ds.Rows), int(ds.Columns)
         spp, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
@@ -725,6 +760,14 @@ def create_app(deps: WebDeps, prefix: str = "/dicom-web") -> web.Application:
     r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frame}}/rendered", dw.rendered)
     r.add_post(f"{p}/studies", dw.stow)
     r.add_post(f"{p}/studies/{s}", dw.stow)
+
+    async def unknown(request: web.Request) -> web.Response:
+        return _error(404, "no such DICOMweb resource")
+
+    # before the viewer's catch-all route (added later): an unknown DICOMweb path is a 404
+    if p:
+        r.add_route("*", p, unknown)
+        r.add_route("*", f"{p}/{{tail:.*}}", unknown)
     return app
 
 

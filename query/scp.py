@@ -6,8 +6,10 @@ Each association has two threads: the acceptor's reads PDUs and assembles DIMSE 
 sub-operations are handed to it), a worker runs the operations one after another and writes
 the responses. A C-FIND response identifier is written straight from the index row
 (``query.find.to_bytes``); a C-MOVE/C-GET sub-operation sends the stored object's dataset
-bytes unchanged from its file, whichever tier holds it (``query.retrieve``). Statuses follow
-PS3.4 C.4.1.1.4 (find), C.4.2.1.5 (move) and C.4.3.1.4 (get).
+bytes unchanged from its file, whichever tier holds it (``query.retrieve``), when the peer
+accepted its transfer syntax, else the object transcoded (``archive.transcode``, in its process
+pool, a study's objects in parallel) to a syntax the peer accepted. Statuses follow PS3.4
+C.4.1.1.4 (find), C.4.2.1.5 (move) and C.4.3.1.4 (get).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import queue
 import socket
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -37,6 +42,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from archive import transcode
 from common import acceptor, dul
 from common.errors import DeadlineExceeded, Invalid, NotFound, Unavailable
 from common.requestor import (
@@ -81,6 +87,10 @@ STORAGE = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationCont
 IDENTIFIER_SYNTAXES = (IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE)
 TRANSFER_SYNTAXES = frozenset(str(ts) for ts in ALL_TRANSFER_SYNTAXES)
 UNCOMPRESSED = (EXPLICIT_LE, IMPLICIT_LE)
+# Syntaxes every object the archive can decode can be sent in.
+UNIVERSAL = frozenset(
+    {EXPLICIT_LE, IMPLICIT_LE, transcode.DEFLATED_LE, *transcode.LOSSLESS_TARGETS}
+)
 _OPS = {
     dul.C_ECHO_RSP: "echo",
     dul.C_FIND_RSP: "find",
@@ -125,20 +135,25 @@ class Services:
 class QueryServer(acceptor.Server):
     def __init__(self, cfg: acceptor.Config, services: Services, address: Any) -> None:
         self.services = services
+        self.held = HeldSyntaxes(services.index)
         super().__init__(cfg, address, QueryAssociation)
 
 
-def negotiate(rq: dul.AssociateRQ) -> None:
+def negotiate(rq: dul.AssociateRQ, held: Callable[[str], frozenset[str]] | None = None) -> None:
     """Q/R and verification in a syntax identifiers are read in; storage SOP classes only
-    where the requestor proposes the SCP role (C-GET: this node sends), in the syntax objects
-    are most often stored in when proposed (so they go out unchanged), else the first one."""
+    where the requestor proposes the SCP role (C-GET: this node sends). A storage context gets
+    the requestor's first syntax that objects of its class are held in (``held``: they go out
+    unchanged), else its first one every object can be transcoded to (uncompressed, or a
+    lossless compressed syntax this node encodes), else its first known one."""
     for pc in rq.contexts:
         ts = ""
         if pc.abstract_syntax in SERVICES:
             ts = next((t for t in pc.transfer_syntaxes if t in IDENTIFIER_SYNTAXES), "")
         elif pc.abstract_syntax in STORAGE and rq.roles.get(pc.abstract_syntax, (0, 0))[1]:
             known = [t for t in pc.transfer_syntaxes if t in TRANSFER_SYNTAXES]
-            ts = EXPLICIT_LE if EXPLICIT_LE in known else (known[0] if known else "")
+            stored = held(pc.abstract_syntax) if held is not None and known else frozenset()
+            universal = [t for t in known if t in UNIVERSAL and _producible(t)]
+            ts = next((t for t in known if t in stored), "") or (universal or known or [""])[0]
         else:
             pc.result = dul.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED
             continue
@@ -146,6 +161,35 @@ def negotiate(rq: dul.AssociateRQ) -> None:
             pc.result, pc.transfer_syntax = dul.PC_ACCEPTANCE, ts
         else:
             pc.result = dul.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED
+
+
+def _producible(ts: str) -> bool:
+    return ts in UNCOMPRESSED or ts == transcode.DEFLATED_LE or ts in transcode.encodable()
+
+
+class HeldSyntaxes:
+    """The transfer syntaxes the archive holds objects of each SOP class in (from the index,
+    refreshed at most every ``ttl`` seconds; empty while the index is unavailable)."""
+
+    def __init__(self, index: Index, ttl: float = 30.0) -> None:
+        self.index, self.ttl = index, ttl
+        self._at = -ttl
+        self._by_class: dict[str, frozenset[str]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, sop_class: str) -> frozenset[str]:
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl:
+                try:
+                    rows = self.index.query(
+                        "SELECT sop_class_uid, groupUniqArray(transfer_syntax_uid) "
+                        f"FROM {self.index.database}.instances GROUP BY sop_class_uid"
+                    )
+                    self._by_class = {str(c): frozenset(map(str, t)) for c, t in rows}
+                    self._at = time.monotonic()
+                except Exception as exc:  # noqa: BLE001 - negotiation goes on without it
+                    log.warning("held transfer syntaxes unknown: %s", exc)
+            return self._by_class.get(sop_class, frozenset())
 
 
 class _Stop(Exception):
@@ -160,6 +204,8 @@ class StoreChannel(Protocol):
     broken: bool
 
     def context(self, abstract: str, transfer_syntaxes: tuple[str, ...] | None = None) -> int: ...
+
+    def syntaxes(self, abstract: str) -> dict[str, int]: ...
 
     def send(self, data: bytes | bytearray) -> None: ...
 
@@ -186,7 +232,7 @@ class QueryAssociation(acceptor.Association):
 
     # ---------------------------------------------------------------- acceptor hooks
     def negotiate(self, rq: dul.AssociateRQ) -> None:
-        negotiate(rq)
+        negotiate(rq, self.server.held)
 
     def role_reply(self, sop_class: str, scu: int, scp: int) -> tuple[int, int]:
         if sop_class in STORAGE:
@@ -472,46 +518,58 @@ class QueryAssociation(acceptor.Association):
         completed = failed = warning = 0
         failed_uids: list[str] = []
         remaining = len(locs)
-        for i, (loc, path) in enumerate(local_paths(self.services.source, locs)):
-            if msg_id in self._cancelled:
-                self._respond(
-                    pc, rsp, msg_id, CANCEL, counts=(completed, failed, warning, remaining)
-                )
-                return
-            status = -1
-            if isinstance(path, (NotFound, Unavailable)):  # missing, or its cold tier down
-                log.error("retrieve: %s", path)
-            elif isinstance(path, Exception):
-                raise path
-            elif not channel.broken:
-                sub_id = (msg_id + i) % 65535 + 1
-                try:
-                    status = store(channel, loc, path, sub_id, originator, msg_id)
-                except (OSError, dul.ProtocolError) as exc:
-                    if isinstance(channel, _SameAssociation):
-                        raise  # the requesting association itself failed
-                    log.error("C-MOVE sub-association failed: %s", exc)
-                    channel.broken = True  # this and every later sub-operation fail
-            remaining -= 1
-            if status == SUCCESS:
-                completed += 1
-                result = "completed"
-            elif _is_warning(status):
-                warning += 1
-                result = "warning"
-            else:
-                failed += 1
-                failed_uids.append(loc.sop_uid)
-                result = "failed"
-            SUB_OPERATIONS.labels(_OPS[rsp], result).inc()
-            if remaining:
-                self._respond(
-                    pc, rsp, msg_id, PENDING, counts=(completed, failed, warning, remaining)
-                )
+        prepared = _prepared(local_paths(self.services.source, locs), channel)
+        try:
+            for i, (loc, path, pc_id, payload) in enumerate(prepared):
+                if msg_id in self._cancelled:
+                    self._respond(
+                        pc, rsp, msg_id, CANCEL, counts=(completed, failed, warning, remaining)
+                    )
+                    return
+                status = -1
+                if isinstance(path, (NotFound, Unavailable)):  # missing, or its cold tier down
+                    log.error("retrieve: %s", path)
+                elif isinstance(path, Exception):
+                    raise path
+                elif not channel.broken and pc_id and payload is not None:
+                    sub_id = (msg_id + i) % 65535 + 1
+                    try:
+                        status = store(channel, loc, pc_id, payload, sub_id, originator, msg_id)
+                    except (OSError, dul.ProtocolError) as exc:
+                        if isinstance(channel, _SameAssociation):
+                            raise  # the requesting association itself failed
+                        log.error("C-MOVE sub-association failed: %s", exc)
+                        channel.broken = True  # this and every later sub-operation fail
+                remaining -= 1
+                if status == SUCCESS:
+                    completed += 1
+                    result = "completed"
+                elif _is_warning(status):
+                    warning += 1
+                    result = "warning"
+                else:
+                    failed += 1
+                    failed_uids.append(loc.sop_uid)
+                    result = "failed"
+                SUB_OPERATIONS.labels(_OPS[rsp], result).inc()
+                if remaining:
+                    self._respond(
+                        pc, rsp, msg_id, PENDING, counts=(completed, failed, warning, remaining)
+                    )
+        finally:
+            prepared.close()  # a cancelled or failed retrieve: transcodes not started dropped
         if not failed and not warning:
             self._respond(pc, rsp, msg_id, SUCCESS, counts=(completed, failed, warning))
             return
         final = SUB_OPERATIONS_FAILED if failed == len(locs) else WARNING
+        if rsp == dul.C_GET_RSP:
+            # The C-GET requestor reads the failed instances off its own C-STORE sub-operations;
+            # an identifier after the final C-GET-RSP is left unread by DCMTK's getscu
+            # (DcmSCU), which then fails its release ("DUL P-Data PDU arrived"): the final
+            # response carries the counts only, and nothing follows it.
+            log.warning("C-GET: %d of %d sub-operations failed", failed, len(locs))
+            self._respond(pc, rsp, msg_id, final, counts=(completed, failed, warning))
+            return
         ds = Dataset()
         ds.FailedSOPInstanceUIDList = failed_uids
         implicit, little = pc.transfer_syntax == IMPLICIT_LE, pc.transfer_syntax != EXPLICIT_BE
@@ -547,6 +605,14 @@ class _SubAssociation:
 
     def context(self, abstract: str, transfer_syntaxes: tuple[str, ...] | None = None) -> int:
         return self.requestor.context(abstract, transfer_syntaxes)
+
+    def syntaxes(self, abstract: str) -> dict[str, int]:
+        """Accepted transfer syntax -> context id for ``abstract`` (in proposal order)."""
+        out: dict[str, int] = {}
+        for pc_id, (a, ts) in sorted(self.requestor.accepted.items()):
+            if a == abstract:
+                out.setdefault(ts, pc_id)
+        return out
 
     def send(self, data: bytes | bytearray) -> None:
         try:
@@ -586,6 +652,14 @@ class _SameAssociation:
                 return pc.id
         return 0
 
+    def syntaxes(self, abstract: str) -> dict[str, int]:
+        """Accepted transfer syntax -> context id for ``abstract`` (in proposal order)."""
+        out: dict[str, int] = {}
+        for pc_id, pc in sorted(self.assoc.contexts.items()):
+            if pc.abstract_syntax == abstract and pc.result == dul.PC_ACCEPTANCE:
+                out.setdefault(pc.transfer_syntax, pc_id)
+        return out
+
     def send(self, data: bytes | bytearray) -> None:
         if self.assoc._gone.is_set():
             raise _Stop
@@ -606,45 +680,80 @@ class _SameAssociation:
 def store(
     channel: StoreChannel,
     loc: Located,
-    path: Path,
+    pc_id: int,
+    payload: Path | Future[bytes],
     msg_id: int,
     originator: str,
     originator_msg_id: int,
 ) -> int:
-    """One C-STORE sub-operation: the object's dataset bytes as stored when the peer accepted
-    its transfer syntax, else converted between uncompressed syntaxes (pydicom), else failed
-    (-1). Returns the peer's status."""
-    pc_id = channel.context(loc.sop_class_uid, (loc.transfer_syntax_uid,))
-    payload: bytes | None = None
-    if not pc_id:
-        if loc.transfer_syntax_uid not in IDENTIFIER_SYNTAXES:
-            log.warning("retrieve: %s not accepted in %s", loc.sop_uid, loc.transfer_syntax_uid)
+    """One C-STORE sub-operation on context ``pc_id``: the stored file's dataset bytes, or the
+    transcoded ones (-1 when the object cannot be transcoded: nothing is sent). Returns the
+    peer's status."""
+    data: Path | bytes
+    if isinstance(payload, Future):
+        try:
+            data = payload.result()
+        except Exception as exc:  # noqa: BLE001 - a codec failure is this object's failure
+            log.warning("retrieve: %s cannot be transcoded: %s", loc.sop_uid, exc)
             return -1
-        for ts in UNCOMPRESSED:
-            pc_id = channel.context(loc.sop_class_uid, (ts,))
-            if pc_id:
-                payload = _converted(path, ts)
-                break
-        if not pc_id:
-            log.warning("retrieve: the peer accepted no context for %s", loc.sop_class_uid)
-            return -1
+    else:
+        data = payload
     send_store(
         channel.send,
         pc_id,
         store_command(loc.sop_class_uid, loc.sop_uid, msg_id, originator, originator_msg_id),
         channel.max_pdu,
-        payload if payload is not None else path,
+        data,
     )
     return channel.store_status(msg_id)
 
 
-def _converted(path: Path, ts: str) -> bytes:
-    from pydicom import dcmread
+Prepared = tuple[Located, Path | Exception, int, Path | Future[bytes] | None]
 
-    data = encode(dcmread(str(path)), ts == IMPLICIT_LE, True)
-    if data is None:
-        raise Invalid(f"{path.name} cannot be converted to {ts}")
-    return data
+
+def plan(channel: StoreChannel, loc: Located) -> tuple[int, str]:
+    """The context and transfer syntax an object goes out in over ``channel`` (its stored
+    syntax when accepted, else the first accepted one it can be transcoded to), or (0, "")."""
+    accepted = channel.syntaxes(loc.sop_class_uid)
+    target = transcode.choose(loc.transfer_syntax_uid, accepted)
+    return (accepted[target], target) if target else (0, "")
+
+
+def _prepared(
+    paths: Iterator[tuple[Located, Path | Exception]], channel: StoreChannel
+) -> Generator[Prepared, None, None]:
+    """Each object with its path, its context and its payload (the file, or the future of its
+    transcoded bytes): objects to transcode are submitted ahead, up to twice the transcoding
+    pool's workers, so they decode in parallel while earlier ones are sent."""
+    window: deque[Prepared] = deque()
+    ahead = 1
+    try:
+        for loc, path in paths:
+            pc_id, target = 0, ""
+            payload: Path | Future[bytes] | None = None
+            if not isinstance(path, Exception) and not channel.broken:
+                pc_id, target = plan(channel, loc)
+                if not pc_id:
+                    log.warning(
+                        "retrieve: no accepted context can carry %s (%s, stored in %s)",
+                        loc.sop_uid,
+                        loc.sop_class_uid,
+                        loc.transfer_syntax_uid,
+                    )
+                elif target == loc.transfer_syntax_uid:
+                    payload = path
+                else:
+                    payload = transcode.submit(path, target)
+                    ahead = 2 * transcode.workers()
+            window.append((loc, path, pc_id, payload))
+            while len(window) > ahead:
+                yield window.popleft()
+        while window:
+            yield window.popleft()
+    finally:
+        for item in window:
+            if isinstance(item[3], Future):
+                item[3].cancel()
 
 
 def _retrieve_request(identifier: Dataset) -> tuple[str, dict[str, str]]:

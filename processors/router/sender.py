@@ -1,10 +1,12 @@
 """Sending routed instances to a destination AE over one association (the archive's lean
 requestor, ``common/requestor.py``).
 
-Without transcoding the stored dataset bytes go out unchanged, read from the file. With
-transcoding the dataset is decoded and re-encoded losslessly in the target syntax (pydicom with
-the pylibjpeg / pyjpegls codecs); a transcoded object keeps its SOP Instance UID, as the
-lossless conversion leaves the image unchanged (PS3.5 A.4, PS3.3 C.12.1.1.5 lossy only).
+Without a rule's ``transcode`` the stored dataset bytes go out unchanged, read from the file,
+when the destination accepts the stored syntax, else converted to one it accepted (each object
+is proposed in its stored syntax and in the uncompressed ones). With ``transcode`` the dataset
+goes out in that syntax. Conversions are ``archive.transcode``'s (the one transcoding module of
+retrieve and routing); a transcoded object keeps its SOP Instance UID (PS3.5 A.4, PS3.3
+C.12.1.1.5: lossless conversion, a lossy source stays marked lossy).
 """
 
 from __future__ import annotations
@@ -15,17 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
-from pynetdicom.dsutils import encode
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from archive import transcode
 from common import dul
 from common.requestor import Requestor
 from processors.router.rules import Destination, Member
@@ -80,26 +74,10 @@ def classify(status: int) -> str:
     return "rejected"  # 0xA9xx mismatch, 0xCxxx cannot understand, 0x0122 class unsupported...
 
 
-def transcode(path: Path, target: str) -> Dataset:
-    ds = dcmread(path)
-    current = ds.file_meta.TransferSyntaxUID
-    if current == target:
-        return ds
-    # Lossless: the same instance, so the SOP Instance UID is kept (pydicom's default for both
-    # decompress and compress is a new one).
-    if current.is_compressed and "PixelData" in ds:
-        ds.decompress(generate_instance_uid=False)
-    if "PixelData" in ds and target not in (*_UNCOMPRESSED, DeflatedExplicitVRLittleEndian):
-        ds.compress(UID(target), generate_instance_uid=False)
-        return ds
-    ds.file_meta.TransferSyntaxUID = UID(target)
-    return ds
-
-
 def _contexts(items: list[Item]) -> list[tuple[str, list[str]]]:
     """One presentation context per (SOP class, syntax the object goes out in), so the peer
-    can accept each on its own; for objects stored uncompressed also one offering both little
-    endian syntaxes (converted then, if the peer takes only the other)."""
+    can accept each on its own; for objects sent as stored also one offering both little
+    endian syntaxes (converted then, if the peer takes neither the stored syntax)."""
     seen: dict[tuple[str, tuple[str, ...]], None] = {}
     for it in items:
         cls = it.inst.sop_class_uid
@@ -107,8 +85,7 @@ def _contexts(items: list[Item]) -> list[tuple[str, list[str]]]:
             seen[(cls, (it.transcode_to,))] = None
         else:
             seen[(cls, (it.inst.transfer_syntax_uid,))] = None
-            if it.inst.transfer_syntax_uid in (*_UNCOMPRESSED, ExplicitVRBigEndian):
-                seen[(cls, tuple(str(t) for t in _UNCOMPRESSED))] = None
+            seen[(cls, tuple(str(t) for t in _UNCOMPRESSED))] = None
     # Verification too: the association then stands even when the peer accepts none of the
     # storage contexts, and each instance gets the precise reason instead of a failed association.
     return [(VERIFICATION, [str(ImplicitVRLittleEndian)])] + [
@@ -202,8 +179,11 @@ def _send_one(
         path = local_path(inst)
     except Exception as exc:  # noqa: BLE001 - not readable now (e.g. cold tier down): retry
         return Result(it, "retry", 0, f"object not readable: {exc}")
-    # accepted transfer syntax -> context id, for this SOP class
-    syntaxes = {ts: pc for pc, (a, ts) in assoc.accepted.items() if a == inst.sop_class_uid}
+    # accepted transfer syntax -> context id, for this SOP class (in proposal order)
+    syntaxes: dict[str, int] = {}
+    for pc, (a, ts) in sorted(assoc.accepted.items()):
+        if a == inst.sop_class_uid:
+            syntaxes.setdefault(ts, pc)
     if not syntaxes:
         return Result(
             it,
@@ -214,20 +194,19 @@ def _send_one(
         )
     dataset: bytes | Path
     try:
-        if it.transcode_to:
-            if target not in syntaxes:
-                return Result(it, "rejected", 0, f"{member.ae_title} does not accept {target}")
-            dataset = _encoded(transcode(path, target), target)
-        elif target in syntaxes:
-            dataset = path  # the stored dataset bytes, unchanged
-        else:
-            # Stored uncompressed, taken only in the other little endian syntax: converted.
-            others = [t for t in _UNCOMPRESSED if t in syntaxes]
-            if target not in (*_UNCOMPRESSED, ExplicitVRBigEndian) or not others:
+        if it.transcode_to and target not in syntaxes:
+            return Result(it, "rejected", 0, f"{member.ae_title} does not accept {target}")
+        if not it.transcode_to:
+            # the stored syntax when accepted, else one the object can be converted to
+            chosen = transcode.choose(target, syntaxes)
+            if chosen is None:
                 accepted = ", ".join(sorted(syntaxes))
                 return Result(it, "rejected", 0, f"{member.ae_title} accepts only {accepted}")
-            target = str(others[0])
-            dataset = _encoded(dcmread(path), target)
+            target = chosen
+        if target == inst.transfer_syntax_uid:
+            dataset = path  # the stored dataset bytes, unchanged
+        else:
+            dataset = transcode.dataset_bytes(path, target)
     except Exception as exc:  # noqa: BLE001 - a codec failure is this object's problem
         return Result(it, "rejected", 0, f"cannot transcode to {target}: {exc}")
     throttle.wait()
@@ -245,16 +224,3 @@ def _send_one(
     if comment and outcome != "delivered":
         detail += f": {comment}"
     return Result(it, outcome, status, detail, target)
-
-
-def _encoded(ds: Dataset, target: str) -> bytes:
-    """A dataset's bytes in ``target`` (its pixel data already encoded for it)."""
-    data = encode(
-        ds,
-        target == ImplicitVRLittleEndian,
-        target != ExplicitVRBigEndian,
-        target == DeflatedExplicitVRLittleEndian,
-    )
-    if data is None:
-        raise ValueError(f"cannot encode the dataset in {target}")
-    return data

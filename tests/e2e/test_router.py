@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,13 @@ def test_refused_object_is_dead_lettered_with_its_reason_and_can_be_redriven(
 ) -> None:
     stack = env["stack"]
     files = study(tmp_path / "s", 1, "STRICT", compress=JPEG2000Lossless)
+    # A JPEG 2000 codestream no decoder reads: the strict destination (uncompressed only)
+    # cannot be given it in any syntax it accepts.
+    from pydicom.encaps import encapsulate
+
+    bad = dcmread(files[0])
+    bad.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])
+    bad.save_as(files[0], enforce_file_format=True)
     send(stack, files, ["-xv"])  # propose the file's own (JPEG 2000 lossless) syntax
     [sop] = sops(files)
 
@@ -299,7 +307,7 @@ def test_refused_object_is_dead_lettered_with_its_reason_and_can_be_redriven(
 
     [d] = wait_for(dead, 60, "the dead letter")
     assert d.reason == "rejected" and d.destination == "strict" and d.delivered == 0
-    assert "no presentation context" in d.detail and JPEG2000Lossless in d.detail
+    assert "cannot transcode to" in d.detail and ExplicitVRLittleEndian in d.detail
     # Operators see it and re-drive it (here it fails again for the same reason).
     listed = wait_for(
         lambda: d.route_id in stack.cli("route", "list", "--state", "dead-lettered").stdout,
@@ -311,7 +319,24 @@ def test_refused_object_is_dead_lettered_with_its_reason_and_can_be_redriven(
     assert d.route_id in out
     wait_for(lambda: len(dead()) == 2, 60, "the re-driven route to end again")
     shown = stack.cli("route", "show", d.route_id).stdout
-    assert "RouteRedriven" in shown and "no presentation context" in shown
+    assert "RouteRedriven" in shown and "cannot transcode to" in shown
+
+
+def test_a_destination_taking_only_uncompressed_gets_compressed_objects_decoded(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """Each object is proposed in its stored syntax and in the uncompressed ones: the strict
+    destination accepts only the latter and receives the object decoded (archive.transcode)."""
+    stack, strict = env["stack"], env["strict"]
+    files = study(tmp_path / "s", 2, "STRICT", compress=JPEG2000Lossless)
+    send(stack, files, ["-xv"])
+    wanted = sops(files)
+    wait_for(lambda: wanted <= strict.sop_uids(), 60, "the decoded objects at the destination")
+    for f in files:
+        original = dcmread(f)
+        got = dcmread(BytesIO(strict.file_of(str(original.SOPInstanceUID))))
+        assert got.file_meta.TransferSyntaxUID in (ExplicitVRLittleEndian, "1.2.840.10008.1.2")
+        assert np.array_equal(got.pixel_array, original.pixel_array)
 
 
 def test_kill9_of_the_router_mid_study_still_delivers_every_instance(

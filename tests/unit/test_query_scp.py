@@ -66,6 +66,11 @@ class FakeIndex:
             raise Unavailable("index down")
         if "storage_key" in sql:
             return list(self.located)
+        if "groupUniqArray" in sql:  # the transfer syntaxes held per SOP class
+            held: dict[str, set[str]] = {}
+            for row in self.located:
+                held.setdefault(row[3], set()).add(row[4])
+            return [(cls, sorted(ts)) for cls, ts in held.items()]
         cols = columns("STUDY")
         # the selected columns of a STUDY search whose keys need no stored header
         selected = build_sql(FindQuery("STUDY", [], 1), self.database)[2]
