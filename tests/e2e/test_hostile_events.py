@@ -36,6 +36,7 @@ from tests.support.synthetic import ct_series
 
 INFLATE_BOUND = 8 * 1024**2
 VISIBLE_WITHIN = 2.0  # seconds from acknowledgement to queryable (the bound)
+SET_ASIDE_VISIBLE_WITHIN = 10.0  # the same, behind an event the broker refuses
 
 
 @pytest.fixture(scope="module")
@@ -212,11 +213,10 @@ def test_an_event_kafka_refuses_is_set_aside_and_the_rest_published(
     _topic_max_message_bytes(stack, "16384")
     try:
         assert send(stack, [big, *others]) == ["Success"] * 4
-        acked_at = time.monotonic()
         acked.update(sops | {big_sop})
-        wait_indexed(
-            stack, uids(others[0])[0], sops, VISIBLE_WITHIN - (time.monotonic() - acked_at)
-        )
+        # Not blocked (on the old relay they never were published): the refused batch is
+        # retried record by record first, so this bound is looser than VISIBLE_WITHIN.
+        wait_indexed(stack, uids(others[0])[0], sops, SET_ASIDE_VISIBLE_WITHIN)
         deadline = time.monotonic() + 30
         while outbox.set_aside_count() == 0:
             assert time.monotonic() < deadline, "the refused event was never set aside"
