@@ -52,6 +52,8 @@ def serve_index(settings: Settings) -> None:
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
     the embedded index (chDB allows one process per data path)."""
     from common.acceptor import Config
+    from common.tls import acceptor_security
+    from ingest.config import load as load_ae_config
     from ingest.node import build_store_service
     from processors.app import create_app, run_worker
     from processors.index.store import IndexStore
@@ -122,6 +124,9 @@ def serve_index(settings: Settings) -> None:
                     max_per_peer=settings.max_associations_per_peer,
                     artim_timeout=settings.artim_timeout,
                     pdu_timeout=settings.pdu_timeout,
+                    **acceptor_security(
+                        settings, load_ae_config(settings.ae_config), settings.qr_ae_title
+                    ),
                 ),
                 Services(
                     index,

@@ -659,6 +659,10 @@ def _retrieve_request(identifier: Dataset) -> tuple[str, dict[str, str]]:
             if not isinstance(v, str) and hasattr(v, "__iter__")
             else str(v)
         )
+        # PS3.4 C.4.2.2.1/C.4.3.2.1: retrieve keys are unique keys, single values or UID
+        # lists, never wildcards (a '*' would otherwise reach the index as a pattern).
+        if "*" in keys[kw] or "?" in keys[kw]:
+            raise Invalid(f"{kw} holds a wildcard: retrieve keys are unique keys")
     return level, keys
 
 
