@@ -52,7 +52,7 @@ def serve_index(settings: Settings) -> None:
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
     the embedded index (chDB allows one process per data path)."""
     from common.acceptor import Config
-    from common.tls import acceptor_security
+    from common.tls import acceptor_security, move_tls_contexts
     from ingest.config import load as load_ae_config
     from ingest.node import build_store_service
     from processors.app import create_app, run_worker
@@ -136,6 +136,7 @@ def serve_index(settings: Settings) -> None:
                     settings.find_limit,
                     query_timeout=settings.query_timeout,
                     max_pending=settings.qr_max_pending,
+                    move_tls=move_tls_contexts(settings),
                 ),
                 (settings.bind_host, settings.qr_port),
             )

@@ -308,6 +308,12 @@ class Settings:
         "Calling-AE allow-list (STRATA_AE_CONFIG) and called-AE check on every DICOM SCP: "
         "auto (on when hardened)|on|off.",
     )
+    move_tls_destinations: str = _setting(
+        "",
+        "C-MOVE destinations (AE titles of STRATA_MOVE_DESTINATIONS, comma-separated) reached "
+        "over DICOM TLS: verified against STRATA_DICOM_TLS_CA (else the project CA), the "
+        "archive presenting its DICOM TLS certificate as its client certificate.",
+    )
 
     # ---------------------------------------------------------------- derived paths
     @property

@@ -9,12 +9,15 @@ SHA-256 fingerprint (``sha256:<hex>``, colons allowed) or by its subject, either
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import ipaddress
 import os
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,11 +184,13 @@ def ensure_pki(pki_dir: Path) -> Pki:
         pki_dir / "server.pem",
         pki_dir / "server.key",
     )
-    with _pki_lock:
+    if all(p.exists() for p in (pki.ca, pki.ca_key, pki.server_cert, pki.server_key)):
+        return pki
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(pki_dir, 0o700)
+    with _pki_lock, _locked(pki_dir):  # processes starting together make one CA
         if all(p.exists() for p in (pki.ca, pki.ca_key, pki.server_cert, pki.server_key)):
             return pki
-        pki_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(pki_dir, 0o700)
         ca_key = _new_key()
         ca = _ca_cert(ca_key)
         _write_key(pki.ca_key, ca_key)
@@ -200,7 +205,7 @@ def ensure_pki(pki_dir: Path) -> Pki:
 def issue_client(pki: Pki, name: str) -> tuple[Path, Path]:
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name.strip()) or "client"
     cert_path, key_path = pki.dir / "clients" / f"{safe}.pem", pki.dir / "clients" / f"{safe}.key"
-    with _pki_lock:
+    with _pki_lock, _locked(pki.dir):
         if cert_path.exists() and key_path.exists():
             return cert_path, key_path
         from cryptography import x509
@@ -214,6 +219,16 @@ def issue_client(pki: Pki, name: str) -> tuple[Path, Path]:
         _write_key(key_path, key)
         cert_path.write_bytes(_pem(cert))
     return cert_path, key_path
+
+
+@contextlib.contextmanager
+def _locked(pki_dir: Path) -> Iterator[None]:
+    with open(pki_dir / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _new_key() -> Any:
@@ -333,3 +348,17 @@ def acceptor_security(settings: Any, aes: Any, called_ae: str) -> dict[str, Any]
         out["cert_bindings"] = aes.cert_bindings
         out["require_binding"] = sec.client_certs == "required"
     return out
+
+
+def move_tls_contexts(settings: Any) -> dict[str, ssl.SSLContext]:
+    """AE title -> client context of each C-MOVE destination reached over TLS
+    (STRATA_MOVE_TLS_DESTINATIONS); the archive presents its own DICOM TLS certificate."""
+    titles = [t.strip() for t in settings.move_tls_destinations.split(",") if t.strip()]
+    if not titles:
+        return {}
+    cert, key, ca = settings.dicom_tls_cert, settings.dicom_tls_key, settings.dicom_tls_ca
+    if not (cert and key):  # the project CA's (its CA too, unless one is set)
+        pki = ensure_pki(Path(settings.home) / "pki")
+        cert, key, ca = cert or str(pki.server_cert), key or str(pki.server_key), ca or str(pki.ca)
+    ctx = client_context(ca, cert, key)
+    return dict.fromkeys(titles, ctx)

@@ -18,7 +18,7 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,6 +120,8 @@ class Services:
     sub_association_timeout: float = 30.0
     query_timeout: float = 0.0  # s, the server's limit on one C-FIND (0 = none)
     max_pending: int = 16  # requests / C-STORE-RSPs one association may have queued
+    # C-MOVE destinations reached over DICOM TLS: AE title -> client context (common/tls.py)
+    move_tls: dict[str, Any] = field(default_factory=dict)
 
 
 class QueryServer(acceptor.Server):
@@ -440,6 +442,7 @@ class QueryAssociation(acceptor.Association):
                 dest_ae,
                 contexts_for(locs),
                 timeout=self.services.sub_association_timeout,
+                tls=self.services.move_tls.get(dest_ae),
             )
         except (OSError, ConnectionError, dul.ProtocolError) as exc:
             log.error("C-MOVE: no association with %s at %s:%d: %s", dest_ae, *dest, exc)
