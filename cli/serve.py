@@ -125,7 +125,10 @@ def serve_index(settings: Settings) -> None:
                     artim_timeout=settings.artim_timeout,
                     pdu_timeout=settings.pdu_timeout,
                     **acceptor_security(
-                        settings, load_ae_config(settings.ae_config), settings.qr_ae_title
+                        settings,
+                        load_ae_config(settings.ae_config),
+                        settings.qr_ae_title,
+                        own_allow_list=False,
                     ),
                 ),
                 Services(

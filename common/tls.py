@@ -332,17 +332,21 @@ def _write_key(path: Path, key: Any) -> None:
         f.write(data)
 
 
-def acceptor_security(settings: Any, aes: Any, called_ae: str) -> dict[str, Any]:
+def acceptor_security(
+    settings: Any, aes: Any, called_ae: str, own_allow_list: bool = True
+) -> dict[str, Any]:
     """The security fields of an SCP's ``acceptor.Config`` (TLS context, AE checks, AE
     certificate bindings) from ``settings`` and the AE configuration ``aes``
     (ingest/config.AEConfig). With the AE checks on, only the AEs configured are accepted
-    (whatever allow_unknown says) and the called AE must be ``called_ae``."""
+    (whatever allow_unknown says) and the called AE must be ``called_ae``; off, the SCP keeps
+    the AE configuration's own allow-list (``"allow_unknown": false``) when
+    ``own_allow_list`` (the ingest SCP; the Q/R SCP never had one)."""
     sec = dicom_security(settings)
     out: dict[str, Any] = {"tls": sec.server_context()}
     if sec.ae_checks:
         out["allow_list"] = sorted(aes.aes)
         out["called_ae"] = called_ae
-    elif aes.allow_list is not None:
+    elif own_allow_list and aes.allow_list is not None:
         out["allow_list"] = aes.allow_list
     if sec.tls:
         out["cert_bindings"] = aes.cert_bindings
