@@ -95,6 +95,10 @@ def server_context(
     ``ca`` when sent), required (a connection without a trusted one fails its handshake)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No TLS 1.3 session tickets: nothing is written after the handshake but our PDUs (an
+    # association's reader and its responder threads share the connection; resumption is
+    # not needed by DICOM peers holding one association per operation batch).
+    ctx.num_tickets = 0
     ctx.load_cert_chain(cert, key)
     if client_certs != "none":
         if not ca:

@@ -189,3 +189,30 @@ def test_plain_dicom_on_the_tls_port_gets_nothing(server: tuple[StoreServer, int
             pass
     assert not got.startswith(b"\x02")  # no A-ASSOCIATE-AC (at most a TLS alert)
     assert got[:1] in (b"", b"\x15")  # nothing, or a TLS alert record
+
+
+def test_router_destination_tls_settings(pki: tls.Pki) -> None:
+    from processors.router import rules, sender
+
+    cert, key = pki.client("STRATA")
+    doc = {
+        "destinations": {
+            "secure": {
+                "pool": ["DEST@127.0.0.1:104"],
+                "tls": True,
+                "tls_ca": str(pki.ca),
+                "tls_cert": str(cert),
+                "tls_key": str(key),
+            },
+            "plain": {"pool": ["DEST@127.0.0.1:105"]},
+        },
+        "rules": [],
+    }
+    cfg = rules.parse(doc)
+    secure, plain = cfg.destinations["secure"], cfg.destinations["plain"]
+    assert secure.tls and secure.tls_ca == str(pki.ca) and not plain.tls
+    ctx = sender._tls(secure)
+    assert ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert sender._tls(plain) is None
+    with pytest.raises(Exception, match="unknown settings"):
+        rules.parse({**doc, "destinations": {"x": {"pool": ["D@h:1"], "tls_verify": False}}})
