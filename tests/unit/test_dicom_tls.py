@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,19 +164,36 @@ def test_no_client_certificate_fails_the_handshake(
     assert server[0].handshake_failed >= 1
 
 
-def test_silent_peer_cannot_stall_the_accept_loop(
-    server: tuple[StoreServer, int], pki: tls.Pki
+@pytest.mark.parametrize(
+    "opening",
+    [b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"],
+    ids=["silent", "half-a-client-hello"],
+)
+def test_stalled_handshake_cannot_stall_the_accept_loop(
+    server: tuple[StoreServer, int], pki: tls.Pki, opening: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A peer that connects and never starts its handshake holds neither the accept loop
-    (another peer associates meanwhile) nor its connection past the deadline."""
+    """A peer that connects and never starts its handshake, or stops in the middle of its
+    ClientHello, holds neither the accept loop (another peer associates meanwhile) nor its
+    connection past the deadline (ARTIM, 1 s here)."""
     srv, port = server
+    assert srv.cfg.tls is not None
+    threads: list[str] = []
+    wrap = srv.cfg.tls.wrap_socket
+
+    def spy(*args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        threads.append(threading.current_thread().name)
+        return wrap(*args, **kwargs)
+
+    monkeypatch.setattr(srv.cfg.tls, "wrap_socket", spy)
     silent = socket.create_connection(("127.0.0.1", port), timeout=30)
+    silent.sendall(opening)
     try:
         _associate(port, _client(pki, "MODALITY"), "MODALITY")  # served while silent waits
         assert silent.recv(1) == b""  # closed by the server at the handshake deadline
     finally:
         silent.close()
     assert srv.handshake_failed >= 1
+    assert len(threads) == 2 and "accept" not in threads  # each on its association's thread
 
 
 def test_plain_dicom_on_the_tls_port_gets_nothing(server: tuple[StoreServer, int]) -> None:
