@@ -396,9 +396,17 @@ def split(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return [list(items[bounds[i] : bounds[i + 1]]) for i in range(parts)]
 
 
-def storescu(files: Sequence[Path], aec: str, port: int, assocs: int, workdir: Path) -> StoreRun:
+def storescu(
+    files: Sequence[Path],
+    aec: str,
+    port: int,
+    assocs: int,
+    workdir: Path,
+    extra: Sequence[str] = (),
+) -> StoreRun:
     """Send ``files`` with DCMTK storescu, ``assocs`` processes in parallel, each one association
-    for its share. Wall time runs from the first process start to the last process exit."""
+    for its share. Wall time runs from the first process start to the last process exit.
+    ``extra``: more storescu options (e.g. ``+tls KEY CERT +cf CA``)."""
     env = {**os.environ, "TCP_NODELAY": "1"}
     parts = [p for p in split(files, assocs) if p]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -408,7 +416,7 @@ def storescu(files: Sequence[Path], aec: str, port: int, assocs: int, workdir: P
     t0 = time.perf_counter()
     try:
         for part, handle in zip(parts, handles, strict=True):
-            argv = ["storescu", "-v", "-aet", CALLING_AE, "-aec", aec, HOST, str(port)]
+            argv = ["storescu", "-v", "-aet", CALLING_AE, "-aec", aec, *extra, HOST, str(port)]
             procs.append(
                 subprocess.Popen(
                     argv + [str(f) for f in part],
@@ -632,6 +640,7 @@ class Strata:
         self.aet = "STRATA"
         self.find_aet = "STRATA_QR"
         self.started = False
+        self.extra_env: dict[str, str] = {}  # more STRATA_* settings (e.g. the profile)
         # Any other listener the archive has (health/metrics, ...): a free port too, so the
         # benchmark never collides with a stack already running on the defaults.
         self.other_ports: dict[str, str] = {}
@@ -663,6 +672,7 @@ class Strata:
         base = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
         return {
             **base,
+            **self.extra_env,
             "STRATA_HOME": str(self.home),
             "STRATA_NODE_NAME": "bench-node",
             "STRATA_KAFKA_BOOTSTRAP": f"{HOST}:{self.kafka_port}",

@@ -40,9 +40,23 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from stack import local
 
     print(f"starting the Strata stack (data in {settings.home}) ...", file=sys.stderr)
+    print(_profile_line(settings), file=sys.stderr)
     local.up(settings)
     print(_table(["service", "state", "pid", "endpoint"], local.status(settings)))
     return 0
+
+
+def _profile_line(settings: Settings) -> str:
+    """Which security profile runs, and what it turns on (docs/security.md)."""
+    from common.tls import dicom_security
+
+    sec = dicom_security(settings)
+    if sec.tls:
+        dicom = f"DICOM TLS on (client certificates {sec.client_certs}, CA {sec.ca or 'none'})"
+    else:
+        dicom = "DICOM TLS off"
+    checks = "AE checks on" if sec.ae_checks else "AE checks off"
+    return f"security profile: {sec.profile} ({dicom}; {checks}; listeners on {settings.bind_host})"
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:

@@ -56,6 +56,8 @@ def serve_index(settings: Settings) -> None:
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
     the embedded index (chDB allows one process per data path)."""
     from common.acceptor import Config
+    from common.tls import acceptor_security, move_tls_contexts
+    from ingest.config import load as load_ae_config
     from ingest.node import build_store_service
     from processors.app import create_app, run_worker
     from processors.index.store import IndexStore
@@ -131,6 +133,12 @@ def serve_index(settings: Settings) -> None:
                     max_per_peer=settings.max_associations_per_peer,
                     artim_timeout=settings.artim_timeout,
                     pdu_timeout=settings.pdu_timeout,
+                    **acceptor_security(
+                        settings,
+                        load_ae_config(settings.ae_config),
+                        settings.qr_ae_title,
+                        own_allow_list=False,
+                    ),
                 ),
                 Services(
                     index,
@@ -140,6 +148,7 @@ def serve_index(settings: Settings) -> None:
                     settings.find_limit,
                     query_timeout=settings.query_timeout,
                     max_pending=settings.qr_max_pending,
+                    move_tls=move_tls_contexts(settings),
                 ),
                 (settings.bind_host, settings.qr_port),
             )

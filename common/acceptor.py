@@ -26,13 +26,14 @@ import logging
 import queue
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common import dul
+from common import dul, tls
 from common.dimse import nodelay
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ _DEADLINE_STEP = 4 << 20  # each further 4 MiB of a PDU adds one more PDU deadli
 
 @dataclass(frozen=True)
 class Config:
-    # No AE title check: the association is accepted whatever called AE the requestor names,
-    # and the A-ASSOCIATE-AC echoes it (as pynetdicom's acceptor did).
+    # called_ae None: no called-AE check (the A-ASSOCIATE-AC echoes whatever is named);
+    # else an association naming another called AE is rejected (PS3.8 reason 7).
     max_pdu: int
     network_timeout: float  # idle: seconds without a byte between PDUs before an A-ABORT
     acse_timeout: float  # unused here since artim_timeout bounds the whole A-ASSOCIATE-RQ
@@ -60,6 +61,14 @@ class Config:
     max_per_peer: int = 16  # connections of this process from one peer address
     artim_timeout: float = 10.0  # the whole A-ASSOCIATE-RQ within this many s of connect
     pdu_timeout: float = 30.0  # a PDU whole within this many s of its first byte (per 4 MiB)
+    # DICOM TLS (common/tls.py): every connection's handshake runs on its own thread within
+    # the ARTIM deadline of the connect; None: plain TCP (no per-PDU cost added).
+    tls: ssl.SSLContext | None = None
+    called_ae: str | None = None
+    # calling AE -> certificate binding (common/tls.binding_matches); a bound AE must
+    # present that certificate. require_binding: an AE without a binding is refused on TLS.
+    cert_bindings: dict[str, str] | None = None
+    require_binding: bool = False
 
 
 class _Conn:
@@ -220,6 +229,10 @@ class Association:
             reject = (dul.RJ_SOURCE_USER, dul.RJ_APP_CONTEXT_NOT_SUPPORTED)
         elif self.cfg.allow_list is not None and rq.calling_ae not in self.cfg.allow_list:
             reject = (dul.RJ_SOURCE_USER, dul.RJ_CALLING_AE_NOT_RECOGNIZED)
+        elif self.cfg.called_ae is not None and rq.called_ae != self.cfg.called_ae:
+            reject = (dul.RJ_SOURCE_USER, dul.RJ_CALLED_AE_NOT_RECOGNIZED)
+        elif self.cfg.tls is not None and not self._certificate_fits(rq.calling_ae):
+            reject = (dul.RJ_SOURCE_USER, dul.RJ_CALLING_AE_NOT_RECOGNIZED)
         if reject is not None:
             self.send(dul.associate_rj(dul.RJ_PERMANENT, *reject), quiet=True)
             self.counted("rejected")
@@ -237,6 +250,24 @@ class Association:
             )
         )
         self.counted("accepted")
+        return True
+
+    def _certificate_fits(self, calling_ae: str) -> bool:
+        """Whether the TLS peer's certificate is the one bound to ``calling_ae`` (a bound AE
+        must present it; an unbound AE passes unless bindings are required)."""
+        bindings = self.cfg.cert_bindings or {}
+        binding = bindings.get(calling_ae)
+        if binding is None:
+            return not self.cfg.require_binding
+        cert = tls.peer_cert(self.sock)
+        if cert is None or not tls.binding_matches(binding, cert):
+            log.warning(
+                "association from %s: the client certificate is not the one bound to the "
+                "calling AE %s",
+                self.peer,
+                calling_ae,
+            )
+            return False
         return True
 
     def _serve(self, f: Any) -> None:
@@ -312,7 +343,8 @@ def _close_gracefully(sock: socket.socket, f: Any = None, linger: float = _LINGE
     reset the connection, and a reset discards what the peer has not read yet: the last PDU
     (PS3.8 Sta13: the requestor closes; the acceptor waits for that, within ARTIM)."""
     with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
+        # the plain socket's shutdown: SSLSocket.shutdown would drop its TLS state first
+        socket.socket.shutdown(sock, socket.SHUT_WR)
     with contextlib.suppress(OSError, ValueError):
         deadline = time.monotonic() + linger
         while (left := deadline - time.monotonic()) > 0:
@@ -440,6 +472,7 @@ class Server:
         self.refused = 0  # connections refused at a cap (for tests and metrics)
         self._refusal_logged = -1e9
         self.evicted = 0
+        self.handshake_failed = 0  # TLS handshakes that failed (for tests and metrics)
         self._acceptor = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
         self._acceptor.start()
 
@@ -491,7 +524,7 @@ class Server:
                 self.connection_counted("evicted")
                 # The victim's blocked read returns EOF; its own thread sends the A-ABORT.
                 with contextlib.suppress(OSError):
-                    victim.sock.shutdown(socket.SHUT_RD)
+                    socket.socket.shutdown(victim.sock, socket.SHUT_RD)
             rec = _Conn(sock, host)
             mine.add(rec)
             self._count += 1
@@ -528,8 +561,33 @@ class Server:
             conn.shutdown(socket.SHUT_WR)
         self._lingerer.add(conn)
 
+    def _handshake(self, rec: _Conn, peer: tuple[str, int]) -> bool:
+        """The TLS handshake on the association's own thread (never the accept loop's), whole
+        within the ARTIM deadline of the connect (CPython bounds do_handshake by the socket
+        timeout as one deadline, however slowly a peer trickles its bytes). A failed one (plain
+        DICOM on a TLS port, an untrusted or missing client certificate) closes the connection:
+        nothing is served."""
+        assert self.cfg.tls is not None
+        raw = rec.sock
+        try:
+            raw.settimeout(max(0.1, rec.since + self.cfg.artim_timeout - time.monotonic()))
+            s = self.cfg.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            rec.sock = s
+            s.do_handshake()
+            return True
+        except (OSError, ValueError) as exc:
+            why = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else type(exc).__name__
+            log.warning("TLS handshake with %s:%d failed: %s", *peer, why)
+            self.handshake_failed += 1
+            self.connection_counted("tls-failed")
+            with contextlib.suppress(OSError):
+                rec.sock.close()
+            return False
+
     def _run(self, rec: _Conn, peer: tuple[str, int]) -> None:
         try:
+            if self.cfg.tls is not None and not self._handshake(rec, peer):
+                return
             assoc = self._association(rec.sock, peer, self)
             assoc.conn = rec
             assoc.run()

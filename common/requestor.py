@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -44,11 +45,21 @@ class Requestor:
         roles: dict[str, tuple[int, int]] | None = None,
         timeout: float = 30.0,
         max_pdu: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: DICOM TLS (common/tls.client_context), the peer's certificate verified
+        for ``host``; None: plain TCP."""
         if not contexts or len(contexts) > 128:
             raise ValueError("an association proposes 1 to 128 presentation contexts")
         self.sock = socket.create_connection((host, port), timeout=timeout)
         nodelay(self.sock)
+        if tls is not None:
+            try:
+                self.sock = tls.wrap_socket(self.sock, server_hostname=host)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.sock.close()
+                raise
         self._f = cast(BinaryIO, self.sock.makefile("rb", buffering=1 << 18))
         self.max_pdu = max_pdu
         proposed = [(2 * i + 1, a, list(ts)) for i, (a, ts) in enumerate(contexts)]

@@ -285,6 +285,44 @@ class Settings:
         "0 = one per CPU.",
     )
 
+    # --- security profile and DICOM TLS (docs/security.md; resolved by common/tls.py) ---
+    profile: str = _setting(
+        "embedded",
+        "Security profile: 'embedded' (loopback, no TLS, any AE: easy local use) or 'hardened' "
+        "(DICOM TLS with required client certificates bound to AE titles, AE checks on every "
+        "SCP). Other security pieces may key on it too.",
+    )
+    dicom_tls: str = _setting(
+        "auto", "DICOM TLS on the ingest and Q/R SCPs: auto (on in the hardened profile)|on|off."
+    )
+    dicom_tls_cert: str = _setting(
+        "", "PEM certificate (chain) of the DICOM SCPs. Empty = the project CA's under <home>/pki."
+    )
+    dicom_tls_key: str = _setting(
+        "", "PEM private key of STRATA_DICOM_TLS_CERT. Empty = the project CA's under <home>/pki."
+    )
+    dicom_tls_ca: str = _setting(
+        "",
+        "PEM CA(s) client certificates are verified against, and the archive's own client "
+        "certificate chains to. Empty = the project CA (<home>/pki/ca.pem) when TLS is on.",
+    )
+    dicom_tls_client_certs: str = _setting(
+        "auto",
+        "Client certificates on DICOM TLS: auto (required when hardened, else optional)|none|"
+        "optional|required. A certificate bound to an AE (STRATA_AE_CONFIG) must match it.",
+    )
+    dicom_ae_checks: str = _setting(
+        "auto",
+        "Calling-AE allow-list (STRATA_AE_CONFIG) and called-AE check on every DICOM SCP: "
+        "auto (on when hardened)|on|off.",
+    )
+    move_tls_destinations: str = _setting(
+        "",
+        "C-MOVE destinations (AE titles of STRATA_MOVE_DESTINATIONS, comma-separated) reached "
+        "over DICOM TLS: verified against STRATA_DICOM_TLS_CA (else the project CA), the "
+        "archive presenting its DICOM TLS certificate as its client certificate.",
+    )
+
     # ---------------------------------------------------------------- derived paths
     @property
     def hot_dir(self) -> Path:

@@ -4,10 +4,13 @@ File format (JSON), path in STRATA_AE_CONFIG:
 
     {"allow_unknown": false,
      "aes": {"CT_ROOM1": {"site": "north", "institution": "General Hospital",
-                          "issuer_of_patient_id": "GH-MRN"}}}
+                          "issuer_of_patient_id": "GH-MRN",
+                          "certificate": "sha256:<hex>"}}}
 
 ``issuer_of_patient_id`` is the default issuer for Patient IDs arriving from that AE without
 an Issuer of Patient ID (0010,0021): Patient IDs are only unique within their issuer.
+``certificate`` binds the AE to its DICOM TLS client certificate (``sha256:<fingerprint>``,
+``CN=<name>`` or the full subject; see common/tls.py and docs/security.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class CallingAE:
     site: str = ""
     institution: str = ""
     issuer_of_patient_id: str = ""
+    certificate: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,11 @@ class AEConfig:
     def allow_list(self) -> list[str] | None:
         """Calling AE titles to require (None: accept any)."""
         return None if self.allow_unknown else sorted(self.aes)
+
+    @property
+    def cert_bindings(self) -> dict[str, str]:
+        """Calling AE -> its TLS client certificate binding (AEs that have one)."""
+        return {t: a.certificate for t, a in self.aes.items() if a.certificate}
 
 
 def load(path: str) -> AEConfig:
@@ -57,5 +66,6 @@ def load(path: str) -> AEConfig:
             site=str(attrs.get("site", "")),
             institution=str(attrs.get("institution", "")),
             issuer_of_patient_id=str(attrs.get("issuer_of_patient_id", "")),
+            certificate=str(attrs.get("certificate", "")),
         )
     return AEConfig(allow_unknown=bool(raw.get("allow_unknown", True)), aes=aes)

@@ -230,6 +230,7 @@ def _cold_tier(settings: Settings) -> Any:
 
 def run_worker(settings: Settings) -> None:
     """One ingest worker: the C-STORE SCP writing to the hot tier and the outbox."""
+    from common.tls import acceptor_security
     from ingest.scp import Config, StoreServer
 
     service = build_store_service(settings)
@@ -238,11 +239,11 @@ def run_worker(settings: Settings) -> None:
             max_pdu=settings.max_pdu,
             network_timeout=settings.network_timeout,
             acse_timeout=settings.acse_timeout,
-            allow_list=service.aes.allow_list,
             max_associations=settings.max_associations,
             max_per_peer=settings.max_associations_per_peer,
             artim_timeout=settings.artim_timeout,
             pdu_timeout=settings.pdu_timeout,
+            **acceptor_security(settings, service.aes, settings.ingest_ae_title),
         ),
         service,
         service.tier.incoming,  # type: ignore[attr-defined]

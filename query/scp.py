@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
@@ -130,6 +130,8 @@ class Services:
     sub_association_timeout: float = 30.0
     query_timeout: float = 0.0  # s, the server's limit on one C-FIND (0 = none)
     max_pending: int = 16  # requests / C-STORE-RSPs one association may have queued
+    # C-MOVE destinations reached over DICOM TLS: AE title -> client context (common/tls.py)
+    move_tls: dict[str, Any] = field(default_factory=dict)
 
 
 class QueryServer(acceptor.Server):
@@ -486,6 +488,7 @@ class QueryAssociation(acceptor.Association):
                 dest_ae,
                 contexts_for(locs),
                 timeout=self.services.sub_association_timeout,
+                tls=self.services.move_tls.get(dest_ae),
             )
         except (OSError, ConnectionError, dul.ProtocolError) as exc:
             log.error("C-MOVE: no association with %s at %s:%d: %s", dest_ae, *dest, exc)
@@ -768,6 +771,10 @@ def _retrieve_request(identifier: Dataset) -> tuple[str, dict[str, str]]:
             if not isinstance(v, str) and hasattr(v, "__iter__")
             else str(v)
         )
+        # PS3.4 C.4.2.2.1/C.4.3.2.1: retrieve keys are unique keys, single values or UID
+        # lists, never wildcards (a '*' would otherwise reach the index as a pattern).
+        if "*" in keys[kw] or "?" in keys[kw]:
+            raise Invalid(f"{kw} holds a wildcard: retrieve keys are unique keys")
     return level, keys
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from common.errors import Unavailable
 from common.kafka import ensure_topics
 from common.settings import Settings
+from common.tls import dicom_security
 from stack import ceph
 from stack.kafka import broker
 from stack.procs import Proc
@@ -76,9 +77,19 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
     env = {**_base_env(), **settings.to_env()}
     python = sys.executable
     svc["index"].proc.start([python, "-m", "cli.main", "serve", "index"], env=env)
-    wait_echo(
-        settings.bind_host, settings.qr_port, settings.qr_ae_title, svc["index"].proc, timeout
-    )
+    sec = dicom_security(settings)
+    if sec.tls or sec.ae_checks:  # our plain, unlisted C-ECHO would be refused: /healthz
+        wait_healthy(
+            settings.bind_host,
+            settings.index_http_port,
+            settings.qr_port,
+            svc["index"].proc,
+            timeout,
+        )
+    else:
+        wait_echo(
+            settings.bind_host, settings.qr_port, settings.qr_ae_title, svc["index"].proc, timeout
+        )
     svc["ingest"].proc.start([python, "-m", "cli.main", "serve", "ingest"], env=env)
     # Readiness through /healthz, not C-ECHO: the calling-AE allow-list may refuse our probe.
     wait_healthy(

@@ -96,6 +96,12 @@ class Destination:
     batch: int = 64  # instances sent over one association before releasing it
     calling_ae: str = "STRATA"
     timeout: float = 30.0  # DIMSE/ACSE/network timeout (seconds)
+    # DICOM TLS to the destination (common/tls.client_context): the CA its certificate is
+    # verified against (empty: the system's), the archive's client certificate and key.
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,9 @@ _DEST_NUMBERS = {
 }
 
 
+_DEST_TLS_FILES = ("tls_ca", "tls_cert", "tls_key")
+
+
 def _destination(name: str, spec: Any, defaults: dict[str, Any]) -> Destination:
     where = f"destination {name!r}"
     if not isinstance(spec, dict) or not spec.get("pool"):
@@ -204,7 +213,12 @@ def _destination(name: str, spec: Any, defaults: dict[str, Any]) -> Destination:
                 raise Invalid(f"{where}: {key} must be a number") from exc
     if "calling_ae" in spec or "calling_ae" in defaults:
         kwargs["calling_ae"] = str(spec.get("calling_ae", defaults.get("calling_ae")))
-    unknown = set(spec) - set(_DEST_NUMBERS) - {"pool", "calling_ae"}
+    if "tls" in spec or "tls" in defaults:
+        kwargs["tls"] = spec.get("tls", defaults.get("tls")) is True
+    for key in _DEST_TLS_FILES:
+        if key in spec or key in defaults:
+            kwargs[key] = str(spec.get(key, defaults.get(key)))
+    unknown = set(spec) - set(_DEST_NUMBERS) - {"pool", "calling_ae", "tls", *_DEST_TLS_FILES}
     if unknown:
         raise Invalid(f"{where}: unknown settings {sorted(unknown)}")
     d = Destination(name, tuple(_member(m, where) for m in pool), **kwargs)

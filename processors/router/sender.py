@@ -12,6 +12,7 @@ C.12.1.1.5: lossless conversion, a lossy source stays marked lossy).
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from archive import transcode
 from common import dul
 from common.requestor import Requestor
+from common.tls import client_context
 from processors.router.rules import Destination, Member
 from proto.strata.v1 import events_pb2 as pb
 from query.retrieve import Located
@@ -114,6 +116,20 @@ class Throttle:
             time.sleep(at - now)
 
 
+_tls_contexts: dict[tuple[str, str, str], ssl.SSLContext] = {}
+
+
+def _tls(dest: Destination) -> ssl.SSLContext | None:
+    """The destination's DICOM TLS client context (one per CA/certificate, reused)."""
+    if not dest.tls:
+        return None
+    key = (dest.tls_ca, dest.tls_cert, dest.tls_key)
+    ctx = _tls_contexts.get(key)
+    if ctx is None:
+        ctx = _tls_contexts[key] = client_context(*key)
+    return ctx
+
+
 def send(
     dest: Destination,
     member: Member,
@@ -132,6 +148,7 @@ def send(
             member.ae_title,
             _contexts(items)[:128],
             timeout=dest.timeout,
+            tls=_tls(dest),
         )
     except dul.ProtocolError as exc:
         assoc, why = None, f"association with {member.ae_title}@{member.address} failed: {exc}"
