@@ -5,6 +5,7 @@ strata send PATH...                send DICOM files/folders to the ingest SCP (C
 strata find [--patient-id ...]     search studies (C-FIND) and print a table
 strata config                      list every setting with its env name and default
 strata route list|show|redrive     routes: decisions, attempts, dead letters; re-drive
+strata sql "SELECT ..."            read-only ClickHouse SQL on the live index (docs/analytics.md)
 strata hold place|release|list     legal holds on studies (never deleted while held)
 strata storage verify              check every object's bytes in its tier; --repair
 strata outbox list|redrive         events Kafka refused for good (set aside); re-queue them
@@ -631,7 +632,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from cli import route
+    from cli import route, sql
 
     p = argparse.ArgumentParser(
         prog="strata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -673,6 +674,7 @@ def parser() -> argparse.ArgumentParser:
     vw.add_argument("action", choices=["install"])
     vw.set_defaults(fn=cmd_viewer)
     route.add_parser(sub)
+    sql.add_parser(sub)
     h = sub.add_parser("hold", help="legal holds: a held study is never deleted")
     h.add_argument("action", choices=["place", "release", "list"])
     h.add_argument("study", nargs="?", default="", help="StudyInstanceUID")
