@@ -163,6 +163,11 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     """Rebuild the whole index from offset 0 into a fresh database."""
     from processors.replay import end_positions
 
+    if args.until:  # point in time: rebuilt by the index node, next to the live index
+        from cli.sql import replay_until
+
+        return replay_until(settings, args.until, args.database)
+
     target = Path(args.into or settings.home / "rebuild" / "index")
     until = end_positions(
         settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
@@ -661,6 +666,12 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", help="rebuild the index from offset 0 into a fresh database")
     r.add_argument("--into", help="chDB directory of the new index (default <home>/rebuild)")
     r.add_argument("-q", "--quiet", action="store_true")
+    r.add_argument(
+        "--until",
+        help="TIME (ISO 8601) or OFFSET: the index as it was then, rebuilt by the index node "
+        "into database --database of the live engine, readable with strata sql",
+    )
+    r.add_argument("--database", help="with --until: asof_... (default asof_<until>)")
     r.set_defaults(fn=cmd_replay)
     v = sub.add_parser("verify", help="rebuild from the log and compare with the live index")
     v.add_argument("--into", help="chDB directory for the rebuild (default <home>/verify)")

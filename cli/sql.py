@@ -76,6 +76,32 @@ def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def replay_until(settings: Settings, until: str, database: str | None) -> int:
+    """``strata replay --until``: ask the index node to rebuild the index as of ``until``
+    into a database next to the live one (processors/pit.py)."""
+    import json
+    import re
+
+    name = database or "asof_" + re.sub(r"[^a-z0-9]+", "_", until.lower()).strip("_")
+    q = urllib.parse.urlencode({"until": until, "database": name})
+    url = f"http://{settings.bind_host}:{settings.index_http_port}/replay?{q}"
+    req = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=3600) as r:
+            done = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+        raise StrataError(f"index node: {detail}") from None
+    except OSError as exc:
+        raise StrataError(f"the index node does not answer at {url}: {exc}") from exc
+    print(
+        f"replayed {done['events']} events in {done['seconds']:.1f} s: the index as of "
+        f"{until} is database {done['database']} "
+        f'(strata sql --database {done["database"]} "SELECT ...")'
+    )
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser(
         "sql", help="run a read-only ClickHouse SQL query on the live index (docs/analytics.md)"

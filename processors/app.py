@@ -254,6 +254,8 @@ def create_app(
             return web.json({"error": f"no route {route_id}"}, status=404)
         return web.json(detail)
 
+    add_pit_page(app, settings, index)
+
     @app.page("/holds")
     async def holds(web: Any, request: Any) -> Any:
         """Active legal holds: [{study_uid, hold_id, reason, placed_by, placed_at}]."""
@@ -275,6 +277,35 @@ def create_app(
         return web.json(rows)
 
     return app
+
+
+def add_pit_page(app: faust.App, settings: Settings, index: IndexStore) -> None:
+    """POST /replay?until=TIME|OFFSET&database=asof_x: the index as of then, rebuilt into a
+    database of this engine that the SQL endpoint reads (processors/pit.py)."""
+    from processors import pit
+
+    class Replay(faust.web.View):
+        async def post(self, request: Any) -> Any:
+            from common.errors import Invalid, StrataError
+
+            q = request.query
+            try:
+                done = await asyncio.to_thread(
+                    pit.rebuild,
+                    settings.index_dsn,
+                    index.database,
+                    settings.kafka_bootstrap,
+                    [settings.study_topic, settings.quarantine_topic],
+                    q.get("database", ""),
+                    q.get("until", ""),
+                )
+            except Invalid as exc:
+                return self.json({"error": str(exc)}, status=400)
+            except StrataError as exc:
+                return self.json({"error": str(exc)}, status=503)
+            return self.json(done)
+
+    app.page("/replay")(Replay)
 
 
 def active_holds(index: IndexStore, study: str = "") -> list[dict[str, Any]]:
