@@ -65,6 +65,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(_table(["topic", "log end", "indexed", "lag", "ingest outbox"], detail))
     print()
     print(_ingest_state(settings))
+    print()
+    from cli.glance import glance
+
+    print(glance(settings))
     return 0 if all(r[1] == "running" for r in rows) else 3
 
 
@@ -186,6 +190,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     import shutil
     import time
 
+    from cli.glance import record_verify
     from processors.index import checksum
     from processors.replay import end_positions
 
@@ -224,6 +229,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
                     f"the live index did not reach the rebuilt position within {args.wait}s",
                     file=sys.stderr,
                 )
+                record_verify(settings, "not compared (the live index did not catch up)")
                 return 1
             time.sleep(0.5)
         rebuilt = checksum.snapshot(index)
@@ -250,8 +256,10 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         print(f"studies compared: {len(rebuilt['studies'])}; log position: {mine}")
         if diffs:
             print("\n".join(["DIFFERENCES:"] + diffs[:50]))
+            record_verify(settings, f"DIFFERENT ({len(diffs)} differences)", mine)
             return 1
         print("verify: the live index equals the index rebuilt from the log")
+        record_verify(settings, "equal", mine)
         return 0
     finally:
         index.close()

@@ -128,3 +128,16 @@ def test_point_in_time_replay_shows_the_index_as_of_an_offset(sstack: Stack) -> 
     # only asof_ databases are (re)built
     r = sstack.cli("replay", "--until", "1", "--database", "strata", check=False)
     assert r.returncode == 2 and "asof_" in r.stderr
+
+
+def test_status_shows_the_operators_glance(sstack: Stack) -> None:
+    r = sstack.cli("status", check=False)
+    text = r.stdout
+    assert "at a glance:" in text
+    assert "outbox: 0 unpublished" in text
+    assert "routing: no routes" in text
+    assert f"tiers: hot {N} instances" in text
+    assert "last verify: never" in text
+    sstack.cli("verify", "-q")
+    r = sstack.cli("status", check=False)
+    assert "last verify: equal at " in r.stdout
