@@ -174,6 +174,7 @@ def _start_sql(settings: Settings, index: Any) -> None:
         max_result_bytes=settings.sql_max_result_bytes,
         max_memory_usage=settings.sql_max_memory_usage,
         max_threads=settings.sql_max_threads,
+        nice=settings.sql_nice,
     )
     pool = sql_http.Pool(path, settings.clickhouse_database, limits, settings.sql_connections)
     users = sql_http.Users.parse(settings.sql_users)

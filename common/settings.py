@@ -304,6 +304,11 @@ class Settings:
     sql_max_threads: int = _setting(
         1, "Threads one analyst query may use (leaves the other cores to ingest indexing)."
     )
+    sql_nice: int = _setting(
+        19,
+        "Linux nice value of the engine threads running an analyst query (ClickHouse "
+        "os_thread_priority; 0 = as the archive's own work).",
+    )
     sql_connections: int = _setting(
         2,
         "Analyst queries run at once (each on its own read-only chDB connection); more wait "

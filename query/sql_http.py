@@ -370,6 +370,7 @@ class Limits:
     max_result_bytes: int = 256 * 1024**2
     max_memory_usage: int = 1024**3
     max_threads: int = 1
+    nice: int = 19
 
     def statements(self) -> list[str]:
         return [
@@ -380,6 +381,9 @@ class Limits:
             "SET timeout_overflow_mode = 'throw'",
             f"SET max_memory_usage = {int(self.max_memory_usage)}",
             f"SET max_threads = {int(self.max_threads)}",
+            # The engine's threads running an analyst query get this Linux nice value (and
+            # their own back after it): ingest indexing and DICOM queries go first.
+            f"SET os_thread_priority = {int(self.nice)}",
             # Last: from here on the session refuses every change of a setting.
             "SET readonly = 1",
         ]

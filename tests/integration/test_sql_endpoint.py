@@ -86,6 +86,17 @@ def test_writes_are_refused_through_clickhouse_connect(endpoint: tuple[int, sql_
 def test_the_engine_itself_refuses_writes(endpoint: tuple[int, sql_http.Pool]) -> None:
     """Past the statement check (Pool.run directly): the session's readonly = 1 refuses."""
     _, pool = endpoint
+    got = pool.run(
+        "SELECT name, value FROM system.settings WHERE name IN "
+        "('readonly', 'os_thread_priority', 'result_overflow_mode') ORDER BY name",
+        "CSV",
+        {},
+        "strata",
+        {},
+    )
+    assert (
+        got.data == b'"os_thread_priority","19"\n"readonly","1"\n"result_overflow_mode","throw"\n'
+    )
     for sql in [
         "INSERT INTO strata.events (topic) VALUES ('x')",
         "CREATE TABLE strata.x (a Int8) ENGINE = Memory",
