@@ -59,13 +59,14 @@ AUTHENTICATION_FAILED = (516, "AUTHENTICATION_FAILED")
 UNKNOWN_FORMAT = (73, "UNKNOWN_FORMAT")
 
 # HTTP status of an error code, as ClickHouse's HTTP handler answers it
-# (exceptionCodeToHTTPStatus); anything else is 500.
+# (src/Server/HTTP/exceptionCodeToHTTPStatus.cpp, 26.9); anything else is 500, READONLY (164),
+# MEMORY_LIMIT_EXCEEDED (241), TOO_MANY_ROWS_OR_BYTES (396) and
+# TOO_MANY_SIMULTANEOUS_QUERIES (202) included.
 _STATUS = {
     194: 401,  # REQUIRED_PASSWORD
     192: 403,  # UNKNOWN_USER
     193: 403,  # WRONG_PASSWORD
     516: 403,  # AUTHENTICATION_FAILED
-    164: 403,  # READONLY
     497: 403,  # ACCESS_DENIED
     62: 400,  # SYNTAX_ERROR
     6: 400,  # CANNOT_PARSE_TEXT
@@ -86,7 +87,6 @@ _STATUS = {
     115: 404,  # UNKNOWN_SETTING
     63: 404,  # UNKNOWN_AGGREGATE_FUNCTION
     159: 408,  # TIMEOUT_EXCEEDED
-    202: 503,  # TOO_MANY_SIMULTANEOUS_QUERIES
     48: 501,  # NOT_IMPLEMENTED
 }
 
@@ -146,12 +146,17 @@ class SqlError(Exception):
         self.text = message
         super().__init__(self.body())
 
-    def body(self) -> str:
+    def body(self, version: str = "") -> str:
+        """ClickHouse's rendering; with ``version``, its ``(version X)`` suffix."""
         if self.text.startswith("Code: "):
-            return self.text
-        text = self.text if self.text.endswith(".") else self.text + "."
-        suffix = f" ({self.name})" if self.name else ""
-        return f"Code: {self.code}. DB::Exception: {text}{suffix}"
+            out = self.text
+        else:
+            text = self.text if self.text.endswith(".") else self.text + "."
+            suffix = f" ({self.name})" if self.name else ""
+            out = f"Code: {self.code}. DB::Exception: {text}{suffix}"
+        if version and "(version " not in out:
+            out += f" (version {version})"
+        return out
 
     @property
     def status(self) -> int:
@@ -527,9 +532,9 @@ def create_app(pool: Pool, users: Users, display_name: str) -> web.Application:
             res = await asyncio.to_thread(pool.run, sql, fmt, params, database, url_settings)
         except UnicodeDecodeError:
             err = SqlError(SYNTAX_ERROR, "The query is not valid UTF-8")
-            return _error(err, headers, user, query_id, t0)
+            return _error(err, headers, user, query_id, t0, pool.version)
         except SqlError as err:
-            return _error(err, headers, user, query_id, t0)
+            return _error(err, headers, user, query_id, t0, pool.version)
         elapsed = time.monotonic() - t0
         headers["X-ClickHouse-Format"] = fmt
         headers["X-ClickHouse-Summary"] = json.dumps(
@@ -560,7 +565,7 @@ def create_app(pool: Pool, users: Users, display_name: str) -> web.Application:
 
 
 def _error(
-    err: SqlError, headers: dict[str, str], user: str, query_id: str, t0: float
+    err: SqlError, headers: dict[str, str], user: str, query_id: str, t0: float, version: str
 ) -> web.Response:
     # Never the query text nor the engine's message in the log: either may hold patient
     # data (a literal in the query); the analyst gets the message, the log the code.
@@ -570,7 +575,7 @@ def _error(
     headers = {**headers, "X-ClickHouse-Exception-Code": str(err.code)}
     return web.Response(
         status=err.status,
-        text=err.body() + "\n",
+        text=err.body(version) + "\n",
         content_type="text/plain",
         charset="UTF-8",
         headers=headers,

@@ -167,7 +167,7 @@ def test_curl_formats_params_database_and_errors(endpoint: tuple[int, sql_http.P
     status, headers, body = curl(
         port, "-u", "analyst:", f"{base}/?query=SELECT+1&max_execution_time=0"
     )
-    assert (status, headers["x-clickhouse-exception-code"]) == (403, "164")
+    assert (status, headers["x-clickhouse-exception-code"]) == (500, "164")
     status, _, body = curl(port, "-u", "analyst:", f"{base}/?query=SELECT+1&readonly=1")
     assert (status, body) == (200, "1\n")
     # an engine error keeps ClickHouse's code and status
