@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -38,42 +37,58 @@ from benchmarks.ingest import latency_run, throughput_run
 from processors.index.views import VIEWS
 
 
+def _analyst(port: int, k: int, stop: Any, out: Any) -> None:
+    """One analyst (a process of its own): the curated views in a loop until ``stop``."""
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=port, username="analyst")
+    views = sorted(VIEWS)
+    i = k
+    times: list[float] = []
+    errors: list[str] = []
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            client.query(f"SELECT * FROM {views[i % len(views)]}")
+            times.append(time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        i += 1
+    out.put((times, errors))
+
+
 class Analysts:
-    """``n`` clickhouse-connect clients querying the curated views in a loop."""
+    """``n`` clickhouse-connect clients querying the curated views in a loop, each in a
+    process of its own (not threads of this one: their decoding would hold the GIL that the
+    latency probe's sender and C-FIND poller need, and slow the probe rather than the
+    archive)."""
 
     def __init__(self, port: int, n: int) -> None:
+        import multiprocessing as mp
+
+        self.ctx = mp.get_context("spawn")
         self.port, self.n = port, n
-        self.stop = threading.Event()
+        self.stop = self.ctx.Event()
+        self.out = self.ctx.Queue()
+        self.procs: list[Any] = []
         self.times: list[float] = []
         self.errors: list[str] = []
-        self.threads: list[threading.Thread] = []
-
-    def _loop(self, k: int) -> None:
-        import clickhouse_connect
-
-        client = clickhouse_connect.get_client(host="127.0.0.1", port=self.port, username="analyst")
-        views = sorted(VIEWS)
-        i = k
-        while not self.stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                client.query(f"SELECT * FROM {views[i % len(views)]}")
-                self.times.append(time.perf_counter() - t0)
-            except Exception as exc:  # noqa: BLE001 - counted and reported
-                self.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
-            i += 1
 
     def __enter__(self) -> Analysts:
         for k in range(self.n):
-            th = threading.Thread(target=self._loop, args=(k,), daemon=True)
-            th.start()
-            self.threads.append(th)
+            p = self.ctx.Process(target=_analyst, args=(self.port, k, self.stop, self.out))
+            p.start()
+            self.procs.append(p)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        for th in self.threads:
-            th.join(timeout=120)
+        for _ in self.procs:
+            times, errors = self.out.get(timeout=300)
+            self.times += times
+            self.errors += errors
+        for p in self.procs:
+            p.join(timeout=60)
 
 
 def phase(t: Strata, args: argparse.Namespace, work: Path, analysts: int) -> dict[str, Any]:
@@ -99,6 +114,7 @@ def phase(t: Strata, args: argparse.Namespace, work: Path, analysts: int) -> dic
         "analyst_errors": a.errors[:5],
         "analyst_error_count": len(a.errors),
         "foreign_cpu_pct": max(thr["foreign_cpu_pct"], lat["foreign_cpu_pct"]),
+        "log_tails": lat.get("log_tails", {}),
     }
 
 
@@ -116,9 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-count", type=int, default=600)
     p.add_argument("--latency-rate", type=float, default=20.0, help="paced C-STOREs per second")
     p.add_argument("--analysts", type=int, default=4)
+    p.add_argument(
+        "--sql-connections",
+        type=int,
+        default=0,
+        help="STRATA_SQL_CONNECTIONS of the stack (0 = the archive's default)",
+    )
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="strata-analytics-"))
     t = Strata(work)
+    if args.sql_connections:  # Strata.env() passes these settings on to `strata up`
+        t.other_ports["STRATA_SQL_CONNECTIONS"] = str(args.sql_connections)
     rows = []
     try:
         log("starting a fresh Strata stack ...")
