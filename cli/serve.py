@@ -176,7 +176,17 @@ def _start_sql(settings: Settings, index: Any) -> None:
         max_threads=settings.sql_max_threads,
         nice=settings.sql_nice,
     )
-    pool = sql_http.Pool(path, settings.clickhouse_database, limits, settings.sql_connections)
+    from processors.app import index_lag
+
+    threshold = settings.sql_yield_lag
+    pool = sql_http.Pool(
+        path,
+        settings.clickhouse_database,
+        limits,
+        settings.sql_connections,
+        busy=(lambda: index_lag() > threshold) if threshold > 0 else None,
+        yield_seconds=settings.sql_yield_seconds,
+    )
     users = sql_http.Users.parse(settings.sql_users)
     sql_http.serve(pool, users, settings.node_name, settings.bind_host, settings.sql_port)
     log.info("SQL (ClickHouse HTTP, read-only) on %s:%d", settings.bind_host, settings.sql_port)

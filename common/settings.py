@@ -309,6 +309,14 @@ class Settings:
         "Linux nice value of the engine threads running an analyst query (ClickHouse "
         "os_thread_priority; 0 = as the archive's own work).",
     )
+    sql_yield_lag: int = _setting(
+        20,
+        "Ingest first: while the index is more than this many events behind the log, an "
+        "analyst query waits (up to STRATA_SQL_YIELD_SECONDS) before it starts. 0 = never.",
+    )
+    sql_yield_seconds: float = _setting(
+        10.0, "Longest an analyst query waits for the index to catch up; then it runs."
+    )
     sql_connections: int = _setting(
         2,
         "Analyst queries run at once (each on its own read-only chDB connection); more wait "

@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 LAG = Gauge("strata_index_lag_events", "Events in the log not yet applied to the index", ["topic"])
 APPLIED = Gauge("strata_index_events_applied", "Events applied to the index (this process)")
+_LAG_NOW: dict[str, int] = {}  # per topic, as of the last lag check (every second)
+
+
+def index_lag() -> int:
+    """Events in the log not yet applied to the index, as of the last check (the SQL
+    endpoint's analysts yield while it is high: query/sql_http.py)."""
+    return sum(_LAG_NOW.values())
 
 
 def caught_up(done: dict[str, dict[int, int]], ends: dict[str, dict[int, int]]) -> bool:
@@ -155,7 +162,9 @@ def create_app(
         ends = end_positions(settings.kafka_bootstrap, topics, probe)
         done = checksum.positions(index)
         for t, parts in ends.items():
-            LAG.labels(t).set(sum(o - min(done.get(t, {}).get(p, 0), o) for p, o in parts.items()))
+            lag = sum(o - min(done.get(t, {}).get(p, 0), o) for p, o in parts.items())
+            LAG.labels(t).set(lag)
+            _LAG_NOW[t] = lag
         # Decide only on an index that has applied the whole log as it was at some time T (a
         # study that looks quiet may have newer instances, or its announcement, still in the
         # log), and judge quietness as of T. Requiring lag == 0 *now* instead would starve the

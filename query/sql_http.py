@@ -32,7 +32,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -427,10 +427,25 @@ class Pool:
     """Read-only chDB connections to the index node's own engine (same process, same data
     path: a connection of chDB's embedded server, not a second server)."""
 
-    def __init__(self, connection_string: str, database: str, limits: Limits, size: int) -> None:
+    def __init__(
+        self,
+        connection_string: str,
+        database: str,
+        limits: Limits,
+        size: int,
+        busy: Callable[[], bool] | None = None,
+        yield_seconds: float = 0.0,
+    ) -> None:
         import chdb
 
         self.limits = limits
+        # Ingest first: while ``busy()`` (the index is behind the log), a query waits up to
+        # ``yield_seconds`` before it starts, then runs anyway (analysts are slowed, never
+        # starved). ``yields`` counts the checks that found the index busy.
+        self.busy = busy
+        self.yield_seconds = yield_seconds
+        self.yields = 0
+        self._idle = threading.Event()
         self._free: queue.Queue[_Slot] = queue.Queue()
         self._all: list[_Slot] = []
         for _ in range(max(1, size)):
@@ -449,6 +464,11 @@ class Pool:
         database: str,
         url_settings: dict[str, str],
     ) -> Result:
+        if self.busy is not None:
+            deadline = time.monotonic() + self.yield_seconds
+            while self.busy() and time.monotonic() < deadline:
+                self.yields += 1
+                self._idle.wait(0.05)  # the lag is measured once a second
         try:
             slot = self._free.get(timeout=self.limits.max_execution_time)
         except queue.Empty:

@@ -176,3 +176,31 @@ def test_curl_formats_params_database_and_errors(endpoint: tuple[int, sql_http.P
     )
     assert (status, headers["x-clickhouse-exception-code"]) == (404, "60")
     assert body.startswith("Code: 60. DB::Exception:")
+
+
+def test_analyst_queries_yield_while_the_index_is_behind(chdb_index: IndexStore) -> None:
+    """Ingest first: a query waits while busy() (the index behind the log), then runs; and a
+    busy() that never clears delays it by yield_seconds at most, never refuses it."""
+    checks = []
+
+    def busy_three_times() -> bool:
+        checks.append(1)
+        return len(checks) <= 3
+
+    limits = sql_http.Limits(max_execution_time=5, max_result_rows=ROWS)
+    pool = sql_http.Pool(
+        chdb_index.embedded_path(), chdb_index.database, limits, 1, busy_three_times, 60.0
+    )
+    try:
+        assert pool.run("SELECT 7", "CSV", {}, "strata", {}).data == b"7\n"
+        assert (pool.yields, len(checks)) == (3, 4)
+    finally:
+        pool.close()
+    always = sql_http.Pool(
+        chdb_index.embedded_path(), chdb_index.database, limits, 1, lambda: True, 0.2
+    )
+    try:
+        assert always.run("SELECT 8", "CSV", {}, "strata", {}).data == b"8\n"
+        assert always.yields >= 1
+    finally:
+        always.close()
