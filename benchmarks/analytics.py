@@ -138,11 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="STRATA_SQL_CONNECTIONS of the stack (0 = the archive's default)",
     )
+    p.add_argument("--sql-nice", type=int, help="STRATA_SQL_NICE of the stack")
+    p.add_argument("--sql-yield-lag", type=int, help="STRATA_SQL_YIELD_LAG of the stack")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="strata-analytics-"))
     t = Strata(work)
-    if args.sql_connections:  # Strata.env() passes these settings on to `strata up`
+    # Strata.env() passes these settings on to `strata up`.
+    if args.sql_connections:
         t.other_ports["STRATA_SQL_CONNECTIONS"] = str(args.sql_connections)
+    if args.sql_nice is not None:
+        t.other_ports["STRATA_SQL_NICE"] = str(args.sql_nice)
+    if args.sql_yield_lag is not None:
+        t.other_ports["STRATA_SQL_YIELD_LAG"] = str(args.sql_yield_lag)
     rows = []
     try:
         log("starting a fresh Strata stack ...")
