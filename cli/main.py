@@ -5,6 +5,7 @@ strata send PATH...                send DICOM files/folders to the ingest SCP (C
 strata find [--patient-id ...]     search studies (C-FIND) and print a table
 strata config                      list every setting with its env name and default
 strata route list|show|redrive     routes: decisions, attempts, dead letters; re-drive
+strata sql "SELECT ..."            read-only ClickHouse SQL on the live index (docs/analytics.md)
 strata hold place|release|list     legal holds on studies (never deleted while held)
 strata storage verify              check every object's bytes in its tier; --repair
 strata outbox list|redrive         events Kafka refused for good (set aside); re-queue them
@@ -78,6 +79,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(_table(["topic", "log end", "indexed", "lag", "ingest outbox"], detail))
     print()
     print(_ingest_state(settings))
+    print()
+    from cli.glance import glance
+
+    print(glance(settings))
     return 0 if all(r[1] == "running" for r in rows) else 3
 
 
@@ -176,6 +181,11 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     """Rebuild the whole index from offset 0 into a fresh database."""
     from processors.replay import end_positions
 
+    if args.until:  # point in time: rebuilt by the index node, next to the live index
+        from cli.sql import replay_until
+
+        return replay_until(settings, args.until, args.database)
+
     target = Path(args.into or settings.home / "rebuild" / "index")
     until = end_positions(
         settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
@@ -194,6 +204,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     import shutil
     import time
 
+    from cli.glance import record_verify
     from processors.index import checksum
     from processors.replay import end_positions
 
@@ -232,6 +243,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
                     f"the live index did not reach the rebuilt position within {args.wait}s",
                     file=sys.stderr,
                 )
+                record_verify(settings, "not compared (the live index did not catch up)")
                 return 1
             time.sleep(0.5)
         rebuilt = checksum.snapshot(index)
@@ -258,8 +270,10 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         print(f"studies compared: {len(rebuilt['studies'])}; log position: {mine}")
         if diffs:
             print("\n".join(["DIFFERENCES:"] + diffs[:50]))
+            record_verify(settings, f"DIFFERENT ({len(diffs)} differences)", mine)
             return 1
         print("verify: the live index equals the index rebuilt from the log")
+        record_verify(settings, "equal", mine)
         return 0
     finally:
         index.close()
@@ -645,7 +659,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from cli import route
+    from cli import route, sql
 
     p = argparse.ArgumentParser(
         prog="strata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -674,6 +688,12 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", help="rebuild the index from offset 0 into a fresh database")
     r.add_argument("--into", help="chDB directory of the new index (default <home>/rebuild)")
     r.add_argument("-q", "--quiet", action="store_true")
+    r.add_argument(
+        "--until",
+        help="TIME (ISO 8601) or OFFSET: the index as it was then, rebuilt by the index node "
+        "into database --database of the live engine, readable with strata sql",
+    )
+    r.add_argument("--database", help="with --until: asof_... (default asof_<until>)")
     r.set_defaults(fn=cmd_replay)
     v = sub.add_parser("verify", help="rebuild from the log and compare with the live index")
     v.add_argument("--into", help="chDB directory for the rebuild (default <home>/verify)")
@@ -687,6 +707,7 @@ def parser() -> argparse.ArgumentParser:
     vw.add_argument("action", choices=["install"])
     vw.set_defaults(fn=cmd_viewer)
     route.add_parser(sub)
+    sql.add_parser(sub)
     h = sub.add_parser("hold", help="legal holds: a held study is never deleted")
     h.add_argument("action", choices=["place", "release", "list"])
     h.add_argument("study", nargs="?", default="", help="StudyInstanceUID")

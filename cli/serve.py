@@ -153,6 +153,7 @@ def serve_index(settings: Settings) -> None:
                 (settings.bind_host, settings.qr_port),
             )
         )
+        _start_sql(settings, index)
         log.info(
             "query SCP %s on %s:%d, gRPC :%d, DICOMweb :%d%s",
             settings.qr_ae_title,
@@ -173,6 +174,40 @@ def serve_index(settings: Settings) -> None:
         for g in grpc_server:
             g.stop(grace=5)
         index.close()
+
+
+def _start_sql(settings: Settings, index: Any) -> None:
+    """The read-only ClickHouse HTTP interface over the embedded index (query/sql_http.py).
+    With a ClickHouse server (STRATA_CLICKHOUSE_DSN) analysts use the server itself."""
+    from query import sql_http
+
+    path = index.embedded_path()
+    if not settings.sql_port or not path:
+        if settings.sql_port:
+            log.info("SQL endpoint off: the index is a ClickHouse server (query it directly)")
+        return
+    limits = sql_http.Limits(
+        max_execution_time=settings.sql_max_execution_time,
+        max_result_rows=settings.sql_max_result_rows,
+        max_result_bytes=settings.sql_max_result_bytes,
+        max_memory_usage=settings.sql_max_memory_usage,
+        max_threads=settings.sql_max_threads,
+        nice=settings.sql_nice,
+    )
+    from processors.app import index_lag
+
+    threshold = settings.sql_yield_lag
+    pool = sql_http.Pool(
+        path,
+        settings.clickhouse_database,
+        limits,
+        settings.sql_connections,
+        busy=(lambda: index_lag() > threshold) if threshold > 0 else None,
+        yield_seconds=settings.sql_yield_seconds,
+    )
+    users = sql_http.Users.parse(settings.sql_users)
+    sql_http.serve(pool, users, settings.node_name, settings.bind_host, settings.sql_port)
+    log.info("SQL (ClickHouse HTTP, read-only) on %s:%d", settings.bind_host, settings.sql_port)
 
 
 def _tiers(settings: Settings) -> tuple[Any, Any]:

@@ -323,6 +323,52 @@ class Settings:
         "archive presenting its DICOM TLS certificate as its client certificate.",
     )
 
+    # --- SQL: ClickHouse's HTTP interface on the index, read-only (issue #21, docs/analytics.md)
+    sql_port: int = _setting(
+        8123,
+        "Port of the read-only ClickHouse HTTP interface the index node serves over its "
+        "embedded index (chDB). 0 = off. Not served with STRATA_CLICKHOUSE_DSN (a server).",
+    )
+    sql_users: str = _setting(
+        "analyst:",
+        "Users of the SQL endpoint: 'name:password[,name:password]'. A user with an empty "
+        "password is accepted from loopback addresses only.",
+        secret=True,
+    )
+    sql_max_execution_time: float = _setting(
+        30.0, "Seconds an analyst query may run (ClickHouse max_execution_time)."
+    )
+    sql_max_result_rows: int = _setting(
+        1_000_000, "Most rows an analyst query may return (more: error 396)."
+    )
+    sql_max_result_bytes: int = _setting(
+        256 * 1024**2, "Most bytes of result an analyst query may return (more: error 396)."
+    )
+    sql_max_memory_usage: int = _setting(
+        1024**3, "Most memory one analyst query may use (ClickHouse max_memory_usage)."
+    )
+    sql_max_threads: int = _setting(
+        1, "Threads one analyst query may use (leaves the other cores to ingest indexing)."
+    )
+    sql_nice: int = _setting(
+        19,
+        "Linux nice value of the engine threads running an analyst query (ClickHouse "
+        "os_thread_priority; 0 = as the archive's own work).",
+    )
+    sql_yield_lag: int = _setting(
+        20,
+        "Ingest first: while the index is more than this many events behind the log, an "
+        "analyst query waits (up to STRATA_SQL_YIELD_SECONDS) before it starts. 0 = never.",
+    )
+    sql_yield_seconds: float = _setting(
+        10.0, "Longest an analyst query waits for the index to catch up; then it runs."
+    )
+    sql_connections: int = _setting(
+        2,
+        "Analyst queries run at once (each on its own read-only chDB connection); more wait "
+        "up to STRATA_SQL_MAX_EXECUTION_TIME for one.",
+    )
+
     # ---------------------------------------------------------------- derived paths
     @property
     def hot_dir(self) -> Path:

@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 LAG = Gauge("strata_index_lag_events", "Events in the log not yet applied to the index", ["topic"])
 APPLIED = Gauge("strata_index_events_applied", "Events applied to the index (this process)")
+_LAG_NOW: dict[str, int] = {}  # per topic, as of the last lag check (every second)
+
+
+def index_lag() -> int:
+    """Events in the log not yet applied to the index, as of the last check (the SQL
+    endpoint's analysts yield while it is high: query/sql_http.py)."""
+    return sum(_LAG_NOW.values())
 
 
 def caught_up(done: dict[str, dict[int, int]], ends: dict[str, dict[int, int]]) -> bool:
@@ -155,7 +162,9 @@ def create_app(
         ends = end_positions(settings.kafka_bootstrap, topics, probe)
         done = checksum.positions(index)
         for t, parts in ends.items():
-            LAG.labels(t).set(sum(o - min(done.get(t, {}).get(p, 0), o) for p, o in parts.items()))
+            lag = sum(o - min(done.get(t, {}).get(p, 0), o) for p, o in parts.items())
+            LAG.labels(t).set(lag)
+            _LAG_NOW[t] = lag
         # Decide only on an index that has applied the whole log as it was at some time T (a
         # study that looks quiet may have newer instances, or its announcement, still in the
         # log), and judge quietness as of T. Requiring lag == 0 *now* instead would starve the
@@ -254,6 +263,8 @@ def create_app(
             return web.json({"error": f"no route {route_id}"}, status=404)
         return web.json(detail)
 
+    add_pit_page(app, settings, index)
+
     @app.page("/holds")
     async def holds(web: Any, request: Any) -> Any:
         """Active legal holds: [{study_uid, hold_id, reason, placed_by, placed_at}]."""
@@ -275,6 +286,35 @@ def create_app(
         return web.json(rows)
 
     return app
+
+
+def add_pit_page(app: faust.App, settings: Settings, index: IndexStore) -> None:
+    """POST /replay?until=TIME|OFFSET&database=asof_x: the index as of then, rebuilt into a
+    database of this engine that the SQL endpoint reads (processors/pit.py)."""
+    from processors import pit
+
+    class Replay(faust.web.View):
+        async def post(self, request: Any) -> Any:
+            from common.errors import Invalid, StrataError
+
+            q = request.query
+            try:
+                done = await asyncio.to_thread(
+                    pit.rebuild,
+                    settings.index_dsn,
+                    index.database,
+                    settings.kafka_bootstrap,
+                    [settings.study_topic, settings.quarantine_topic],
+                    q.get("database", ""),
+                    q.get("until", ""),
+                )
+            except Invalid as exc:
+                return self.json({"error": str(exc)}, status=400)
+            except StrataError as exc:
+                return self.json({"error": str(exc)}, status=503)
+            return self.json(done)
+
+    app.page("/replay")(Replay)
 
 
 def active_holds(index: IndexStore, study: str = "") -> list[dict[str, Any]]:

@@ -78,6 +78,7 @@ def replay(
     on_progress: Callable[[int], None] | None = None,
     in_process: bool = False,
     projectors: int | None = None,
+    arrow: bool = True,
 ) -> ReplayResult:
     """Apply every event in [start, until) of each topic partition to ``index``.
 
@@ -102,7 +103,9 @@ def replay(
     if not todo:
         return ReplayResult(0, 0.0, until)
     # A replay is its store's one user while it runs (a fresh index): Arrow inserts are safe.
-    arrow = index.use_arrow()
+    # Not inside the live index node (a point-in-time rebuild, processors/pit.py), whose
+    # other threads query the engine meanwhile: arrow=False keeps the driver's inserts.
+    arrow = arrow and index.use_arrow()
     try:
         n = (
             _replay_in_process(bootstrap, index, todo, batch, on_progress)

@@ -19,6 +19,8 @@ Invariants encoded here:
 
 from __future__ import annotations
 
+from processors.index import views
+
 PATIENT_COLUMNS = """
     patient_id String,
     issuer_of_patient_id String,
@@ -330,6 +332,8 @@ def ddl(db: str) -> list[str]:
         f"ALTER TABLE {db}.events MODIFY SETTING {PROJECTION_MODE}",
         f"ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS log_end ("
         "SELECT topic, log_partition, max(log_offset) GROUP BY topic, log_partition)",
+        # The analysts' curated views (processors/index/views.py, docs/analytics.md).
+        *views.ddl(db),
     ]
 
 

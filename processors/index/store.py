@@ -187,6 +187,14 @@ class IndexStore:
         self.write_lock = threading.Lock()
         self._arrow: Any = None  # see use_arrow()
 
+    def embedded_path(self) -> str:
+        """chDB's connection string of this index ('' for a ClickHouse server): other
+        connections of this process (the read-only SQL endpoint's) open the same engine."""
+        backend = getattr(self.client, "_backend", None)
+        if backend is None or type(backend).__name__ != "ChdbBackend":
+            return ""
+        return str(getattr(backend, "connection_string", "") or "")
+
     def use_arrow(self) -> bool:
         """Embedded engine only (chDB), and only while this thread is the store's one user (a
         replay into its fresh index): inserts then hand chDB Arrow columns on a handle of its

@@ -69,6 +69,7 @@ def make_stack(home: Path, local_s3: str = "none") -> Stack:
         "STRATA_ROUTER_HTTP_PORT": str(free_port()),
         "STRATA_CEPH_MON_PORT": str(free_port()),
         "STRATA_CEPH_RGW_PORT": str(free_port()),
+        "STRATA_SQL_PORT": str(free_port()),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
     env.update(ports)
