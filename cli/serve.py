@@ -52,6 +52,7 @@ def serve_index(settings: Settings) -> None:
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
     the embedded index (chDB allows one process per data path)."""
     from common.acceptor import Config
+    from common.auth import from_settings as auth_from_settings
     from ingest.node import build_store_service
     from processors.app import create_app, run_worker
     from processors.index.store import IndexStore
@@ -64,10 +65,11 @@ def serve_index(settings: Settings) -> None:
     from stack import viewer
 
     _logging()
+    authz = auth_from_settings(settings)  # None with STRATA_AUTH_MODE=off
     index = IndexStore(settings.index_dsn, settings.clickhouse_database)
     index.migrate()
     lifecycle, source = _tiers(settings)
-    app = create_app(settings, index, lifecycle)
+    app = create_app(settings, index, lifecycle, authz)
     destinations = parse_destinations(settings.move_destinations)
     qr_server: list[QueryServer] = []
     # STOW-RS: the same store contract as C-STORE, into the outbox of this home, which the
@@ -91,6 +93,7 @@ def serve_index(settings: Settings) -> None:
                 max_frames=settings.wado_max_frames,
             ),
             settings.dicomweb_prefix,
+            authz,
         )
         if viewer_dist is not None:
             add_viewer(web_app, viewer_dist, settings.dicomweb_prefix)
@@ -110,6 +113,7 @@ def serve_index(settings: Settings) -> None:
                 settings.bind_host,
                 settings.grpc_port,
                 workers=settings.grpc_workers,
+                auth=authz,
             )
         )
         qr_server.append(

@@ -670,8 +670,10 @@ def _cors(origins: str) -> Any:
         if ok and not resp.prepared:
             resp.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
             resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            resp.headers["Access-Control-Allow-Headers"] = "Accept, Content-Type, If-None-Match"
-            resp.headers["Access-Control-Expose-Headers"] = "ETag, Content-Type"
+            resp.headers["Access-Control-Allow-Headers"] = (
+                "Accept, Authorization, Content-Type, If-None-Match"
+            )
+            resp.headers["Access-Control-Expose-Headers"] = "ETag, Content-Type, WWW-Authenticate"
         return resp
 
     return cors
@@ -699,12 +701,18 @@ def add_viewer(app: web.Application, dist: Path, prefix: str) -> None:
     app.router.add_get("/{path:.*}", spa)
 
 
-def create_app(deps: WebDeps, prefix: str = "/dicom-web") -> web.Application:
+def create_app(deps: WebDeps, prefix: str = "/dicom-web", auth: Any = None) -> web.Application:
+    """``auth``: a common.auth.Authorizer (bearer tokens required under the prefix), or None."""
+    from common.auth import dicomweb_middleware, no_store
+
     dw = DicomWeb(deps)
     middlewares = [_errors]
+    if auth is not None:
+        middlewares.insert(0, dicomweb_middleware(auth, prefix))
     if deps.cors_origins:
         middlewares.insert(0, _cors(deps.cors_origins))
     app = web.Application(middlewares=middlewares, client_max_size=4 * 1024**3)
+    app.on_response_prepare.append(no_store(prefix))  # PHI: never in a shared or disk cache
     p = prefix.rstrip("/")
     s, se, i = "{study}", "{series}", "{instance}"
     r = app.router
