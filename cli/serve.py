@@ -96,7 +96,11 @@ def serve_index(settings: Settings) -> None:
             authz,
         )
         if viewer_dist is not None:
-            add_viewer(web_app, viewer_dist, settings.dicomweb_prefix)
+            oidc = None
+            if authz is not None:  # the viewer logs in at the provider (code + PKCE)
+                scope = f"openid {settings.oidc_scope_read} {settings.oidc_scope_write}"
+                oidc = viewer.oidc_config(settings.oidc_issuer, settings.oidc_client_id, scope)
+            add_viewer(web_app, viewer_dist, settings.dicomweb_prefix, oidc)
         serve_in_thread(web_app, settings.bind_host, settings.dicomweb_port)
         grpc_server.append(
             serve_grpc(

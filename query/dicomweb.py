@@ -679,12 +679,12 @@ def _cors(origins: str) -> Any:
     return cors
 
 
-def add_viewer(app: web.Application, dist: Path, prefix: str) -> None:
+def add_viewer(app: web.Application, dist: Path, prefix: str, oidc: Any = None) -> None:
     """Serve the OHIF viewer's static files at "/" with our app-config.js; unknown paths
     (the viewer's client-side routes, e.g. /viewer?StudyInstanceUIDs=...) get index.html."""
     from stack.viewer import app_config
 
-    config = app_config(prefix.rstrip("/")).encode()
+    config = app_config(prefix.rstrip("/"), oidc).encode()  # oidc: the viewer's login
     index = (dist / "index.html").read_bytes()
 
     async def config_js(request: web.Request) -> web.Response:

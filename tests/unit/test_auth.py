@@ -221,3 +221,54 @@ def test_admin_endpoints_need_the_admin_scope_when_auth_is_on() -> None:
     assert "insufficient_scope" in read_only[2]
     none = admin_refusal(a, "127.0.0.1", None)  # loopback is no credential once auth is on
     assert none is not None and none[0] == 401
+
+
+def test_router_http_routes_need_admin_probes_stay_open() -> None:
+    """The router's own HTTP server (http.server, not aiohttp) applies the same rule."""
+    import urllib.error
+    import urllib.request
+
+    from processors.router.service import serve_http
+    from stack.procs import free_port
+
+    class FakeRouter:
+        def snapshot(self) -> dict[str, Any]:
+            return {"catching_up": False, "open_routes": [], "in_flight": 0}
+
+    a = _authz(Provider(_jwk(KEY_A, "a")))
+    a.validator.clock = Clock(NOW)
+    port = free_port()
+    server = serve_http(FakeRouter(), "127.0.0.1", port, a)  # type: ignore[arg-type]
+
+    def get(path: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    try:
+        assert get("/healthz")[0] == 200
+        code, headers, body = get("/routes")
+        assert code == 401 and headers["WWW-Authenticate"].startswith(
+            'Bearer error="invalid_token"'
+        )
+        assert b"bearer token is required" in body
+        assert get("/routes", _token(scope="strata:read"))[0] == 403
+        code, _, body = get("/routes", _token(scope="strata:admin"))
+        assert code == 200 and b"open_routes" in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_viewer_config_logs_in_only_when_auth_is_on() -> None:
+    from stack.viewer import app_config, oidc_config
+
+    assert "oidc" not in app_config("/dicom-web")
+    cfg = app_config("/dicom-web", oidc_config("https://idp.test/r", "viewer", "openid a b"))
+    assert '"https://idp.test/r"' in cfg and "response_type: 'code'" in cfg
+    assert 'client_id: "viewer"' in cfg and 'scope: "openid a b"' in cfg
