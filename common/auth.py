@@ -93,6 +93,7 @@ class JwksCache:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
         self._lock = threading.Lock()
+        self._failed = False  # the last fetch failed: answer Unavailable, not "unknown key"
         self.fetches = 0  # for tests and metrics
 
     def _jwks_url(self) -> str:
@@ -105,13 +106,14 @@ class JwksCache:
         return self._url
 
     def _refresh(self) -> None:
+        self._fetched_at = self._clock()  # also on failure: the rate limit holds
+        self.fetches += 1
         try:
             doc = self._fetch(self._jwks_url())
         except (OSError, ValueError) as exc:
+            self._failed = True
             raise Unavailable(f"the identity provider's keys could not be fetched: {exc}") from exc
-        finally:
-            self._fetched_at = self._clock()  # also on failure: the rate limit holds
-            self.fetches += 1
+        self._failed = False
         keys: dict[str, jwt.PyJWK] = {}
         for entry in doc.get("keys", []) if isinstance(doc, dict) else []:
             kid = entry.get("kid") if isinstance(entry, dict) else None
@@ -132,6 +134,8 @@ class JwksCache:
             elif kid not in self._keys and age >= self._min_refetch:
                 self._refresh()  # a rotated key: refetch once
             found = self._keys.get(kid)
+            if found is None and self._failed:
+                raise Unavailable("the identity provider's keys could not be fetched")
         if found is None:
             raise Unauthenticated("the token's signing key is unknown to the identity provider")
         return found

@@ -168,12 +168,23 @@ def test_refusals_name_the_failure_without_echoing_values(token: Any, reason: st
 
 
 def test_provider_down_is_unavailable_not_a_refusal() -> None:
-    def down(url: str) -> Any:
-        raise OSError("connection refused")
+    up = {"ok": False}
 
-    v = Validator(ISS, AUD, JwksCache(f"{ISS}/keys", fetch=down), clock=Clock(NOW))
+    def flaky(url: str) -> Any:
+        if not up["ok"]:
+            raise OSError("connection refused")
+        return {"keys": [_jwk(KEY_A, "a")]}
+
+    mono = Clock(0.0)
+    cache = JwksCache(f"{ISS}/keys", fetch=flaky, clock=mono, min_refetch=30.0)
+    v = Validator(ISS, AUD, cache, clock=Clock(NOW))
     with pytest.raises(Unavailable):
         v.validate(_token())
+    up["ok"] = True
+    with pytest.raises(Unavailable):  # inside the refetch limit: still down, not "unknown key"
+        v.validate(_token())
+    mono.t = 31.0
+    assert v.validate(_token()).subject == "someone"
 
 
 def _authz(provider: Provider) -> Authorizer:
