@@ -69,10 +69,10 @@ def app_config(prefix: str, oidc: dict[str, str] | None = None) -> str:
     {{
       authority: {json.dumps(oidc["authority"])},
       client_id: {json.dumps(oidc["client_id"])},
-      redirect_uri: '/callback',
+      redirect_uri: window.location.origin + '/callback',
       response_type: 'code',
       scope: {json.dumps(oidc["scope"])},
-      post_logout_redirect_uri: '/',
+      post_logout_redirect_uri: window.location.origin + '/',
       automaticSilentRenew: true,
       revokeAccessTokenOnSignout: false,
     }},

@@ -6,7 +6,9 @@ and cached under ~/.cache/strata/mock-oauth2-server-<version>/libs (as stack/kaf
 
 The server's token callback (JSON_CONFIG below) copies the request's ``scope`` and ``audience``
 parameters into the token's claims. Two client ids give deliberately bad tokens, signed by the
-provider's real key: ``expired`` (exp in 2001) and ``wrong-issuer`` (another iss).
+provider's real key: ``expired`` (exp in 2001) and ``wrong-issuer`` (another iss). Tokens of
+the interactive login (authorization code, the OHIF viewer's) are for audience "strata" with
+the read and write scopes; the login page accepts any username.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ VERSION = "6.0.2"
 POM = Path(__file__).with_name("idp") / "pom.xml"
 ISSUER_ID = "strata"
 WRONG_ISSUER = "http://127.0.0.1:1/not-the-issuer"
+VIEWER_AUDIENCE = "strata"
+VIEWER_SCOPE = "openid strata:read strata:write"
 
 
 def jars_dir() -> Path:
@@ -87,6 +91,11 @@ CONFIG = {
                     "requestParam": "client_id",
                     "match": "wrong-issuer",
                     "claims": _claims(iss=WRONG_ISSUER),
+                },
+                {  # the viewer's login (authorization code): a token for the archive
+                    "requestParam": "grant_type",
+                    "match": "authorization_code",
+                    "claims": {"aud": [VIEWER_AUDIENCE], "scope": VIEWER_SCOPE},
                 },
                 {"requestParam": "client_id", "match": "*", "claims": _claims()},
             ],
