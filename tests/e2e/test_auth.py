@@ -7,6 +7,7 @@ gRPC search, DICOMweb QIDO/WADO/metadata, STOW with the write scope and the admi
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from tests.support.wait import wait_for
 pytestmark = pytest.mark.e2e
 
 AUD = "strata"
+CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+VIEWER = Path(__file__).parent / "viewer"
 READ, WRITE, ADMIN = "strata:read", "strata:write", "strata:admin"
 
 
@@ -41,7 +44,9 @@ def a(tmp_path_factory: pytest.TempPathFactory, idp: IdP) -> Iterator[dict]:  # 
         }
     )
     s.settings = Settings.from_env(s.env)
+    s.cli("viewer", "install", timeout=900, check=False)  # for the login test; cached
     s.up()
+    s.cli("send", "-q", str(CT))  # a study OHIF renders (as in test_viewer)
     files = ct_series(tmp_path_factory.mktemp("auth-data") / "s", 2, patient_id="AUTH-PAT")
     s.cli("send", "-q", *map(str, files))
     ds = pydicom.dcmread(str(files[0]))
@@ -248,3 +253,41 @@ def test_cli_passes_its_token_to_admin_endpoints(a: dict, idp: IdP) -> None:  # 
     finally:
         del s.env["STRATA_TOKEN"]
     assert admin not in refused.stderr + by_flag.stdout + by_flag.stderr
+
+
+def test_ohif_logs_in_through_the_provider_and_opens_a_study(a: dict, tmp_path: Path) -> None:
+    """Authorization code + PKCE in a real browser: the viewer sends the user to the provider's
+    login page, comes back with a token, and every DICOMweb request it makes carries it."""
+    import subprocess
+
+    if not shutil.which("node") or not Path("/usr/bin/chromium").exists():
+        raise AssertionError("node and Debian's chromium are needed (make deps)")
+    if not (VIEWER / "node_modules" / "playwright-core").is_dir():
+        raise AssertionError("playwright-core is not installed (make deps: npm ci)")
+    s = a["stack"]
+    base = f"http://127.0.0.1:{s.settings.dicomweb_port}"
+    config = requests.get(f"{base}/app-config.js", timeout=10)
+    assert config.status_code == 200, "the OHIF viewer is not installed (strata viewer install)"
+    assert "oidc:" in config.text
+    ct = pydicom.dcmread(str(CT), stop_before_pixels=True)
+    out = tmp_path / "viewport.png"
+    r = subprocess.run(
+        [
+            "node",
+            str(VIEWER / "ohif_login.mjs"),
+            base,
+            str(ct.PatientName).split("^")[0],
+            str(ct.StudyInstanceUID),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=VIEWER,
+    )
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "error" not in report, report["error"]
+    assert report["login_page"] is True  # the provider's own page, not the archive's
+    assert report["failed"] == [], report["failed"]
+    assert report["dicomweb"] >= 3 and report["with_token"] == report["dicomweb"], report
+    assert report["lit_pixels"] > 1000, report
