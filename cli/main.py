@@ -15,6 +15,7 @@ strata serve ingest|index|router   run one service in the foreground (used by ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -137,14 +138,34 @@ def _index_http(settings: Settings, path: str, timeout: float = 120) -> dict:
 
 def _index_json(settings: Settings, path: str, timeout: float = 120) -> Any:
     import json
+    import urllib.error
     import urllib.request
 
     url = f"http://{settings.bind_host}:{settings.index_http_port}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(admin_request(settings, url), timeout=timeout) as r:
             return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise StrataError(f"the index node refused {path.split('?')[0]}: {_reason(exc)}") from exc
     except OSError as exc:
         raise StrataError(f"the index node does not answer at {url}: {exc}") from exc
+
+
+def admin_request(settings: Settings, url: str) -> Any:
+    """A request to an admin HTTP endpoint, with the bearer token of STRATA_TOKEN / --token
+    when one is set (needed when the archive runs with STRATA_AUTH_MODE=oidc)."""
+    from common.auth import bearer_request
+
+    return bearer_request(url, settings.token)
+
+
+def _reason(exc: Any) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.read() or b"{}").get("error", exc.reason))
+    except ValueError:
+        return str(exc.reason)
 
 
 def _positions(raw: dict) -> dict[str, dict[int, int]]:
@@ -664,6 +685,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="strata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="bearer token for the admin HTTP endpoints (default: STRATA_TOKEN)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="start the local stack").set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(fn=cmd_down)
@@ -742,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
     try:
         settings = Settings.from_env()
+        if args.token is not None:
+            settings = dataclasses.replace(settings, token=args.token)
         return int(args.fn(settings, args))
     except StrataError as exc:
         print(f"strata: {exc}", file=sys.stderr)

@@ -15,9 +15,11 @@ from common.settings import Settings
 
 
 def _get(settings: Settings, path: str) -> dict[str, Any]:
+    from cli.main import admin_request
+
     url = f"http://{settings.bind_host}:{settings.index_http_port}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=60) as r:
+        with urllib.request.urlopen(admin_request(settings, url), timeout=60) as r:
             return dict(json.loads(r.read()))
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("error", exc.reason)

@@ -56,6 +56,7 @@ def serve_index(settings: Settings) -> None:
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
     the embedded index (chDB allows one process per data path)."""
     from common.acceptor import Config
+    from common.auth import from_settings as auth_from_settings
     from common.tls import acceptor_security, move_tls_contexts
     from ingest.config import load as load_ae_config
     from ingest.node import build_store_service
@@ -70,10 +71,11 @@ def serve_index(settings: Settings) -> None:
     from stack import viewer
 
     _logging()
+    authz = auth_from_settings(settings)  # None with STRATA_AUTH_MODE=off
     index = IndexStore(settings.index_dsn, settings.clickhouse_database)
     index.migrate()
     lifecycle, source = _tiers(settings)
-    app = create_app(settings, index, lifecycle)
+    app = create_app(settings, index, lifecycle, authz)
     destinations = parse_destinations(settings.move_destinations)
     qr_server: list[QueryServer] = []
     # STOW-RS: the same store contract as C-STORE, into the outbox of this home, which the
@@ -97,9 +99,14 @@ def serve_index(settings: Settings) -> None:
                 max_frames=settings.wado_max_frames,
             ),
             settings.dicomweb_prefix,
+            authz,
         )
         if viewer_dist is not None:
-            add_viewer(web_app, viewer_dist, settings.dicomweb_prefix)
+            oidc = None
+            if authz is not None:  # the viewer logs in at the provider (code + PKCE)
+                scope = f"openid {settings.oidc_scope_read} {settings.oidc_scope_write}"
+                oidc = viewer.oidc_config(settings.oidc_issuer, settings.oidc_client_id, scope)
+            add_viewer(web_app, viewer_dist, settings.dicomweb_prefix, oidc)
         serve_in_thread(web_app, settings.bind_host, settings.dicomweb_port)
         grpc_server.append(
             serve_grpc(
@@ -116,6 +123,7 @@ def serve_index(settings: Settings) -> None:
                 settings.bind_host,
                 settings.grpc_port,
                 workers=settings.grpc_workers,
+                auth=authz,
             )
         )
         from archive import transcode

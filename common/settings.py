@@ -369,6 +369,41 @@ class Settings:
         "up to STRATA_SQL_MAX_EXECUTION_TIME for one.",
     )
 
+    # --- authentication and authorization (OAuth2/OIDC bearer tokens; docs/security.md) ---
+    auth_mode: str = _setting(
+        "off",
+        "off | oidc. off: no tokens, admin HTTP endpoints answer loopback clients only. oidc: "
+        "gRPC and DICOMweb need a bearer JWT of STRATA_OIDC_ISSUER, admin endpoints its admin "
+        "scope.",
+    )
+    oidc_issuer: str = _setting(
+        "", "Issuer URL the tokens must carry (iss), e.g. https://idp/realm."
+    )
+    oidc_audience: str = _setting("", "Audience the tokens must be meant for (aud).")
+    oidc_jwks_url: str = _setting(
+        "",
+        "JWKS URL of the issuer's keys. Empty = the jwks_uri of the issuer's "
+        "/.well-known/openid-configuration.",
+    )
+    oidc_scope_read: str = _setting(
+        "strata:read", "Scope for searches, metadata, retrieval and event watching."
+    )
+    oidc_scope_write: str = _setting("strata:write", "Scope for storing (STOW-RS).")
+    oidc_scope_admin: str = _setting(
+        "strata:admin", "Scope for the admin HTTP endpoints of the index node and the router."
+    )
+    oidc_leeway: float = _setting(30.0, "Seconds of clock skew allowed on exp/nbf/iat.")
+    oidc_jwks_ttl: float = _setting(600.0, "Seconds a fetched JWKS is used before a refresh.")
+    oidc_jwks_min_refetch: float = _setting(
+        30.0, "Least seconds between two JWKS refetches caused by tokens with an unknown kid."
+    )
+    oidc_client_id: str = _setting(
+        "strata-viewer", "OAuth2 client id of the OHIF viewer (authorization code + PKCE)."
+    )
+    token: str = _setting(
+        "", "Bearer token the CLI sends to the admin HTTP endpoints (or --token).", secret=True
+    )
+
     # ---------------------------------------------------------------- derived paths
     @property
     def hot_dir(self) -> Path:

@@ -20,6 +20,7 @@ import faust
 from google.protobuf.message import DecodeError
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from common.auth import Authorizer, admin_middleware
 from common.events import decode
 from common.settings import Settings
 from processors.index import checksum, routing
@@ -71,7 +72,10 @@ BUSY_BATCH = 8  # events in a batch that mean "under load" (see index_busy_gap)
 
 
 def create_app(
-    settings: Settings, index: IndexStore, lifecycle: LifecycleProcessor | None = None
+    settings: Settings,
+    index: IndexStore,
+    lifecycle: LifecycleProcessor | None = None,
+    authz: Authorizer | None = None,
 ) -> faust.App:
     app = faust.App(
         "strata-processors",
@@ -89,6 +93,11 @@ def create_app(
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         producer_acks=-1,
+        # Admin endpoints: loopback clients only with auth off, the admin scope with auth on
+        # (common.auth); the health and metrics probes stay open.
+        web_application_options={
+            "middlewares": [admin_middleware(authz, open_paths=("/healthz", "/metrics"))]
+        },
     )
     applied = {"n": 0}
 

@@ -489,8 +489,8 @@ class DicomWeb:
         study = request.match_info.get("study")
         try:
             reader = await request.multipart()
-        except (ValueError, AssertionError) as exc:
-            return _error(400, f"malformed multipart request: {exc}")
+        except (ValueError, AssertionError):  # the parser's text may quote the request
+            return _error(400, "malformed multipart request")
         referenced: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         peer = f"{request.remote}:0"
@@ -705,19 +705,21 @@ def _cors(origins: str) -> Any:
         if ok and not resp.prepared:
             resp.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
             resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            resp.headers["Access-Control-Allow-Headers"] = "Accept, Content-Type, If-None-Match"
-            resp.headers["Access-Control-Expose-Headers"] = "ETag, Content-Type"
+            resp.headers["Access-Control-Allow-Headers"] = (
+                "Accept, Authorization, Content-Type, If-None-Match"
+            )
+            resp.headers["Access-Control-Expose-Headers"] = "ETag, Content-Type, WWW-Authenticate"
         return resp
 
     return cors
 
 
-def add_viewer(app: web.Application, dist: Path, prefix: str) -> None:
+def add_viewer(app: web.Application, dist: Path, prefix: str, oidc: Any = None) -> None:
     """Serve the OHIF viewer's static files at "/" with our app-config.js; unknown paths
     (the viewer's client-side routes, e.g. /viewer?StudyInstanceUIDs=...) get index.html."""
     from stack.viewer import app_config
 
-    config = app_config(prefix.rstrip("/")).encode()
+    config = app_config(prefix.rstrip("/"), oidc).encode()  # oidc: the viewer's login
     index = (dist / "index.html").read_bytes()
 
     async def config_js(request: web.Request) -> web.Response:
@@ -734,12 +736,18 @@ def add_viewer(app: web.Application, dist: Path, prefix: str) -> None:
     app.router.add_get("/{path:.*}", spa)
 
 
-def create_app(deps: WebDeps, prefix: str = "/dicom-web") -> web.Application:
+def create_app(deps: WebDeps, prefix: str = "/dicom-web", auth: Any = None) -> web.Application:
+    """``auth``: a common.auth.Authorizer (bearer tokens required under the prefix), or None."""
+    from common.auth import dicomweb_middleware, no_store
+
     dw = DicomWeb(deps)
     middlewares = [_errors]
+    if auth is not None:
+        middlewares.insert(0, dicomweb_middleware(auth, prefix))
     if deps.cors_origins:
         middlewares.insert(0, _cors(deps.cors_origins))
     app = web.Application(middlewares=middlewares, client_max_size=4 * 1024**3)
+    app.on_response_prepare.append(no_store(prefix))  # PHI: never in a shared or disk cache
     p = prefix.rstrip("/")
     s, se, i = "{study}", "{series}", "{instance}"
     r = app.router

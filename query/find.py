@@ -119,8 +119,8 @@ def build_sql(
             continue
         try:
             c = condition(attr, raw, params)
-        except MatchError as exc:
-            raise Invalid(str(exc)) from exc
+        except MatchError as exc:  # names the attribute, never echoes the value (PHI)
+            raise Invalid(f"{kw}: {exc}") from exc
         if c:
             conds["agg" if attr.aggregate else "plain"].append(c)
     where = " AND ".join(conds["plain"]) or "1"

@@ -23,6 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.auth import grpc_interceptor
 from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
 from common.events import decode
 from common.kafka import record
@@ -420,7 +421,7 @@ def _is_keyword(kw: str) -> bool:
     return tag_for_keyword(kw) is not None
 
 
-def serve(deps: Deps, host: str, port: int, workers: int = 16) -> grpc.Server:
+def serve(deps: Deps, host: str, port: int, workers: int = 16, auth: Any = None) -> grpc.Server:
     """The gRPC server: ``workers`` threads for unary calls (searches) plus one per allowed
     stream (WatchEvents, RetrieveInstances hold a thread for their whole life), so streams
     up to their caps never leave a search waiting for a thread."""
@@ -431,6 +432,8 @@ def serve(deps: Deps, host: str, port: int, workers: int = 16) -> grpc.Server:
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ],
+        # bearer tokens (common.auth): health checking stays open
+        interceptors=[grpc_interceptor(auth)] if auth is not None else None,
     )
     q_grpc.add_QueryServiceServicer_to_server(QueryService(deps), server)
     health_servicer = health.HealthServicer()

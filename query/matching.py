@@ -97,14 +97,14 @@ def like_pattern(value: str) -> str:
 def _norm_date(s: str) -> str:
     s = s.strip().replace(".", "")  # ACR-NEMA style YYYY.MM.DD
     if s and (len(s) != 8 or not s.isdigit()):
-        raise MatchError(f"not a DA value: {s!r}")
+        raise MatchError("not a DA value (YYYYMMDD, or a range of them)")
     return s
 
 
 def _norm_time(s: str, upper: bool) -> str:
     digits = s.strip().replace(":", "").split(".")[0]
     if digits and (not digits.isdigit() or len(digits) % 2 or len(digits) > 6):
-        raise MatchError(f"not a TM value: {s!r}")
+        raise MatchError("not a TM value (HHMMSS, or a range of them)")
     pad = "595959"[len(digits) :] if upper else "000000"[len(digits) :]
     return digits + pad
 
@@ -155,7 +155,7 @@ def condition(attr: Attr, raw: str, params: Params, column: str | None = None) -
         try:
             nums = [int(v) for v in value.split("\\") if v.strip()]
         except ValueError as exc:
-            raise MatchError(f"not an IS value: {value!r}") from exc
+            raise MatchError("not an IS value (integers)") from exc
         return f"{col} IN {params.add(nums, 'Array(Int64)')}"
     if vr == "PN":
         # lowerUTF8, not lower: ClickHouse's lower() folds ASCII only ('MÜLLER' -> 'mÜller').

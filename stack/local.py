@@ -202,11 +202,12 @@ def log_status(settings: Settings) -> list[list[object]]:
     import json
     import urllib.request
 
+    from common.auth import bearer_request
     from processors.replay import end_positions
 
     try:
         url = f"http://{settings.bind_host}:{settings.index_http_port}/positions"
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(bearer_request(url, settings.token), timeout=5) as r:
             indexed = json.loads(r.read())
         ends = end_positions(
             settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]

@@ -4,6 +4,7 @@ with an app-config.js that points it at this archive's DICOMweb root (same origi
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tarfile
@@ -52,11 +53,33 @@ def install(version: str = OHIF_VERSION) -> Path:
     return target / "dist"
 
 
-def app_config(prefix: str) -> str:
-    """OHIF's window.config for this archive (DICOMweb on the same origin)."""
+def oidc_config(authority: str, client_id: str, scope: str) -> dict[str, str]:
+    """The OHIF login of STRATA_AUTH_MODE=oidc: authorization code + PKCE at the provider,
+    then every DICOMweb request carries the access token."""
+    return {"authority": authority, "client_id": client_id, "scope": scope}
+
+
+def app_config(prefix: str, oidc: dict[str, str] | None = None) -> str:
+    """OHIF's window.config for this archive (DICOMweb on the same origin); with ``oidc``
+    (oidc_config), OHIF logs the user in through the identity provider first."""
+    login = ""
+    if oidc is not None:
+        login = f"""
+  oidc: [
+    {{
+      authority: {json.dumps(oidc["authority"])},
+      client_id: {json.dumps(oidc["client_id"])},
+      redirect_uri: window.location.origin + '/callback',
+      response_type: 'code',
+      scope: {json.dumps(oidc["scope"])},
+      post_logout_redirect_uri: window.location.origin + '/',
+      automaticSilentRenew: true,
+      revokeAccessTokenOnSignout: false,
+    }},
+  ],"""
     return f"""window.config = {{
   name: 'strata',
-  routerBasename: null,
+  routerBasename: null,{login}
   extensions: [],
   modes: [],
   customizationService: {{}},

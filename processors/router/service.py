@@ -513,13 +513,27 @@ class Router:
         }
 
 
-def serve_http(router: Router, host: str, port: int) -> ThreadingHTTPServer:
+def serve_http(router: Router, host: str, port: int, authz: Any = None) -> ThreadingHTTPServer:
+    """/healthz and /metrics (probes: open); /routes (admin: loopback clients only with auth
+    off, the admin scope with auth on; common.auth)."""
+    from common.auth import admin_refusal
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:  # no access log (identifiers only anyway)
             pass
 
         def do_GET(self) -> None:  # noqa: N802 - http.server API
-            if self.path == "/metrics":
+            refusal = None
+            if self.path not in ("/metrics", "/healthz"):
+                auth = self.headers.get("Authorization")
+                refusal = admin_refusal(authz, self.client_address[0], auth)
+            if refusal is not None:
+                code, err, challenge = refusal
+                body, ctype = json.dumps(err).encode(), "application/json"
+                self.send_response(code)
+                if challenge:
+                    self.send_header("WWW-Authenticate", challenge)
+            elif self.path == "/metrics":
                 body, ctype, code = generate_latest(), CONTENT_TYPE_LATEST, 200
             elif self.path in ("/healthz", "/routes"):
                 snap = router.snapshot()
@@ -532,7 +546,8 @@ def serve_http(router: Router, host: str, port: int) -> ThreadingHTTPServer:
                 body, ctype, code = json.dumps(snap).encode(), "application/json", 200
             else:
                 body, ctype, code = b'{"error": "not found"}', "application/json", 404
-            self.send_response(code)
+            if refusal is None:
+                self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -575,7 +590,10 @@ def run(settings: Any, stop: threading.Event | None = None) -> None:
         local_path,
         settings.node_name,
     )
-    http = serve_http(router, settings.bind_host, settings.router_http_port)
+    from common.auth import from_settings as auth_from_settings
+
+    authz = auth_from_settings(settings)
+    http = serve_http(router, settings.bind_host, settings.router_http_port, authz)
     stop = stop or threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -167,6 +167,17 @@ def test_da_malformed_raises(raw: str) -> None:
         cond("StudyDate", raw)
 
 
+@pytest.mark.parametrize(
+    ("kw", "raw"),
+    [("PatientBirthDate", "DOE^JOHN"), ("StudyTime", "SECRET"), ("SeriesNumber", "MRN42")],
+)
+def test_match_errors_echo_no_value(kw: str, raw: str) -> None:
+    """Refusal texts go back to clients and into logs: they name the VR, never the value."""
+    with pytest.raises(MatchError) as e:
+        cond(kw, raw)
+    assert raw not in str(e.value)
+
+
 # --- TM ranges and single values ---------------------------------------------------------------
 
 
