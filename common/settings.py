@@ -203,6 +203,26 @@ class Settings:
     router_http_port: int = _setting(8083, "Port of the router's /healthz, /metrics, /routes.")
     router_group: str = _setting("strata-router", "Kafka consumer group of the router.")
 
+    # --- high availability (issue #18, docs/ha.md) ---
+    kafka_nodes: int = _setting(
+        1,
+        "Kafka nodes 'strata up' starts (KRaft, each broker+controller). 1 = the embedded single "
+        "broker; 3 = a cluster: STRATA_KAFKA_BOOTSTRAP then lists one host:port per node.",
+    )
+    kafka_controller_ports: str = _setting(
+        "",
+        "Controller ports of the local Kafka nodes, comma-separated, one per node. Empty = "
+        "STRATA_KAFKA_CONTROLLER_PORT, +1, +2, ...",
+    )
+    kafka_cluster_heap: str = _setting(
+        "256m", "JVM heap of each local Kafka node of a cluster (STRATA_KAFKA_NODES > 1)."
+    )
+    kafka_flush_each_message: bool = _setting(
+        True,
+        "Local Kafka nodes fsync each message (log.flush.interval.messages=1). Keep it on while "
+        "the replicas share one machine or power supply (docs/ha.md).",
+    )
+
     # ---------------------------------------------------------------- derived paths
     @property
     def hot_dir(self) -> Path:
@@ -240,6 +260,12 @@ class Settings:
     def quarantine_topic(self) -> str:
         """Source-of-truth topic of refused arrivals (InstanceQuarantined)."""
         return f"{self.topic_prefix}.quarantine.v1"
+
+    @property
+    def topic_replicas(self) -> int:
+        """Replication factor of created topics: STRATA_REPLICATION_FACTOR, raised to three
+        replicas (or as many as there are nodes) on a Kafka cluster."""
+        return max(self.replication_factor, min(3, self.kafka_nodes))
 
     @property
     def study_topic(self) -> str:

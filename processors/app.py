@@ -68,7 +68,7 @@ def create_app(
 ) -> faust.App:
     app = faust.App(
         "strata-processors",
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
         datadir=str(settings.home / "faust"),
         store="memory://",
         web_enabled=True,
@@ -76,7 +76,7 @@ def create_app(
         web_port=settings.index_http_port,
         web_host=settings.bind_host,
         consumer_auto_offset_reset="earliest",
-        topic_replication_factor=settings.replication_factor,
+        topic_replication_factor=settings.topic_replicas,
         broker_commit_interval=1.0,
         # A dead index node's partitions move after 10 s rather than faust's default 60 s.
         broker_session_timeout=10.0,

@@ -52,7 +52,10 @@ def services(settings: Settings) -> list[Service]:
         ]
     return [
         *cold,
-        Service("kafka", broker.proc(settings), f"kafka://{settings.kafka_bootstrap}"),
+        *[
+            Service(n.name, broker.proc(settings, n), f"kafka://{n.host}:{n.port}")
+            for n in broker.nodes(settings)
+        ],
         Service("index", p("index"), f"dicom://{settings.qr_ae_title}@{h}:{settings.qr_port}"),
         Service(
             "ingest", p("ingest"), f"dicom://{settings.ingest_ae_title}@{h}:{settings.ingest_port}"
@@ -136,8 +139,13 @@ def start_cold_store(settings: Settings, timeout: float = 180.0) -> Settings:
 
 
 def down(settings: Settings) -> list[str]:
-    stopped = []
+    stopped: list[str] = []
+    kafka = {n.name for n in broker.nodes(settings)}
     for s in reversed(services(settings)):
+        if s.name in kafka:
+            if s.name == min(kafka):  # all nodes at once, with a kill -9 fallback: a node
+                stopped += broker.stop(settings)  # without quorum may ignore SIGTERM
+            continue
         if s.proc.stop(grace=60.0):
             stopped.append(s.name)
     return stopped
