@@ -52,7 +52,8 @@ def cluster_state(settings: Settings, timeout: float = 5.0) -> ClusterState | No
 
 
 def broker_rows(settings: Settings, state: ClusterState) -> list[list[object]]:
-    """One row per configured broker address: registered (up) or not, and its leaderships."""
+    """One row per configured node: up (listening and registered), DOWN (not listening) or
+    fenced (listening, not registered); how many partitions it leads, in how many ISRs."""
     from stack.kafka import broker
 
     by_addr = {addr: nid for nid, addr in state.brokers.items()}
@@ -61,16 +62,31 @@ def broker_rows(settings: Settings, state: ClusterState) -> list[list[object]]:
         nid = by_addr.get(f"{n.host}:{n.port}")
         leads = sum(1 for p in state.partitions if nid is not None and p.leader == nid)
         in_isr = sum(1 for p in state.partitions if nid is not None and nid in p.isr)
+        # DOWN: nothing listens (the cluster itself fences a dead node only after its session
+        # timeout); fenced: listening but not registered (starting, or cut off)
+        st = "up" if nid is not None else "fenced"
+        if not _reachable(n.host, n.port):
+            st = "DOWN"
         rows.append(
             [
                 n.node_id,
                 f"{n.host}:{n.port}",
-                "up" if nid is not None else "DOWN",
+                st,
                 leads,
                 f"{in_isr}/{len(state.partitions)}",
             ]
         )
     return rows
+
+
+def _reachable(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def partition_rows(state: ClusterState) -> list[list[object]]:
