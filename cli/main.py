@@ -59,6 +59,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     rows = local.status(settings)
     print(_table(["service", "state", "pid", "endpoint"], rows))
     _cluster_status(settings)
+    _balancer_status(settings)
     detail = local.log_status(settings)
     if detail:
         print()
@@ -93,6 +94,21 @@ def _cluster_status(settings: Settings) -> None:
             cluster.partition_rows(state),
         )
     )
+
+
+def _balancer_status(settings: Settings) -> None:
+    """With replicas: each node as HAProxy sees it (UP, DOWN, ...) per public service."""
+    from stack import haproxy, nodes
+
+    if not nodes.enabled(settings):
+        return
+    seen = haproxy.servers(settings)
+    print()
+    if not seen:
+        print("HAProxy: not answering on its stats socket")
+        return
+    rows = [[fe, sv, st] for (fe, sv), st in sorted(seen.items())]
+    print(_table(["balancer service", "node", "state"], rows))
 
 
 def _ingest_state(settings: Settings) -> str:

@@ -71,6 +71,7 @@ def serve_index(settings: Settings) -> None:
     destinations = parse_destinations(settings.move_destinations)
     qr_server: list[QueryServer] = []
     stow = build_store_service(settings)  # STOW-RS: the same store contract as C-STORE
+    relay = _replica_relay(settings)
     viewer_dist = Path(settings.viewer_dir) if settings.viewer_dir else viewer.installed()
     grpc_server: list[Any] = []
 
@@ -139,6 +140,22 @@ def serve_index(settings: Settings) -> None:
         for g in grpc_server:
             g.stop(grace=5)
         index.close()
+        if relay is not None:
+            relay.stop()
+
+
+def _replica_relay(settings: Settings) -> Any:
+    """An index replica (own STRATA_NODE_DIR) has its own STOW outbox, which no ingest node
+    relays: it publishes it itself. None for the single index node (its outbox is the ingest
+    node's, relayed there)."""
+    if not settings.node_dir:
+        return None
+    from ingest.outbox import Outbox
+    from ingest.relay import Relay
+
+    relay = Relay(Outbox(settings.outbox_path), settings.kafka_bootstrap)
+    relay.start()
+    return relay
 
 
 def _tiers(settings: Settings) -> tuple[Any, Any]:

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.settings import Settings
@@ -133,10 +134,22 @@ def run_node(settings: Settings) -> None:
 def _purge_incoming(settings: Settings) -> None:
     """Partial receptions left by a killed worker: never acknowledged, so never stored. Safe to
     remove at node start, before any worker runs."""
-    incoming = settings.hot_dir / ".incoming"
+    incoming = incoming_dir(settings)
     if incoming.is_dir():
         for f in incoming.iterdir():
-            f.unlink(missing_ok=True)
+            if f.is_file():
+                f.unlink(missing_ok=True)
+
+
+def incoming_dir(settings: Settings) -> Path:
+    """Where this node's workers spool receptions: the hot tier's incoming directory, or, for
+    one of several ingest nodes sharing the hot tier (STRATA_NODE_DIR set), its own
+    subdirectory of it, so that a node restarting purges only its own partial receptions."""
+    incoming = settings.hot_dir / ".incoming"
+    if settings.node_dir:
+        incoming = incoming / settings.node_home.name
+    incoming.mkdir(parents=True, exist_ok=True)
+    return incoming
 
 
 def _http_server(settings: Settings, health: Any) -> ThreadingHTTPServer:
@@ -238,7 +251,7 @@ def run_worker(settings: Settings) -> None:
             allow_list=service.aes.allow_list,
         ),
         service,
-        service.tier.incoming,  # type: ignore[attr-defined]
+        incoming_dir(settings),
         (settings.bind_host, settings.ingest_port),
     )
     stop = threading.Event()

@@ -67,9 +67,9 @@ def create_app(
     settings: Settings, index: IndexStore, lifecycle: LifecycleProcessor | None = None
 ) -> faust.App:
     app = faust.App(
-        "strata-processors",
+        settings.index_group,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
-        datadir=str(settings.home / "faust"),
+        datadir=str(settings.node_home / "faust"),
         store="memory://",
         web_enabled=True,
         web_bind=settings.bind_host,
@@ -161,7 +161,7 @@ def create_app(
         # log), and judge quietness as of T. Requiring lag == 0 *now* instead would starve the
         # announcements under continuous ingest, where the log end keeps moving.
         as_of = barrier.passed(done, ends, now)
-        if as_of is not None:
+        if as_of is not None and settings.index_decisions:
             n = emitter.run_once(index, as_of)
             if n:
                 log.info("announced %d stable studies", n)
@@ -173,7 +173,7 @@ def create_app(
         except Exception as exc:  # keep the timer alive; the next tick retries
             log.error("stability/lag check failed: %s", exc)
 
-    if lifecycle is not None:
+    if lifecycle is not None and settings.index_decisions:
         lc_probe = Consumer(
             {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "strata-lifecycle-probe"}
         )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from common.errors import Unavailable
 from common.kafka import ensure_topics
 from common.settings import Settings
-from stack import ceph
+from stack import ceph, haproxy, nodes
 from stack.kafka import broker
 from stack.procs import Proc
 
@@ -56,10 +56,7 @@ def services(settings: Settings) -> list[Service]:
             Service(n.name, broker.proc(settings, n), f"kafka://{n.host}:{n.port}")
             for n in broker.nodes(settings)
         ],
-        Service("index", p("index"), f"dicom://{settings.qr_ae_title}@{h}:{settings.qr_port}"),
-        Service(
-            "ingest", p("ingest"), f"dicom://{settings.ingest_ae_title}@{h}:{settings.ingest_port}"
-        ),
+        *_archive_nodes(settings),
         # shown when configured, or when still running (so that down stops it)
         *(
             [Service("router", router, f"http://{h}:{settings.router_http_port}/routes")]
@@ -69,6 +66,63 @@ def services(settings: Settings) -> list[Service]:
     ]
 
 
+def _archive_nodes(settings: Settings) -> list[Service]:
+    """The index and ingest node, or (issue #18) the replicas and HAProxy in front of them;
+    ingest after HAProxy, so that ``down`` drains the ingest nodes first."""
+    h = settings.bind_host
+
+    def p(name: str) -> Proc:
+        return Proc(name, settings.run_dir, settings.log_dir)
+
+    qr = f"dicom://{settings.qr_ae_title}@{h}"
+    ingest = f"dicom://{settings.ingest_ae_title}@{h}"
+    lb = p("haproxy")
+    if not nodes.enabled(settings) and not lb.pid():
+        return [
+            Service("index", p("index"), f"{qr}:{settings.qr_port}"),
+            Service("ingest", p("ingest"), f"{ingest}:{settings.ingest_port}"),
+        ]
+    ns = nodes.nodes(settings)
+    return [
+        *[Service(n.name, p(n.name), f"{qr}:{n.ports['qr']}") for n in ns if n.kind == "index"],
+        Service(
+            "haproxy",
+            lb,
+            f"{ingest}:{settings.ingest_port} {qr}:{settings.qr_port} "
+            f"grpc://{h}:{settings.grpc_port} http://{h}:{settings.dicomweb_port}",
+        ),
+        *[
+            Service(n.name, p(n.name), f"{ingest}:{n.ports['dicom']}")
+            for n in ns
+            if n.kind == "ingest"
+        ],
+    ]
+
+
+def _up_nodes(settings: Settings, timeout: float) -> None:
+    """Index replicas and ingest nodes, each on its own ports, then HAProxy on the public ones."""
+    h = settings.bind_host
+    python = sys.executable
+    ns = nodes.nodes(settings, allocate=True)
+    procs = {n.name: Proc(n.name, settings.run_dir, settings.log_dir) for n in ns}
+    cmd = {"index": "index", "ingest": "ingest"}
+    for kind in ("index", "ingest"):
+        group = [n for n in ns if n.kind == kind]
+        for n in group:  # all of a kind boot at once
+            env = {**_base_env(), **nodes.env(settings, n)}
+            procs[n.name].start([python, "-m", "cli.main", "serve", cmd[kind]], env=env)
+        for n in group:
+            if kind == "index":
+                wait_echo(h, n.ports["qr"], settings.qr_ae_title, procs[n.name], timeout)
+            else:
+                wait_healthy(h, n.ports["http"], n.ports["dicom"], procs[n.name], timeout)
+    lb = Proc("haproxy", settings.run_dir, settings.log_dir)
+    if not lb.pid():
+        lb.start(haproxy.argv(settings, ns))
+    wait_echo(h, settings.qr_port, settings.qr_ae_title, lb, timeout)
+    wait_healthy(h, settings.ingest_http_port, settings.ingest_port, lb, timeout)
+
+
 def up(settings: Settings, timeout: float = 120.0) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     svc = {s.name: s for s in services(settings)}
@@ -76,6 +130,10 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
     settings = start_cold_store(settings, timeout)  # while the broker boots
     broker.wait_ready(settings, timeout)
     ensure_topics(settings)
+    if nodes.enabled(settings):
+        _up_nodes(settings, timeout)
+        _up_router(settings, svc, timeout)
+        return
     env = {**_base_env(), **settings.to_env()}
     python = sys.executable
     svc["index"].proc.start([python, "-m", "cli.main", "serve", "index"], env=env)
@@ -91,8 +149,13 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
         svc["ingest"].proc,
         timeout,
     )
+    _up_router(settings, svc, timeout)
+
+
+def _up_router(settings: Settings, svc: dict[str, Service], timeout: float) -> None:
     if settings.router_config:
-        svc["router"].proc.start([python, "-m", "cli.main", "serve", "router"], env=env)
+        env = {**_base_env(), **settings.to_env()}
+        svc["router"].proc.start([sys.executable, "-m", "cli.main", "serve", "router"], env=env)
         wait_router(settings.bind_host, settings.router_http_port, svc["router"].proc, timeout)
 
 
