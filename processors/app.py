@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -149,6 +150,9 @@ def create_app(
     topics = [settings.study_topic, settings.quarantine_topic]
 
     barrier = Barrier()
+    # A replica behind a balancer reports ready only once it has applied the log up to an end
+    # read after it started: a restarted replica must not answer searches from a stale index.
+    caught_up_once = threading.Event()
 
     def lag_and_stability() -> None:
         now = datetime.now(UTC)
@@ -161,6 +165,8 @@ def create_app(
         # log), and judge quietness as of T. Requiring lag == 0 *now* instead would starve the
         # announcements under continuous ingest, where the log end keeps moving.
         as_of = barrier.passed(done, ends, now)
+        if as_of is not None:
+            caught_up_once.set()
         if as_of is not None and settings.index_decisions:
             n = emitter.run_once(index, as_of)
             if n:
@@ -217,6 +223,8 @@ def create_app(
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
+        if settings.node_dir and not caught_up_once.is_set():
+            return web.json({"status": "catching-up", "applied": applied["n"]}, status=503)
         return web.json({"status": "ok", "applied": applied["n"]})
 
     @app.page("/metrics")
