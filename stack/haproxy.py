@@ -106,6 +106,12 @@ def config(settings: Settings, nodes: list[Node]) -> str:
     return "\n".join(out)
 
 
+def changed(settings: Settings, nodes: list[Node]) -> bool:
+    """Whether the configuration for ``nodes`` differs from the one HAProxy runs with."""
+    path = config_path(settings)
+    return not path.is_file() or path.read_text() != config(settings, nodes)
+
+
 def write_config(settings: Settings, nodes: list[Node]) -> Path:
     path = config_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)

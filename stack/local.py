@@ -83,6 +83,9 @@ def _archive_nodes(settings: Settings) -> list[Service]:
             Service("ingest", p("ingest"), f"{ingest}:{settings.ingest_port}"),
         ]
     ns = nodes.nodes(settings)
+    names = {n.name for n in ns}
+    # nodes no longer configured but still running are listed too (so that down stops them)
+    ns += [n for n in nodes.recorded(settings) if n.name not in names and p(n.name).pid()]
     return [
         *[Service(n.name, p(n.name), f"{qr}:{n.ports['qr']}") for n in ns if n.kind == "index"],
         Service(
@@ -117,8 +120,20 @@ def _up_nodes(settings: Settings, timeout: float) -> None:
             else:
                 wait_healthy(h, n.ports["http"], n.ports["dicom"], procs[n.name], timeout)
     lb = Proc("haproxy", settings.run_dir, settings.log_dir)
-    if not lb.pid():
+    old = lb.pid()
+    if not old or haproxy.changed(settings, ns):
+        # HAProxy takes a server it has not checked yet for up: put only replicas in that
+        # have caught up with the log (a new replica rebuilds its index from offset 0 first)
+        for n in ns:
+            if n.kind == "index":
+                wait_caught_up(h, n.ports["http"], procs[n.name], max(timeout, 3600.0))
+    if not old:
         lb.start(haproxy.argv(settings, ns))
+    elif haproxy.changed(settings, ns):
+        # nodes were added or removed: a new HAProxy takes over the ports (SO_REUSEPORT) and
+        # tells the old one (-sf) to stop listening and finish its sessions
+        lb.pid_file.unlink()
+        lb.start([*haproxy.argv(settings, ns), "-sf", str(old)])
     wait_echo(h, settings.qr_port, settings.qr_ae_title, lb, timeout)
     wait_healthy(h, settings.ingest_http_port, settings.ingest_port, lb, timeout)
 
@@ -317,6 +332,23 @@ def wait_healthy(host: str, http_port: int, dicom_port: int, proc: Proc, timeout
                 pass
         time.sleep(0.2)
     raise Unavailable(f"{proc.name} not healthy within {timeout:.0f}s:\n{proc.tail(30)}")
+
+
+def wait_caught_up(host: str, http_port: int, proc: Proc, timeout: float) -> None:
+    """Until an index replica's /healthz says ok (503 'catching-up' until then)."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while time.monotonic() < deadline:
+        if not proc.pid():
+            raise Unavailable(f"{proc.name} exited during start-up; log tail:\n{proc.tail(30)}")
+        h = health(host, http_port)
+        if h and h.get("status") == "ok":
+            return
+        if not said and time.monotonic() > deadline - timeout + 5:
+            print(f"{proc.name}: catching up with the log ...", file=sys.stderr)
+            said = True
+        time.sleep(0.5)
+    raise Unavailable(f"{proc.name} did not catch up within {timeout:.0f}s:\n{proc.tail(30)}")
 
 
 def wait_router(host: str, http_port: int, proc: Proc, timeout: float) -> None:

@@ -77,6 +77,17 @@ def nodes(settings: Settings, allocate: bool = False) -> list[Node]:
     return out
 
 
+def recorded(settings: Settings) -> list[Node]:
+    """Every node that was ever given ports in this home (configured now or not)."""
+    f = ports_file(settings)
+    known: dict[str, dict[str, int]] = json.loads(f.read_text()) if f.is_file() else {}
+    out = []
+    for name, ports in sorted(known.items()):
+        kind, _, number = name.rpartition("-")
+        out.append(Node(kind, int(number), settings.home / "nodes" / name, ports))
+    return out
+
+
 def env(settings: Settings, node: Node) -> dict[str, str]:
     """The STRATA_* settings of one node's process: the stack's, with its own directory,
     ports, node name and (index) consumer group."""

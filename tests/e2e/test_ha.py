@@ -301,3 +301,17 @@ def test_kill_ingest_node_during_run(ha: Stack, tmp_path: Path) -> None:
         time.sleep(0.2)
     wait_lb(ha, "ingest_dicom", "ingest-1", up=True)
     assert_consistent(ha, sops_of(acked), timeout=120)
+
+
+def test_add_index_replica(ha: Stack) -> None:
+    """STRATA_INDEX_REPLICAS=3 strata up on the running stack: the new replica builds its
+    index from offset 0, joins the balancer only then, and verifies against the log."""
+    more = stack_at(ha, STRATA_INDEX_REPLICAS="3")
+    more.up()
+    wait_lb(ha, "qr", "index-3", up=True)
+    out = more.cli("status").stdout
+    assert re.search(r"^qr\s+index-3\s+UP", out, re.M), out
+    port = node(more, "index-3").ports["http"]
+    out = stack_at(more, STRATA_INDEX_HTTP_PORT=str(port)).cli("verify", "-q").stdout
+    assert "the live index equals the index rebuilt from the log" in out, out
+    assert search(node(more, "index-3").ports["qr"], ha.settings.qr_ae_title, "HA-QUERY") == 12
