@@ -153,9 +153,13 @@ def _properties(settings: Settings, node: Node) -> str:
             "log.cleaner.threads=1",
             "num.replica.fetchers=1",
             "background.threads=2",
-            # A follower that stops fetching leaves the ISR after 10 s (the default 30 s
-            # would stall acks=all writes that long when a broker dies).
-            "replica.lag.time.max.ms=10000",
+            # A dead broker stalls the log's writes until the controller fences it (its
+            # partitions get new leaders) and until it leaves the ISRs it was a follower in
+            # (acks=all waits for it). Kafka's defaults, 9 s and 30 s, are for machines apart;
+            # measured with these (benchmarks/ha.py): see BENCHMARKS.md.
+            "broker.session.timeout.ms=4000",
+            "broker.heartbeat.interval.ms=1000",
+            "replica.lag.time.max.ms=5000",
         ]
     if settings.kafka_flush_each_message:
         # Durability: the OS page cache plus acks=all is Kafka's model; while the replicas
