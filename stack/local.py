@@ -221,7 +221,7 @@ def down(settings: Settings) -> list[str]:
     kafka = {n.name for n in broker.nodes(settings)}
     for s in reversed(services(settings)):
         if s.name in kafka:
-            if s.name == min(kafka):  # all nodes at once, with a kill -9 fallback: a node
+            if s.name == min(kafka):  # every node, in order, with a kill -9 fallback: a node
                 stopped += broker.stop(settings)  # without quorum may ignore SIGTERM
             continue
         if s.proc.stop(grace=60.0):
