@@ -194,7 +194,7 @@ def test_kill_index_replica_during_query_load(ha: Stack, tmp_path: Path) -> None
             assert time.monotonic() < deadline, f"{r} never indexed the series"
             time.sleep(0.2)
 
-    results: list[tuple[float, bool]] = []
+    results: list[tuple[float, float, bool]] = []  # (start, end, answered right)
     stop = threading.Event()
     progress = threading.Condition()
 
@@ -203,7 +203,7 @@ def test_kill_index_replica_during_query_load(ha: Stack, tmp_path: Path) -> None
             t = time.monotonic()
             n = search(ha.settings.qr_port, ha.settings.qr_ae_title, "HA-QUERY")
             with progress:
-                results.append((t, n == 12))
+                results.append((t, time.monotonic(), n == 12))
                 progress.notify_all()
 
     def after(count: int) -> None:
@@ -224,14 +224,15 @@ def test_kill_index_replica_during_query_load(ha: Stack, tmp_path: Path) -> None
         stop.set()
         for w in workers:
             w.join(timeout=90)
-    during = [ok for t, ok in results if killed_at <= t < noticed]
-    after_notice = [ok for t, ok in results if t >= noticed]
+    # a search in flight on the killed replica, or sent before HAProxy noticed, may fail
+    during = [ok for t, end, ok in results if end >= killed_at and t < noticed]
+    after_notice = [ok for t, _, ok in results if t >= noticed]
     print(
         f"index replica kill: HAProxy noticed in {noticed - killed_at:.2f} s; failed searches: "
         f"{during.count(False)} of {len(during)} before, {after_notice.count(False)} of "
         f"{len(after_notice)} after"
     )
-    assert all(ok for t, ok in results if t < killed_at)
+    assert all(ok for _, end, ok in results if end < killed_at)
     assert after_notice and all(after_notice), "searches failed after HAProxy marked it down"
 
     ha.up()  # restarts the killed replica on its own index and ports
