@@ -42,7 +42,7 @@ def cluster_state(settings: Settings, timeout: float = 5.0) -> ClusterState | No
     except Exception:
         return None
     parts = [
-        PartitionState(t.topic, p.id, p.leader, tuple(p.replicas), tuple(sorted(p.isrs)))
+        PartitionState(name, p.id, p.leader, tuple(p.replicas), tuple(sorted(p.isrs)))
         for name, t in sorted(md.topics.items())
         if name in (settings.study_topic, settings.quarantine_topic)
         for p in sorted(t.partitions.values(), key=lambda p: p.id)

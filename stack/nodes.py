@@ -58,8 +58,10 @@ def nodes(settings: Settings, allocate: bool = False) -> list[Node]:
     known: dict[str, dict[str, int]] = json.loads(f.read_text()) if f.is_file() else {}
     out: list[Node] = []
     changed = False
-    wanted = [("index", settings.index_replicas, INDEX_PORTS)]
-    wanted.append(("ingest", settings.ingest_nodes, INGEST_PORTS))
+    wanted: list[tuple[str, int, tuple[str, ...]]] = [
+        ("index", settings.index_replicas, INDEX_PORTS),
+        ("ingest", settings.ingest_nodes, INGEST_PORTS),
+    ]
     for kind, count, names in wanted:
         for i in range(1, count + 1):
             name = f"{kind}-{i}"
