@@ -74,6 +74,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     rows = local.status(settings)
     print(_table(["service", "state", "pid", "endpoint"], rows))
+    _cluster_status(settings)
+    _balancer_status(settings)
     detail = local.log_status(settings)
     if detail:
         print()
@@ -85,6 +87,48 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     print(glance(settings))
     return 0 if all(r[1] == "running" for r in rows) else 3
+
+
+def _cluster_status(settings: Settings) -> None:
+    """On a Kafka cluster: brokers (up, leaderships, ISR membership) and every partition."""
+    if settings.kafka_nodes <= 1:
+        return
+    from stack import cluster
+
+    state = cluster.cluster_state(settings)
+    print()
+    if state is None:
+        print(f"Kafka cluster: no broker answers at {settings.kafka_bootstrap}")
+        return
+    print(f"Kafka cluster: {len(state.brokers)} brokers up, controller {state.controller}")
+    print(
+        _table(
+            ["node", "address", "state", "leader of", "in ISR of"],
+            cluster.broker_rows(settings, state),
+        )
+    )
+    print()
+    print(
+        _table(
+            ["topic", "partition", "leader", "replicas", "isr", "state"],
+            cluster.partition_rows(state),
+        )
+    )
+
+
+def _balancer_status(settings: Settings) -> None:
+    """With replicas: each node as HAProxy sees it (UP, DOWN, ...) per public service."""
+    from stack import haproxy, nodes
+
+    if not nodes.enabled(settings):
+        return
+    seen = haproxy.servers(settings)
+    print()
+    if not seen:
+        print("HAProxy: not answering on its stats socket")
+        return
+    rows = [[fe, sv, st] for (fe, sv), st in sorted(seen.items())]
+    print(_table(["balancer service", "node", "state"], rows))
 
 
 def _ingest_state(settings: Settings) -> str:

@@ -81,6 +81,7 @@ def serve_index(settings: Settings) -> None:
     # STOW-RS: the same store contract as C-STORE, into the outbox of this home, which the
     # ingest node's relay publishes (the local stack). Off where no relay reads it (helm).
     stow = build_store_service(settings) if settings.stow_enabled else None
+    relay = _replica_relay(settings)
     viewer_dist = Path(settings.viewer_dir) if settings.viewer_dir else viewer.installed()
     grpc_server: list[Any] = []
 
@@ -182,6 +183,22 @@ def serve_index(settings: Settings) -> None:
         for g in grpc_server:
             g.stop(grace=5)
         index.close()
+        if relay is not None:
+            relay.stop()
+
+
+def _replica_relay(settings: Settings) -> Any:
+    """An index replica (own STRATA_NODE_DIR) has its own STOW outbox, which no ingest node
+    relays: it publishes it itself. None for the single index node (its outbox is the ingest
+    node's, relayed there)."""
+    if not settings.node_dir:
+        return None
+    from ingest.outbox import Outbox
+    from ingest.relay import Relay
+
+    relay = Relay(Outbox(settings.outbox_path), settings.kafka_bootstrap)
+    relay.start()
+    return relay
 
 
 def _start_sql(settings: Settings, index: Any) -> None:

@@ -50,7 +50,7 @@ def source_of_truth_topics(settings: Settings) -> list[TopicSpec]:
         "retention.ms": "-1",
         "retention.bytes": "-1",
         "cleanup.policy": "delete",
-        "min.insync.replicas": str(min(2, settings.replication_factor)),
+        "min.insync.replicas": str(min(2, settings.topic_replicas)),
         "unclean.leader.election.enable": "false",
     }
     return [
@@ -68,7 +68,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     except KafkaException as exc:
         raise Unavailable(f"Kafka unreachable at {settings.kafka_bootstrap}: {exc}") from exc
     todo = [
-        NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config)
+        NewTopic(s.name, s.partitions, settings.topic_replicas, config=s.config)
         for s in specs
         if s.name not in existing
     ]

@@ -404,6 +404,53 @@ class Settings:
         "", "Bearer token the CLI sends to the admin HTTP endpoints (or --token).", secret=True
     )
 
+    # --- high availability (issue #18, docs/ha.md) ---
+    kafka_nodes: int = _setting(
+        1,
+        "Kafka nodes 'strata up' starts (KRaft, each broker+controller). 1 = the embedded single "
+        "broker; 3 = a cluster: STRATA_KAFKA_BOOTSTRAP then lists one host:port per node.",
+    )
+    kafka_controller_ports: str = _setting(
+        "",
+        "Controller ports of the local Kafka nodes, comma-separated, one per node. Empty = "
+        "STRATA_KAFKA_CONTROLLER_PORT, +1, +2, ...",
+    )
+    kafka_cluster_heap: str = _setting(
+        "256m", "JVM heap of each local Kafka node of a cluster (STRATA_KAFKA_NODES > 1)."
+    )
+    kafka_flush_each_message: bool = _setting(
+        True,
+        "Local Kafka nodes fsync each message (log.flush.interval.messages=1). Keep it on while "
+        "the replicas share one machine or power supply (docs/ha.md).",
+    )
+    index_replicas: int = _setting(
+        1,
+        "Index nodes 'strata up' starts, each with its own chDB index, consumer group and ports, "
+        "behind HAProxy on the query ports (docs/ha.md). 1 = one index node, no balancer.",
+    )
+    ingest_nodes: int = _setting(
+        1,
+        "Ingest nodes 'strata up' starts, each with its own outbox and ports, behind HAProxy on "
+        "STRATA_INGEST_PORT (docs/ha.md). 1 = one ingest node, no balancer.",
+    )
+    node_dir: str = _setting(
+        "",
+        "This node's own state (outbox, chDB index, faust data, pid and metrics files) when "
+        "several nodes share STRATA_HOME (set by 'strata up' for replicas). Empty = STRATA_HOME.",
+    )
+    index_group: str = _setting(
+        "strata-processors",
+        "Kafka consumer group (faust app id) of this index node; each replica has its own.",
+    )
+    index_decisions: bool = _setting(
+        True,
+        "This index node takes the decisions that emit events (StudyStable, lifecycle moves); "
+        "'strata up' gives them to the first replica only, so they are not taken twice.",
+    )
+    haproxy_check_ms: int = _setting(
+        1000, "HAProxy: milliseconds between health checks of each node (down after 2 failures)."
+    )
+
     # ---------------------------------------------------------------- derived paths
     @property
     def hot_dir(self) -> Path:
@@ -414,8 +461,13 @@ class Settings:
         return self.home / "logs"
 
     @property
+    def node_home(self) -> Path:
+        """This node's own state directory (STRATA_NODE_DIR, else STRATA_HOME)."""
+        return Path(self.node_dir) if self.node_dir else self.home
+
+    @property
     def run_dir(self) -> Path:
-        return self.home / "run"
+        return self.node_home / "run"
 
     @property
     def kafka_dir(self) -> Path:
@@ -427,7 +479,7 @@ class Settings:
 
     @property
     def index_dsn(self) -> str:
-        return self.clickhouse_dsn or f"chdb://{(self.home / 'index').resolve()}"
+        return self.clickhouse_dsn or f"chdb://{(self.node_home / 'index').resolve()}"
 
     @property
     def quarantine_dir(self) -> Path:
@@ -435,12 +487,18 @@ class Settings:
 
     @property
     def outbox_path(self) -> Path:
-        return self.home / "ingest" / "outbox.sqlite"
+        return self.node_home / "ingest" / "outbox.sqlite"
 
     @property
     def quarantine_topic(self) -> str:
         """Source-of-truth topic of refused arrivals (InstanceQuarantined)."""
         return f"{self.topic_prefix}.quarantine.v1"
+
+    @property
+    def topic_replicas(self) -> int:
+        """Replication factor of created topics: STRATA_REPLICATION_FACTOR, raised to three
+        replicas (or as many as there are nodes) on a Kafka cluster."""
+        return max(self.replication_factor, min(3, self.kafka_nodes))
 
     @property
     def study_topic(self) -> str:

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.settings import Settings
@@ -133,13 +134,30 @@ def run_node(settings: Settings) -> None:
 def _purge_incoming(settings: Settings) -> None:
     """Partial receptions left by a killed worker: never acknowledged, so never stored. Safe to
     remove at node start, before any worker runs."""
-    incoming = settings.hot_dir / ".incoming"
-    if settings.spool_dir:
-        incoming = incoming / settings.spool_dir  # this node's own: others' are not ours
+    incoming = incoming_dir(settings)
     if incoming.is_dir():
         for f in incoming.iterdir():
-            if not f.is_dir():  # other nodes' spool directories live beside the files
+            if f.is_file():  # other nodes' spool directories live beside the files
                 f.unlink(missing_ok=True)
+
+
+def spool_name(settings: Settings) -> str:
+    """This node's own spool directory under ``<hot>/.incoming``: STRATA_SPOOL_DIR (helm: the
+    pod name), else, for one of several ingest nodes sharing the hot tier (STRATA_NODE_DIR
+    set), its node directory's name; empty = ``.incoming`` itself. A node restarting purges
+    only its own partial receptions."""
+    if settings.spool_dir:
+        return settings.spool_dir
+    return settings.node_home.name if settings.node_dir else ""
+
+
+def incoming_dir(settings: Settings) -> Path:
+    """Where this node's workers spool receptions (see spool_name)."""
+    incoming = settings.hot_dir / ".incoming"
+    if name := spool_name(settings):
+        incoming = incoming / name
+    incoming.mkdir(parents=True, exist_ok=True)
+    return incoming
 
 
 def _http_server(settings: Settings, health: Any) -> ThreadingHTTPServer:
@@ -198,7 +216,7 @@ def build_store_service(settings: Settings) -> StoreService:
     from ingest.store import Limits, StoreService
 
     return StoreService(
-        tier=HotTier(settings.hot_dir, settings.spool_dir),
+        tier=HotTier(settings.hot_dir, spool_name(settings)),
         outbox=Outbox(settings.outbox_path),
         topic=settings.study_topic,
         quarantine_topic=settings.quarantine_topic,
@@ -246,7 +264,7 @@ def run_worker(settings: Settings) -> None:
             **acceptor_security(settings, service.aes, settings.ingest_ae_title),
         ),
         service,
-        service.tier.incoming,  # type: ignore[attr-defined]
+        incoming_dir(settings),
         (settings.bind_host, settings.ingest_port),
     )
     stop = threading.Event()

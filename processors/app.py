@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -78,16 +79,16 @@ def create_app(
     authz: Authorizer | None = None,
 ) -> faust.App:
     app = faust.App(
-        "strata-processors",
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        datadir=str(settings.home / "faust"),
+        settings.index_group,
+        broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
+        datadir=str(settings.node_home / "faust"),
         store="memory://",
         web_enabled=True,
         web_bind=settings.bind_host,
         web_port=settings.index_http_port,
         web_host=settings.bind_host,
         consumer_auto_offset_reset="earliest",
-        topic_replication_factor=settings.replication_factor,
+        topic_replication_factor=settings.topic_replicas,
         broker_commit_interval=1.0,
         # A dead index node's partitions move after 10 s rather than faust's default 60 s.
         broker_session_timeout=10.0,
@@ -165,6 +166,9 @@ def create_app(
     topics = [settings.study_topic, settings.quarantine_topic]
 
     barrier = Barrier()
+    # A replica behind a balancer reports ready only once it has applied the log up to an end
+    # read after it started: a restarted replica must not answer searches from a stale index.
+    caught_up_once = threading.Event()
 
     def lag_and_stability() -> None:
         now = datetime.now(UTC)
@@ -180,6 +184,8 @@ def create_app(
         # announcements under continuous ingest, where the log end keeps moving.
         as_of = barrier.passed(done, ends, now)
         if as_of is not None:
+            caught_up_once.set()
+        if as_of is not None and settings.index_decisions:
             n = emitter.run_once(index, as_of)
             if n:
                 log.info("announced %d stable studies", n)
@@ -191,7 +197,7 @@ def create_app(
         except Exception as exc:  # keep the timer alive; the next tick retries
             log.error("stability/lag check failed: %s", exc)
 
-    if lifecycle is not None:
+    if lifecycle is not None and settings.index_decisions:
         lc_probe = Consumer(
             {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "strata-lifecycle-probe"}
         )
@@ -235,6 +241,8 @@ def create_app(
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
+        if settings.node_dir and not caught_up_once.is_set():
+            return web.json({"status": "catching-up", "applied": applied["n"]}, status=503)
         return web.json({"status": "ok", "applied": applied["n"]})
 
     @app.page("/metrics")

@@ -20,7 +20,7 @@ from common.errors import Unavailable
 from common.kafka import ensure_topics
 from common.settings import Settings
 from common.tls import dicom_security
-from stack import ceph
+from stack import ceph, haproxy, nodes
 from stack.kafka import broker
 from stack.procs import Proc
 
@@ -53,11 +53,11 @@ def services(settings: Settings) -> list[Service]:
         ]
     return [
         *cold,
-        Service("kafka", broker.proc(settings), f"kafka://{settings.kafka_bootstrap}"),
-        Service("index", p("index"), f"dicom://{settings.qr_ae_title}@{h}:{settings.qr_port}"),
-        Service(
-            "ingest", p("ingest"), f"dicom://{settings.ingest_ae_title}@{h}:{settings.ingest_port}"
-        ),
+        *[
+            Service(n.name, broker.proc(settings, n), f"kafka://{n.host}:{n.port}")
+            for n in broker.nodes(settings)
+        ],
+        *_archive_nodes(settings),
         # shown when configured, or when still running (so that down stops it)
         *(
             [Service("router", router, f"http://{h}:{settings.router_http_port}/routes")]
@@ -67,6 +67,78 @@ def services(settings: Settings) -> list[Service]:
     ]
 
 
+def _archive_nodes(settings: Settings) -> list[Service]:
+    """The index and ingest node, or (issue #18) the replicas and HAProxy in front of them;
+    ingest after HAProxy, so that ``down`` drains the ingest nodes first."""
+    h = settings.bind_host
+
+    def p(name: str) -> Proc:
+        return Proc(name, settings.run_dir, settings.log_dir)
+
+    qr = f"dicom://{settings.qr_ae_title}@{h}"
+    ingest = f"dicom://{settings.ingest_ae_title}@{h}"
+    lb = p("haproxy")
+    if not nodes.enabled(settings) and not lb.pid():
+        return [
+            Service("index", p("index"), f"{qr}:{settings.qr_port}"),
+            Service("ingest", p("ingest"), f"{ingest}:{settings.ingest_port}"),
+        ]
+    ns = nodes.nodes(settings)
+    names = {n.name for n in ns}
+    # nodes no longer configured but still running are listed too (so that down stops them)
+    ns += [n for n in nodes.recorded(settings) if n.name not in names and p(n.name).pid()]
+    return [
+        *[Service(n.name, p(n.name), f"{qr}:{n.ports['qr']}") for n in ns if n.kind == "index"],
+        Service(
+            "haproxy",
+            lb,
+            f"{ingest}:{settings.ingest_port} {qr}:{settings.qr_port} "
+            f"grpc://{h}:{settings.grpc_port} http://{h}:{settings.dicomweb_port}",
+        ),
+        *[
+            Service(n.name, p(n.name), f"{ingest}:{n.ports['dicom']}")
+            for n in ns
+            if n.kind == "ingest"
+        ],
+    ]
+
+
+def _up_nodes(settings: Settings, timeout: float) -> None:
+    """Index replicas and ingest nodes, each on its own ports, then HAProxy on the public ones."""
+    h = settings.bind_host
+    python = sys.executable
+    ns = nodes.nodes(settings, allocate=True)
+    procs = {n.name: Proc(n.name, settings.run_dir, settings.log_dir) for n in ns}
+    cmd = {"index": "index", "ingest": "ingest"}
+    for kind in ("index", "ingest"):
+        group = [n for n in ns if n.kind == kind]
+        for n in group:  # all of a kind boot at once
+            env = {**_base_env(), **nodes.env(settings, n)}
+            procs[n.name].start([python, "-m", "cli.main", "serve", cmd[kind]], env=env)
+        for n in group:
+            if kind == "index":
+                wait_echo(h, n.ports["qr"], settings.qr_ae_title, procs[n.name], timeout)
+            else:
+                wait_healthy(h, n.ports["http"], n.ports["dicom"], procs[n.name], timeout)
+    lb = Proc("haproxy", settings.run_dir, settings.log_dir)
+    old = lb.pid()
+    if not old or haproxy.changed(settings, ns):
+        # HAProxy takes a server it has not checked yet for up: put only replicas in that
+        # have caught up with the log (a new replica rebuilds its index from offset 0 first)
+        for n in ns:
+            if n.kind == "index":
+                wait_caught_up(h, n.ports["http"], procs[n.name], max(timeout, 3600.0))
+    if not old:
+        lb.start(haproxy.argv(settings, ns))
+    elif haproxy.changed(settings, ns):
+        # nodes were added or removed: a new HAProxy takes over the ports (SO_REUSEPORT) and
+        # tells the old one (-sf) to stop listening and finish its sessions
+        lb.pid_file.unlink()
+        lb.start([*haproxy.argv(settings, ns), "-sf", str(old)])
+    wait_echo(h, settings.qr_port, settings.qr_ae_title, lb, timeout)
+    wait_healthy(h, settings.ingest_http_port, settings.ingest_port, lb, timeout)
+
+
 def up(settings: Settings, timeout: float = 120.0) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     svc = {s.name: s for s in services(settings)}
@@ -74,6 +146,10 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
     settings = start_cold_store(settings, timeout)  # while the broker boots
     broker.wait_ready(settings, timeout)
     ensure_topics(settings)
+    if nodes.enabled(settings):
+        _up_nodes(settings, timeout)
+        _up_router(settings, svc, timeout)
+        return
     env = {**_base_env(), **settings.to_env()}
     python = sys.executable
     svc["index"].proc.start([python, "-m", "cli.main", "serve", "index"], env=env)
@@ -99,8 +175,13 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
         svc["ingest"].proc,
         timeout,
     )
+    _up_router(settings, svc, timeout)
+
+
+def _up_router(settings: Settings, svc: dict[str, Service], timeout: float) -> None:
     if settings.router_config:
-        svc["router"].proc.start([python, "-m", "cli.main", "serve", "router"], env=env)
+        env = {**_base_env(), **settings.to_env()}
+        svc["router"].proc.start([sys.executable, "-m", "cli.main", "serve", "router"], env=env)
         wait_router(settings.bind_host, settings.router_http_port, svc["router"].proc, timeout)
 
 
@@ -147,8 +228,13 @@ def start_cold_store(settings: Settings, timeout: float = 180.0) -> Settings:
 
 
 def down(settings: Settings) -> list[str]:
-    stopped = []
+    stopped: list[str] = []
+    kafka = {n.name for n in broker.nodes(settings)}
     for s in reversed(services(settings)):
+        if s.name in kafka:
+            if s.name == min(kafka):  # every node, in order, with a kill -9 fallback: a node
+                stopped += broker.stop(settings)  # without quorum may ignore SIGTERM
+            continue
         if s.proc.stop(grace=60.0):
             stopped.append(s.name)
     return stopped
@@ -258,6 +344,23 @@ def wait_healthy(host: str, http_port: int, dicom_port: int, proc: Proc, timeout
                 pass
         time.sleep(0.2)
     raise Unavailable(f"{proc.name} not healthy within {timeout:.0f}s:\n{proc.tail(30)}")
+
+
+def wait_caught_up(host: str, http_port: int, proc: Proc, timeout: float) -> None:
+    """Until an index replica's /healthz says ok (503 'catching-up' until then)."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while time.monotonic() < deadline:
+        if not proc.pid():
+            raise Unavailable(f"{proc.name} exited during start-up; log tail:\n{proc.tail(30)}")
+        h = health(host, http_port)
+        if h and h.get("status") == "ok":
+            return
+        if not said and time.monotonic() > deadline - timeout + 5:
+            print(f"{proc.name}: catching up with the log ...", file=sys.stderr)
+            said = True
+        time.sleep(0.5)
+    raise Unavailable(f"{proc.name} did not catch up within {timeout:.0f}s:\n{proc.tail(30)}")
 
 
 def wait_router(host: str, http_port: int, proc: Proc, timeout: float) -> None:
