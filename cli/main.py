@@ -76,6 +76,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print(_table(["service", "state", "pid", "endpoint"], rows))
     _cluster_status(settings)
     _balancer_status(settings)
+    _nodes_status(settings)
     detail = local.log_status(settings)
     if detail:
         print()
@@ -129,6 +130,58 @@ def _balancer_status(settings: Settings) -> None:
         return
     rows = [[fe, sv, st] for (fe, sv), st in sorted(seen.items())]
     print(_table(["balancer service", "node", "state"], rows))
+
+
+def _nodes_status(settings: Settings) -> None:
+    """With replicas: each index replica's position and lag against the log end, and each
+    ingest node's outbox (depth, oldest unpublished event, set-aside events), read from the
+    replica's /positions and the node's own outbox file."""
+    from stack import local, nodes
+
+    if not nodes.enabled(settings):
+        return
+    from ingest.outbox import Outbox
+    from processors.replay import end_positions
+
+    topics = [settings.study_topic, settings.quarantine_topic]
+    try:
+        ends = end_positions(settings.kafka_bootstrap, topics)
+    except Exception:  # noqa: BLE001 - the log is down: the broker rows above say so
+        ends = {}
+    end = sum(sum(parts.values()) for parts in ends.values())
+    rows: list[list[object]] = []
+    for node in nodes.recorded(settings):
+        if node.kind == "index":
+            at = local.index_positions(settings.bind_host, node.ports["http"], settings.token)
+            if at is None or not ends:
+                rows.append([node.name, "-", "-", "-", "", "", ""])
+                continue
+            done = sum(
+                min(int(at.get(t, {}).get(str(p), 0)), o)
+                for t, parts in ends.items()
+                for p, o in parts.items()
+            )
+            rows.append([node.name, end, done, end - done, "", "", ""])
+        else:
+            path = node.dir / "ingest" / "outbox.sqlite"
+            if not path.is_file():
+                rows.append([node.name, "", "", "", "-", "-", "-"])
+                continue
+            box = Outbox(path)
+            try:
+                age = box.oldest_pending_age()
+                rows.append(
+                    [node.name, "", "", "", box.depth(), f"{age:.1f}", box.set_aside_count()]
+                )
+            finally:
+                box.close()
+    print()
+    print(
+        _table(
+            ["node", "log end", "indexed", "lag", "outbox", "oldest (s)", "set aside"],
+            rows,
+        )
+    )
 
 
 def _ingest_state(settings: Settings) -> str:

@@ -15,6 +15,7 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from common.errors import Unavailable
 from common.kafka import ensure_topics
@@ -285,16 +286,12 @@ def wait_echo(host: str, port: int, ae_title: str, proc: Proc, timeout: float) -
 
 def log_status(settings: Settings) -> list[list[object]]:
     """Per topic: log end, indexed position and lag of the index; the ingest outbox depth."""
-    import json
-    import urllib.request
-
-    from common.auth import bearer_request
     from processors.replay import end_positions
 
     try:
-        url = f"http://{settings.bind_host}:{settings.index_http_port}/positions"
-        with urllib.request.urlopen(bearer_request(url, settings.token), timeout=5) as r:
-            indexed = json.loads(r.read())
+        indexed = index_positions(settings.bind_host, settings.index_http_port, settings.token)
+        if indexed is None:
+            return []
         ends = end_positions(
             settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
         )
@@ -315,6 +312,21 @@ def log_status(settings: Settings) -> list[list[object]]:
             ]
         )
     return rows
+
+
+def index_positions(host: str, http_port: int, token: str) -> dict[str, Any] | None:
+    """An index node's applied log positions (its /positions), or None if it does not answer."""
+    import json
+    import urllib.request
+
+    from common.auth import bearer_request
+
+    try:
+        url = f"http://{host}:{http_port}/positions"
+        with urllib.request.urlopen(bearer_request(url, token), timeout=5) as r:
+            return dict(json.loads(r.read()))
+    except Exception:  # noqa: BLE001 - down, refusing or not yet serving: no position
+        return None
 
 
 def health(host: str, http_port: int) -> dict[str, object] | None:

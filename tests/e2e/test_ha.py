@@ -72,6 +72,11 @@ def test_status_shows_brokers_isr_and_leaders(ha: Stack) -> None:
             ("ingest-1", "ingest-2") if backend.startswith("ingest") else ("index-1", "index-2")
         ):
             assert re.search(rf"^{backend}\s+{name}\s+UP", out, re.M), out
+    # each index replica's position and lag, each ingest node's outbox
+    for name in ("index-1", "index-2"):
+        assert re.search(rf"^{name}\s+\d+\s+\d+\s+\d+\s*$", out, re.M), out
+    for name in ("ingest-1", "ingest-2"):
+        assert re.search(rf"^{name}\s+\d+\s+\d+\.\d\s+\d+\s*$", out, re.M), out
     study = [ln for ln in out.splitlines() if ln.startswith(ha.settings.study_topic)]
     parts = [ln.split() for ln in study if len(ln.split()) == 6]
     assert len(parts) == ha.settings.study_partitions
