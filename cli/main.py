@@ -631,7 +631,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from cli import route
+    from cli import dr, route
 
     p = argparse.ArgumentParser(
         prog="strata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -673,6 +673,7 @@ def parser() -> argparse.ArgumentParser:
     vw.add_argument("action", choices=["install"])
     vw.set_defaults(fn=cmd_viewer)
     route.add_parser(sub)
+    dr.add_parser(sub)
     h = sub.add_parser("hold", help="legal holds: a held study is never deleted")
     h.add_argument("action", choices=["place", "release", "list"])
     h.add_argument("study", nargs="?", default="", help="StudyInstanceUID")
