@@ -83,30 +83,33 @@ def _dataset_bytes(data: bytes) -> bytes:
     return data[offset:]
 
 
-def retrieve_at(grpc_target: str, study: str) -> dict[str, bytes]:
-    """Every instance of ``study`` the site serves (gRPC RetrieveInstances), sha-checked."""
+def retrieve_at(grpc_target: str, study: str, sops: list[str]) -> dict[str, bytes]:
+    """The instances ``sops`` of ``study`` the site serves (gRPC RetrieveInstances, one call
+    per instance: one whose bytes are missing fails its own call only), sha-checked."""
     import grpc
 
     from proto.strata.v1 import query_pb2 as q
     from proto.strata.v1 import query_pb2_grpc as q_grpc
 
-    got: dict[str, bytearray] = {}
-    sha: dict[str, str] = {}
+    out: dict[str, bytes] = {}
     with grpc.insecure_channel(grpc_target) as ch:
         stub = q_grpc.QueryServiceStub(ch)
-        try:
-            for c in stub.RetrieveInstances(
-                q.RetrieveRequest(study_instance_uid=study), timeout=120
-            ):
-                got.setdefault(c.sop_instance_uid, bytearray()).extend(c.data)
-                if c.sha256:
-                    sha[c.sop_instance_uid] = c.sha256
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
-                raise
-    return {
-        sop: bytes(b) for sop, b in got.items() if hashlib.sha256(b).hexdigest() == sha.get(sop)
-    }
+        for sop in sops:
+            buf, sha = bytearray(), ""
+            try:
+                for c in stub.RetrieveInstances(
+                    q.RetrieveRequest(study_instance_uid=study, sop_instance_uids=[sop]),
+                    timeout=60,
+                ):
+                    buf.extend(c.data)
+                    sha = c.sha256 or sha
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                    raise
+                continue
+            if hashlib.sha256(buf).hexdigest() == sha:
+                out[sop] = bytes(buf)
+    return out
 
 
 def _answers_find(port: int) -> bool:
@@ -171,7 +174,7 @@ def drill(
             {"StudyInstanceUID": study, "SeriesInstanceUID": "", "SOPInstanceUID": ""},
         )
         found |= {str(r.SOPInstanceUID) for r in rows}
-        got = retrieve_at(grpc_b, study)
+        got = retrieve_at(grpc_b, study, [uids[str(f)] for f in fs])
         for f in fs:
             sop = uids[str(f)]
             if sop in got and _dataset_bytes(got[sop]) == _dataset_bytes(f.read_bytes()):

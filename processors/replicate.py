@@ -38,67 +38,117 @@ class CopyResult:
     skipped: int = 0
 
 
-def fetch(peer_grpc: str, st: pb.InstanceStored, dest: Path, timeout: float = 60.0) -> str:
-    """Stream the object of ``st`` from the peer into ``dest``; returns its SHA-256."""
+NOT_FOUND_PATIENCE = 120.0  # seconds a peer may answer NOT_FOUND (its index lags its log)
+
+
+def fetch_many(
+    stub: Any, study: str, series: str, sops: list[str], spool: Path, timeout: float = 120.0
+) -> dict[str, tuple[Path, str]]:
+    """Stream the objects ``sops`` of one series from the peer into files under ``spool``;
+    returns sop -> (file, sha256) for those the peer sent (NOT_FOUND: none of them yet)."""
     import grpc
 
     from proto.strata.v1 import query_pb2 as q
-    from proto.strata.v1 import query_pb2_grpc as q_grpc
 
-    h = hashlib.sha256()
-    with grpc.insecure_channel(peer_grpc) as ch:
-        stub = q_grpc.QueryServiceStub(ch)
-        req = q.RetrieveRequest(
-            study_instance_uid=st.study_instance_uid,
-            series_instance_uid=st.series_instance_uid,
-            sop_instance_uids=[st.sop_instance_uid],
-        )
-        try:
-            with open(dest, "wb") as f:
-                for chunk in stub.RetrieveInstances(req, timeout=timeout):
-                    if chunk.sop_instance_uid != st.sop_instance_uid:
-                        continue
-                    f.write(chunk.data)
-                    h.update(chunk.data)
-        except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(f"peer has no object for {st.sop_instance_uid}") from exc
-            raise Unavailable(f"peer {peer_grpc}: {code.name}") from exc
-    return h.hexdigest()
+    files: dict[str, tuple[Any, Any, Path]] = {}
+    req = q.RetrieveRequest(
+        study_instance_uid=study, series_instance_uid=series, sop_instance_uids=sops
+    )
+    try:
+        for chunk in stub.RetrieveInstances(req, timeout=timeout):
+            sop = chunk.sop_instance_uid
+            if sop not in files:
+                path = spool / f"{uuid.uuid4().hex}.part"
+                files[sop] = (open(path, "wb"), hashlib.sha256(), path)  # noqa: SIM115
+            f, h, _ = files[sop]
+            f.write(chunk.data)
+            h.update(chunk.data)
+    except grpc.RpcError as exc:
+        code = exc.code()  # type: ignore[attr-defined]
+        for f, _h, path in files.values():
+            f.close()
+            path.unlink(missing_ok=True)
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(f"peer has none of {len(sops)} objects of series {series}") from exc
+        raise Unavailable(f"peer: {code.name}") from exc
+    out = {}
+    for sop, (f, h, path) in files.items():
+        f.close()
+        out[sop] = (path, h.hexdigest())
+    return out
 
 
 class Copier:
     def __init__(self, settings: Settings) -> None:
+        import grpc
+
+        from proto.strata.v1 import query_pb2_grpc as q_grpc
+
         self.settings = settings
         self.hot = HotTier(settings.hot_dir, "dr-copier")
         self.stop_event = threading.Event()
         self.result = CopyResult()
+        self.channel = grpc.insecure_channel(settings.dr_peer_grpc)
+        self.stub = q_grpc.QueryServiceStub(self.channel)
 
-    def copy_one(self, env: pb.Envelope) -> bool:
-        """Copy the object of one InstanceStored event; True when it is here (now or before)."""
-        st = env.instance_stored
-        if st.location.tier != "hot":
-            self.result.skipped += 1  # cold objects are shared through S3 (docs/dr.md)
-            return True
-        key = st.location.key
-        if self.hot.exists(key):
-            self.result.present += 1
-            return True
-        tmp = self.hot.incoming / f"{uuid.uuid4().hex}.part"
-        try:
-            digest = fetch(self.settings.dr_peer_grpc, st, tmp)
-            if digest != st.sha256:
-                raise Unavailable(
-                    f"copy of {st.sop_instance_uid} has sha256 {digest[:12]}, not the recorded "
-                    f"{st.sha256[:12]}: not stored"
-                )
-            self.hot.put_file(key, tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
-        self.result.copied += 1
-        self._record(env, st)
-        return True
+    def copy_batch(self, envs: list[pb.Envelope]) -> None:
+        """Copy the objects of these InstanceStored events that are not here; returns when each
+        is here, or was given up (NOT_FOUND for longer than NOT_FOUND_PATIENCE). Raises
+        Unavailable (the caller retries the batch: what is done stays done)."""
+        todo: dict[tuple[str, str], list[pb.Envelope]] = {}
+        for env in envs:
+            st = env.instance_stored
+            if st.location.tier != "hot":
+                self.result.skipped += 1  # cold objects are shared through S3 (docs/dr.md)
+            elif self.hot.exists(st.location.key):
+                self.result.present += 1
+            else:
+                todo.setdefault((st.study_instance_uid, st.series_instance_uid), []).append(env)
+        for (study, series), group in todo.items():
+            since = time.monotonic()
+            while group and not self.stop_event.is_set():
+                try:
+                    got = fetch_many(
+                        self.stub,
+                        study,
+                        series,
+                        [e.instance_stored.sop_instance_uid for e in group],
+                        self.hot.incoming,
+                    )
+                except NotFound:
+                    got = {}
+                left = []
+                for env in group:
+                    st = env.instance_stored
+                    path, digest = got.pop(st.sop_instance_uid, (None, ""))
+                    if path is None:
+                        left.append(env)
+                        continue
+                    try:
+                        if digest != st.sha256:
+                            log.error(
+                                "copy of %s has sha256 %s, not the recorded %s: not stored",
+                                st.sop_instance_uid, digest[:12], st.sha256[:12],
+                            )  # fmt: skip
+                            left.append(env)
+                            continue
+                        self.hot.put_file(st.location.key, path)
+                    finally:
+                        path.unlink(missing_ok=True)
+                    self.result.copied += 1
+                    self._record(env, st)
+                for path, _d in got.values():  # other versions the peer sent: not ours
+                    path.unlink(missing_ok=True)
+                group = left
+                if group:
+                    if time.monotonic() - since > NOT_FOUND_PATIENCE:
+                        log.warning(
+                            "not copied (the peer has no bytes after %.0fs): %d objects of %s",
+                            NOT_FOUND_PATIENCE, len(group), series,
+                        )  # fmt: skip
+                        self.result.skipped += len(group)
+                        break
+                    self.stop_event.wait(0.5)
 
     def _record(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
         from confluent_kafka import Producer
@@ -155,33 +205,32 @@ class Copier:
         c.subscribe([self.settings.study_topic])
         try:
             while not self.stop_event.is_set():
-                m = c.poll(0.5)
-                if m is None or m.error():
+                msgs = [m for m in c.consume(200, 0.5) if not m.error()]
+                if not msgs:
                     continue
-                try:
-                    env = decode(m.value() or b"")
-                except Exception:
-                    c.commit(message=m, asynchronous=False)  # not ours to judge: the index does
-                    continue
-                if env.WhichOneof("payload") == "instance_stored":
-                    backoff = 0.5
-                    while not self.stop_event.is_set():
-                        try:
-                            self.copy_one(env)
-                            break
-                        except NotFound as exc:
-                            log.warning("not copied (the peer has no bytes): %s", exc)
-                            self.result.skipped += 1
-                            break
-                        except Unavailable as exc:
-                            log.warning("copy failed, retrying: %s", exc)
-                            self.stop_event.wait(backoff)
-                            backoff = min(backoff * 2, 10.0)
-                    if self.stop_event.is_set():
+                envs = []
+                for m in msgs:
+                    try:
+                        env = decode(m.value() or b"")
+                    except Exception:
+                        continue  # not ours to judge: the index sets malformed events aside
+                    if env.WhichOneof("payload") == "instance_stored":
+                        envs.append(env)
+                backoff = 0.5
+                while not self.stop_event.is_set():
+                    try:
+                        self.copy_batch(envs)
                         break
-                c.commit(message=m, asynchronous=False)
+                    except Unavailable as exc:
+                        log.warning("copy failed, retrying: %s", exc)
+                        self.stop_event.wait(backoff)
+                        backoff = min(backoff * 2, 10.0)
+                if self.stop_event.is_set():
+                    break  # offsets not committed: the next run copies (idempotently) again
+                c.commit(asynchronous=False)
         finally:
             c.close()
+            self.channel.close()
 
 
 def serve(settings: Settings) -> None:
