@@ -35,12 +35,16 @@ class Sender:
 
     port: int
     files: list[Path]
-    batch: int = 10
+    batch: int = 5
+    rate: float = 0.0  # instances/s at most (0 = as fast as storescu goes)
     acked: dict[str, float] = field(default_factory=dict)
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
+        t0 = time.monotonic()
         for i in range(0, len(self.files), self.batch):
+            if self.rate > 0:  # sustained ingest, as modalities send: not one burst
+                self.stopped.wait(max(0.0, t0 + i / self.rate - time.monotonic()))
             if self.stopped.is_set():
                 return
             chunk = self.files[i : i + self.batch]
@@ -121,7 +125,7 @@ def _answers_find(port: int) -> bool:
 
 
 def drill(
-    sites: Sites, work: Path, instances: int = 100, kill_after: float = 0.6
+    sites: Sites, work: Path, instances: int = 100, kill_after: float = 0.6, rate: float = 4.0
 ) -> dict[str, Any]:
     """Run the drill on started sites (A primary of epoch 1, B following); returns the numbers."""
     a, b = sites.a, sites.b
@@ -130,7 +134,7 @@ def drill(
     for i in range((instances + per_study - 1) // per_study):
         n = min(per_study, instances - i * per_study)
         files += ct_series(work / f"s{i}", n, patient_id=f"DR{i:04d}")
-    sender = Sender(int(a.env["STRATA_INGEST_PORT"]), files)
+    sender = Sender(int(a.env["STRATA_INGEST_PORT"]), files, rate=rate)
     t = threading.Thread(target=sender.run, daemon=True)
     t_start = time.time()
     t.start()
@@ -184,6 +188,7 @@ def drill(
     return {
         "instances_planned": instances,
         "acknowledged": len(acked),
+        "rate_per_s": rate,
         "ingest_seconds_before_kill": round(t_dead - t_start, 1),
         "killed": killed,
         "queryable_at_b": len([f for f in acked if uids[f] in found]),
@@ -229,12 +234,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--instances", type=int, default=200)
     ap.add_argument("--kill-after", type=float, default=0.6)
+    ap.add_argument("--rate", type=float, default=4.0, help="instances/s sent to A")
     ap.add_argument("--keep", help="directory of the two sites (kept); default a temp dir")
     args = ap.parse_args()
     root = Path(args.keep or tempfile.mkdtemp(prefix="strata-dr-"))
     sites = setup(root)
     try:
-        out = drill(sites, root / "files", args.instances, args.kill_after)
+        out = drill(sites, root / "files", args.instances, args.kill_after, args.rate)
         print(json.dumps(out, indent=2))
     finally:
         sites.down()
