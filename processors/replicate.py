@@ -107,16 +107,16 @@ class Copier:
         for (study, series), group in todo.items():
             since = time.monotonic()
             while group and not self.stop_event.is_set():
-                try:
-                    got = fetch_many(
-                        self.stub,
-                        study,
-                        series,
-                        [e.instance_stored.sop_instance_uid for e in group],
-                        self.hot.incoming,
-                    )
-                except NotFound:
-                    got = {}
+                # One request per object: a request naming several SOP Instance UIDs came
+                # back NOT_FOUND in the drill while each of them was found alone (not
+                # understood yet; docs/dr.md).
+                got = {}
+                for e in group:
+                    sop = e.instance_stored.sop_instance_uid
+                    try:
+                        got.update(fetch_many(self.stub, study, series, [sop], self.hot.incoming))
+                    except NotFound:
+                        log.info("peer has not indexed %s yet", sop)
                 left = []
                 for env in group:
                     st = env.instance_stored
