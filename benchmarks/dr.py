@@ -25,6 +25,7 @@ from typing import Any
 
 from tests.support.dcmtk import dcmtk_env, findscu, storescu
 from tests.support.sites import Sites, kill_site, make_sites
+from tests.support.stack import Stack
 from tests.support.synthetic import ct_series
 
 
@@ -116,6 +117,34 @@ def retrieve_at(grpc_target: str, study: str, sops: list[str]) -> dict[str, byte
     return out
 
 
+def holdings(site: Stack, files: list[str]) -> tuple[set[str], set[str]]:
+    """SOP Instance UIDs of ``files`` the site answers in C-FIND, and those it retrieves
+    byte-identical (dataset for dataset) to the file."""
+    by_study: dict[str, list[Path]] = {}
+    uids = {}
+    for f in files:
+        st, _se, sop = _uids(Path(f))
+        uids[f] = sop
+        by_study.setdefault(st, []).append(Path(f))
+    target = f"127.0.0.1:{site.env['STRATA_GRPC_PORT']}"
+    found: set[str] = set()
+    identical: set[str] = set()
+    for study, fs in by_study.items():
+        rows = findscu(
+            int(site.env["STRATA_QR_PORT"]),
+            "STRATA_QR",
+            "IMAGE",
+            {"StudyInstanceUID": study, "SeriesInstanceUID": "", "SOPInstanceUID": ""},
+        )
+        found |= {str(r.SOPInstanceUID) for r in rows}
+        got = retrieve_at(target, study, [uids[str(f)] for f in fs])
+        for f in fs:
+            sop = uids[str(f)]
+            if sop in got and _dataset_bytes(got[sop]) == _dataset_bytes(f.read_bytes()):
+                identical.add(sop)
+    return found, identical
+
+
 def _answers_find(port: int) -> bool:
     try:
         findscu(port, "STRATA_QR", "STUDY", {"StudyInstanceUID": ""})
@@ -158,31 +187,11 @@ def drill(
                 store_ok = time.time()
         time.sleep(0.2)
     rto = (max(find_ok, store_ok) - t_dead) if find_ok and store_ok else None
+    sites.acked = sorted(acked)
     # What B holds of what A acknowledged: queryable (C-FIND) and byte-identical (gRPC).
-    by_study: dict[str, list[Path]] = {}
-    uids = {}
-    for f in files:
-        if str(f) in acked:
-            st, _se, sop = _uids(f)
-            uids[str(f)] = sop
-            by_study.setdefault(st, []).append(f)
-    grpc_b = f"127.0.0.1:{b.env['STRATA_GRPC_PORT']}"
     time.sleep(3)  # the index at B applies what the mirror delivered before the kill
-    found: set[str] = set()
-    identical: set[str] = set()
-    for study, fs in by_study.items():
-        rows = findscu(
-            int(b.env["STRATA_QR_PORT"]),
-            "STRATA_QR",
-            "IMAGE",
-            {"StudyInstanceUID": study, "SeriesInstanceUID": "", "SOPInstanceUID": ""},
-        )
-        found |= {str(r.SOPInstanceUID) for r in rows}
-        got = retrieve_at(grpc_b, study, [uids[str(f)] for f in fs])
-        for f in fs:
-            sop = uids[str(f)]
-            if sop in got and _dataset_bytes(got[sop]) == _dataset_bytes(f.read_bytes()):
-                identical.add(sop)
+    uids = {f: _uids(Path(f))[2] for f in acked}
+    found, identical = holdings(b, list(acked))
     missing = [f for f in acked if uids[f] not in found or uids[f] not in identical]
     span = (max(acked[f] for f in missing) - min(acked[f] for f in missing)) if missing else 0.0
     return {

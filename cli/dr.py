@@ -369,6 +369,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--reason", default="failover")
     p.add_argument("--by", help="operator name (default: the login name)")
     p.set_defaults(fn=cmd_promote)
+    fb = dsub.add_parser(
+        "failback", help="at the fenced old primary: what only it has, re-sent to the primary"
+    )
+    fb.add_argument("--resend", action="store_true", help="C-STORE them to --to")
+    fb.add_argument("--to", default="", help="HOST:PORT of the new primary's ingest")
+    fb.add_argument("--called-ae", default="STRATA")
+    fb.set_defaults(fn=cmd_failback)
 
 
 class Fence:
@@ -400,3 +407,65 @@ class Fence:
 
     def reason(self) -> str:
         return self._reason
+
+
+def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
+    """InstanceStored events of this site's log whose bytes the peer never recorded as copied
+    (no InstanceReplicated at the peer with that source event id): what only this site has."""
+    from common.events import decode
+
+    copied: set[str] = set()
+    for raw in read_all(settings.dr_peer_bootstrap, settings.study_topic, timeout):
+        try:
+            env = decode(raw)
+        except Exception:
+            continue
+        if env.WhichOneof("payload") == "instance_replicated":
+            copied.add(env.instance_replicated.source_event_id)
+    out = []
+    for raw in read_all(settings.kafka_bootstrap, settings.study_topic, timeout):
+        try:
+            env = decode(raw)
+        except Exception:
+            continue
+        if env.WhichOneof("payload") == "instance_stored" and env.event_id not in copied:
+            out.append(env.instance_stored)
+    return out
+
+
+def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
+    """At the old primary, fenced: re-send to the new primary what only this site has."""
+    from archive.hot import HotTier
+    from cli.main import cmd_send
+
+    ok, why = accepts_ingest(settings)
+    if ok:
+        raise StrataError("this site is not fenced: fail back starts at an old primary")
+    print(why)
+    # What this site acknowledged but had not published when it died is in its outbox: the
+    # relay publishes it after the restart; wait (bounded) until it has.
+    from stack.local import health
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        h = health(settings.bind_host, settings.ingest_http_port) or {}
+        if h.get("outbox_depth") == 0:
+            break
+        time.sleep(0.5)
+    hot = HotTier(settings.hot_dir)
+    found = orphans(settings)
+    files = [hot.path(st.location.key) for st in found if st.location.tier == "hot"]
+    files = [f for f in files if f.is_file()]
+    print(f"{len(found)} instances only this site has; {len(files)} files in the hot tier")
+    if not args.resend or not files:
+        return 0
+    host, _, port = args.to.rpartition(":")
+    send = argparse.Namespace(
+        paths=[str(f) for f in files],
+        host=host,
+        port=int(port),
+        called_ae=args.called_ae,
+        calling_ae=settings.ingest_ae_title,
+        quiet=True,
+    )
+    return cmd_send(settings, send)

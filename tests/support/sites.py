@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.settings import Settings
@@ -19,6 +19,7 @@ from tests.support.stack import Stack, make_stack
 class Sites:
     a: Stack
     b: Stack
+    acked: list[str] = field(default_factory=list)  # files the drill's sender got Success for
 
     def up(self) -> None:
         self.a.up()
