@@ -777,7 +777,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from cli import route, sql
+    from cli import dr, route, sql
 
     p = argparse.ArgumentParser(
         prog="strata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -831,6 +831,7 @@ def parser() -> argparse.ArgumentParser:
     vw.set_defaults(fn=cmd_viewer)
     route.add_parser(sub)
     sql.add_parser(sub)
+    dr.add_parser(sub)
     h = sub.add_parser("hold", help="legal holds: a held study is never deleted")
     h.add_argument("action", choices=["place", "release", "list"])
     h.add_argument("study", nargs="?", default="", help="StudyInstanceUID")

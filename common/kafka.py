@@ -56,6 +56,7 @@ def source_of_truth_topics(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(settings.study_topic, settings.study_partitions, forever),
         TopicSpec(settings.quarantine_topic, 1, forever),
+        TopicSpec(settings.dr_topic, 1, forever),  # geo-redundancy epochs (docs/dr.md)
     ]
 
 

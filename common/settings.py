@@ -238,6 +238,35 @@ class Settings:
     router_http_port: int = _setting(8083, "Port of the router's /healthz, /metrics, /routes.")
     router_group: str = _setting("strata-router", "Kafka consumer group of the router.")
 
+    # --- geo-redundancy (issue #19, docs/dr.md): this site, its peer site, the mirror ---
+    dr_site: str = _setting(
+        "", "Name of this site (e.g. 'A'); empty = a stand-alone archive (no geo-redundancy)."
+    )
+    dr_peer_site: str = _setting("", "Name of the peer site (e.g. 'B').")
+    dr_peer_bootstrap: str = _setting(
+        "", "Kafka bootstrap servers of the peer site: the mirror's source while this site follows."
+    )
+    dr_peer_grpc: str = _setting(
+        "", "host:port of the peer site's gRPC service: the copier fetches object bytes from it."
+    )
+    dr_mirror_port: int = _setting(
+        8084, "Port of MirrorMaker 2's internal REST listener (dedicated mode; this host only)."
+    )
+    dr_mirror_heap: str = _setting("256m", "JVM heap of MirrorMaker 2.")
+    dr_mirror_interval_ms: int = _setting(
+        500,
+        "MirrorMaker 2's poll, offset-flush, offset-sync, checkpoint and refresh intervals (ms): "
+        "lower = less lag, more requests.",
+    )
+    dr_copy_group: str = _setting(
+        "strata-dr-copier", "Kafka consumer group of the object copier (processors/replicate.py)."
+    )
+    dr_fence_check_seconds: float = _setting(
+        5.0,
+        "How often the ingest node re-reads the epoch (its own and the peer's control topic): "
+        "a site that is not the primary of the latest epoch refuses C-STORE.",
+    )
+
     # --- limits on what a peer can ask of the read side and STOW (issue #15) ---
     query_timeout: float = _setting(
         30.0,
@@ -499,6 +528,11 @@ class Settings:
         """Replication factor of created topics: STRATA_REPLICATION_FACTOR, raised to three
         replicas (or as many as there are nodes) on a Kafka cluster."""
         return max(self.replication_factor, min(3, self.kafka_nodes))
+
+    @property
+    def dr_topic(self) -> str:
+        """Source-of-truth topic of the sites' epochs (SiteEpoch events, docs/dr.md)."""
+        return f"{self.topic_prefix}.dr-control.v1"
 
     @property
     def study_topic(self) -> str:

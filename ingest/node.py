@@ -234,7 +234,17 @@ def build_store_service(settings: Settings) -> StoreService:
         ),
         cold=_cold_tier(settings),
         quarantine=build_quarantine(settings),
+        fence=_dr_fence(settings),
     )
+
+
+def _dr_fence(settings: Settings) -> Any:
+    """Geo-redundancy: a site that is not the primary of the latest epoch refuses ingest."""
+    if not settings.dr_site:
+        return None
+    from cli.dr import Fence
+
+    return Fence(settings)
 
 
 def _cold_tier(settings: Settings) -> Any:

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydicom import Dataset
 
@@ -138,6 +138,7 @@ class StoreService:
     limits: Limits
     cold: ReadTier | None = None  # where the lifecycle moves objects, when configured
     quarantine: Quarantine | None = None  # None: no quota (a Quarantine of quarantine_dir)
+    fence: Any = None  # geo-redundancy (cli.dr.Fence): .reason() != "" = not the primary
     _sampled_at: float = field(default=-1e9, init=False, repr=False)
     _depth: int = field(default=0, init=False, repr=False)
     _oldest: float = field(default=0.0, init=False, repr=False)
@@ -147,6 +148,8 @@ class StoreService:
             self.quarantine = Quarantine(self.quarantine_dir, max_bytes=1 << 62)
 
     def store(self, rx: Received) -> Outcome:
+        if self.fence is not None and (why := self.fence.reason()):
+            return Outcome(statuses.OUT_OF_RESOURCES_STORAGE, why, reason="site-fenced")
         try:
             self._check_log_accepting()
         except Refused as r:

@@ -65,6 +65,19 @@ def services(settings: Settings) -> list[Service]:
             if settings.router_config or router.pid()
             else []
         ),
+        *_dr_services(settings),
+    ]
+
+
+def _dr_services(settings: Settings) -> list[Service]:
+    """Geo-redundancy processes (docs/dr.md), shown while running so that down stops them."""
+    from cli.dr import copier_proc
+    from stack import mirror
+
+    m, c = mirror.proc(settings), copier_proc(settings)
+    return [
+        *([Service("mirror", m, f"http://127.0.0.1:{settings.dr_mirror_port}")] if m.pid() else []),
+        *([Service("dr-copier", c, settings.dr_peer_grpc)] if c.pid() else []),
     ]
 
 

@@ -20,7 +20,7 @@ class Producer(_message.Message):
     def __init__(self, service: _Optional[str] = ..., node: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("event_id", "event_type", "schema_version", "occurred_at", "producer", "study_instance_uid", "instance_stored", "instance_quarantined", "study_stable", "route_decided", "route_attempted", "route_delivered", "route_dead_lettered", "route_redriven", "tier_transitioned", "instance_deleted", "legal_hold_placed", "legal_hold_released", "object_repaired", "study_accessed")
+    __slots__ = ("event_id", "event_type", "schema_version", "occurred_at", "producer", "study_instance_uid", "instance_stored", "instance_quarantined", "study_stable", "route_decided", "route_attempted", "route_delivered", "route_dead_lettered", "route_redriven", "tier_transitioned", "instance_deleted", "legal_hold_placed", "legal_hold_released", "object_repaired", "study_accessed", "instance_replicated", "site_epoch")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class Envelope(_message.Message):
     LEGAL_HOLD_RELEASED_FIELD_NUMBER: _ClassVar[int]
     OBJECT_REPAIRED_FIELD_NUMBER: _ClassVar[int]
     STUDY_ACCESSED_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_REPLICATED_FIELD_NUMBER: _ClassVar[int]
+    SITE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     event_type: str
     schema_version: int
@@ -61,7 +63,9 @@ class Envelope(_message.Message):
     legal_hold_released: LegalHoldReleased
     object_repaired: ObjectRepaired
     study_accessed: StudyAccessed
-    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., schema_version: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[_Union[Producer, _Mapping]] = ..., study_instance_uid: _Optional[str] = ..., instance_stored: _Optional[_Union[InstanceStored, _Mapping]] = ..., instance_quarantined: _Optional[_Union[InstanceQuarantined, _Mapping]] = ..., study_stable: _Optional[_Union[StudyStable, _Mapping]] = ..., route_decided: _Optional[_Union[RouteDecided, _Mapping]] = ..., route_attempted: _Optional[_Union[RouteAttempted, _Mapping]] = ..., route_delivered: _Optional[_Union[RouteDelivered, _Mapping]] = ..., route_dead_lettered: _Optional[_Union[RouteDeadLettered, _Mapping]] = ..., route_redriven: _Optional[_Union[RouteRedriven, _Mapping]] = ..., tier_transitioned: _Optional[_Union[TierTransitioned, _Mapping]] = ..., instance_deleted: _Optional[_Union[InstanceDeleted, _Mapping]] = ..., legal_hold_placed: _Optional[_Union[LegalHoldPlaced, _Mapping]] = ..., legal_hold_released: _Optional[_Union[LegalHoldReleased, _Mapping]] = ..., object_repaired: _Optional[_Union[ObjectRepaired, _Mapping]] = ..., study_accessed: _Optional[_Union[StudyAccessed, _Mapping]] = ...) -> None: ...
+    instance_replicated: InstanceReplicated
+    site_epoch: SiteEpoch
+    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., schema_version: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[_Union[Producer, _Mapping]] = ..., study_instance_uid: _Optional[str] = ..., instance_stored: _Optional[_Union[InstanceStored, _Mapping]] = ..., instance_quarantined: _Optional[_Union[InstanceQuarantined, _Mapping]] = ..., study_stable: _Optional[_Union[StudyStable, _Mapping]] = ..., route_decided: _Optional[_Union[RouteDecided, _Mapping]] = ..., route_attempted: _Optional[_Union[RouteAttempted, _Mapping]] = ..., route_delivered: _Optional[_Union[RouteDelivered, _Mapping]] = ..., route_dead_lettered: _Optional[_Union[RouteDeadLettered, _Mapping]] = ..., route_redriven: _Optional[_Union[RouteRedriven, _Mapping]] = ..., tier_transitioned: _Optional[_Union[TierTransitioned, _Mapping]] = ..., instance_deleted: _Optional[_Union[InstanceDeleted, _Mapping]] = ..., legal_hold_placed: _Optional[_Union[LegalHoldPlaced, _Mapping]] = ..., legal_hold_released: _Optional[_Union[LegalHoldReleased, _Mapping]] = ..., object_repaired: _Optional[_Union[ObjectRepaired, _Mapping]] = ..., study_accessed: _Optional[_Union[StudyAccessed, _Mapping]] = ..., instance_replicated: _Optional[_Union[InstanceReplicated, _Mapping]] = ..., site_epoch: _Optional[_Union[SiteEpoch, _Mapping]] = ...) -> None: ...
 
 class StorageLocation(_message.Message):
     __slots__ = ("tier", "key")
@@ -382,3 +386,46 @@ class StudyAccessed(_message.Message):
     via: str
     accessed_at: _timestamp_pb2.Timestamp
     def __init__(self, via: _Optional[str] = ..., accessed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class InstanceReplicated(_message.Message):
+    __slots__ = ("sop_instance_uid", "series_instance_uid", "sha256", "size_bytes", "location", "source_site", "source_event_id", "site")
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SITE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    sop_instance_uid: str
+    series_instance_uid: str
+    sha256: str
+    size_bytes: int
+    location: StorageLocation
+    source_site: str
+    source_event_id: str
+    site: str
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., source_site: _Optional[str] = ..., source_event_id: _Optional[str] = ..., site: _Optional[str] = ...) -> None: ...
+
+class SiteEpoch(_message.Message):
+    __slots__ = ("epoch", "primary_site", "previous_primary", "reason", "operator", "diverged_at")
+    class DivergedAtEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_SITE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    DIVERGED_AT_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    primary_site: str
+    previous_primary: str
+    reason: str
+    operator: str
+    diverged_at: _containers.ScalarMap[str, int]
+    def __init__(self, epoch: _Optional[int] = ..., primary_site: _Optional[str] = ..., previous_primary: _Optional[str] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., diverged_at: _Optional[_Mapping[str, int]] = ...) -> None: ...

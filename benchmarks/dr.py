@@ -1,0 +1,262 @@
+"""The DR drill (docs/dr.md, docs/runbooks/dr-drill.md): two sites on this machine, sustained
+ingest at A through storescu, kill -9 of every process of site A mid-run, promote B, then every
+instance storescu logged as acknowledged must be queryable and retrievable byte-identical at B.
+
+Prints RPO (acknowledged instances missing at B and the seconds of ingest they span) and RTO
+(seconds from A's death until B answers C-FIND and accepts C-STORE).
+
+    .venv/bin/python -m benchmarks.dr --instances 200 [--kill-after 0.6] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.dcmtk import dcmtk_env, findscu, storescu
+from tests.support.sites import Sites, kill_site, make_sites
+from tests.support.stack import Stack
+from tests.support.synthetic import ct_series
+
+
+@dataclass
+class Sender:
+    """Sustained ingest at one site: storescu on batches of files, one after another; the time
+    each file was acknowledged (Success) is recorded from storescu's -v output."""
+
+    port: int
+    files: list[Path]
+    batch: int = 5
+    rate: float = 0.0  # instances/s at most (0 = as fast as storescu goes)
+    acked: dict[str, float] = field(default_factory=dict)
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        for i in range(0, len(self.files), self.batch):
+            if self.rate > 0:  # sustained ingest, as modalities send: not one burst
+                self.stopped.wait(max(0.0, t0 + i / self.rate - time.monotonic()))
+            if self.stopped.is_set():
+                return
+            chunk = self.files[i : i + self.batch]
+            p = subprocess.Popen(
+                ["storescu", "-v", "-aet", "MODALITY", "-aec", "STRATA", "127.0.0.1",
+                 str(self.port), *map(str, chunk)],
+                env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            current = None
+            assert p.stdout is not None
+            for line in p.stdout:
+                m = re.search(r"Sending file: (.+)$", line)
+                if m:
+                    current = m.group(1).strip()
+                elif "Received Store Response (Success)" in line and current:
+                    self.acked[current] = time.time()
+            p.wait()
+            if p.returncode != 0 and self.stopped.is_set():
+                return
+
+
+def _uids(path: Path) -> tuple[str, str, str]:
+    from pydicom import dcmread
+
+    ds = dcmread(str(path), stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+
+def _dataset_bytes(data: bytes) -> bytes:
+    """The dataset of a Part 10 file (what storescu sends) without its file meta."""
+    import io
+
+    from pynetdicom.dsutils import split_dataset
+
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
+        f.write(data)
+        f.flush()
+        _meta, offset = split_dataset(Path(f.name))
+    del io
+    return data[offset:]
+
+
+def retrieve_at(grpc_target: str, study: str, sops: list[str]) -> dict[str, bytes]:
+    """The instances ``sops`` of ``study`` the site serves (gRPC RetrieveInstances, one call
+    per instance: one whose bytes are missing fails its own call only), sha-checked."""
+    import grpc
+
+    from proto.strata.v1 import query_pb2 as q
+    from proto.strata.v1 import query_pb2_grpc as q_grpc
+
+    out: dict[str, bytes] = {}
+    with grpc.insecure_channel(grpc_target) as ch:
+        stub = q_grpc.QueryServiceStub(ch)
+        for sop in sops:
+            buf, sha = bytearray(), ""
+            try:
+                for c in stub.RetrieveInstances(
+                    q.RetrieveRequest(study_instance_uid=study, sop_instance_uids=[sop]),
+                    timeout=60,
+                ):
+                    buf.extend(c.data)
+                    sha = c.sha256 or sha
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                    raise
+                continue
+            if hashlib.sha256(buf).hexdigest() == sha:
+                out[sop] = bytes(buf)
+    return out
+
+
+def holdings(site: Stack, files: list[str]) -> tuple[set[str], set[str]]:
+    """SOP Instance UIDs of ``files`` the site answers in C-FIND, and those it retrieves
+    byte-identical (dataset for dataset) to the file."""
+    by_study: dict[str, list[Path]] = {}
+    uids = {}
+    for f in files:
+        st, _se, sop = _uids(Path(f))
+        uids[f] = sop
+        by_study.setdefault(st, []).append(Path(f))
+    target = f"127.0.0.1:{site.env['STRATA_GRPC_PORT']}"
+    found: set[str] = set()
+    identical: set[str] = set()
+    for study, fs in by_study.items():
+        rows = findscu(
+            int(site.env["STRATA_QR_PORT"]),
+            "STRATA_QR",
+            "IMAGE",
+            {"StudyInstanceUID": study, "SeriesInstanceUID": "", "SOPInstanceUID": ""},
+        )
+        found |= {str(r.SOPInstanceUID) for r in rows}
+        got = retrieve_at(target, study, [uids[str(f)] for f in fs])
+        for f in fs:
+            sop = uids[str(f)]
+            if sop in got and _dataset_bytes(got[sop]) == _dataset_bytes(f.read_bytes()):
+                identical.add(sop)
+    return found, identical
+
+
+def _answers_find(port: int) -> bool:
+    try:
+        findscu(port, "STRATA_QR", "STUDY", {"StudyInstanceUID": ""})
+        return True
+    except Exception:
+        return False
+
+
+def drill(
+    sites: Sites, work: Path, instances: int = 100, kill_after: float = 0.6, rate: float = 4.0
+) -> dict[str, Any]:
+    """Run the drill on started sites (A primary of epoch 1, B following); returns the numbers."""
+    a, b = sites.a, sites.b
+    files: list[Path] = []
+    per_study = 20
+    for i in range((instances + per_study - 1) // per_study):
+        n = min(per_study, instances - i * per_study)
+        files += ct_series(work / f"s{i}", n, patient_id=f"DR{i:04d}")
+    sender = Sender(int(a.env["STRATA_INGEST_PORT"]), files, rate=rate)
+    t = threading.Thread(target=sender.run, daemon=True)
+    t_start = time.time()
+    t.start()
+    while len(sender.acked) < int(instances * kill_after) and t.is_alive():
+        time.sleep(0.05)
+    t_dead = time.time()
+    killed = kill_site(a)
+    sender.stopped.set()
+    t.join(60)
+    acked = dict(sender.acked)
+    # Fail over: promote B, then measure until B answers C-FIND and accepts C-STORE.
+    b.cli("dr", "promote", "--reason", "drill: site A killed", "--by", "drill")
+    probe = ct_series(work / "probe", 1, patient_id="DRPROBE")
+    find_ok = store_ok = None
+    while time.time() - t_dead < 300 and (find_ok is None or store_ok is None):
+        if find_ok is None and _answers_find(int(b.env["STRATA_QR_PORT"])):
+            find_ok = time.time()
+        if store_ok is None:
+            _rc, rsp, _out = storescu(int(b.env["STRATA_INGEST_PORT"]), "STRATA", probe)
+            if rsp == ["Success"]:
+                store_ok = time.time()
+        time.sleep(0.2)
+    rto = (max(find_ok, store_ok) - t_dead) if find_ok and store_ok else None
+    sites.acked = sorted(acked)
+    # What B holds of what A acknowledged: queryable (C-FIND) and byte-identical (gRPC).
+    time.sleep(3)  # the index at B applies what the mirror delivered before the kill
+    uids = {f: _uids(Path(f))[2] for f in acked}
+    found, identical = holdings(b, list(acked))
+    missing = [f for f in acked if uids[f] not in found or uids[f] not in identical]
+    span = (max(acked[f] for f in missing) - min(acked[f] for f in missing)) if missing else 0.0
+    return {
+        "instances_planned": instances,
+        "acknowledged": len(acked),
+        "rate_per_s": rate,
+        "ingest_seconds_before_kill": round(t_dead - t_start, 1),
+        "killed": killed,
+        "queryable_at_b": len([f for f in acked if uids[f] in found]),
+        "identical_at_b": len([f for f in acked if uids[f] in identical]),
+        "rpo_instances": len(missing),
+        "rpo_seconds": round(span, 2),
+        "rpo_oldest_missing_age_at_kill": round(t_dead - min(acked[f] for f in missing), 2)
+        if missing
+        else 0.0,
+        "rto_seconds": round(rto, 1) if rto is not None else None,
+        "rto_find_seconds": round(find_ok - t_dead, 1) if find_ok else None,
+        "rto_store_seconds": round(store_ok - t_dead, 1) if store_ok else None,
+    }
+
+
+def wait_following(sites: Sites, timeout: float = 300.0) -> float:
+    """Until B holds A's epoch 1 (the mirror runs end to end); returns the seconds waited."""
+    from cli.dr import current_epoch
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        ep = current_epoch(sites.b.settings.kafka_bootstrap, sites.b.settings.dr_topic)
+        if ep is not None and ep.primary_site == "A":
+            return time.monotonic() - t0
+        time.sleep(1)
+    raise AssertionError(f"B did not receive A's epoch within {timeout:.0f}s (mirror not running)")
+
+
+def setup(root: Path) -> Sites:
+    sites = make_sites(root)
+    sites.up()
+    try:
+        sites.a.cli("dr", "promote", "--reason", "initial primary", "--by", "drill")
+        sites.b.cli("dr", "follow")
+        wait_following(sites)
+    except BaseException:
+        sites.down()
+        raise
+    return sites
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--instances", type=int, default=200)
+    ap.add_argument("--kill-after", type=float, default=0.6)
+    ap.add_argument("--rate", type=float, default=4.0, help="instances/s sent to A")
+    ap.add_argument("--keep", help="directory of the two sites (kept); default a temp dir")
+    args = ap.parse_args()
+    root = Path(args.keep or tempfile.mkdtemp(prefix="strata-dr-"))
+    sites = setup(root)
+    try:
+        out = drill(sites, root / "files", args.instances, args.kill_after, args.rate)
+        print(json.dumps(out, indent=2))
+    finally:
+        sites.down()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,471 @@
+"""`strata dr`: geo-redundancy by Kafka mirroring (docs/dr.md, docs/runbooks/).
+
+follow    this site becomes the secondary: MirrorMaker 2 (peer -> here) and the object copier
+unfollow  stop both (nothing else changes)
+status    epoch, primary, mirror lag (events, seconds), events not yet examined by the copier
+promote   this site becomes the primary: stop following, write a SiteEpoch (epoch+1) event
+copier    run the object copier in the foreground (what `follow` starts)
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from common.errors import StrataError, Unavailable
+from common.settings import Settings
+from stack.procs import Proc
+
+
+def copier_proc(settings: Settings) -> Proc:
+    return Proc("dr-copier", settings.run_dir, settings.log_dir)
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+
+
+def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
+    from stack import mirror
+
+    ep = current_epoch(settings.kafka_bootstrap, settings.dr_topic)
+    if ep and ep.primary_site == settings.dr_site:
+        raise StrataError(
+            f"site {settings.dr_site} is the primary of epoch {ep.epoch}: a primary does not "
+            "follow (fail back with 'strata dr failback' at the site that takes over)"
+        )
+    mirror.start(settings)
+    copier_proc(settings).start(
+        [sys.executable, "-m", "cli.main", "dr", "copier"], env={**_base_env(), **settings.to_env()}
+    )
+    print(
+        f"site {settings.dr_site or '-'} follows {settings.dr_peer_site or '-'} "
+        f"({settings.dr_peer_bootstrap}): mirror and copier started"
+    )
+    return 0
+
+
+def cmd_unfollow(settings: Settings, args: argparse.Namespace) -> int:
+    from stack import mirror
+
+    stopped = [
+        n
+        for n, ok in (
+            ("mirror", mirror.stop(settings)),
+            ("dr-copier", copier_proc(settings).stop(grace=20.0)),
+        )
+        if ok
+    ]
+    print("stopped: " + (", ".join(stopped) or "nothing"))
+    return 0
+
+
+def cmd_copier(settings: Settings, args: argparse.Namespace) -> int:
+    from processors.replicate import serve
+
+    serve(settings)
+    return 0
+
+
+# ------------------------------------------------------------------ epochs (the fence)
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[bytes]:
+    """Every committed record of ``topic`` (read_committed, to the partition ends). The end is
+    known by the client's end-of-partition event, not by the high watermark: a mirrored topic
+    ends with transaction markers, offsets no record is delivered at. [] when unreachable."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"strata-dr-read-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "socket.timeout.ms": int(timeout * 1000),
+            "log_level": 0,  # an unreachable peer is an answer here, not a log line per retry
+        }
+    )
+    out: list[bytes] = []
+    try:
+        md = c.list_topics(topic, timeout=timeout)
+        meta = md.topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        parts = set(meta.partitions)
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while done != parts and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    done.add(m.partition() or 0)
+                continue
+            out.append(m.value() or b"")
+    except KafkaException:
+        return []
+    finally:
+        c.close()
+    return out
+
+
+def current_epoch(bootstrap: str, topic: str, timeout: float = 10.0) -> Any:
+    """The SiteEpoch with the highest epoch in ``topic`` at ``bootstrap`` (None: none yet)."""
+    from common.events import decode
+
+    best = None
+    for raw in read_all(bootstrap, topic, timeout):
+        try:
+            env = decode(raw)
+        except Exception:
+            continue
+        if env.WhichOneof("payload") == "site_epoch" and (
+            best is None or env.site_epoch.epoch > best.epoch
+        ):
+            best = env.site_epoch
+    return best
+
+
+def latest_epoch(settings: Settings) -> Any:
+    """The highest epoch known here or at the peer (a fenced old primary learns of the
+    promotion from the peer even before the mirror runs back to it)."""
+    eps = [current_epoch(settings.kafka_bootstrap, settings.dr_topic)]
+    if settings.dr_peer_bootstrap:
+        eps.append(current_epoch(settings.dr_peer_bootstrap, settings.dr_topic, timeout=3.0))
+    eps = [e for e in eps if e is not None]
+    return max(eps, key=lambda e: e.epoch) if eps else None
+
+
+def accepts_ingest(settings: Settings) -> tuple[bool, str]:
+    """Whether this site may accept C-STORE: not configured for DR, or the primary of the
+    latest epoch known here or at the peer."""
+    if not settings.dr_site:
+        return True, ""
+    ep = latest_epoch(settings)
+    if ep is None or ep.primary_site == settings.dr_site:
+        return True, ""
+    return (
+        False,
+        f"site {settings.dr_site} is fenced: {ep.primary_site} is primary (epoch {ep.epoch})",
+    )
+
+
+def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+
+    from common.events import envelope
+    from processors.replay import end_positions
+    from proto.strata.v1 import events_pb2 as pb
+    from stack import mirror
+
+    if not settings.dr_site:
+        raise StrataError("STRATA_DR_SITE is not set: this archive is not part of a DR pair")
+    t0 = time.monotonic()
+    mirror.stop(settings)  # one direction at a time: nothing more arrives from the old primary
+    copier_proc(settings).stop(grace=20.0)
+    ep = latest_epoch(settings)
+    prev = ep.primary_site if ep else ""
+    n = (ep.epoch if ep else 0) + 1
+    ends = end_positions(
+        settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
+    )
+    epoch = pb.SiteEpoch(
+        epoch=n,
+        primary_site=settings.dr_site,
+        previous_primary=prev,
+        reason=args.reason,
+        operator=args.by or getpass.getuser(),
+        diverged_at={f"{t}:{p}": o for t, parts in ends.items() for p, o in parts.items()},
+    )
+    env = envelope(
+        epoch, study_uid="", service="dr", node=settings.node_name, occurred_at=datetime.now(UTC)
+    )
+    errors: list[str] = []
+    p = Producer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
+    )
+    p.produce(
+        settings.dr_topic,
+        key=b"epoch",
+        value=env.SerializeToString(),
+        on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
+    )
+    if p.flush(30) or errors:
+        raise StrataError(f"the epoch event was not confirmed by Kafka: {errors[:1] or 'timeout'}")
+    print(
+        f"site {settings.dr_site} is primary from epoch {n} (was {prev or '-'}); "
+        f"promoted in {time.monotonic() - t0:.1f}s"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------ status
+
+
+def mirrored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> next offset of the peer's log MirrorMaker 2 has mirrored here,
+    from its source offsets (topic mm2-offsets.<peer>.internal at this site)."""
+    topic = f"mm2-offsets.{settings.dr_peer_site or 'peer'}.internal"
+    out: dict[tuple[str, int], int] = {}
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"strata-dr-status-{time.time_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        md = c.list_topics(timeout=10)
+        if topic not in md.topics:
+            return out
+        parts = list(md.topics[topic].partitions)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        done = {p for p, e in ends.items() if e == 0}
+        deadline = time.monotonic() + 15
+        while len(done) < len(parts) and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            try:
+                key = json.loads(m.key() or b"null")
+                val = json.loads(m.value() or b"null")
+                part = key[1]
+                if val is not None and "topic" in part:
+                    out[(part["topic"], int(part["partition"]))] = int(val["offset"]) + 1
+            except (ValueError, TypeError, KeyError, IndexError):
+                pass
+            if (m.offset() or 0) + 1 >= ends[m.partition() or 0]:
+                done.add(m.partition() or 0)
+    finally:
+        c.close()
+    return out
+
+
+def lag(settings: Settings) -> dict[str, Any]:
+    """Events of the peer's log not yet mirrored here, and the age of the oldest of them."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from processors.replay import end_positions
+
+    topics = [settings.study_topic, settings.quarantine_topic]
+    mirrored = mirrored_offsets(settings)
+    try:
+        peer_ends = end_positions(settings.dr_peer_bootstrap, topics)
+    except Unavailable:
+        return {"peer_log": "unreachable", "mirrored_events": sum(mirrored.values())}
+    events = 0
+    oldest: float | None = None
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.dr_peer_bootstrap,
+            "group.id": f"strata-dr-status-{time.time_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        for t, parts in peer_ends.items():
+            for p, end in parts.items():
+                done = mirrored.get((t, p), 0)
+                if end > done:
+                    events += end - done
+                    c.assign([TopicPartition(t, p, done)])
+                    m = c.poll(5)
+                    if m is not None and not m.error():
+                        ts = m.timestamp()[1] / 1000.0
+                        oldest = ts if oldest is None else min(oldest, ts)
+    finally:
+        c.close()
+    return {
+        "peer_log": "reachable",
+        "lag_events": events,
+        "lag_seconds": round(time.time() - oldest, 1) if oldest else 0.0,
+        "mirrored_events": sum(mirrored.values()),
+    }
+
+
+def copier_backlog(settings: Settings) -> int:
+    """Events of this site's study topic the copier has not examined yet."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from processors.replay import end_positions
+
+    ends = end_positions(settings.kafka_bootstrap, [settings.study_topic])
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.dr_copy_group,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        tps = [TopicPartition(t, p) for t, parts in ends.items() for p in parts]
+        committed = c.committed(tps, timeout=10) if tps else []
+        return sum(max(0, ends[tp.topic][tp.partition] - max(tp.offset, 0)) for tp in committed)
+    finally:
+        c.close()
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    from stack import mirror
+
+    ep = current_epoch(settings.kafka_bootstrap, settings.dr_topic)
+    out: dict[str, Any] = {
+        "site": settings.dr_site,
+        "peer": settings.dr_peer_site,
+        "epoch": ep.epoch if ep else 0,
+        "primary": ep.primary_site if ep else "",
+        "mirror": "running" if mirror.proc(settings).pid() else "stopped",
+        "copier": "running" if copier_proc(settings).pid() else "stopped",
+    }
+    ok, why = accepts_ingest(settings)
+    out["accepts_ingest"] = ok
+    if why:
+        out["fenced"] = why
+    if out["mirror"] == "running" and settings.dr_peer_bootstrap:
+        out.update(lag(settings))
+    out["copier_backlog_events"] = copier_backlog(settings)
+    return out
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    s = status(settings)
+    if args.json:
+        print(json.dumps(s, indent=2))
+    else:
+        for k, v in s.items():
+            print(f"{k:24} {v}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    d = sub.add_parser("dr", help="geo-redundancy: follow a peer site, promote, status")
+    dsub = d.add_subparsers(dest="dr_cmd", required=True)
+    dsub.add_parser("follow", help="become the secondary: mirror + object copier").set_defaults(
+        fn=cmd_follow
+    )
+    dsub.add_parser("unfollow", help="stop the mirror and the copier").set_defaults(fn=cmd_unfollow)
+    dsub.add_parser("copier", help="run the object copier in the foreground").set_defaults(
+        fn=cmd_copier
+    )
+    s = dsub.add_parser("status", help="epoch, primary, lag, copier backlog")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_status)
+    p = dsub.add_parser("promote", help="this site becomes the primary (fences the old one)")
+    p.add_argument("--reason", default="failover")
+    p.add_argument("--by", help="operator name (default: the login name)")
+    p.set_defaults(fn=cmd_promote)
+    fb = dsub.add_parser(
+        "failback", help="at the fenced old primary: what only it has, re-sent to the primary"
+    )
+    fb.add_argument("--resend", action="store_true", help="C-STORE them to --to")
+    fb.add_argument("--to", default="", help="HOST:PORT of the new primary's ingest")
+    fb.add_argument("--called-ae", default="STRATA")
+    fb.set_defaults(fn=cmd_failback)
+
+
+class Fence:
+    """The ingest node's view of the epoch: refreshed in a background thread every
+    STRATA_DR_FENCE_CHECK_SECONDS; ``reason()`` is "" while this site may accept C-STORE."""
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+
+        self.settings = settings
+        self._reason = ""
+        self._checked = threading.Event()
+        threading.Thread(target=self._loop, name="dr-fence", daemon=True).start()
+        self._checked.wait(15.0)  # the first answer before the first C-STORE (bounded)
+
+    def _loop(self) -> None:
+        import logging
+
+        while True:
+            try:
+                ok, why = accepts_ingest(self.settings)
+                if why != self._reason and why:
+                    logging.getLogger(__name__).warning("refusing ingest: %s", why)
+                self._reason = "" if ok else why
+            except Exception:  # keep the last answer; the log may be briefly unreachable
+                pass
+            self._checked.set()
+            time.sleep(self.settings.dr_fence_check_seconds)
+
+    def reason(self) -> str:
+        return self._reason
+
+
+def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
+    """InstanceStored events of this site's log whose bytes the peer never recorded as copied
+    (no InstanceReplicated at the peer with that source event id): what only this site has."""
+    from common.events import decode
+
+    copied: set[str] = set()
+    for raw in read_all(settings.dr_peer_bootstrap, settings.study_topic, timeout):
+        try:
+            env = decode(raw)
+        except Exception:
+            continue
+        if env.WhichOneof("payload") == "instance_replicated":
+            copied.add(env.instance_replicated.source_event_id)
+    out = []
+    for raw in read_all(settings.kafka_bootstrap, settings.study_topic, timeout):
+        try:
+            env = decode(raw)
+        except Exception:
+            continue
+        if env.WhichOneof("payload") == "instance_stored" and env.event_id not in copied:
+            out.append(env.instance_stored)
+    return out
+
+
+def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
+    """At the old primary, fenced: re-send to the new primary what only this site has."""
+    from archive.hot import HotTier
+    from cli.main import cmd_send
+
+    ok, why = accepts_ingest(settings)
+    if ok:
+        raise StrataError("this site is not fenced: fail back starts at an old primary")
+    print(why)
+    # What this site acknowledged but had not published when it died is in its outbox: the
+    # relay publishes it after the restart; wait (bounded) until it has.
+    from stack.local import health
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        h = health(settings.bind_host, settings.ingest_http_port) or {}
+        if h.get("outbox_depth") == 0:
+            break
+        time.sleep(0.5)
+    hot = HotTier(settings.hot_dir)
+    found = orphans(settings)
+    files = [hot.path(st.location.key) for st in found if st.location.tier == "hot"]
+    files = [f for f in files if f.is_file()]
+    print(f"{len(found)} instances only this site has; {len(files)} files in the hot tier")
+    if not args.resend or not files:
+        return 0
+    host, _, port = args.to.rpartition(":")
+    send = argparse.Namespace(
+        paths=[str(f) for f in files],
+        host=host,
+        port=int(port),
+        called_ae=args.called_ae,
+        calling_ae=settings.ingest_ae_title,
+        quiet=True,
+    )
+    return cmd_send(settings, send)

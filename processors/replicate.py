@@ -1,0 +1,246 @@
+"""The object copier of a following site: objects follow the log (docs/dr.md).
+
+Reads this site's study topic (read_committed), where MirrorMaker 2 writes the peer's events.
+For each InstanceStored whose object is in the hot tier and not yet here, it fetches the bytes
+from the peer's gRPC RetrieveInstances, checks the SHA-256 recorded at ingest, writes them into
+this site's hot tier under the same key (fsync'd, never overwriting) and records an
+InstanceReplicated event at this site. The consumer offset is committed only after the copy (or
+a decision not to copy) is durable: a crash re-copies, and a copy is idempotent (same key, same
+bytes: the hot tier's link() keeps the first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from archive.hot import HotTier
+from common.errors import NotFound, Unavailable
+from common.events import decode, envelope
+from common.settings import Settings
+from proto.strata.v1 import events_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CopyResult:
+    copied: int = 0
+    present: int = 0
+    skipped: int = 0
+
+
+NOT_FOUND_PATIENCE = 120.0  # seconds a peer may answer NOT_FOUND (its index lags its log)
+
+
+def fetch_many(
+    stub: Any, study: str, series: str, sops: list[str], spool: Path, timeout: float = 120.0
+) -> dict[str, tuple[Path, str]]:
+    """Stream the objects ``sops`` of one series from the peer into files under ``spool``;
+    returns sop -> (file, sha256) for those the peer sent (NOT_FOUND: none of them yet)."""
+    import grpc
+
+    from proto.strata.v1 import query_pb2 as q
+
+    files: dict[str, tuple[Any, Any, Path]] = {}
+    req = q.RetrieveRequest(
+        study_instance_uid=study, series_instance_uid=series, sop_instance_uids=sops
+    )
+    try:
+        for chunk in stub.RetrieveInstances(req, timeout=timeout):
+            sop = chunk.sop_instance_uid
+            if sop not in files:
+                path = spool / f"{uuid.uuid4().hex}.part"
+                files[sop] = (open(path, "wb"), hashlib.sha256(), path)  # noqa: SIM115
+            f, h, _ = files[sop]
+            f.write(chunk.data)
+            h.update(chunk.data)
+    except grpc.RpcError as exc:
+        code = exc.code()  # type: ignore[attr-defined]
+        for f, _h, path in files.values():
+            f.close()
+            path.unlink(missing_ok=True)
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(f"peer has none of {len(sops)} objects of series {series}") from exc
+        raise Unavailable(f"peer: {code.name}") from exc
+    out = {}
+    for sop, (f, h, path) in files.items():
+        f.close()
+        out[sop] = (path, h.hexdigest())
+    return out
+
+
+class Copier:
+    def __init__(self, settings: Settings) -> None:
+        import grpc
+
+        from proto.strata.v1 import query_pb2_grpc as q_grpc
+
+        self.settings = settings
+        self.hot = HotTier(settings.hot_dir, "dr-copier")
+        self.stop_event = threading.Event()
+        self.result = CopyResult()
+        self.channel = grpc.insecure_channel(settings.dr_peer_grpc)
+        self.stub = q_grpc.QueryServiceStub(self.channel)
+
+    def copy_batch(self, envs: list[pb.Envelope]) -> None:
+        """Copy the objects of these InstanceStored events that are not here; returns when each
+        is here, or was given up (NOT_FOUND for longer than NOT_FOUND_PATIENCE). Raises
+        Unavailable (the caller retries the batch: what is done stays done)."""
+        todo: dict[tuple[str, str], list[pb.Envelope]] = {}
+        for env in envs:
+            st = env.instance_stored
+            if st.location.tier != "hot":
+                self.result.skipped += 1  # cold objects are shared through S3 (docs/dr.md)
+            elif self.hot.exists(st.location.key):
+                self.result.present += 1
+            else:
+                todo.setdefault((st.study_instance_uid, st.series_instance_uid), []).append(env)
+        for (study, series), group in todo.items():
+            since = time.monotonic()
+            while group and not self.stop_event.is_set():
+                # One request per object: a request naming several SOP Instance UIDs came
+                # back NOT_FOUND in the drill while each of them was found alone (not
+                # understood yet; docs/dr.md).
+                got = {}
+                for e in group:
+                    sop = e.instance_stored.sop_instance_uid
+                    try:
+                        got.update(fetch_many(self.stub, study, series, [sop], self.hot.incoming))
+                    except NotFound:
+                        log.info("peer has not indexed %s yet", sop)
+                left = []
+                for env in group:
+                    st = env.instance_stored
+                    path, digest = got.pop(st.sop_instance_uid, (None, ""))
+                    if path is None:
+                        left.append(env)
+                        continue
+                    try:
+                        if digest != st.sha256:
+                            log.error(
+                                "copy of %s has sha256 %s, not the recorded %s: not stored",
+                                st.sop_instance_uid, digest[:12], st.sha256[:12],
+                            )  # fmt: skip
+                            left.append(env)
+                            continue
+                        self.hot.put_file(st.location.key, path)
+                    finally:
+                        path.unlink(missing_ok=True)
+                    self.result.copied += 1
+                    self._record(env, st)
+                for path, _d in got.values():  # other versions the peer sent: not ours
+                    path.unlink(missing_ok=True)
+                group = left
+                if group:
+                    if time.monotonic() - since > NOT_FOUND_PATIENCE:
+                        log.warning(
+                            "not copied (the peer has no bytes after %.0fs): %d objects of %s",
+                            NOT_FOUND_PATIENCE, len(group), series,
+                        )  # fmt: skip
+                        self.result.skipped += len(group)
+                        break
+                    self.stop_event.wait(0.5)
+
+    def _record(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
+        from confluent_kafka import Producer
+
+        rep = pb.InstanceReplicated(
+            sop_instance_uid=st.sop_instance_uid,
+            series_instance_uid=st.series_instance_uid,
+            sha256=st.sha256,
+            size_bytes=st.size_bytes,
+            location=pb.StorageLocation(tier="hot", key=st.location.key),
+            source_site=self.settings.dr_peer_site,
+            source_event_id=env.event_id,
+            site=self.settings.dr_site,
+        )
+        out = envelope(
+            rep,
+            study_uid=st.study_instance_uid,
+            service="dr-copier",
+            node=self.settings.node_name,
+            occurred_at=datetime.now(UTC),
+        )
+        errors: list[str] = []
+        p = self._producer or Producer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+            }
+        )
+        self._producer = p
+        p.produce(
+            self.settings.study_topic,
+            key=st.study_instance_uid.encode(),
+            value=out.SerializeToString(),
+            on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
+        )
+        if p.flush(30) or errors:
+            raise Unavailable(f"InstanceReplicated not confirmed: {errors[:1] or 'timeout'}")
+
+    _producer: Any = None
+
+    def run(self) -> None:
+        from confluent_kafka import Consumer
+
+        c = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": self.settings.dr_copy_group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        c.subscribe([self.settings.study_topic])
+        try:
+            while not self.stop_event.is_set():
+                msgs = [m for m in c.consume(200, 0.5) if not m.error()]
+                if not msgs:
+                    continue
+                envs = []
+                for m in msgs:
+                    try:
+                        env = decode(m.value() or b"")
+                    except Exception:
+                        continue  # not ours to judge: the index sets malformed events aside
+                    if env.WhichOneof("payload") == "instance_stored":
+                        envs.append(env)
+                backoff = 0.5
+                while not self.stop_event.is_set():
+                    try:
+                        self.copy_batch(envs)
+                        break
+                    except Unavailable as exc:
+                        log.warning("copy failed, retrying: %s", exc)
+                        self.stop_event.wait(backoff)
+                        backoff = min(backoff * 2, 10.0)
+                if self.stop_event.is_set():
+                    break  # offsets not committed: the next run copies (idempotently) again
+                c.commit(asynchronous=False)
+        finally:
+            c.close()
+            self.channel.close()
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not settings.dr_peer_grpc:
+        raise Unavailable("STRATA_DR_PEER_GRPC is not set: nowhere to copy objects from")
+    copier = Copier(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: copier.stop_event.set())
+    log.info("copying objects from %s (%s)", settings.dr_peer_site, settings.dr_peer_grpc)
+    t0 = time.monotonic()
+    copier.run()
+    log.info("stopped after %.0fs: %s", time.monotonic() - t0, copier.result)

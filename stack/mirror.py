@@ -1,0 +1,164 @@
+"""MirrorMaker 2 (dedicated mode): the peer site's source-of-truth topics into this site's Kafka.
+
+Runs at the follower (the secondary): source = the peer (``STRATA_DR_PEER_BOOTSTRAP``), target
+= this site. IdentityReplicationPolicy (topic names kept), one direction at a time; exactly-once
+source support at the target (transactions) and read_committed consumers; checkpoints and group
+offset sync. docs/dr.md explains why, and how the direction is switched on fail-back.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from common.errors import Unavailable
+from common.settings import Settings
+from stack.procs import Proc
+
+POM = Path(__file__).with_name("mirror.pom.xml")
+MAIN = "org.apache.kafka.connect.mirror.MirrorMaker"
+
+
+def jars_dir(settings: Settings) -> Path:
+    return Path.home() / ".cache" / "strata" / f"mirror-{settings.kafka_version}" / "libs"
+
+
+def ensure_jars(settings: Settings) -> Path:
+    """Fetch connect-mirror (same version as the broker) once from Maven Central."""
+    libs = jars_dir(settings)
+    if (libs / f"connect-mirror-{settings.kafka_version}.jar").is_file():
+        return libs
+    for tool in ("java", "mvn"):
+        if shutil.which(tool) is None:
+            raise Unavailable(f"'{tool}' not found: MirrorMaker 2 needs Java 17+ and Maven")
+    print(f"fetching MirrorMaker 2 {settings.kafka_version} (once)...", file=sys.stderr)
+    tmp = libs.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    r = subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            f"-Dkafka.version={settings.kafka_version}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        raise Unavailable(
+            f"mvn could not fetch connect-mirror:\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+        )
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    return libs
+
+
+def topics(settings: Settings) -> list[str]:
+    """The topics mirrored: every source-of-truth topic (common.kafka.source_of_truth_topics)."""
+    from common.kafka import source_of_truth_topics
+
+    return [t.name for t in source_of_truth_topics(settings)]
+
+
+def properties(settings: Settings, source: str, target: str) -> str:
+    """mm2.properties: ``source`` (the peer's name) -> ``target`` (this site's name)."""
+    if not settings.dr_peer_bootstrap:
+        raise Unavailable("STRATA_DR_PEER_BOOTSTRAP is not set: no peer site to follow")
+    iv = settings.dr_mirror_interval_ms
+    regex = "|".join(re.escape(t) for t in topics(settings))
+    flow = f"{source}->{target}"
+    lines = [
+        f"clusters={source},{target}",
+        f"{source}.bootstrap.servers={settings.dr_peer_bootstrap}",
+        f"{target}.bootstrap.servers={settings.kafka_bootstrap}",
+        f"{flow}.enabled=true",
+        f"{flow}.topics={regex}",
+        f"{target}->{source}.enabled=false",
+        # Same topic names at both sites: the same processors read them; never both directions
+        # at once (the identity policy cannot stop a cycle: docs/dr.md).
+        "replication.policy.class=org.apache.kafka.connect.mirror.IdentityReplicationPolicy",
+        # Exactly-once source at the target; only committed records of the source are read.
+        f"{target}.exactly.once.source.support=enabled",
+        f"{flow}.consumer.isolation.level=read_committed",
+        f"{source}.consumer.isolation.level=read_committed",
+        f"{flow}.consumer.auto.offset.reset=earliest",
+        "emit.checkpoints.enabled=true",
+        "sync.group.offsets.enabled=true",
+        "emit.heartbeats.enabled=true",
+        "sync.topic.configs.enabled=false",  # the target created its topics itself
+        "sync.topic.acls.enabled=false",
+        "plugin.discovery=service_load",  # no classpath scan (tens of seconds on a busy machine)
+        "refresh.topics.interval.seconds=5",
+        "refresh.groups.interval.seconds=5",
+        f"emit.checkpoints.interval.seconds={max(1, iv // 1000)}",
+        f"sync.group.offsets.interval.seconds={max(1, iv // 1000)}",
+        f"emit.heartbeats.interval.seconds={max(1, iv // 1000)}",
+        f"offset.flush.interval.ms={iv}",
+        "offset-syncs.topic.location=target",
+        "offset.lag.max=10",
+        f"{flow}.producer.linger.ms=5",
+        f"{flow}.consumer.fetch.max.wait.ms={min(iv, 500)}",
+        f"{flow}.producer.acks=all",
+        "tasks.max=1",  # a small machine: one task
+        "replication.factor=1",
+        "checkpoints.topic.replication.factor=1",
+        "heartbeats.topic.replication.factor=1",
+        "offset-syncs.topic.replication.factor=1",
+        "offset.storage.replication.factor=1",
+        "status.storage.replication.factor=1",
+        "config.storage.replication.factor=1",
+        "dedicated.mode.enable.internal.rest=true",
+        f"listeners=http://{settings.bind_host}:{settings.dr_mirror_port}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def proc(settings: Settings) -> Proc:
+    return Proc("mirror", settings.run_dir, settings.log_dir)
+
+
+def start(settings: Settings) -> int:
+    """Start MirrorMaker 2 at this site, following the peer (this site is the target)."""
+    source = settings.dr_peer_site or "peer"
+    target = settings.dr_site or "local"
+    libs = ensure_jars(settings)
+    d = settings.home / "mirror"
+    d.mkdir(parents=True, exist_ok=True)
+    props = d / "mm2.properties"
+    props.write_text(properties(settings, source, target))
+    log4j = d / "log4j.properties"
+    log4j.write_text(
+        "log4j.rootLogger=WARN, stdout\n"
+        "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+        "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+        "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+        "log4j.logger.org.apache.kafka.connect.mirror=INFO\n"
+    )
+    argv = [
+        "java",
+        f"-Xms{settings.dr_mirror_heap}",
+        f"-Xmx{settings.dr_mirror_heap}",
+        "-XX:+UseSerialGC",
+        "-XX:ActiveProcessorCount=1",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{log4j}",
+        "-cp",
+        f"{libs}/*",
+        MAIN,
+        str(props),
+        "--clusters",  # only the herders that write to this site (no disabled reverse flow)
+        target,
+    ]
+    return proc(settings).start(argv)
+
+
+def stop(settings: Settings) -> bool:
+    return proc(settings).stop(grace=20.0)

@@ -1,0 +1,83 @@
+"""Geo-redundancy pieces that need no running site: MirrorMaker 2's configuration and the
+fence's decision (docs/dr.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli import dr
+from common.settings import Settings
+from proto.strata.v1 import events_pb2 as pb
+from stack import mirror
+
+
+def _settings(**kw: object) -> Settings:
+    base: dict[str, object] = {
+        "dr_site": "B",
+        "dr_peer_site": "A",
+        "dr_peer_bootstrap": "127.0.0.1:1",
+        "kafka_bootstrap": "127.0.0.1:2",
+    }
+    base.update(kw)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+def test_mirror_properties_one_way_identity_exactly_once() -> None:
+    props = dict(
+        line.split("=", 1)
+        for line in mirror.properties(_settings(), "A", "B").splitlines()
+        if line and not line.startswith("#")
+    )
+    assert props["A.bootstrap.servers"] == "127.0.0.1:1"
+    assert props["B.bootstrap.servers"] == "127.0.0.1:2"
+    assert props["A->B.enabled"] == "true" and props["B->A.enabled"] == "false"
+    assert props["replication.policy.class"].endswith("IdentityReplicationPolicy")
+    assert props["B.exactly.once.source.support"] == "enabled"
+    assert props["A->B.consumer.isolation.level"] == "read_committed"
+    assert props["emit.checkpoints.enabled"] == "true"
+    # every source-of-truth topic, and nothing else (the regex is anchored by MirrorMaker)
+    import re
+
+    rx = re.compile(props["A->B.topics"])
+    for t in ("strata.study-events.v1", "strata.quarantine.v1", "strata.dr-control.v1"):
+        assert rx.fullmatch(t)
+    assert not rx.fullmatch("strataXstudy-events.v1")
+    assert not rx.fullmatch("__consumer_offsets")
+
+
+def test_mirror_needs_a_peer() -> None:
+    from common.errors import Unavailable
+
+    with pytest.raises(Unavailable):
+        mirror.properties(_settings(dr_peer_bootstrap=""), "A", "B")
+
+
+def _epoch(n: int, primary: str) -> pb.SiteEpoch:
+    return pb.SiteEpoch(epoch=n, primary_site=primary)
+
+
+@pytest.mark.parametrize(
+    ("here", "peer", "site", "ok"),
+    [
+        (None, None, "B", True),  # no epoch yet: not in a DR pair's life yet
+        (_epoch(1, "A"), None, "B", False),  # B follows A: fenced
+        (_epoch(1, "A"), None, "A", True),
+        (_epoch(1, "A"), _epoch(2, "B"), "A", False),  # A came back after B's promotion
+        (_epoch(2, "B"), _epoch(1, "A"), "B", True),
+        (_epoch(3, "A"), _epoch(2, "B"), "A", True),  # A promoted again after fail-back
+    ],
+)
+def test_fence(monkeypatch: pytest.MonkeyPatch, here, peer, site, ok) -> None:  # noqa: ANN001
+    s = _settings(dr_site=site)
+
+    def fake(bootstrap: str, topic: str, timeout: float = 10.0):  # noqa: ANN202
+        return here if bootstrap == s.kafka_bootstrap else peer
+
+    monkeypatch.setattr(dr, "current_epoch", fake)
+    got, why = dr.accepts_ingest(s)
+    assert got is ok
+    assert (why == "") is ok
+
+
+def test_standalone_is_never_fenced() -> None:
+    assert dr.accepts_ingest(Settings()) == (True, "")
