@@ -431,6 +431,8 @@ def test_retention_deletes_an_unheld_study_but_not_a_held_one(tiers: dict, tmp_p
     held = send(s, ct_series(tmp_path / "h", 3, patient_id="TIER-HELD"), "SHORTLIVED")
     free = send(s, ct_series(tmp_path / "f", 3, patient_id="TIER-FREE"), "SHORTLIVED")
     s.cli("hold", "place", held, "--reason", "litigation 2026-17", "--by", "records-office")
+    # the hold is an event; `hold list` reads the index, which applies it asynchronously
+    assert wait_for(lambda: held in s.cli("hold", "list").stdout, 30, step=0.2)
     r = s.cli("hold", "list")
     assert held in r.stdout and "litigation 2026-17" in r.stdout
     free_keys = [v["key"] for v in locations(s, free).values()]
