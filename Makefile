@@ -23,7 +23,8 @@ down:
 status:
 	$(BIN)/strata status
 
-## Test prerequisites no pip package provides: DCMTK (the real DICOM peer), Java + Maven (Kafka),
+## Test prerequisites no pip package provides: DCMTK (the real DICOM peer), Java + Maven (Kafka,
+## MirrorMaker 2, the test identity provider), HAProxy (the HA tests), Orthanc + its GDCM plugin,
 ## Ceph 16.2 mon/osd/radosgw (the cold tier's object store; 'make up' uses it when installed).
 deps:
 	@missing=""; \
@@ -38,6 +39,8 @@ deps:
 	command -v ceph >/dev/null || missing="$$missing ceph-common"; \
 	command -v monmaptool >/dev/null || missing="$$missing ceph-base"; \
 	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
+	test -f /usr/share/orthanc/plugins/libOrthancGdcm.so || missing="$$missing orthanc-gdcm"; \
+	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "please install:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; fi; \
