@@ -6,6 +6,7 @@ Vendor errors are translated into common.errors here.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -60,6 +61,19 @@ def source_of_truth_topics(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+# create_topics errors that a retry cannot fix (the request itself is wrong).
+_FINAL_TOPIC_ERRORS = frozenset(
+    {
+        KafkaError.INVALID_REPLICATION_FACTOR,
+        KafkaError.INVALID_PARTITIONS,
+        KafkaError.INVALID_CONFIG,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.POLICY_VIOLATION,
+    }
+)
+
+
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create missing topics; returns the names created. Existing topics are left as they are."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
@@ -68,21 +82,31 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
         raise Unavailable(f"Kafka unreachable at {settings.kafka_bootstrap}: {exc}") from exc
-    todo = [
-        NewTopic(s.name, s.partitions, settings.topic_replicas, config=s.config)
+    todo = {
+        s.name: NewTopic(s.name, s.partitions, settings.topic_replicas, config=s.config)
         for s in specs
         if s.name not in existing
-    ]
+    }
     created: list[str] = []
-    if not todo:
-        return created
-    for name, fut in admin.create_topics(todo, request_timeout=timeout).items():
-        try:
-            fut.result()
-            created.append(name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise Unavailable(f"cannot create topic {name}: {exc}") from exc
+    # A cluster that has just formed may drop a request (a broker handle reset while the
+    # controller settles): retry what failed that way until the deadline.
+    deadline = time.monotonic() + timeout
+    while todo:
+        failed: dict[str, KafkaException] = {}
+        for name, fut in admin.create_topics(list(todo.values()), request_timeout=timeout).items():
+            try:
+                fut.result()
+                created.append(name)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                if err.code() in _FINAL_TOPIC_ERRORS or time.monotonic() > deadline:
+                    raise Unavailable(f"cannot create topic {name}: {exc}") from exc
+                failed[name] = exc
+        todo = {n: t for n, t in todo.items() if n in failed}
+        if todo:
+            time.sleep(0.5)
     return created
 
 
