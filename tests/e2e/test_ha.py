@@ -29,6 +29,7 @@ from tests.support.dcmtk import dcmtk_env, storescu
 from tests.support.events import read_all
 from tests.support.stack import Stack, require_tool
 from tests.support.synthetic import ct_series
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -293,12 +294,18 @@ def test_kill_ingest_node_during_run(ha: Stack, tmp_path: Path) -> None:
     acked |= set().union(*(r.acked for r in again))
     assert acked == {str(f) for f in files}
     resent_sops = sops_of(resend)
-    nodes_of = {
-        e.instance_stored.sop_instance_uid: e.producer.node
-        for e in read_all(ha.settings)
-        if e.WhichOneof("payload") == "instance_stored"
-    }
-    assert {nodes_of.get(s, "") for s in resent_sops} <= {f"{ha.settings.node_name}/ingest-2"}
+
+    def nodes_of() -> dict[str, str]:
+        return {
+            e.instance_stored.sop_instance_uid: e.producer.node
+            for e in read_all(ha.settings)
+            if e.WhichOneof("payload") == "instance_stored"
+        }
+
+    # ingest-2's relay publishes what it acknowledged asynchronously: wait for the events
+    assert wait_for(lambda: resent_sops <= set(nodes_of()), 60, step=0.5)
+    seen = nodes_of()
+    assert {seen[s] for s in resent_sops} == {f"{ha.settings.node_name}/ingest-2"}
 
     ha.up()  # restarts ingest-1: its relay publishes what its outbox still held
     deadline = time.monotonic() + 60
