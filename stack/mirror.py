@@ -9,13 +9,11 @@ offset sync. docs/dr.md explains why, and how the direction is switched on fail-
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from common.errors import Unavailable
 from common.settings import Settings
+from stack.maven import fetch_jars
 from stack.procs import Proc
 
 POM = Path(__file__).with_name("mirror.pom.xml")
@@ -28,36 +26,14 @@ def jars_dir(settings: Settings) -> Path:
 
 def ensure_jars(settings: Settings) -> Path:
     """Fetch connect-mirror (same version as the broker) once from Maven Central."""
-    libs = jars_dir(settings)
-    if (libs / f"connect-mirror-{settings.kafka_version}.jar").is_file():
-        return libs
-    for tool in ("java", "mvn"):
-        if shutil.which(tool) is None:
-            raise Unavailable(f"'{tool}' not found: MirrorMaker 2 needs Java 17+ and Maven")
-    print(f"fetching MirrorMaker 2 {settings.kafka_version} (once)...", file=sys.stderr)
-    tmp = libs.with_name("libs.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    r = subprocess.run(
-        [
-            "mvn",
-            "-q",
-            "-B",
-            "-f",
-            str(POM),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={tmp}",
-            f"-Dkafka.version={settings.kafka_version}",
-        ],
-        capture_output=True,
-        text=True,
+    v = settings.kafka_version
+    return fetch_jars(
+        POM,
+        jars_dir(settings),
+        f"connect-mirror-{v}.jar",
+        f"MirrorMaker 2 {v}",
+        {"kafka.version": v},
     )
-    if r.returncode != 0:
-        raise Unavailable(
-            f"mvn could not fetch connect-mirror:\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
-        )
-    shutil.rmtree(libs, ignore_errors=True)
-    tmp.rename(libs)
-    return libs
 
 
 def topics(settings: Settings) -> list[str]:

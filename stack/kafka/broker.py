@@ -3,10 +3,8 @@ a cluster of STRATA_KAFKA_NODES broker+controller nodes (docs/ha.md)."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,6 +12,7 @@ from pathlib import Path
 
 from common.errors import Invalid, Unavailable
 from common.settings import Settings
+from stack.maven import fetch_jars
 from stack.procs import Proc
 
 POM = Path(__file__).with_name("pom.xml")
@@ -25,42 +24,10 @@ def jars_dir(settings: Settings) -> Path:
 
 def ensure_jars(settings: Settings) -> Path:
     """Fetch the broker jars once (Maven Central), then reuse the cache."""
-    libs = jars_dir(settings)
-    if (libs / f"kafka_2.13-{settings.kafka_version}.jar").is_file():
-        return libs
-    for tool in ("java", "mvn"):
-        if shutil.which(tool) is None:
-            raise Unavailable(
-                f"'{tool}' not found: the embedded Kafka broker needs Java 17+ and Maven "
-                "(Debian: apt-get install default-jre-headless maven)"
-            )
-    print(
-        f"fetching Apache Kafka {settings.kafka_version} from Maven Central (once)...",
-        file=sys.stderr,
+    v = settings.kafka_version
+    return fetch_jars(
+        POM, jars_dir(settings), f"kafka_2.13-{v}.jar", f"Apache Kafka {v}", {"kafka.version": v}
     )
-    tmp = libs.with_name("libs.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    r = subprocess.run(
-        [
-            "mvn",
-            "-q",
-            "-B",
-            "-f",
-            str(POM),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={tmp}",
-            f"-Dkafka.version={settings.kafka_version}",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        raise Unavailable(
-            f"mvn could not fetch the Kafka jars:\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
-        )
-    shutil.rmtree(libs, ignore_errors=True)
-    tmp.rename(libs)
-    return libs
 
 
 @dataclass(frozen=True)

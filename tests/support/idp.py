@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import urllib.parse
 import urllib.request
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from stack.maven import fetch_jars
 from stack.procs import free_port
 from tests.support.wait import wait_for
 
@@ -42,33 +42,13 @@ def jars_dir() -> Path:
 
 
 def ensure_jars() -> Path:
-    libs = jars_dir()
-    if (libs / f"mock-oauth2-server-{VERSION}.jar").is_file():
-        return libs
-    for tool in ("java", "mvn"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"'{tool}' not found: the test identity provider needs Java and Maven")
-    tmp = libs.with_name("libs.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    r = subprocess.run(
-        [
-            "mvn",
-            "-q",
-            "-B",
-            "-f",
-            str(POM),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={tmp}",
-            f"-Didp.version={VERSION}",
-        ],
-        capture_output=True,
-        text=True,
+    return fetch_jars(
+        POM,
+        jars_dir(),
+        f"mock-oauth2-server-{VERSION}.jar",
+        "mock-oauth2-server",
+        {"idp.version": VERSION},
     )
-    if r.returncode != 0:
-        raise RuntimeError(f"mvn could not fetch mock-oauth2-server:\n{r.stdout[-2000:]}")
-    shutil.rmtree(libs, ignore_errors=True)
-    tmp.rename(libs)
-    return libs
 
 
 def _claims(**extra: Any) -> dict[str, Any]:
