@@ -25,7 +25,7 @@ from common.auth import Authorizer, admin_middleware
 from common.events import decode
 from common.settings import Settings
 from processors.index import checksum, routing
-from processors.index.projection import merge, rows_for
+from processors.index.projection import Batch
 from processors.index.store import IndexStore
 from processors.lifecycle import LifecycleProcessor
 
@@ -116,7 +116,7 @@ def create_app(
             async for events in stream.take_events(
                 settings.index_batch_size, within=settings.index_batch_window
             ):
-                batch = []
+                batch = Batch()  # the rows replay writes too (processors/replay.py)
                 for ev in events:
                     msg = ev.message
                     try:
@@ -131,10 +131,10 @@ def create_app(
                             msg.offset,
                         )
                         continue
-                    batch.append(rows_for(env, msg.partition, msg.offset, msg.topic))
+                    batch.add(env, msg.partition, msg.offset, msg.topic)
                 # chDB calls block: keep the event loop (heartbeats, fetches) responsive.
                 t0 = time.monotonic()
-                await asyncio.to_thread(index.write, merge(batch))
+                await asyncio.to_thread(index.write, batch)
                 applied["n"] += len(batch)
                 APPLIED.set(applied["n"])
                 # Every write makes a part per table that ClickHouse then merges: under load

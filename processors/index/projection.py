@@ -458,14 +458,6 @@ def _deleted_rows(study_uid: str, d: pb.InstanceDeleted, log: Row) -> Rows:
     return out
 
 
-def merge(batch: list[Rows]) -> Rows:
-    out: Rows = {}
-    for rows in batch:
-        for table, rs in rows.items():
-            out.setdefault(table, []).extend(rs)
-    return out
-
-
 # Column order of the rows a Batch holds as tuples (the keys of the row dicts rows_for builds
 # for these tables; tests/unit/test_projection.py checks that they are the same).
 EVENT_COLUMNS = (
@@ -548,9 +540,10 @@ DEDUPLICATED = {"series": SERIES_KEY, "studies": ("study_uid",)}
 
 
 class Batch:
-    """The rows of a run of events, ready to insert table by table: exactly the rows of
-    ``merge([rows_for(...) for each event])`` in the same order, with ``series`` and
-    ``studies`` reduced to the row FINAL keeps per key (``store.latest_per_key``).
+    """The rows of a run of events, ready to insert table by table (``IndexStore.write``; the
+    one write path of the live index agent and of a replay): exactly the rows of ``rows_for``
+    of each event, per table in log order, with ``series`` and ``studies`` reduced to the row
+    FINAL keeps per key (the highest log_version, the last among equal ones).
 
     The hot tables (events, instances, instance_versions) hold one tuple per row (columns in
     the order of ``TUPLE_TABLES``) instead of a dict; an InstanceStored event, nearly every
@@ -576,7 +569,7 @@ class Batch:
             self.add_rows(rows_for(env, partition, offset, topic))
 
     def add_rows(self, rows: Rows) -> None:
-        """Rows as rows_for (or merge) gives them."""
+        """Rows as rows_for gives them."""
         for table, rs in rows.items():
             self.count[table] = self.count.get(table, 0) + len(rs)
             names = TUPLE_TABLES.get(table)
@@ -589,7 +582,7 @@ class Batch:
                 self.rows.setdefault(table, []).extend(rs)
 
     def _keep_latest(self, table: str, r: Row) -> None:
-        # store.latest_per_key, row by row: the highest version, the last among equal ones
+        # what FINAL keeps, row by row: the highest version, the last among equal ones
         latest = self.latest[table]
         k = tuple(r[c] for c in DEDUPLICATED[table])
         cur = latest.get(k)

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 import clickhouse_connect
@@ -15,23 +14,16 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from common.errors import DeadlineExceeded, Unavailable
 from common.redact import redact
-from processors.index.projection import Batch, Rows, ticks_ms
+from processors.index.projection import Batch, ticks_ms
 from processors.index.schema import (
     DELETABLE,
-    KEYS,
     STATS_ADDED_TYPES,
     TABLES,
-    VERSIONS,
     ddl,
     study_stats_sql,
 )
 
 log = logging.getLogger(__name__)
-
-# Tables that get many rows per key in one batch (every instance event of a series/study
-# writes its series and study row): only the row that survives FINAL is inserted.
-DEDUPLICATED = ("series", "studies")
-
 
 class _NotArrow(Exception):
     """A column the Arrow hand-off does not carry exactly: the table goes through the driver."""
@@ -159,21 +151,6 @@ def prepare(batch: Batch, layout: Layout) -> Prepared:
     return Prepared(tables, sorted(batch.studies()), sum(batch.count.values()), batch.events)
 
 
-def latest_per_key(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of ``table`` that ReplacingMergeTree would keep: per key (ORDER BY), the row
-    with the highest version, the last one among equal versions. Inserting only these gives the
-    same FINAL result as inserting all of them (a later batch still supersedes them)."""
-    key = itemgetter(*KEYS[table])
-    version = VERSIONS[table]
-    best: dict[Any, dict[str, Any]] = {}
-    for r in rows:
-        k = key(r)
-        cur = best.get(k)
-        if cur is None or r[version] >= cur[version]:
-            best[k] = r
-    return list(best.values())
-
-
 class IndexStore:
     def __init__(self, dsn: str, database: str) -> None:
         self.database = database
@@ -297,47 +274,10 @@ class IndexStore:
         engines = {str(n): str(e) for n, e in rows}
         return [t for t in DELETABLE if t in engines and "is_deleted" not in engines[t]]
 
-    def write(self, rows: Rows | Batch) -> int:
-        """Insert rows (idempotent: versions collapse on log position). rows_for/merge output
-        takes the path the live index agent has always taken (row dicts, the driver's insert);
-        a projection.Batch (the same rows, column-ready: a replay) goes through prepare()."""
-        if isinstance(rows, Batch):
-            return self.write_prepared(self.prepare(rows))
-        n = 0
-        # The events table last (after study_stats too): its highest offsets are the index's
-        # log position (read by the checks that gate the stability and lifecycle processors,
-        # and by strata verify), so a position is only visible once the whole batch is.
-        # The lock: a checksum snapshot (strata verify) never sees half a batch.
-        with self.write_lock:
-            try:
-                for table, rs in rows.items():
-                    if table != "events":
-                        n += self._insert_rows(table, rs)
-                studies = {r["study_uid"] for r in rows.get("instances", ())}
-                if studies:
-                    # After the instances: the touched studies' aggregates from their rows.
-                    self.client.command(
-                        study_stats_sql(self.database, "study_uid IN {studies:Array(String)}"),
-                        parameters={"studies": sorted(studies)},
-                    )
-                n += self._insert_rows("events", rows.get("events", []))
-            except ClickHouseError as exc:
-                raise Unavailable(redact(f"index write failed: {exc}")) from exc
-        return n
-
-    def _insert_rows(self, table: str, rs: list[dict[str, Any]]) -> int:
-        if not rs:
-            return 0
-        n = len(rs)
-        if table in DEDUPLICATED and n > 1:
-            rs = latest_per_key(table, rs)
-        cols = self._columns[table]
-        # Column-oriented: no per-row tuples to build and pivot again in the driver.
-        data = [[r[c] for r in rs] for c in cols]
-        self.client.insert(
-            f"{self.database}.{table}", data, column_names=cols, column_oriented=True
-        )
-        return n
+    def write(self, batch: Batch) -> int:
+        """Insert a batch's rows (idempotent: versions collapse on log position); the one
+        write path of the live index agent and of a replay. Returns the rows counted."""
+        return self.write_prepared(self.prepare(batch))
 
     def layout(self) -> Layout:
         """What prepare() needs of this store (picklable: a replay prepares batches in a

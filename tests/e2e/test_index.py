@@ -159,9 +159,9 @@ def test_study_stable_once_per_burst(istack: Stack, tmp_path: Path) -> None:
 
 def test_awkward_log_replays_equal_to_live(istack: Stack, tmp_path: Path) -> None:
     """Every event kind with awkward headers (tests/support/awkward_log.py) produced into the
-    log: the live index node projects it (rows_for, the driver insert: main's path), `strata verify`
-    rebuilds it from the log (a projector process) and compares checksums per table and per
-    study; an in-process replay of the same log gives the same checksums too."""
+    log: the live index node projects it (a Batch, the driver's insert), `strata verify` rebuilds
+    it from the log (a projector process, Arrow inserts) and compares checksums per table and
+    per study; an in-process replay of the same log gives the same checksums too."""
     from confluent_kafka import Producer
 
     from processors.index import checksum

@@ -1,7 +1,7 @@
 """C-FIND against the real embedded ClickHouse engine (chDB).
 
 Events are built the way ingest builds them (an InstanceStored payload in an Envelope, the
-header as DICOM JSON), projected with rows_for() at a log position and written with IndexStore;
+header as DICOM JSON), projected into a Batch at a log position and written with IndexStore;
 then query.find answers identifiers. All tests share one chDB path (one per process) and keep
 their data apart with distinct UIDs and patient ids.
 """
@@ -19,10 +19,10 @@ from pynetdicom.dsutils import decode, encode
 from common.dicom import header_json
 from common.errors import Invalid
 from common.events import envelope, timestamp
-from processors.index.projection import rows_for
 from processors.index.store import IndexStore
 from proto.strata.v1 import events_pb2 as pb
 from query.find import FindQuery, find, parse_identifier
+from tests.support.rows import batch_of
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,7 @@ def instance(
 def store(index: IndexStore, *envs: pb.Envelope, offset: int | None = None) -> None:
     """Project each event at the next log offset (or the given one) and write the rows."""
     for env in envs:
-        index.write(rows_for(env, 0, next(_offset_seq) if offset is None else offset))
+        index.write(batch_of(env, 0, next(_offset_seq) if offset is None else offset))
 
 
 def query(index: IndexStore, level: str, limit: int = 1000, **keys: str) -> list[Dataset]:
@@ -616,10 +616,9 @@ def test_writing_the_same_rows_twice_is_idempotent(chdb_index: IndexStore) -> No
         instance(patient_id="PID-IDEMPOTENT", study_uid=study, series_uid=series, instance_number=n)
         for n in (1, 2)
     ]
-    rows = [rows_for(env, 3, 700_000 + i) for i, env in enumerate(envs)]
     for _ in range(2):  # a redelivered batch
-        for r in rows:
-            chdb_index.write(r)
+        for i, env in enumerate(envs):
+            chdb_index.write(batch_of(env, 3, 700_000 + i))
 
     found = query(chdb_index, "IMAGE", StudyInstanceUID=study, SOPInstanceUID="")
     assert len(found) == 2

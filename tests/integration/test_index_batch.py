@@ -11,11 +11,12 @@ import itertools
 import pytest
 
 from processors.index import checksum
-from processors.index.projection import merge, rows_for
+from processors.index.projection import Batch
 from processors.index.schema import STATS_ADDED_TYPES, TABLES
-from processors.index.store import IndexStore, latest_per_key
+from processors.index.store import IndexStore
 from query.find import FindQuery, build_sql, find
 from tests.integration.test_find_chdb import instance, uid
+from tests.support.rows import batch, batch_of, expected_rows
 
 pytestmark = pytest.mark.integration
 
@@ -67,14 +68,16 @@ def history() -> list[tuple[int, int, object]]:
     return ev  # type: ignore[return-value]
 
 
-def test_latest_per_key_keeps_what_final_keeps() -> None:
+def test_a_batch_keeps_what_final_keeps() -> None:
     rows = [
         {"study_uid": "a", "log_version": 5, "n": 1},
         {"study_uid": "b", "log_version": 1, "n": 2},
         {"study_uid": "a", "log_version": 3, "n": 3},  # older version after a newer one
         {"study_uid": "b", "log_version": 1, "n": 4},  # equal version: the last one wins
     ]
-    kept = {r["study_uid"]: r["n"] for r in latest_per_key("studies", rows)}
+    b = Batch()
+    b.add_rows({"studies": rows})
+    kept = {r["study_uid"]: r["n"] for r in b.table_rows()["studies"]}  # type: ignore[index]
     assert kept == {"a": 1, "b": 4}
 
 
@@ -83,8 +86,8 @@ def test_one_batch_equals_event_by_event(chdb_index: IndexStore) -> None:
     batched = other_database(chdb_index)
     events = history()
     for part, off, env in events:
-        one_by_one.write(rows_for(env, part, off, "t"))  # type: ignore[arg-type]
-    batched.write(merge([rows_for(env, part, off, "t") for part, off, env in events]))  # type: ignore[arg-type]
+        one_by_one.write(batch_of(env, part, off, "t"))  # type: ignore[arg-type]
+    batched.write(batch((env, part, off, "t") for part, off, env in events))  # type: ignore[misc]
 
     assert checksum.table_checksums(batched) == checksum.table_checksums(one_by_one)
     assert checksum.study_checksums(batched) == checksum.study_checksums(one_by_one)
@@ -103,7 +106,7 @@ def test_header_is_read_only_when_a_key_needs_it(chdb_index: IndexStore) -> None
         series_uid=series,
         InstitutionName="General Hospital",
     )
-    chdb_index.write(rows_for(env, 0, 900_001))
+    chdb_index.write(batch_of(env, 0, 900_001))
     columns_only = FindQuery(
         "STUDY", [("StudyInstanceUID", study), ("PatientName", ""), ("StudyDate", "")], 10
     )
@@ -134,7 +137,7 @@ def test_find_reads_study_aggregates_from_study_stats(chdb_index: IndexStore) ->
             modality=modality,
             instance_number=n,
         )
-        chdb_index.write(rows_for(env, 0, 900_100 + n))
+        chdb_index.write(batch_of(env, 0, 900_100 + n))
     lean = FindQuery(
         "STUDY",
         [
@@ -226,8 +229,8 @@ def test_study_stats_follow_deletions_moves_and_batching(chdb_index: IndexStore)
 
     def apply(evs: list[tuple[int, int, object]]) -> None:
         for part, off, env in evs:
-            one.write(rows_for(env, part, off, "t"))  # type: ignore[arg-type]
-        batched.write(merge([rows_for(env, p, o, "t") for p, o, env in evs]))  # type: ignore[arg-type]
+            one.write(batch_of(env, part, off, "t"))  # type: ignore[arg-type]
+        batched.write(batch((env, p, o, "t") for p, o, env in evs))  # type: ignore[misc]
         assert checksum.table_checksums(batched) == checksum.table_checksums(one)
 
     apply(events)
@@ -268,17 +271,15 @@ def test_study_stats_follow_deletions_moves_and_batching(chdb_index: IndexStore)
     assert ds.StudyInstanceUID == study
 
 
-def legacy_write(index: IndexStore, rows: dict) -> None:
-    """IndexStore.write as it was before projection.Batch (main at 9d9c88c): merge(rows_for)
-    rows, series/studies reduced by latest_per_key, every column pivoted from the row dicts
-    (datetimes as they are) and inserted by the driver; study_stats; events last."""
+def write_expected(index: IndexStore, rows: dict) -> None:
+    """The expected rows (tests/support/rows.py: rows_for of each event, series/studies
+    reduced to what FINAL keeps) inserted the plain way: every column pivoted from the row
+    dicts (datetimes as they are) and inserted by the driver; study_stats; events last."""
     from processors.index.schema import study_stats_sql
 
     for table, rs in rows.items():
         if table == "events" or not rs:
             continue
-        if table in ("series", "studies") and len(rs) > 1:
-            rs = latest_per_key(table, rs)
         cols = index._columns[table]
         data = [[r[c] for r in rs] for c in cols]
         index.client.insert(
@@ -298,31 +299,29 @@ def legacy_write(index: IndexStore, rows: dict) -> None:
         )
 
 
-def test_batch_writes_equal_the_legacy_write(chdb_index: IndexStore) -> None:
-    """The awkward log written as before (rows_for dicts through the driver, event by event
-    and in one batch) and as now (Batch, Arrow), checksum for checksum."""
-    from processors.index.projection import Batch
+def test_batch_writes_give_the_expected_index(chdb_index: IndexStore) -> None:
+    """The awkward log's expected rows inserted plainly (event by event, and all at once) and
+    the log written as a Batch (the driver's insert: the live node's; Arrow: a replay's), checksum
+    for checksum."""
     from tests.support.awkward_log import records
 
-    log = records()
-    old = other_database(chdb_index)
-    for part, off, topic, env in log:
-        legacy_write(old, rows_for(env, part, off, topic))
-    old_batched = other_database(chdb_index)
-    legacy_write(old_batched, merge([rows_for(env, p, o, t) for p, o, t, env in log]))
+    log = [(env, part, off, topic) for part, off, topic, env in records()]
+    want = other_database(chdb_index)
+    for event in log:
+        write_expected(want, expected_rows([event]))
+    want_batched = other_database(chdb_index)
+    write_expected(want_batched, expected_rows(log))
     new = other_database(chdb_index)
-    b = Batch()
-    for part, off, topic, env in log:
-        b.add(env, part, off, topic)
+    b = batch(log)
     new.write(b)  # the driver's insert (a store's default, the live node's)
     arrow = other_database(chdb_index)
     assert arrow.use_arrow()  # as a replay writes
     arrow.write(b)
     arrow.stop_arrow()
-    for index in (old_batched, new, arrow):
-        assert checksum.table_checksums(index) == checksum.table_checksums(old)
-        assert checksum.study_checksums(index) == checksum.study_checksums(old)
-        assert checksum.positions(index) == checksum.positions(old)
+    for index in (want_batched, new, arrow):
+        assert checksum.table_checksums(index) == checksum.table_checksums(want)
+        assert checksum.study_checksums(index) == checksum.study_checksums(want)
+        assert checksum.positions(index) == checksum.positions(want)
 
 
 def test_arrow_hand_off_equals_the_driver_insert(chdb_index: IndexStore) -> None:
@@ -330,14 +329,13 @@ def test_arrow_hand_off_equals_the_driver_insert(chdb_index: IndexStore) -> None
     the driver's Native insert. Both give the same index, checksum for checksum, on a log of
     every event kind with awkward headers (tests/support/awkward_log.py), whether the log is
     written event by event through the driver or in batches of any size through Arrow."""
-    from processors.index.projection import Batch
     from tests.support.awkward_log import records
 
     log = records()
     assert chdb_index._arrow is None  # a store's default: the driver's insert
     driver = other_database(chdb_index)
     for part, off, topic, env in log:
-        driver.write(rows_for(env, part, off, topic))
+        driver.write(batch_of(env, part, off, topic))
     want_tables = checksum.table_checksums(driver)
     want_studies = checksum.study_checksums(driver)
     assert {t for t, (n, _) in want_tables.items() if n} >= set(TABLES)  # every table has rows
@@ -345,10 +343,7 @@ def test_arrow_hand_off_equals_the_driver_insert(chdb_index: IndexStore) -> None
         arrow = other_database(chdb_index)
         assert arrow.use_arrow()
         for i in range(0, len(log), size):
-            b = Batch()
-            for part, off, topic, env in log[i : i + size]:
-                b.add(env, part, off, topic)
-            arrow.write(b)
+            arrow.write(batch((env, p, o, t) for p, o, t, env in log[i : i + size]))
         assert checksum.table_checksums(arrow) == want_tables, size
         assert checksum.study_checksums(arrow) == want_studies, size
         assert checksum.positions(arrow) == checksum.positions(driver)

@@ -26,7 +26,6 @@ from common.settings import Settings
 from ingest.outbox import Outbox
 from ingest.relay import Relay
 from processors.index import checksum
-from processors.index.projection import merge, rows_for
 from processors.index.store import IndexStore
 from processors.replay import end_positions, replay
 from proto.strata.v1 import events_pb2 as pb
@@ -34,6 +33,7 @@ from stack.kafka import broker
 from stack.procs import free_port
 from tests.integration.test_find_chdb import instance, uid
 from tests.integration.test_index_batch import other_database
+from tests.support.rows import batch
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -208,15 +208,13 @@ def test_replay_rebuilds_the_index_the_live_projection_wrote(
     _published(Relay(outbox, kafka.kafka_bootstrap), outbox)
     outbox.close()
 
-    # The live projection's writes (processors/app.py: rows_for each record, merged per
-    # batch, IndexStore.write), in batches of four records as they come off the log.
+    # The live projection's writes (processors/app.py: a Batch of the records, IndexStore.write),
+    # in batches of four records as they come off the log.
     live = other_database(chdb_index)
     records = _consume(kafka, set(studies))
     assert len(records) == 16
     for i in range(0, len(records), 4):
-        live.write(
-            merge([rows_for(env, p, off, kafka.study_topic) for p, off, env in records[i : i + 4]])
-        )
+        live.write(batch((env, p, off, kafka.study_topic) for p, off, env in records[i : i + 4]))
 
     # The replay: every record of the log (the other tests' studies too) into a fresh database;
     # the live index above saw only this test's studies, so compare those.

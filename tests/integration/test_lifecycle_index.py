@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from archive.lifecycle import parse_policy
-from processors.index.projection import rows_for
 from processors.index.store import IndexStore
 from processors.lifecycle import candidates, wrap
 from proto.strata.v1 import events_pb2 as pb
+from tests.support.rows import batch_of
 from tests.unit.test_projection import RECEIVED, SERIES, SOP, STUDY, stored
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def event(field: str, payload: object, study: str = STUDY) -> pb.Envelope:
 
 
 def test_due_instances_follow_access_and_holds(index: IndexStore) -> None:
-    index.write(rows_for(stored(), 0, 1))
+    index.write(batch_of(stored(), 0, 1))
     t = RECEIVED
     [(c, d)] = candidates(index, POLICY, t + timedelta(seconds=11), set(), 10)
     assert (c.sop_uid, d.action, d.rule, c.held, c.last_accessed_at) == (
@@ -57,7 +57,7 @@ def test_due_instances_follow_access_and_holds(index: IndexStore) -> None:
     )
     acc = pb.StudyAccessed(via="c-get")
     acc.accessed_at.FromDatetime(t + timedelta(seconds=5))
-    index.write(rows_for(event("a", acc), 0, 2))
+    index.write(batch_of(event("a", acc), 0, 2))
     assert candidates(index, POLICY, t + timedelta(seconds=11), set(), 10) == []  # read lately
     [(c, d)] = candidates(index, POLICY, t + timedelta(seconds=15), set(), 10)
     assert c.last_accessed_at == t + timedelta(seconds=5)
@@ -65,16 +65,16 @@ def test_due_instances_follow_access_and_holds(index: IndexStore) -> None:
     [(c, d)] = candidates(index, POLICY, t + timedelta(seconds=101), set(), 10)
     assert d.action == "delete"
     assert candidates(index, POLICY, t + timedelta(seconds=101), {SOP}, 10) == []
-    index.write(rows_for(event("h", pb.LegalHoldPlaced(hold_id="h1", reason="r")), 0, 3))
+    index.write(batch_of(event("h", pb.LegalHoldPlaced(hold_id="h1", reason="r")), 0, 3))
     [(c, d)] = candidates(index, POLICY, t + timedelta(seconds=101), set(), 10)
     assert c.held and d.action == "cold"  # held: never deleted, may still move
-    index.write(rows_for(event("r", pb.LegalHoldReleased(hold_id="h1", reason="r")), 0, 4))
+    index.write(batch_of(event("r", pb.LegalHoldReleased(hold_id="h1", reason="r")), 0, 4))
     [(c, d)] = candidates(index, POLICY, t + timedelta(seconds=101), set(), 10)
     assert not c.held and d.action == "delete"
 
 
 def test_a_move_rebuilt_from_the_index_row_projects_to_the_same_row(index: IndexStore) -> None:
-    index.write(rows_for(stored(), 0, 1))
+    index.write(batch_of(stored(), 0, 1))
     [(c, _)] = candidates(index, POLICY, datetime.now(UTC), set(), 10)
     tt = pb.TierTransitioned(
         sop_instance_uid=c.sop_uid,
@@ -84,7 +84,7 @@ def test_a_move_rebuilt_from_the_index_row_projects_to_the_same_row(index: Index
         target=pb.StorageLocation(tier="cold", key=c.storage_key),
         instance=c.instance_stored(),
     )
-    index.write(rows_for(wrap(tt, c.study_uid, "m1", "n", RECEIVED), 0, 2))
+    index.write(batch_of(wrap(tt, c.study_uid, "m1", "n", RECEIVED), 0, 2))
     db = index.database
     for table in ("instances", "instance_versions"):
         before, after = (
@@ -105,6 +105,6 @@ def test_a_move_rebuilt_from_the_index_row_projects_to_the_same_row(index: Index
         series_emptied=True,
         study_emptied=True,
     )
-    index.write(rows_for(event("d", d), 0, 3))
+    index.write(batch_of(event("d", d), 0, 3))
     for table in ("instances", "instance_versions", "series", "studies"):
         assert index.query(f"SELECT count() FROM {db}.{table} FINAL") == [(0,)], table

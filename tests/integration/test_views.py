@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from common.events import envelope, timestamp
-from processors.index.projection import rows_for
 from processors.index.store import IndexStore
 from proto.strata.v1 import events_pb2 as pb
 from tests.integration.test_find_chdb import instance, uid
 from tests.integration.test_index_batch import other_database
+from tests.support.rows import batch_of
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def idx(chdb_index: IndexStore) -> IndexStore:
         envs.append(envelope(q, study_uid="", service="ingest", node="n", occurred_at=DAY1))
     for offset, env in enumerate(envs, start=1):
         topic = "t.quarantine" if env.WhichOneof("payload") == "instance_quarantined" else "t.s"
-        index.write(rows_for(env, 0, offset, topic))
+        index.write(batch_of(env, 0, offset, topic))
     return index
 
 

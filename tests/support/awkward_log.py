@@ -1,6 +1,7 @@
 """A small log of every kind of event the index projects, with awkward headers: for the tests
 proving that the column-oriented projection (projection.Batch) and its Arrow hand-off to chDB
-give exactly the rows of rows_for (and so the same index, checksum for checksum).
+give exactly the rows expected of each event (rows_for), and so the same index, checksum for
+checksum.
 
 What it holds: PN values with ideographic/phonetic groups and several values, multi-valued
 strings, numbers (ints, floats, a huge int, -0.0) in IS attributes, blank padding, null inside a

@@ -13,7 +13,7 @@ from pydicom import Dataset
 
 from common.dicom import header_json
 from common.events import envelope, timestamp
-from processors.index.projection import json_value, merge, norm_time, rows_for
+from processors.index.projection import json_value, norm_time, rows_for
 from proto.strata.v1 import events_pb2 as pb
 
 STUDY = "1.2.826.0.1.3680043.10.543.9000"
@@ -200,14 +200,6 @@ def test_study_stable_projects_to_study_stability() -> None:
     assert st["through_offset"] == 41 and st["log_version"] == 42 and st["study_uid"] == STUDY
 
 
-def test_merge_concatenates_per_table() -> None:
-    a = rows_for(stored(), 0, 1)
-    b = rows_for(stored(), 0, 2)
-    merged = merge([a, {}, b])
-    assert [r["log_offset"] for r in merged["instances"]] == [1, 2]
-    assert [r["log_offset"] for r in merged["studies"]] == [1, 2]
-
-
 # --- json_value ------------------------------------------------------------------------------
 
 
@@ -317,7 +309,7 @@ def test_header_values_equal_json_value(text: str) -> None:
     assert header_values(text) == {name: json_value(header, tag) for name, tag in _T.items()}
 
 
-# --- Batch (column-ready rows) == merge(rows_for) + latest_per_key ------------------------
+# --- Batch (column-ready rows) == the expected rows (rows_for of each event) -------------
 
 
 def _ticks(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
@@ -331,18 +323,12 @@ def _ticks(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
     }
 
 
-def _old_rows(records: list) -> dict[str, list[dict]]:
-    """What IndexStore.write inserted before Batch: merge(rows_for(...)), series and studies
-    reduced by latest_per_key."""
-    from processors.index.store import DEDUPLICATED, latest_per_key
+def _expected_rows(records: list) -> dict[str, list[dict]]:
+    """The rows expected of the log: rows_for of every event, series and studies reduced to
+    the row FINAL keeps (tests/support/rows.py)."""
+    from tests.support.rows import expected_rows
 
-    merged = merge([rows_for(env, part, off, topic) for part, off, topic, env in records])
-    return _ticks(
-        {
-            t: (latest_per_key(t, rs) if t in DEDUPLICATED and len(rs) > 1 else rs)
-            for t, rs in merged.items()
-        }
-    )
+    return _ticks(expected_rows((env, part, off, topic) for part, off, topic, env in records))
 
 
 def _batch_rows(records: list) -> dict[str, list[dict]]:
@@ -378,10 +364,10 @@ def test_batch_equals_rows_for_on_an_awkward_log() -> None:
     log = records()
     kinds = {env.WhichOneof("payload") for *_, env in log}
     assert len(kinds) >= 13
-    assert _batch_rows(log) == _old_rows(log)
+    assert _batch_rows(log) == _expected_rows(log)
     for size in (1, 2, 5, 7):
         for i in range(0, len(log), size):
-            assert _batch_rows(log[i : i + size]) == _old_rows(log[i : i + size])
+            assert _batch_rows(log[i : i + size]) == _expected_rows(log[i : i + size])
 
 
 def test_batch_equals_rows_for_on_real_headers() -> None:
@@ -401,7 +387,7 @@ def test_batch_equals_rows_for_on_real_headers() -> None:
             continue
         log.append((0, i, "t", stored(header_json=text)))
     assert len(log) > 40
-    assert _batch_rows(log) == _old_rows(log)
+    assert _batch_rows(log) == _expected_rows(log)
 
 
 @settings(max_examples=3000, deadline=None)
