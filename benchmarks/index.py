@@ -13,7 +13,7 @@ temporary STRATA_HOME (progress on stderr, the table on stdout, JSON in benchmar
    (SOPInstanceUID, InstanceNumber, slice position) varied;
 3. replays the log into a fresh chDB index (processors.replay.replay, the live write path):
    events/s and the index size on disk, as replayed and after OPTIMIZE FINAL;
-4. measures study search at that size in-process (what the C-FIND SCP runs: query.find's SQL,
+4. measures study search at that size in-process (what the C-FIND SCP runs: the index's search SQL,
    then the encoded response identifier of every match): by exact PatientID, by
    PatientName prefix wildcard, by StudyDate month + ModalitiesInStudy=CT (p50/p99), plus
    instance lookups; then the same STUDY searches through the real C-FIND SCP (step 5's stack);
@@ -695,7 +695,8 @@ def timed_find(index: Any, q: Any) -> tuple[int, float, float]:
     """What the C-FIND SCP does for a search (query.scp: find_rows, then to_bytes per match),
     step by step: (matches, seconds in the SQL query, seconds in total including the encoded
     response identifiers, explicit VR little endian)."""
-    from query.find import build_sql, row_dict, to_bytes
+    from processors.index.search import build_sql, row_dict
+    from query.find import to_bytes
 
     t0 = time.perf_counter()
     sql, params, cols = build_sql(q, index.database, only_requested=True)

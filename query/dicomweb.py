@@ -37,9 +37,10 @@ from archive import transcode
 from archive.keys import UnsafeKey, check_key
 from common.dicom import BULK_MARK
 from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
-from query.find import FindQuery, build_sql, row_dict, time_limit, to_identifier
+from processors.index.matching import ATTRIBUTES
+from processors.index.port import Index
+from query.find import FindQuery, to_identifier
 from query.grpc_service import DEFAULT_KEYS
-from query.matching import ATTRIBUTES
 from query.retrieve import Located, ObjectSource, locate
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ FRAME_MEDIA = {
 
 @dataclass
 class WebDeps:
-    index: Any  # IndexStore
+    index: Index  # the index port (processors/index/port.py)
     source: ObjectSource
     store: Any  # ingest.store.StoreService for STOW (None: read-only)
     incoming: Path | None
@@ -154,15 +155,9 @@ class DicomWeb:
         fq = FindQuery(level, [(kw, match.get(kw, "")) for kw in wanted], limit=offset + limit)
 
         def run() -> list[dict[str, Any]]:
-            sql, params, cols = build_sql(fq, self.d.index.database)
-            rows = self.d.index.query(
-                f"SELECT * FROM ({sql}) LIMIT {limit} OFFSET {offset}"
-                + time_limit(self.d.query_timeout),
-                params,
-            )
+            rows = self.d.index.search(fq, self.d.query_timeout, offset=offset, limit=limit)
             out = []
-            for r in rows:
-                row = row_dict(cols, r)
+            for row in rows:
                 ds = to_identifier(fq, row)
                 del ds.QueryRetrieveLevel
                 out.append(ds.to_json_dict())
@@ -285,27 +280,11 @@ class DicomWeb:
 
     async def metadata(self, request: web.Request) -> web.Response:
         mi = request.match_info
-        params = {"s": mi["study"]}
-        where = "study_uid = {s:String}"
-        if "series" in mi:
-            params["se"] = mi["series"]
-            where += " AND series_uid = {se:String}"
-        if "instance" in mi:
-            params["i"] = mi["instance"]
-            where += " AND sop_uid = {i:String}"
-        db = self.d.index.database
 
         def run() -> list[tuple[str, str, str, str]]:
-            return [
-                (r[0], r[1], r[2], r[3])
-                for r in self.d.index.query(
-                    f"SELECT header_json, transfer_syntax_uid, series_uid, sop_uid "
-                    f"FROM {db}.instances FINAL "
-                    f"WHERE {where} ORDER BY series_uid, instance_number, sop_uid"
-                    + time_limit(self.d.query_timeout),
-                    params,
-                )
-            ]
+            return self.d.index.instance_headers(
+                mi["study"], mi.get("series", ""), mi.get("instance", ""), self.d.query_timeout
+            )
 
         try:
             rows = await self._run(run)

@@ -1,7 +1,7 @@
 """The find feature: a C-FIND identifier -> matches from the index -> response identifiers.
 
-Matching is relational (keys of any level above the query level restrict the result) which
-serves both hierarchical and relational SCUs. Return keys are answered from indexed columns,
+The matches come from the index port (``Index.search``; its adapter builds the SQL in
+processors/index/search.py). Return keys are answered from indexed columns,
 or else from the stored DICOM header of the matched entity; an attribute the archive does not
 know is returned empty, as PS3.4 C.4.1.1.3.2 allows.
 """
@@ -12,8 +12,7 @@ import functools
 import json
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -22,53 +21,8 @@ from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
 from common.errors import Invalid
-from processors.index.schema import CARD_COLUMNS
-from query.matching import ATTRIBUTES, LEVELS, Attr, MatchError, Params, condition
-
-_STUDY_COLS = (
-    "patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex, "
-    "study_uid, study_date, study_time, study_time_norm, accession_number, study_id, "
-    "study_description, referring_physician_name"
-)
-_SERIES_COLS = "series_uid, modality, series_number, series_description, body_part_examined"
-_STUDY_LIST = [c.strip() for c in _STUDY_COLS.split(",")]
-_SERIES_LIST = [c.strip() for c in _SERIES_COLS.split(",")]
-# The columns each level's query returns, in order (build_sql's third result).
-_COLUMNS: dict[str, list[str]] = {
-    "PATIENT": [
-        "patient_id",
-        "issuer_of_patient_id",
-        "patient_name",
-        "patient_birth_date",
-        "patient_sex",
-        "header_json",
-        "n_studies",
-        "n_series",
-        "n_instances",
-    ],
-    "STUDY": _STUDY_LIST
-    + ["header_json", "modalities_in_study", "sop_classes_in_study", "n_series", "n_instances"],
-    "SERIES": _STUDY_LIST + _SERIES_LIST + ["header_json", "n_instances"],
-    "IMAGE": _STUDY_LIST
-    + _SERIES_LIST
-    + ["sop_uid", "sop_class_uid", "instance_number"]
-    + ["header_json"],
-}
-
-
-class Index(Protocol):
-    database: str
-
-    def query(
-        self, sql: str, parameters: dict[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]: ...
-
-
-@dataclass(frozen=True)
-class FindQuery:
-    level: str
-    keys: list[tuple[str, str]]  # (keyword, raw query value) for every key in the identifier
-    limit: int
+from processors.index.matching import ATTRIBUTES, LEVELS, Attr
+from processors.index.port import FindQuery, Index
 
 
 def parse_identifier(identifier: Dataset, limit: int) -> FindQuery:
@@ -94,148 +48,6 @@ def parse_identifier(identifier: Dataset, limit: int) -> FindQuery:
     return FindQuery(level, keys, limit)
 
 
-def build_sql(
-    q: FindQuery,
-    db: str,
-    *,
-    only_requested: bool = False,
-    extra_columns: tuple[str, ...] = (),
-) -> tuple[str, dict[str, Any], list[str]]:
-    """SQL, parameters and the list of selected column names for the query; ``row_dict``
-    makes a result row the mapping of every column of ``columns(q.level)``.
-
-    ``extra_columns`` (of ``columns(q.level)``): also selected as columns of their own (a
-    caller that sorts or pages on them in SQL around this query).
-    ``only_requested`` (kept for callers): study-level aggregates are precomputed now
-    (study_stats), so every one of them is always returned; it changes nothing."""
-    params = Params()
-    lvl = LEVELS.index(q.level)
-    conds: dict[str, list[str]] = {"plain": [], "agg": []}
-    for kw, raw in q.keys:
-        attr = ATTRIBUTES.get(kw)
-        if attr is None or LEVELS.index(attr.level) > lvl:
-            continue  # unknown or lower-level key: return-only / ignored for matching
-        if attr.aggregate and attr.level != q.level:
-            continue
-        try:
-            c = condition(attr, raw, params)
-        except MatchError as exc:  # names the attribute, never echoes the value (PHI)
-            raise Invalid(f"{kw}: {exc}") from exc
-        if c:
-            conds["agg" if attr.aggregate else "plain"].append(c)
-    where = " AND ".join(conds["plain"]) or "1"
-    having = " AND ".join(conds["agg"]) or "1"
-    limit = int(q.limit)
-    cols = list(_COLUMNS[q.level])
-    # The stored header (a few KB per row, by far the widest column) is read only when some
-    # requested key is not answered from an indexed column; otherwise '' stands in for it
-    # (to_identifier never looks at it then).
-    need_header = _needs_header(q, cols)
-    hdr = "header_json" if need_header else "'' AS header_json"
-
-    if q.level == "PATIENT":
-        # Patients grouped from study_stats (one row per current study, its current patient
-        # and its series/instance counts): no aggregation over every instance.
-        sql = f"""
-        SELECT p.patient_id AS patient_id, p.issuer_of_patient_id AS issuer_of_patient_id,
-               p.patient_name AS patient_name, p.patient_birth_date AS patient_birth_date,
-               p.patient_sex AS patient_sex, {"h.header_json" if need_header else "''"}
-               AS header_json, p.n_studies AS n_studies, p.n_series AS n_series,
-               p.n_instances AS n_instances
-        FROM (
-            SELECT patient_id, issuer_of_patient_id,
-                   argMax(patient_name, log_version) AS patient_name,
-                   argMax(patient_birth_date, log_version) AS patient_birth_date,
-                   argMax(patient_sex, log_version) AS patient_sex,
-                   count() AS n_studies, sum(n_series) AS n_series,
-                   sum(n_instances) AS n_instances
-            FROM {db}.study_stats FINAL
-            GROUP BY patient_id, issuer_of_patient_id
-        ) AS p"""
-        if need_header:
-            sql += f"""
-        INNER JOIN (
-            SELECT patient_id, issuer_of_patient_id,
-                   argMax(header_json, log_version) AS header_json
-            FROM {db}.studies FINAL
-            GROUP BY patient_id, issuer_of_patient_id
-        ) AS h USING (patient_id, issuer_of_patient_id)"""
-        sql += f"""
-        WHERE ({where}) AND ({having})
-        ORDER BY p.patient_id, p.issuer_of_patient_id
-        LIMIT {limit}"""
-        return sql, params.values, cols
-
-    if q.level == "STUDY":
-        # One table: study_stats holds each current study's attributes (its `studies` row
-        # without the header) and its aggregates, kept current by IndexStore.write from
-        # `instances` and `studies` FINAL; a study without current instances has a tombstone
-        # there, which FINAL drops. What is returned comes as the row's `card` (one JSON
-        # column: row_dict expands it), read besides the columns matched and sorted on. The
-        # stored header, when some key needs it, comes from `studies` by primary key for the
-        # matched studies only.
-        matched = f"{db}.study_stats FINAL WHERE ({where}) AND ({having})"
-        order = "ORDER BY study_date DESC, study_time DESC, study_uid"
-        selected = ["study_uid", "study_date", "study_time"]
-        selected += [c for c in extra_columns if c not in selected] + ["card"]
-        if not need_header:
-            sql = f"""
-        SELECT {", ".join(selected)} FROM {matched}
-        {order}
-        LIMIT {limit}"""
-            return sql, params.values, selected
-        sql = f"""
-        SELECT {", ".join(f"s.{c} AS {c}" for c in selected)}, h.header_json AS header_json
-        FROM (SELECT {", ".join(selected)} FROM {matched}) AS s
-        INNER JOIN (
-            SELECT study_uid, header_json FROM {db}.studies FINAL
-            WHERE study_uid IN (SELECT study_uid FROM {matched})
-        ) AS h USING (study_uid)
-        {order}
-        LIMIT {limit}"""
-        return sql, params.values, [*selected, "header_json"]
-
-    if q.level == "SERIES":
-        study_cols = _STUDY_LIST
-        sql = f"""
-        SELECT {", ".join(f"s.{c} AS {c}" for c in study_cols)},
-               {", ".join(f"se.{c.strip()} AS {c.strip()}" for c in _SERIES_COLS.split(","))},
-               se.header_json AS header_json, c.n_instances AS n_instances
-        FROM (SELECT study_uid, {_SERIES_COLS}, {hdr} FROM {db}.series FINAL) AS se
-        INNER JOIN (SELECT {_STUDY_COLS} FROM {db}.studies FINAL) AS s USING (study_uid)
-        INNER JOIN (
-            SELECT study_uid, series_uid, count() AS n_instances
-            FROM {db}.instances FINAL GROUP BY study_uid, series_uid
-        ) AS c USING (study_uid, series_uid)
-        WHERE ({where}) AND ({having})
-        ORDER BY s.study_uid, se.series_number, se.series_uid
-        LIMIT {limit}"""
-        return sql, params.values, cols
-
-    select_list = ", ".join(hdr if c == "header_json" else c for c in cols)
-    sql = f"""
-    SELECT {select_list} FROM {db}.instances FINAL
-    WHERE {where}
-    ORDER BY study_uid, series_uid, instance_number, sop_uid
-    LIMIT {limit}"""
-    return sql, params.values, cols
-
-
-def _needs_header(q: FindQuery, columns: list[str]) -> bool:
-    """Whether to_identifier will read the stored header for some key (the same rules)."""
-    lvl = LEVELS.index(q.level)
-    for kw, _raw in q.keys:
-        attr = ATTRIBUTES.get(kw)
-        if attr is not None and (
-            LEVELS.index(attr.level) > lvl or (attr.aggregate and attr.level != q.level)
-        ):
-            continue  # returned empty
-        if attr is not None and attr.column in columns:
-            continue  # answered from a column
-        return True
-    return False
-
-
 def find(index: Index, q: FindQuery) -> Iterator[Dataset]:
     for row in find_rows(index, q):
         yield to_identifier(q, row)
@@ -244,42 +56,9 @@ def find(index: Index, q: FindQuery) -> Iterator[Dataset]:
 def find_rows(index: Index, q: FindQuery, timeout: float = 0.0) -> list[dict[str, Any]]:
     """The matches of ``q`` as rows (column name -> value), for to_identifier / to_bytes.
 
-    ``timeout`` (s, 0 = none): the server's limit on the search (``time_limit``); a search
-    that outlives it raises DeadlineExceeded (from the index adapter)."""
-    sql, params, cols = build_sql(q, index.database, only_requested=True)
-    return [row_dict(cols, row) for row in index.query(sql + time_limit(timeout), params)]
-
-
-def time_limit(seconds: float | None) -> str:
-    """The SETTINGS clause that makes ClickHouse cut a query after ``seconds`` (throwing
-    TIMEOUT_EXCEEDED, which the index adapter raises as DeadlineExceeded); '' for none.
-    Appended to the outermost SELECT of every search, so no peer can hold the index longer."""
-    if seconds is None or seconds <= 0:
-        return ""
-    return (
-        f" SETTINGS max_execution_time = {max(0.001, float(seconds)):.3f}, "
-        "timeout_overflow_mode = 'throw'"
-    )
-
-
-def columns(level: str) -> list[str]:
-    """The columns of a row of this level's results (what row_dict returns)."""
-    return list(_COLUMNS[level])
-
-
-def row_dict(cols: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
-    """A result row of build_sql's query (``cols``: its selected columns) as a mapping of
-    column name -> value, the study `card` expanded into its columns."""
-    d = dict(zip(cols, row, strict=True))
-    card = d.pop("card", None)
-    if card is not None:
-        values = json.loads(card)
-        if isinstance(values, dict):  # a ClickHouse that names tuple elements
-            values = list(values.values())
-        d.update(zip(CARD_COLUMNS, values, strict=True))
-        d["n_series"], d["n_instances"] = int(d["n_series"]), int(d["n_instances"])
-        d.setdefault("header_json", "")
-    return d
+    ``timeout`` (s, 0 = none): the server's limit on the search; a search that outlives it
+    raises DeadlineExceeded (from the index adapter)."""
+    return index.search(q, timeout)
 
 
 def _format(attr: Attr, value: Any) -> Any:

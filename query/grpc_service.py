@@ -27,10 +27,12 @@ from common.auth import grpc_interceptor
 from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
 from common.events import decode
 from common.kafka import record
+from processors.index.matching import ATTRIBUTES
+from processors.index.port import Index
+from processors.index.search import columns
 from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
-from query.find import FindQuery, build_sql, columns, row_dict, time_limit, to_json
-from query.matching import ATTRIBUTES
+from query.find import FindQuery, to_json
 from query.retrieve import ObjectSource, local_paths, locate
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ MAX_SOP_UIDS = 10_000  # sop_instance_uids of one RetrieveInstances request
 
 @dataclass
 class Deps:
-    index: Any  # processors.index.store.IndexStore
+    index: Index  # the index port (processors/index/port.py)
     source: ObjectSource
     bootstrap: str
     topics: list[str]
@@ -121,15 +123,16 @@ def _decode_token(token: str) -> Any:
         raise Invalid("malformed page or resume token") from exc
 
 
-def _deadline_settings(context: grpc.ServicerContext, server_limit: float = 0.0) -> str:
-    """The query's time limit: min(the caller's deadline, the server's limit)."""
+def _deadline(context: grpc.ServicerContext, server_limit: float = 0.0) -> float:
+    """The query's time limit in seconds (0 = none): min(the caller's deadline, the server's
+    limit)."""
     remaining = context.time_remaining()
     if remaining is None or remaining > 3600:  # no deadline (grpc reports a huge value)
         remaining = None
     elif remaining <= 0:
         raise _Deadline()
     limits = [t for t in (remaining, server_limit) if t is not None and t > 0]
-    return time_limit(max(0.01, min(limits))) if limits else ""
+    return max(0.01, min(limits)) if limits else 0.0
 
 
 class _Deadline(Exception):
@@ -195,10 +198,8 @@ class QueryService(q_grpc.QueryServiceServicer):
         if attr is None or attr.column not in columns(level) or attr.vr.endswith("[]"):
             raise Invalid(f"cannot order by {order!r}")
         uid = UID_COLUMN[level]
-        inner, params, cols = build_sql(fq, self.d.index.database, extra_columns=(attr.column, uid))
         numeric = attr.vr in NUMERIC
-        sort_expr = f"ifNull({attr.column}, -1)" if numeric else attr.column
-        cond = "1"
+        after = None
         tok: dict[str, Any] = {}
         if request.page_token:
             tok = _decode_token(request.page_token)
@@ -206,34 +207,30 @@ class QueryService(q_grpc.QueryServiceServicer):
                 raise Invalid("malformed page token")
             if tok.get("o") != order or tok.get("l") != level:
                 raise Invalid("page token belongs to another query")
-            ch_t = "Int64" if numeric else "String"
-            params["cur_v"], params["cur_u"] = tok["v"], tok["u"]
-            cmp = "<" if desc else ">"
-            cond = (
-                f"({sort_expr} {cmp} {{cur_v:{ch_t}}} OR ({sort_expr} = {{cur_v:{ch_t}}} "
-                f"AND {uid} > {{cur_u:String}}))"
-            )
-        settings = _deadline_settings(context, self.d.query_timeout)
-        # One query per page: the first page counts all matches in the same scan (a window
-        # over the whole result, computed before LIMIT); later pages carry the total in the
-        # token (it is the total of the search as first run).
+            after = (tok["v"], tok["u"])
+        timeout = _deadline(context, self.d.query_timeout)
+        # One query per page: the first page counts all matches in the same scan; later pages
+        # carry the total in the token (it is the total of the search as first run).
         total = int(tok["t"]) if request.page_token else None
-        counted = ", count() OVER () AS __total" if total is None else ""
-        page_sql = (
-            f"SELECT *{counted} FROM ({inner}) WHERE {cond} "
-            f"ORDER BY {sort_expr} {'DESC' if desc else 'ASC'}, {uid} ASC "
-            f"LIMIT {page_size + 1}{settings}"
+        page = self.d.index.search_page(
+            fq,
+            attr.column,
+            uid,
+            descending=desc,
+            numeric=numeric,
+            after=after,
+            page_size=page_size,
+            count=total is None,
+            timeout=timeout,
         )
-        rows = self.d.index.query(page_sql, params)
+        rows = page.rows
         if total is None:
-            total = int(rows[0][-1]) if rows else 0
-            rows = [r[:-1] for r in rows]
+            total = page.total or 0
         more = len(rows) > page_size
         rows = rows[:page_size]
         matches = []
         last: dict[str, Any] = {}
-        for r in rows:
-            last = row_dict(cols, r)
+        for last in rows:
             matches.append(to_json(fq, last))
         token = ""
         if more:
@@ -250,16 +247,10 @@ class QueryService(q_grpc.QueryServiceServicer):
             study = request.study_instance_uid.strip()
             if not study:
                 raise Invalid("study_instance_uid is required")
-            rows = self.d.index.query(
-                f"SELECT header_json FROM {self.d.index.database}.instances FINAL "
-                "WHERE study_uid = {s:String} "
-                "ORDER BY series_uid, instance_number, sop_uid"
-                + _deadline_settings(context, self.d.query_timeout),
-                {"s": study},
-            )
-            if not rows:
+            headers = self.d.index.study_headers(study, _deadline(context, self.d.query_timeout))
+            if not headers:
                 raise NotFound(f"no study {study}")
-            return q.StudyMetadata(study_instance_uid=study, instances=[r[0] for r in rows])
+            return q.StudyMetadata(study_instance_uid=study, instances=headers)
         except (StrataError, _Deadline) as exc:
             _abort(context, exc)
             raise
@@ -321,13 +312,7 @@ class QueryService(q_grpc.QueryServiceServicer):
     def GetStudyHistory(self, request: q.GetStudyHistoryRequest, context: Any) -> q.StudyHistory:  # noqa: N802
         try:
             study = request.study_instance_uid.strip()
-            rows = self.d.index.query(
-                "SELECT event_id, event_type, occurred_at, topic, log_partition, log_offset, "
-                f"payload_json, producer_service FROM {self.d.index.database}.events FINAL "
-                "WHERE study_uid = {s:String} ORDER BY topic, log_partition, log_offset"
-                f"{_deadline_settings(context, self.d.query_timeout)}",
-                {"s": study},
-            )
+            rows = self.d.index.study_history(study, _deadline(context, self.d.query_timeout))
             if not rows:
                 raise NotFound(f"no study {study}")
             out = q.StudyHistory(study_instance_uid=study)

@@ -1,5 +1,5 @@
-"""The retrieve feature: which stored objects a C-MOVE/C-GET (or gRPC) request names, and how
-their bytes are sent unchanged.
+"""The retrieve feature: which stored objects a C-MOVE/C-GET (or gRPC) request names (located
+through the index port, processors/index/port.py), and how their bytes are sent unchanged.
 
 Retrieved bytes are the stored bytes: the object is streamed from its file without decoding
 and re-encoding (``common/requestor.send_store``), so what a workstation receives is
@@ -15,57 +15,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from archive.keys import UnsafeKey, check_key, key_path
 from archive.recall import RecallCache
 from archive.tiers import Tier
 from common.errors import Conflict, Invalid, NotFound, Unavailable
-from query.matching import ATTRIBUTES, LEVELS, MatchError, Params, condition
+from processors.index.matching import LEVELS
+from processors.index.port import Index, Located
 
 log = logging.getLogger(__name__)
-
-# Keys a retrieve may carry (PS3.4 C.4.2.1.4: unique keys; PatientID for Patient Root).
-_RETRIEVE_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-
-
-class Index(Protocol):
-    database: str
-
-    def query(
-        self, sql: str, parameters: dict[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]: ...
-
-
-@dataclass(frozen=True)
-class Located:
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    tier: str
-    storage_key: str
-    size_bytes: int
-    sha256: str
 
 
 def locate(index: Index, level: str, keys: dict[str, str], limit: int = 65535) -> list[Located]:
     """Instances named by a retrieve identifier (unique keys down to ``level``)."""
     if level not in LEVELS:
         raise Invalid(f"QueryRetrieveLevel {level!r} is not one of {', '.join(LEVELS)}")
-    params = Params()
-    conds = []
-    for kw in _RETRIEVE_KEYS:
-        raw = keys.get(kw, "")
-        if not raw.strip():
-            continue
-        try:
-            c = condition(ATTRIBUTES[kw], raw, params)
-        except MatchError as exc:
-            raise Invalid(str(exc)) from exc
-        if c:
-            conds.append(c)
     needed = {
         "PATIENT": "PatientID",
         "STUDY": "StudyInstanceUID",
@@ -74,31 +39,10 @@ def locate(index: Index, level: str, keys: dict[str, str], limit: int = 65535) -
     }[level]
     if not keys.get(needed, "").strip():
         raise Invalid(f"a {level} retrieve needs {needed}")
-    rows = index.query(
-        f"""SELECT study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax_uid, tier,
-                   storage_key, size_bytes, sha256
-            FROM {index.database}.instances FINAL
-            WHERE {" AND ".join(conds)}
-            ORDER BY study_uid, series_uid, instance_number, sop_uid
-            LIMIT {int(limit) + 1}""",
-        params.values,
-    )
-    if len(rows) > limit:
+    located = index.locate(keys, limit)
+    if len(located) > limit:
         raise Invalid(f"more than {limit} instances match: narrow the request")
-    return [
-        Located(
-            study_uid=str(study),
-            series_uid=str(series),
-            sop_uid=str(sop),
-            sop_class_uid=str(sop_class),
-            transfer_syntax_uid=str(syntax),
-            tier=str(tier),
-            storage_key=str(key),
-            size_bytes=int(size),
-            sha256=str(sha),
-        )
-        for study, series, sop, sop_class, syntax, tier, key, size, sha in rows
-    ]
+    return located
 
 
 class ObjectSource(Protocol):

@@ -53,7 +53,8 @@ from common.requestor import (
     send_store,
     store_command,
 )
-from query.find import Index, find_rows, parse_identifier, to_bytes
+from processors.index.port import Index
+from query.find import find_rows, parse_identifier, to_bytes
 from query.retrieve import Located, ObjectSource, local_paths, locate
 
 log = logging.getLogger(__name__)
@@ -183,11 +184,7 @@ class HeldSyntaxes:
         with self._lock:
             if time.monotonic() - self._at >= self.ttl:
                 try:
-                    rows = self.index.query(
-                        "SELECT sop_class_uid, groupUniqArray(transfer_syntax_uid) "
-                        f"FROM {self.index.database}.instances GROUP BY sop_class_uid"
-                    )
-                    self._by_class = {str(c): frozenset(map(str, t)) for c, t in rows}
+                    self._by_class = self.index.held_syntaxes()
                     self._at = time.monotonic()
                 except Exception as exc:  # noqa: BLE001 - negotiation goes on without it
                     log.warning("held transfer syntaxes unknown: %s", exc)

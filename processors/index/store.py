@@ -1,19 +1,25 @@
 """ClickHouse adapter of the index (chDB in-process or a server over HTTP: one code path, the
-DSN decides). Vendor errors become common.errors here."""
+DSN decides): the writes of the projection, and every read of the index port
+(processors/index/port.py), whose SQL is here and in processors/index/search.py (searches).
+Vendor errors become common.errors here."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from common.errors import DeadlineExceeded, Unavailable
 from common.redact import redact
+from processors.index import search
+from processors.index.port import CANDIDATE_COLUMNS, FindQuery, Located, Page
 from processors.index.projection import Batch, ticks_ms
 from processors.index.schema import (
     DELETABLE,
@@ -23,7 +29,11 @@ from processors.index.schema import (
     study_stats_sql,
 )
 
+if TYPE_CHECKING:
+    from archive.lifecycle import Policy, Rule
+
 log = logging.getLogger(__name__)
+
 
 class _NotArrow(Exception):
     """A column the Arrow hand-off does not carry exactly: the table goes through the driver."""
@@ -151,7 +161,43 @@ def prepare(batch: Batch, layout: Layout) -> Prepared:
     return Prepared(tables, sorted(batch.studies()), sum(batch.count.values()), batch.events)
 
 
+# A route's current state: open until a state event, redriven counts as open again.
+_ROUTE_STATE_SQL = (
+    "if(s.route_id = '', if(r.matched = 1, 'open', 'no-match'), "
+    "if(s.state = 'redriven', 'open', s.state))"
+)
+
+
+def _rule_sql(i: int, r: Rule, now: datetime, day_seconds: float, params: dict) -> str:
+    """The SQL prefilter of lifecycle rule ``i`` (archive.lifecycle.decide has the last word)."""
+    cutoff = (now - timedelta(seconds=r.after_days * day_seconds)).replace(tzinfo=None)
+    params[f"c{i}"] = cutoff
+    conds = []
+    if r.action == "cold":
+        conds.append("tier != 'cold'")
+        since = (
+            "greatest(received_at, last_accessed_at)" if r.since == "last-access" else "received_at"
+        )
+    else:
+        conds.append("held = 0")
+        since = "received_at"
+    conds.append(f"{since} <= {{c{i}:DateTime64(3, 'UTC')}}")
+    if r.modalities:
+        params[f"m{i}"] = sorted(r.modalities)
+        conds.append(f"upper(modality) IN {{m{i}:Array(String)}}")
+    if r.calling_aes:
+        params[f"a{i}"] = sorted(r.calling_aes)
+        conds.append(f"trimBoth(calling_ae_title) IN {{a{i}:Array(String)}}")
+    if r.min_size_bytes:
+        conds.append(f"size_bytes >= {int(r.min_size_bytes)}")
+    if r.max_size_bytes:
+        conds.append(f"size_bytes <= {int(r.max_size_bytes)}")
+    return "(" + " AND ".join(conds) + ")"
+
+
 class IndexStore:
+    """The index adapter (processors/index/port.py's Index), over clickhouse-connect."""
+
     def __init__(self, dsn: str, database: str) -> None:
         self.database = database
         try:
@@ -204,6 +250,11 @@ class IndexStore:
         if arrow is not None:
             with contextlib.suppress(Exception):
                 arrow.close()
+
+    def drop_database(self) -> None:
+        """Drop this store's database with every table in it (a point-in-time rebuild starts
+        from none: processors/pit.py); migrate() creates them again."""
+        self.client.command(f"DROP DATABASE IF EXISTS {self.database}")
 
     def migrate(self) -> None:
         had_stats = self._has_table("study_stats")
@@ -334,6 +385,316 @@ class IndexStore:
         self.client.insert(
             f"{self.database}.{table}", data, column_names=cols, column_oriented=True
         )
+
+    # ------------------------------------------------------------ the index port's reads
+    # Every read uses FINAL (or max of a version): the current row per key.
+
+    def search(
+        self, q: FindQuery, timeout: float = 0.0, offset: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        sql, params, cols = search.build_sql(q, self.database, only_requested=True)
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql}) LIMIT {int(limit)} OFFSET {int(offset)}"
+        rows = self.query(sql + search.time_limit(timeout), params)
+        return [search.row_dict(cols, row) for row in rows]
+
+    def search_page(
+        self,
+        q: FindQuery,
+        order: str,
+        uid: str,
+        *,
+        descending: bool,
+        numeric: bool,
+        after: tuple[Any, str] | None,
+        page_size: int,
+        count: bool,
+        timeout: float = 0.0,
+    ) -> Page:
+        inner, params, cols = search.build_sql(q, self.database, extra_columns=(order, uid))
+        if after is not None:
+            params["cur_v"], params["cur_u"] = after
+        sql = search.page_sql(
+            inner,
+            order,
+            numeric,
+            descending,
+            uid,
+            after is not None,
+            count,
+            page_size,
+            search.time_limit(timeout),
+        )
+        rows = self.query(sql, params)
+        total = None
+        if count:
+            total = int(rows[0][-1]) if rows else 0
+            rows = [r[:-1] for r in rows]
+        return Page([search.row_dict(cols, r) for r in rows], total)
+
+    def study_headers(self, study_uid: str, timeout: float = 0.0) -> list[str]:
+        rows = self.query(
+            f"SELECT header_json FROM {self.database}.instances FINAL "
+            "WHERE study_uid = {s:String} "
+            "ORDER BY series_uid, instance_number, sop_uid" + search.time_limit(timeout),
+            {"s": study_uid},
+        )
+        return [r[0] for r in rows]
+
+    def instance_headers(
+        self, study_uid: str, series_uid: str = "", sop_uid: str = "", timeout: float = 0.0
+    ) -> list[tuple[str, str, str, str]]:
+        params = {"s": study_uid}
+        where = "study_uid = {s:String}"
+        if series_uid:
+            params["se"] = series_uid
+            where += " AND series_uid = {se:String}"
+        if sop_uid:
+            params["i"] = sop_uid
+            where += " AND sop_uid = {i:String}"
+        rows = self.query(
+            f"SELECT header_json, transfer_syntax_uid, series_uid, sop_uid "
+            f"FROM {self.database}.instances FINAL "
+            f"WHERE {where} ORDER BY series_uid, instance_number, sop_uid"
+            + search.time_limit(timeout),
+            params,
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def study_history(self, study_uid: str, timeout: float = 0.0) -> list[tuple[Any, ...]]:
+        return self.query(
+            "SELECT event_id, event_type, occurred_at, topic, log_partition, log_offset, "
+            f"payload_json, producer_service FROM {self.database}.events FINAL "
+            "WHERE study_uid = {s:String} ORDER BY topic, log_partition, log_offset"
+            + search.time_limit(timeout),
+            {"s": study_uid},
+        )
+
+    def locate(self, keys: dict[str, str], limit: int) -> list[Located]:
+        sql, params = search.locate_sql(keys, self.database, limit)
+        return [
+            Located(
+                study_uid=str(study),
+                series_uid=str(series),
+                sop_uid=str(sop),
+                sop_class_uid=str(sop_class),
+                transfer_syntax_uid=str(syntax),
+                tier=str(tier),
+                storage_key=str(key),
+                size_bytes=int(size),
+                sha256=str(sha),
+            )
+            for study, series, sop, sop_class, syntax, tier, key, size, sha in self.query(
+                sql, params
+            )
+        ]
+
+    def held_syntaxes(self) -> dict[str, frozenset[str]]:
+        rows = self.query(
+            "SELECT sop_class_uid, groupUniqArray(transfer_syntax_uid) "
+            f"FROM {self.database}.instances GROUP BY sop_class_uid"
+        )
+        return {str(c): frozenset(map(str, t)) for c, t in rows}
+
+    def storage_locations(
+        self, after: tuple[str, str, str], limit: int, sample: int = 0
+    ) -> list[tuple[Any, ...]]:
+        cols = "study_uid, series_uid, sop_uid, sha256, size_bytes, tier, storage_key"
+        db = self.database
+        if sample:
+            return self.query(
+                f"SELECT {cols} FROM {db}.instances FINAL ORDER BY rand() LIMIT {int(sample)}"
+            )
+        return self.query(
+            f"SELECT {cols} FROM {db}.instances FINAL "
+            "WHERE (study_uid, series_uid, sop_uid) > ({a:String}, {b:String}, {c:String}) "
+            f"ORDER BY study_uid, series_uid, sop_uid LIMIT {int(limit)}",
+            {"a": after[0], "b": after[1], "c": after[2]},
+        )
+
+    def lifecycle_candidates(
+        self, policy: Policy, now: datetime, skip: Sequence[str], limit: int
+    ) -> list[tuple[Any, ...]]:
+        if not policy.rules:
+            return []
+        db = self.database
+        params: dict[str, Any] = {"skip": sorted(skip)[:10000]}
+        where = " OR ".join(
+            _rule_sql(i, r, now, policy.day_seconds, params) for i, r in enumerate(policy.rules)
+        )
+        cols = ", ".join(CANDIDATE_COLUMNS)
+        return self.query(
+            f"""
+        SELECT {cols}, last_accessed_at, held
+        FROM (SELECT {cols} FROM {db}.instances FINAL) AS i
+        LEFT JOIN (SELECT study_uid, last_accessed_at FROM {db}.study_access FINAL) AS a
+            USING (study_uid)
+        LEFT JOIN (
+            SELECT study_uid, toUInt8(1) AS held FROM {db}.legal_holds FINAL
+            WHERE active = 1 GROUP BY study_uid
+        ) AS h USING (study_uid)
+        WHERE ({where}) AND sop_uid NOT IN {{skip:Array(String)}}
+        ORDER BY received_at, study_uid, sop_uid
+        LIMIT {int(limit)}""",
+            params,
+        )
+
+    def current_instances(
+        self,
+        study_uids: Sequence[str],
+        sop_uids: Sequence[str],
+        columns: Sequence[str],
+        off_tier: str = "",
+    ) -> list[tuple[Any, ...]]:
+        known = self._columns.get("instances")
+        bad = [c for c in columns if known is not None and c not in known]
+        if bad or not columns:
+            raise ValueError(f"not columns of the instances table: {bad or columns}")
+        params: dict[str, Any] = {"st": sorted(set(study_uids)), "sop": sorted(set(sop_uids))}
+        sql = (
+            f"SELECT {', '.join(columns)} FROM {self.database}.instances FINAL "
+            "WHERE study_uid IN {st:Array(String)} AND sop_uid IN {sop:Array(String)}"
+        )
+        if off_tier:
+            sql += " AND tier != {off:String}"
+            params["off"] = off_tier
+        return self.query(sql, params)
+
+    def version_links(
+        self, study_uids: Sequence[str], sop_uids: Sequence[str]
+    ) -> list[tuple[str, str, str]]:
+        rows = self.query(
+            f"SELECT sop_uid, sha256, supersedes_sha256 FROM {self.database}.instance_versions "
+            "FINAL WHERE study_uid IN {st:Array(String)} AND sop_uid IN {sop:Array(String)}",
+            {"st": sorted(set(study_uids)), "sop": sorted(set(sop_uids))},
+        )
+        return [(str(s), str(h), str(x)) for s, h, x in rows]
+
+    def series_instance_counts(self, study_uids: Sequence[str]) -> list[tuple[str, str, int]]:
+        rows = self.query(
+            f"SELECT study_uid, series_uid, count() FROM {self.database}.instances FINAL "
+            "WHERE study_uid IN {st:Array(String)} GROUP BY study_uid, series_uid",
+            {"st": sorted(set(study_uids))},
+        )
+        return [(str(s), str(se), int(n)) for s, se, n in rows]
+
+    def active_holds(self, study_uid: str = "") -> list[tuple[str, str, str, str, str]]:
+        where = "active = 1" + (" AND study_uid = {s:String}" if study_uid else "")
+        rows = self.query(
+            f"SELECT study_uid, hold_id, reason, changed_by, toString(changed_at) "
+            f"FROM {self.database}.legal_holds FINAL WHERE {where} ORDER BY study_uid, hold_id",
+            {"s": study_uid},
+        )
+        return [(str(a), str(b), str(c), str(d), str(e)) for a, b, c, d, e in rows]
+
+    def unannounced_quiet_studies(
+        self, cutoff: datetime, limit: int = 10000
+    ) -> list[tuple[str, int, int, datetime]]:
+        db = self.database
+        rows = self.query(
+            f"""
+            SELECT s.study_uid, s.log_partition, s.log_offset, s.last_received_at
+            FROM (
+                SELECT study_uid, log_partition, log_offset, last_received_at
+                FROM {db}.studies FINAL
+                WHERE last_received_at < {{cutoff:DateTime64(3, 'UTC')}}
+            ) AS s
+            LEFT JOIN (
+                SELECT study_uid, through_offset, 1 AS announced
+                FROM {db}.study_stability FINAL
+            ) AS st USING (study_uid)
+            WHERE st.announced = 0 OR st.through_offset < s.log_offset
+            ORDER BY s.last_received_at
+            LIMIT {int(limit)}""",
+            {"cutoff": cutoff.replace(tzinfo=None)},
+        )
+        return [(str(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows]
+
+    def routes(
+        self, state: str = "", study_uid: str = "", limit: int = 100
+    ) -> list[tuple[Any, ...]]:
+        db = self.database
+        where = []
+        params: dict[str, Any] = {"limit": int(limit)}
+        if state:
+            where.append(f"{_ROUTE_STATE_SQL} = {{state:String}}")
+            params["state"] = state
+        if study_uid:
+            where.append("r.study_uid = {study:String}")
+            params["study"] = study_uid
+        return self.query(
+            f"""SELECT r.route_id, r.study_uid, r.rule, r.destination, r.trigger,
+                   r.instance_count, toString(r.decided_at), {_ROUTE_STATE_SQL} AS st, s.reason,
+                   s.detail, s.attempts, s.delivered
+            FROM (SELECT * FROM {db}.routes FINAL) AS r
+            LEFT JOIN (
+                SELECT route_id, argMax(state, log_offset) AS state,
+                       argMax(reason, log_offset) AS reason, argMax(detail, log_offset) AS detail,
+                       argMax(attempts, log_offset) AS attempts,
+                       argMax(delivered, log_offset) AS delivered
+                FROM {db}.route_states FINAL GROUP BY route_id
+            ) AS s USING (route_id)
+            {"WHERE " + " AND ".join(where) if where else ""}
+            ORDER BY r.decided_at DESC, r.route_id
+            LIMIT {{limit:UInt32}}""",
+            params,
+        )
+
+    def route(
+        self, route_id: str
+    ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]] | None:
+        db = self.database
+        p = {"id": route_id}
+        rows = self.query(
+            f"""SELECT study_uid, matched, rule, destination, trigger, transcode_to,
+                   instances_json, reason, toString(decided_at)
+            FROM {db}.routes FINAL WHERE route_id = {{id:String}}""",
+            p,
+        )
+        if not rows:
+            return None
+        states = self.query(
+            f"""SELECT state, reason, detail, dimse_status, attempts, delivered, undelivered,
+                   toString(at), log_offset
+            FROM {db}.route_states FINAL WHERE route_id = {{id:String}}
+            ORDER BY log_offset""",
+            p,
+        )
+        attempts = self.query(
+            f"""SELECT sop_uid, attempt, ae_title, address, outcome, dimse_status, detail,
+                   transfer_syntax_uid, toString(attempted_at)
+            FROM {db}.route_attempts FINAL WHERE route_id = {{id:String}}
+            ORDER BY attempted_at, sop_uid, attempt""",
+            p,
+        )
+        return rows[0], states, attempts
+
+    def positions(self) -> dict[str, dict[int, int]]:
+        out: dict[str, dict[int, int]] = {}
+        rows = self.query(
+            f"SELECT topic, log_partition, max(log_offset) + 1 FROM {self.database}.events "
+            "GROUP BY topic, log_partition"
+        )
+        for topic, part, nxt in rows:
+            out.setdefault(str(topic), {})[int(part)] = int(nxt)
+        return out
+
+    def table_checksums(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for t in TABLES:
+            [(n, h)] = self.query(
+                f"SELECT count(), sum(cityHash64(*)) FROM {self.database}.{t} FINAL"
+            )
+            # sum() over FINAL rows that are all tombstones comes back NULL from ClickHouse: 0
+            out[t] = (int(n), int(h or 0))
+        return out
+
+    def study_checksums(self) -> dict[str, int]:
+        parts = " UNION ALL ".join(
+            f"SELECT study_uid, cityHash64(*) AS h FROM {self.database}.{t} FINAL" for t in TABLES
+        )
+        rows = self.query(f"SELECT study_uid, sum(h) FROM ({parts}) GROUP BY study_uid")
+        return {str(s): int(h) for s, h in rows}
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         try:

@@ -13,8 +13,9 @@ import pytest
 from processors.index import checksum
 from processors.index.projection import Batch
 from processors.index.schema import STATS_ADDED_TYPES, TABLES
+from processors.index.search import build_sql
 from processors.index.store import IndexStore
-from query.find import FindQuery, build_sql, find
+from query.find import FindQuery, find
 from tests.integration.test_find_chdb import instance, uid
 from tests.support.rows import batch, batch_of, expected_rows
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from common.errors import DeadlineExceeded
+from processors.index.search import time_limit
 from processors.index.store import IndexStore
-from query.find import FindQuery, find_rows, time_limit
+from query.find import FindQuery, find_rows
 
 pytestmark = pytest.mark.integration
 

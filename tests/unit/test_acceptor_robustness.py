@@ -537,16 +537,25 @@ def test_the_node_is_quiet_after_the_fuzz(fuzz_node: dict) -> None:
 
 
 class _BlockedIndex:
-    """An index whose every query waits until released: the Q/R worker stays busy."""
+    """A fake of the index port whose every read waits until released: the Q/R worker stays
+    busy."""
 
     database = "strata"
 
     def __init__(self) -> None:
         self.release = threading.Event()
 
-    def query(self, sql: str, parameters: dict | None = None) -> list:
+    def search(self, q: object, timeout: float = 0.0, **kw: object) -> list:
         self.release.wait(30)
         return []
+
+    def locate(self, keys: dict, limit: int) -> list:
+        self.release.wait(30)
+        return []
+
+    def held_syntaxes(self) -> dict:
+        self.release.wait(30)
+        return {}
 
 
 @pytest.fixture

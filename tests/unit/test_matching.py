@@ -1,10 +1,18 @@
-"""query.matching: DICOM matching (PS3.4 C.2.2.2) -> ClickHouse SQL conditions + parameters."""
+"""processors.index.matching: DICOM matching (PS3.4 C.2.2.2) -> ClickHouse SQL conditions and
+parameters."""
 
 from __future__ import annotations
 
 import pytest
 
-from query.matching import ATTRIBUTES, MatchError, Params, condition, has_wildcard, like_pattern
+from processors.index.matching import (
+    ATTRIBUTES,
+    MatchError,
+    Params,
+    condition,
+    has_wildcard,
+    like_pattern,
+)
 
 
 def cond(keyword: str, raw: str) -> tuple[str | None, dict[str, object]]:

@@ -1,7 +1,8 @@
 """The lean Q/R SCP (query/scp.py on common/acceptor.py) driven by real requestors
 (pynetdicom, DCMTK findscu/getscu/movescu, the archive's own requestor) over loopback. The
-index is a fake answering the SQL that query.find / query.retrieve send with fixed rows (the
-real chDB index is covered by the e2e tests); objects are real files in a hot tier directory.
+index is a fake of the index port (processors/index/port.py) answering searches and locates
+with fixed rows (the real chDB index is covered by the e2e tests); objects are real files in a
+hot tier directory.
 What is checked: statuses and counts of PS3.4 C.4, cancel, failures of sub-operations,
 conversion for a destination that takes only implicit VR, concurrency."""
 
@@ -35,8 +36,9 @@ from common import dul
 from common.acceptor import Config
 from common.errors import Unavailable
 from common.requestor import EXPLICIT_LE, IMPLICIT_LE, Requestor, find_command
+from processors.index.port import FindQuery, Located
 from processors.index.schema import CARD_COLUMNS
-from query.find import FindQuery, build_sql, columns
+from processors.index.search import build_sql, columns, row_dict
 from query.retrieve import HotSource
 from query.scp import QueryServer, Services
 from tests.support.dcmtk import dcmtk_env
@@ -49,8 +51,9 @@ STUDY = "1.2.826.0.1.3680043.10.543.77"
 
 
 class FakeIndex:
-    """Answers query.find's STUDY query with ``n_studies`` rows and query.retrieve's locate
-    with ``located`` rows; ``down`` makes every query fail as an unreachable index does."""
+    """A fake of the index port (processors/index/port.py): a STUDY search finds
+    ``n_studies`` studies, locate finds the ``located`` rows; ``down`` makes every call fail
+    as an unreachable index does."""
 
     database = "strata"
 
@@ -58,19 +61,28 @@ class FakeIndex:
         self.n_studies = 3
         self.located: list[tuple[Any, ...]] = []
         self.down = False
-        self.delay = 0.0  # seconds every query takes
+        self.delay = 0.0  # seconds every call takes
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    def _call(self) -> None:
         time.sleep(self.delay)
         if self.down:
             raise Unavailable("index down")
-        if "storage_key" in sql:
-            return list(self.located)
-        if "groupUniqArray" in sql:  # the transfer syntaxes held per SOP class
-            held: dict[str, set[str]] = {}
-            for row in self.located:
-                held.setdefault(row[3], set()).add(row[4])
-            return [(cls, sorted(ts)) for cls, ts in held.items()]
+
+    def locate(self, keys: dict[str, str], limit: int) -> list[Located]:
+        self._call()
+        return [Located(*row) for row in self.located]
+
+    def held_syntaxes(self) -> dict[str, frozenset[str]]:
+        self._call()
+        held: dict[str, set[str]] = {}
+        for row in self.located:
+            held.setdefault(row[3], set()).add(row[4])
+        return {cls: frozenset(ts) for cls, ts in held.items()}
+
+    def search(
+        self, q: FindQuery, timeout: float = 0.0, offset: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        self._call()
         cols = columns("STUDY")
         # the selected columns of a STUDY search whose keys need no stored header
         selected = build_sql(FindQuery("STUDY", [], 1), self.database)[2]
@@ -88,7 +100,7 @@ class FakeIndex:
                 n_instances=1,
             )
             row["card"] = json.dumps([row[c] for c in CARD_COLUMNS])
-            rows.append(tuple(row[c] for c in selected))
+            rows.append(row_dict(selected, tuple(row[c] for c in selected)))
         return rows
 
 

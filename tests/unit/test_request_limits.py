@@ -24,6 +24,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from common.acceptor import Config
 from common.errors import DeadlineExceeded, Invalid
+from processors.index.port import Located, Page
 from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
 from query import grpc_service
@@ -42,20 +43,50 @@ def free_port() -> int:
 
 
 class SlowIndex:
-    """An index whose every search outlives the time limit it is given: it raises what the
-    index adapter raises for ClickHouse's TIMEOUT_EXCEEDED, and records the SQL it got."""
+    """A fake of the index port (processors/index/port.py) whose every search outlives the
+    time limit it is given: it raises what the index adapter raises for ClickHouse's
+    TIMEOUT_EXCEEDED, and records the limits (seconds) it got."""
 
     database = "strata"
 
     def __init__(self) -> None:
-        self.sql: list[str] = []
+        self.timeouts: list[float] = []
         self.slow = True
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        self.sql.append(sql)
-        if self.slow and "max_execution_time" in sql:
+    def _searched(self, timeout: float) -> None:
+        self.timeouts.append(timeout)
+        if self.slow and timeout > 0:
             raise DeadlineExceeded("index query failed: Code: 159. (TIMEOUT_EXCEEDED)")
+
+    def search(
+        self, q: Any, timeout: float = 0.0, offset: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        self._searched(timeout)
         return []
+
+    def search_page(self, q: Any, order: str, uid: str, **kw: Any) -> Page:
+        self._searched(kw.get("timeout", 0.0))
+        return Page([], 0)
+
+    def study_headers(self, study_uid: str, timeout: float = 0.0) -> list[str]:
+        self._searched(timeout)
+        return []
+
+    def instance_headers(
+        self, study_uid: str, series_uid: str = "", sop_uid: str = "", timeout: float = 0.0
+    ) -> list[tuple[str, str, str, str]]:
+        self._searched(timeout)
+        return []
+
+    def study_history(self, study_uid: str, timeout: float = 0.0) -> list[tuple[Any, ...]]:
+        self._searched(timeout)
+        return []
+
+    def locate(self, keys: dict[str, str], limit: int) -> list[Located]:
+        return []
+
+    def held_syntaxes(self) -> dict[str, frozenset[str]]:
+        return {}
 
 
 # ---------------------------------------------------------------------------- frame lists
@@ -110,7 +141,7 @@ def test_cfind_past_the_time_limit_answers_a700() -> None:
             assoc.release()
     finally:
         server.shutdown()
-    assert "max_execution_time = 2.500" in index.sql[-1]
+    assert index.timeouts[-1] == 2.5
 
 
 # ---------------------------------------------------------------------------- DICOMweb
@@ -198,7 +229,7 @@ def test_qido_and_metadata_past_the_time_limit_answer_503_json(tmp_path: Path) -
 
     for status, body, retry in run(go, client):
         assert status == 503 and "time limit (2.5 s)" in body["error"] and retry
-    assert all("max_execution_time = 2.500" in s for s in index.sql)
+    assert index.timeouts == [2.5, 2.5]
 
 
 def test_stow_too_many_parts_is_413_and_keeps_what_was_stored(tmp_path: Path) -> None:
@@ -272,14 +303,14 @@ def test_grpc_search_gets_min_of_deadline_and_server_limit(grpc_stub: Any) -> No
     with pytest.raises(grpc.RpcError) as info:
         stub.SearchStudies(q.SearchRequest())  # no deadline: the server's limit
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "max_execution_time = 2.500" in index.sql[-1]
+    assert index.timeouts[-1] == 2.5
     with pytest.raises(grpc.RpcError) as info:
         stub.SearchStudies(q.SearchRequest(), timeout=60)  # a later deadline: still 2.5 s
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "max_execution_time = 2.500" in index.sql[-1]
+    assert index.timeouts[-1] == 2.5
     with pytest.raises(grpc.RpcError):
         stub.SearchStudies(q.SearchRequest(), timeout=1.0)  # an earlier one: the caller's
-    limit = float(index.sql[-1].split("max_execution_time = ")[1].split(",")[0])
+    limit = index.timeouts[-1]
     assert 0 < limit < 2.0  # the caller's second (grpc may report it a few ms long)
 
 
@@ -333,10 +364,7 @@ def test_retrieve_chunks_are_bounded_and_uid_lists_too(
     row = ("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
     row += ("hot", "obj.dcm", len(data), "a" * 64)
 
-    def query(sql: str, parameters: Any = None) -> list[tuple[Any, ...]]:
-        return [row] if "storage_key" in sql else []
-
-    monkeypatch.setattr(index, "query", query)
+    monkeypatch.setattr(index, "locate", lambda keys, limit: [Located(*row)])
     monkeypatch.setattr(HotSource, "local_path", lambda self, loc: tmp_path / loc.storage_key)
     chunks = list(
         stub.RetrieveInstances(
