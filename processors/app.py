@@ -25,6 +25,7 @@ from common.auth import Authorizer, admin_middleware
 from common.events import decode
 from common.settings import Settings
 from processors.index import checksum, routing
+from processors.index.port import Index
 from processors.index.projection import Batch
 from processors.index.store import IndexStore
 from processors.lifecycle import LifecycleProcessor
@@ -334,33 +335,16 @@ def add_pit_page(app: faust.App, settings: Settings, index: IndexStore) -> None:
     app.page("/replay")(Replay)
 
 
-def active_holds(index: IndexStore, study: str = "") -> list[dict[str, Any]]:
-    where = "active = 1" + (" AND study_uid = {s:String}" if study else "")
-    rows = index.query(
-        f"SELECT study_uid, hold_id, reason, changed_by, toString(changed_at) "
-        f"FROM {index.database}.legal_holds FINAL WHERE {where} ORDER BY study_uid, hold_id",
-        {"s": study},
-    )
+def active_holds(index: Index, study: str = "") -> list[dict[str, Any]]:
     keys = ("study_uid", "hold_id", "reason", "placed_by", "placed_at")
-    return [dict(zip(keys, map(str, r), strict=True)) for r in rows]
+    return [dict(zip(keys, r, strict=True)) for r in index.active_holds(study)]
 
 
-def storage_locations(index: IndexStore, after: str, limit: int, sample: int) -> list[list[Any]]:
+def storage_locations(index: Index, after: str, limit: int, sample: int) -> list[list[Any]]:
     """[study, series, sop, sha256, size, tier, key] of current instances."""
-    cols = "study_uid, series_uid, sop_uid, sha256, size_bytes, tier, storage_key"
-    db = index.database
-    if sample:
-        sql = f"SELECT {cols} FROM {db}.instances FINAL ORDER BY rand() LIMIT {int(sample)}"
-        params: dict[str, Any] = {}
-    else:
-        st, se, sop = (after.split("/") + ["", "", ""])[:3]
-        sql = (
-            f"SELECT {cols} FROM {db}.instances FINAL "
-            "WHERE (study_uid, series_uid, sop_uid) > ({a:String}, {b:String}, {c:String}) "
-            f"ORDER BY study_uid, series_uid, sop_uid LIMIT {int(limit)}"
-        )
-        params = {"a": st, "b": se, "c": sop}
-    return [[str(v) if not isinstance(v, int) else v for v in r] for r in index.query(sql, params)]
+    st, se, sop = (after.split("/") + ["", "", ""])[:3]
+    rows = index.storage_locations((st, se, sop), limit, sample)
+    return [[str(v) if not isinstance(v, int) else v for v in r] for r in rows]
 
 
 def run_worker(app: faust.App, on_started: Any = None) -> None:

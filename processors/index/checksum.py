@@ -3,57 +3,32 @@
 Per table: row count and the sum (mod 2^64) of cityHash64 over every column of every current
 row (FINAL): independent of insertion order and of merges. Per study: the same, grouped by
 study. Two indexes built from the same log prefix give identical checksums (docs/design.md,
-section 1.2: state is a pure function of the log).
+section 1.2: state is a pure function of the log). The SQL is the index adapter's
+(processors/index/store.py, IndexStore.table_checksums / study_checksums / positions).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
-from processors.index.schema import TABLES
-
-
-class Queryable(Protocol):
-    database: str
-
-    def query(
-        self, sql: str, parameters: dict[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]: ...
+from processors.index.port import Index
 
 
-def positions(index: Queryable) -> dict[str, dict[int, int]]:
+def positions(index: Index) -> dict[str, dict[int, int]]:
     """Next offset to read per topic and partition, as far as this index has applied the log."""
-    out: dict[str, dict[int, int]] = {}
-    rows = index.query(
-        f"SELECT topic, log_partition, max(log_offset) + 1 FROM {index.database}.events "
-        "GROUP BY topic, log_partition"
-    )
-    for topic, part, nxt in rows:
-        out.setdefault(str(topic), {})[int(part)] = int(nxt)
-    return out
+    return index.positions()
 
 
-def table_checksums(index: Queryable) -> dict[str, tuple[int, int]]:
-    db = index.database
-    out = {}
-    for t in TABLES:
-        [(n, h)] = index.query(f"SELECT count(), sum(cityHash64(*)) FROM {db}.{t} FINAL")
-        # sum() over FINAL rows that are all tombstones comes back NULL from ClickHouse: 0
-        out[t] = (int(n), int(h or 0))
-    return out
+def table_checksums(index: Index) -> dict[str, tuple[int, int]]:
+    return index.table_checksums()
 
 
-def study_checksums(index: Queryable) -> dict[str, int]:
+def study_checksums(index: Index) -> dict[str, int]:
     """Per study, a checksum over its rows in every study-scoped table."""
-    db = index.database
-    parts = " UNION ALL ".join(
-        f"SELECT study_uid, cityHash64(*) AS h FROM {db}.{t} FINAL" for t in TABLES
-    )
-    rows = index.query(f"SELECT study_uid, sum(h) FROM ({parts}) GROUP BY study_uid")
-    return {str(s): int(h) for s, h in rows}
+    return index.study_checksums()
 
 
-def snapshot(index: Queryable) -> dict[str, Any]:
+def snapshot(index: Index) -> dict[str, Any]:
     return {
         "positions": positions(index),
         "tables": {t: list(v) for t, v in table_checksums(index).items()},
