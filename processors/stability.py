@@ -11,48 +11,20 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Producer
 
 from common.events import envelope, timestamp
+from processors.index.port import Index
 from proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 
-class Index(Protocol):
-    database: str
-
-    def query(
-        self, sql: str, parameters: dict[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]: ...
-
-
 def due(index: Index, quiet_seconds: float, now: datetime) -> list[tuple[str, int, int, datetime]]:
     """Studies quiet for ``quiet_seconds`` whose latest burst was not announced yet."""
-    db = index.database
-    cutoff = now - timedelta(seconds=quiet_seconds)
-    return [
-        (str(r[0]), int(r[1]), int(r[2]), r[3])
-        for r in index.query(
-            f"""
-            SELECT s.study_uid, s.log_partition, s.log_offset, s.last_received_at
-            FROM (
-                SELECT study_uid, log_partition, log_offset, last_received_at
-                FROM {db}.studies FINAL
-                WHERE last_received_at < {{cutoff:DateTime64(3, 'UTC')}}
-            ) AS s
-            LEFT JOIN (
-                SELECT study_uid, through_offset, 1 AS announced
-                FROM {db}.study_stability FINAL
-            ) AS st USING (study_uid)
-            WHERE st.announced = 0 OR st.through_offset < s.log_offset
-            ORDER BY s.last_received_at
-            LIMIT 10000""",
-            {"cutoff": cutoff.replace(tzinfo=None)},
-        )
-    ]
+    return index.unannounced_quiet_studies(now - timedelta(seconds=quiet_seconds))
 
 
 class StabilityEmitter:
