@@ -1,15 +1,16 @@
-"""Routing events -> index rows (routes, route_attempts, route_states), and the queries the
-CLI and operators use. Pure like the rest of the projection: rows from event contents and log
-positions only."""
+"""Routing events -> index rows (routes, route_attempts, route_states), and the route listings
+the CLI and operators use (read through the index port, processors/index/port.py). Pure like
+the rest of the projection: rows from event contents and log positions only."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
 from common.events import event_time as _ts
+from processors.index.port import Index
 from proto.strata.v1 import events_pb2 as pb
 
 Rows = dict[str, list[dict[str, Any]]]
@@ -112,82 +113,27 @@ def routing_rows(env: pb.Envelope, kind: str, log: dict[str, Any]) -> Rows:
 # ------------------------------------------------------------------------------------ reads
 
 
-class Queryable(Protocol):
-    database: str
-
-    def query(
-        self, sql: str, parameters: dict[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]: ...
-
-
 STATES = ("open", "delivered", "dead-lettered", "no-match")
-
-_STATE_SQL = (
-    "if(s.route_id = '', if(r.matched = 1, 'open', 'no-match'), "
-    "if(s.state = 'redriven', 'open', s.state))"
-)
 
 
 def list_routes(
-    index: Queryable, state: str = "", study_uid: str = "", limit: int = 100
+    index: Index, state: str = "", study_uid: str = "", limit: int = 100
 ) -> list[dict[str, Any]]:
-    db = index.database
-    where = []
-    params: dict[str, Any] = {"limit": int(limit)}
-    if state:
-        where.append(f"{_STATE_SQL} = {{state:String}}")
-        params["state"] = state
-    if study_uid:
-        where.append("r.study_uid = {study:String}")
-        params["study"] = study_uid
-    rows = index.query(
-        f"""SELECT r.route_id, r.study_uid, r.rule, r.destination, r.trigger, r.instance_count,
-                   toString(r.decided_at), {_STATE_SQL} AS st, s.reason, s.detail, s.attempts,
-                   s.delivered
-            FROM (SELECT * FROM {db}.routes FINAL) AS r
-            LEFT JOIN (
-                SELECT route_id, argMax(state, log_offset) AS state,
-                       argMax(reason, log_offset) AS reason, argMax(detail, log_offset) AS detail,
-                       argMax(attempts, log_offset) AS attempts,
-                       argMax(delivered, log_offset) AS delivered
-                FROM {db}.route_states FINAL GROUP BY route_id
-            ) AS s USING (route_id)
-            {"WHERE " + " AND ".join(where) if where else ""}
-            ORDER BY r.decided_at DESC, r.route_id
-            LIMIT {{limit:UInt32}}""",
-        params,
-    )
+    rows = index.routes(state, study_uid, limit)
     keys = ("route_id", "study_uid", "rule", "destination", "trigger", "instances",
             "decided_at", "state", "reason", "detail", "attempts", "delivered")  # fmt: skip
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
-def route_detail(index: Queryable, route_id: str) -> dict[str, Any] | None:
-    db = index.database
-    p = {"id": route_id}
-    rows = index.query(
-        f"""SELECT study_uid, matched, rule, destination, trigger, transcode_to, instances_json,
-                   reason, toString(decided_at)
-            FROM {db}.routes FINAL WHERE route_id = {{id:String}}""",
-        p,
-    )
-    if not rows:
+def route_detail(index: Index, route_id: str) -> dict[str, Any] | None:
+    found = index.route(route_id)
+    if found is None:
         return None
-    study, matched, rule, dest, trigger, transcode, insts, reason, decided_at = rows[0]
-    states = index.query(
-        f"""SELECT state, reason, detail, dimse_status, attempts, delivered, undelivered,
-                   toString(at), log_offset
-            FROM {db}.route_states FINAL WHERE route_id = {{id:String}}
-            ORDER BY log_offset""",
-        p,
-    )
-    attempts = index.query(
-        f"""SELECT sop_uid, attempt, ae_title, address, outcome, dimse_status, detail,
-                   transfer_syntax_uid, toString(attempted_at)
-            FROM {db}.route_attempts FINAL WHERE route_id = {{id:String}}
-            ORDER BY attempted_at, sop_uid, attempt""",
-        p,
-    )
+    (
+        (study, matched, rule, dest, trigger, transcode, insts, reason, decided_at),
+        states,
+        attempts,
+    ) = found
     history = [
         dict(
             zip(
