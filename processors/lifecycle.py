@@ -15,7 +15,8 @@ One pass (``run_once``):
    reached the log, and the entry is dropped (the instance is simply due again). Sources are
    thus deleted only after the event is durable AND indexed, so no reader is ever sent to a
    deleted object.
-2. Select the due instances from the index (SQL prefilter per rule, then the pure
+2. Select the due instances from the index (``Index.lifecycle_candidates`` of the index port,
+   processors/index/port.py: a prefilter per rule, then the pure
    ``archive.lifecycle.decide``), skipping those with a journal entry.
 3. Moves: copy to the target tier (an idempotent put of a content-addressed key), then read
    the copy back and hash it (SHA-256 over every byte, compared with the sha256 recorded at
@@ -42,19 +43,20 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Producer
 from prometheus_client import Counter, Histogram
 
-from archive.lifecycle import Decision, InstanceFacts, Policy, Rule, decide, load_policy
+from archive.lifecycle import Decision, InstanceFacts, Policy, decide, load_policy
 from archive.tiers import Tier
 from archive.verify import stream_sha256
 from common.errors import Conflict, NotFound, StrataError, Unavailable
 from common.events import SCHEMA_VERSION, SOFTWARE_VERSION, timestamp
 from common.fs import fsync_dir
+from processors.index.port import CANDIDATE_COLUMNS, Index
 from proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -71,35 +73,8 @@ _EPOCH = datetime.fromtimestamp(0, UTC)
 _CHUNK = 1 << 20
 
 
-class Index(Protocol):
-    database: str
-
-    def query(
-        self, sql: str, parameters: dict[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]: ...
-
-
 # Columns read for a candidate: the facts the policy needs and what rebuilds its InstanceStored.
-_COLS = (
-    "study_uid",
-    "series_uid",
-    "sop_uid",
-    "sha256",
-    "size_bytes",
-    "tier",
-    "storage_key",
-    "modality",
-    "calling_ae_title",
-    "received_at",
-    "log_offset",
-    "sop_class_uid",
-    "patient_id",
-    "issuer_of_patient_id",
-    "transfer_syntax_uid",
-    "called_ae_title",
-    "ingest_node",
-    "header_json",
-)
+_COLS = CANDIDATE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -251,59 +226,11 @@ def wrap(payload: Any, study_uid: str, eid: str, node: str, at: datetime) -> pb.
 # ----------------------------------------------------------------------------- selection
 
 
-def _rule_sql(i: int, r: Rule, now: datetime, day_seconds: float, params: dict) -> str:
-    cutoff = (now - timedelta(seconds=r.after_days * day_seconds)).replace(tzinfo=None)
-    params[f"c{i}"] = cutoff
-    conds = []
-    if r.action == "cold":
-        conds.append("tier != 'cold'")
-        since = (
-            "greatest(received_at, last_accessed_at)" if r.since == "last-access" else "received_at"
-        )
-    else:
-        conds.append("held = 0")
-        since = "received_at"
-    conds.append(f"{since} <= {{c{i}:DateTime64(3, 'UTC')}}")
-    if r.modalities:
-        params[f"m{i}"] = sorted(r.modalities)
-        conds.append(f"upper(modality) IN {{m{i}:Array(String)}}")
-    if r.calling_aes:
-        params[f"a{i}"] = sorted(r.calling_aes)
-        conds.append(f"trimBoth(calling_ae_title) IN {{a{i}:Array(String)}}")
-    if r.min_size_bytes:
-        conds.append(f"size_bytes >= {int(r.min_size_bytes)}")
-    if r.max_size_bytes:
-        conds.append(f"size_bytes <= {int(r.max_size_bytes)}")
-    return "(" + " AND ".join(conds) + ")"
-
-
 def candidates(
     index: Index, policy: Policy, now: datetime, skip: set[str], limit: int
 ) -> list[tuple[Candidate, Decision]]:
     """Instances with an action due at ``now`` (at most ``limit``), oldest arrivals first."""
-    if not policy.rules:
-        return []
-    db = index.database
-    params: dict[str, Any] = {"skip": sorted(skip)[:10000]}
-    where = " OR ".join(
-        _rule_sql(i, r, now, policy.day_seconds, params) for i, r in enumerate(policy.rules)
-    )
-    cols = ", ".join(_COLS)
-    rows = index.query(
-        f"""
-        SELECT {cols}, last_accessed_at, held
-        FROM (SELECT {cols} FROM {db}.instances FINAL) AS i
-        LEFT JOIN (SELECT study_uid, last_accessed_at FROM {db}.study_access FINAL) AS a
-            USING (study_uid)
-        LEFT JOIN (
-            SELECT study_uid, toUInt8(1) AS held FROM {db}.legal_holds FINAL
-            WHERE active = 1 GROUP BY study_uid
-        ) AS h USING (study_uid)
-        WHERE ({where}) AND sop_uid NOT IN {{skip:Array(String)}}
-        ORDER BY received_at, study_uid, sop_uid
-        LIMIT {int(limit)}""",
-        params,
-    )
+    rows = index.lifecycle_candidates(policy, now, sorted(skip), limit)
     out = []
     n = len(_COLS)
     for r in rows:
@@ -445,15 +372,8 @@ class LifecycleProcessor:
                 wanted[item[2]] = item
         if not wanted:
             return []
-        cols = ", ".join(_COLS)
-        rows = index.query(
-            f"SELECT {cols} FROM {index.database}.instances FINAL "
-            "WHERE study_uid IN {st:Array(String)} AND sop_uid IN {sop:Array(String)} "
-            "AND tier != 'hot'",
-            {
-                "st": sorted({w[0] for w in wanted.values()}),
-                "sop": sorted(wanted),
-            },
+        rows = index.current_instances(
+            [w[0] for w in wanted.values()], list(wanted), _COLS, off_tier="hot"
         )
         out = []
         for r in rows:
@@ -617,13 +537,9 @@ class LifecycleProcessor:
         moves = [env for p, env in events if p.kind == "move"]
         if not moves:
             return
-        rows = index.query(
-            f"SELECT sop_uid, sha256, supersedes_sha256 FROM {index.database}.instance_versions "
-            "FINAL WHERE study_uid IN {st:Array(String)} AND sop_uid IN {sop:Array(String)}",
-            {
-                "st": sorted({e.study_instance_uid for e in moves}),
-                "sop": sorted({e.tier_transitioned.sop_instance_uid for e in moves}),
-            },
+        rows = index.version_links(
+            [e.study_instance_uid for e in moves],
+            [e.tier_transitioned.sop_instance_uid for e in moves],
         )
         sup = {(str(s), str(h)): str(x) for s, h, x in rows}
         for env in moves:
@@ -633,12 +549,7 @@ class LifecycleProcessor:
     def _delete_events(
         self, index: Index, deletes: list[tuple[Candidate, str]], now: datetime
     ) -> list[tuple[Pending, pb.Envelope]]:
-        studies = sorted({c.study_uid for c, _ in deletes})
-        rows = index.query(
-            f"SELECT study_uid, series_uid, count() FROM {index.database}.instances FINAL "
-            "WHERE study_uid IN {st:Array(String)} GROUP BY study_uid, series_uid",
-            {"st": studies},
-        )
+        rows = index.series_instance_counts(sorted({c.study_uid for c, _ in deletes}))
         left_series = {(str(s), str(se)): int(n) for s, se, n in rows}
         left_study: dict[str, int] = {}
         for (s, _), n in left_series.items():
@@ -682,14 +593,10 @@ class LifecycleProcessor:
         entries = self.journal.entries()
         if not entries:
             return
-        rows = index.query(
-            f"SELECT study_uid, series_uid, sop_uid, sha256, tier, storage_key, log_offset "
-            f"FROM {index.database}.instances FINAL "
-            "WHERE study_uid IN {st:Array(String)} AND sop_uid IN {sop:Array(String)}",
-            {
-                "st": sorted({p.study_uid for p in entries}),
-                "sop": sorted({p.sop_uid for p in entries}),
-            },
+        rows = index.current_instances(
+            [p.study_uid for p in entries],
+            [p.sop_uid for p in entries],
+            ("study_uid", "series_uid", "sop_uid", "sha256", "tier", "storage_key", "log_offset"),
         )
         now_at = {(str(r[0]), str(r[1]), str(r[2])): r for r in rows}
         # Is a (tier, key) still referenced by a live row? (a re-arrival of identical bytes
