@@ -75,7 +75,7 @@ def rebuild(
         positions = bound(bootstrap, topics, at)
         target = IndexStore(dsn, database)
         try:
-            target.client.command(f"DROP DATABASE IF EXISTS {database}")
+            target.drop_database()
             target.migrate()
             res: ReplayResult = replay(
                 bootstrap, target, positions, batch=5000, in_process=True, arrow=False
