@@ -179,8 +179,8 @@ class Pki:
 
 def ensure_pki(pki_dir: Path) -> Pki:
     """The project CA and a server certificate for 127.0.0.1/localhost under ``pki_dir``,
-    made once (as stack/ceph.py's ensure_tls does for Ceph, but the CA key is kept, mode
-    0600, to sign client certificates on demand)."""
+    made once; the CA key is kept (mode 0600) to sign client certificates on demand. Ceph
+    RGW's certificate is made here too (stack/ceph.py)."""
     pki = Pki(
         pki_dir,
         pki_dir / "ca.pem",
