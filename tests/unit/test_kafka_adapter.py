@@ -4,12 +4,15 @@ pinned here: a change to a profile is a change to this file too."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common import kafka
 from common.settings import Settings
+from ingest.outbox import Outbox
+from ingest.relay import Relay
 
 S = Settings(kafka_bootstrap="k1:9092,k2:9092", node_name="n1", dr_peer_bootstrap="p1:9092")
 BASE = {"bootstrap.servers": "k1:9092,k2:9092"}
@@ -111,3 +114,15 @@ def test_faust_settings() -> None:
         "broker_heartbeat_interval": 2.0,
         "producer_acks": -1,
     }
+
+
+def test_the_relay_produces_with_the_relay_profile(tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def factory(conf: dict[str, Any]) -> object:
+        seen.append(conf)
+        return object()
+
+    Relay(Outbox(tmp_path / "ob.sqlite"), S, producer_factory=factory)
+    assert seen == [kafka.producer_config(S, "relay")]
+    assert seen[0]["client.id"] == "strata-n1-relay"
