@@ -4,6 +4,7 @@ pinned here: a change to a profile is a change to this file too."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,78 @@ from common.settings import Settings
 from ingest.outbox import Outbox
 from ingest.relay import Relay
 
+ROOT = Path(__file__).resolve().parents[2]
+# Where Kafka clients may be used: the product packages and the benchmarks (tests/ builds its own
+# clients against the test brokers as it likes).
+SCANNED = ("common", "ingest", "processors", "query", "cli", "stack", "archive", "benchmarks")
+ADAPTER = ROOT / "common" / "kafka.py"
+CLIENTS = frozenset({"Producer", "Consumer", "AdminClient"})
+
 S = Settings(kafka_bootstrap="k1:9092,k2:9092", node_name="n1", dr_peer_bootstrap="p1:9092")
 BASE = {"bootstrap.servers": "k1:9092,k2:9092"}
+
+
+def client_constructions(source: str) -> list[int]:
+    """Lines of ``source`` that construct a confluent-kafka Producer, Consumer or AdminClient
+    (by a name imported from confluent_kafka, or as an attribute of the module)."""
+    tree = ast.parse(source)
+    names: set[str] = set()  # local names of the client classes
+    modules: set[str] = set()  # local names of confluent_kafka and confluent_kafka.admin
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("confluent_kafka"):
+            for a in node.names:
+                if a.name in CLIENTS:
+                    names.add(a.asname or a.name)
+                elif a.name == "admin":
+                    modules.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("confluent_kafka"):
+                    modules.add(a.asname or a.name.split(".")[0])
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Name) and f.id in names:
+            lines.append(node.lineno)
+        elif isinstance(f, ast.Attribute) and f.attr in CLIENTS:
+            base = f.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in modules:
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_the_scan_finds_every_form_of_construction() -> None:
+    src = """
+from confluent_kafka import Consumer, Producer as P
+from confluent_kafka.admin import AdminClient
+import confluent_kafka
+import confluent_kafka.admin as ka
+from proto.strata.v1 import events_pb2 as pb
+
+Consumer({})
+P({})
+AdminClient({})
+confluent_kafka.Producer({})
+ka.AdminClient({})
+pb.Producer(service="x")
+def f(c: Consumer) -> None: ...
+"""
+    assert client_constructions(src) == [8, 9, 10, 11, 12]
+
+
+def test_kafka_clients_are_built_only_by_the_adapter() -> None:
+    found = []
+    for pkg in SCANNED:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if path == ADAPTER:
+                continue
+            for line in client_constructions(path.read_text()):
+                found.append(f"{path.relative_to(ROOT)}:{line}")
+    assert found == [], "build Kafka clients with common.kafka (producer, consumer, admin)"
 
 
 def test_client_config_is_the_base_of_every_client() -> None:
