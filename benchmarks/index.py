@@ -469,8 +469,9 @@ def generate(
     settings: Any, n_studies: int, per_study: int, seed: int, samples: int = 2000
 ) -> GenResult:
     """Produce ``n_studies * per_study`` InstanceStored events (keyed by StudyInstanceUID)."""
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import KafkaException
 
+    from common import kafka
     from common.events import envelope
     from proto.strata.v1 import events_pb2 as pb
 
@@ -478,20 +479,7 @@ def generate(
     patients = _patients(rng, max(1, int(n_studies * 0.6)))
     # A few patients have many studies (follow-ups), most have one or two.
     weights = [1.0 / (1 + (i % 50)) for i in range(len(patients))]
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "compression.type": "lz4",
-            "linger.ms": 50,
-            "batch.size": 900_000,
-            "batch.num.messages": 10_000,
-            "queue.buffering.max.kbytes": 512 * 1024,
-            "queue.buffering.max.messages": 200_000,
-            "delivery.report.only.error": True,
-        }
-    )
+    producer = kafka.producer(settings, "bulk", "bench")
     failures: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -1094,9 +1082,10 @@ class Stack:
 
 def committed_offsets(bootstrap: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    from common import kafka
+
+    admin = kafka.admin(bootstrap, "bench")
     req = [ConsumerGroupTopicPartitions(GROUP_ID, [TopicPartition(topic, p) for p in partitions])]
     res = admin.list_consumer_group_offsets(req)[GROUP_ID].result()
     return {tp.partition: tp.offset for tp in res.topic_partitions}
@@ -1106,9 +1095,10 @@ def set_group_offsets(bootstrap: str, ends: dict[str, dict[int, int]]) -> None:
     """Commit the log end as the index node's consumer-group position (the replayed index
     already holds everything before it)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    from common import kafka
+
+    admin = kafka.admin(bootstrap, "bench")
     tps = [TopicPartition(t, p, o) for t, parts in ends.items() for p, o in parts.items()]
     fut = admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(GROUP_ID, tps)])
     fut[GROUP_ID].result()

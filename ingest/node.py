@@ -53,7 +53,7 @@ def run_node(settings: Settings) -> None:
     outbox = Outbox(settings.outbox_path)
     relay = Relay(
         outbox,
-        settings.kafka_bootstrap,
+        settings,
         on_published=metrics.PUBLISHED.inc,
         on_set_aside=metrics.SET_ASIDE.inc,
     )

@@ -305,9 +305,7 @@ def log_status(settings: Settings) -> list[list[object]]:
         indexed = index_positions(settings.bind_host, settings.index_http_port, settings.token)
         if indexed is None:
             return []
-        ends = end_positions(
-            settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
-        )
+        ends = end_positions(settings, [settings.study_topic, settings.quarantine_topic])
     except Exception:
         return []
     ing = health(settings.bind_host, settings.ingest_http_port) or {}
