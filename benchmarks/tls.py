@@ -42,7 +42,7 @@ from benchmarks.common import (
 
 
 def _hardened(parent: Path) -> tuple[Strata, list[str]]:
-    from common import tls
+    from dicomnet import tls
 
     s = Strata(parent)
     pki = tls.ensure_pki(s.home / "pki")  # the project CA the hardened stack uses

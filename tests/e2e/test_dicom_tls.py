@@ -26,7 +26,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from common import dul, tls
+from dicomnet import dul, tls
 from tests.support.dcmtk import dcmtk_env
 from tests.support.stack import Stack, free_port, make_stack, require_tool
 from tests.support.synthetic import ct_series

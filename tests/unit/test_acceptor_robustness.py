@@ -1,6 +1,6 @@
 """Nothing a peer sends can stop, fool or exhaust the acceptor (issue #15; docs/network.md).
 
-The real acceptor (the ingest SCP, ``ingest/scp.py`` on ``common/acceptor.py``) runs
+The real acceptor (the ingest SCP, ``ingest/scp.py`` on ``dicomnet/acceptor.py``) runs
 in-process on a free loopback port with the real store service behind it; the peers are raw
 sockets writing exactly the bytes under test (bound to 127.0.0.2, 127.0.0.3... where the
 per-address cap must tell them apart from the legitimate peer at 127.0.0.1) and pynetdicom
@@ -35,9 +35,9 @@ from pynetdicom.sop_class import (
 )
 
 from archive.hot import HotTier
-from common import dul
-from common.requestor import IMPLICIT_LE, Requestor, find_command
 from common.settings import Settings
+from dicomnet import dul
+from dicomnet.requestor import IMPLICIT_LE, Requestor, find_command
 from ingest import statuses
 from ingest.config import AEConfig
 from ingest.outbox import Outbox

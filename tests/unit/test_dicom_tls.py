@@ -1,5 +1,5 @@
-"""DICOM TLS and the AE checks on the acceptor (common/tls.py, common/acceptor.py): the real
-ingest SCP in-process on a free loopback port, the archive's own requestor (common/requestor.py)
+"""DICOM TLS and the AE checks on the acceptor (dicomnet/tls.py, dicomnet/acceptor.py): the real
+ingest SCP in-process on a free loopback port, the archive's own requestor (dicomnet/requestor.py)
 and raw sockets as peers, certificates from a project CA made in a temporary directory.
 The DCMTK and pynetdicom peers against a whole hardened stack are in tests/e2e/test_dicom_tls.py.
 """
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from archive.hot import HotTier
-from common import dul, tls
-from common.requestor import IMPLICIT_LE, AssociationRejected, Requestor
 from common.settings import Settings
+from dicomnet import dul, tls
+from dicomnet.requestor import IMPLICIT_LE, AssociationRejected, Requestor
 from ingest.config import AEConfig, CallingAE
 from ingest.outbox import Outbox
 from ingest.scp import Config, StoreServer

@@ -22,8 +22,8 @@ from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from common.acceptor import Config
 from common.errors import DeadlineExceeded, Invalid
+from dicomnet.acceptor import Config
 from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
 from query import grpc_service
