@@ -434,7 +434,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         raise StrataError("more than 128 (SOP class, transfer syntax) pairs: send in batches")
     from pynetdicom import _config
 
-    from dicomnet.dimse import nodelay
+    from dicomnet.sockets import nodelay
 
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
     ae = AE(ae_title=args.calling_ae)

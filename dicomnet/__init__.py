@@ -10,7 +10,7 @@ DICOM TLS (PS3.15 Annex B), for both sides of an association.
   sub-operations, the router's C-STOREs, benchmark clients), C-STORE/C-FIND requests.
 - ``tls.py``: DICOM TLS: the security profile of the DICOM endpoints, their server and
   client SSL contexts, peer certificates and their binding to calling AE titles.
-- ``dimse.py``: socket options every DICOM connection gets (TCP_NODELAY).
+- ``sockets.py``: socket options every DICOM connection gets (TCP_NODELAY).
 
 What the package does not do: store, index, publish or read anything. There is no Kafka,
 no object storage, no index and no dataset handling beyond the file meta header here; an

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomnet import dul, tls
-from dicomnet.dimse import nodelay
+from dicomnet.sockets import nodelay
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, cast
 
 from dicomnet import dul
 from dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
-from dicomnet.dimse import nodelay
+from dicomnet.sockets import nodelay
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
