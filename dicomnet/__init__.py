@@ -16,5 +16,8 @@ What the package does not do: store, index, publish or read anything. There is n
 no object storage, no index and no dataset handling beyond the file meta header here; an
 endpoint (``ingest/scp.py``, ``query/scp.py``, ``processors/router/sender.py``) subclasses
 ``acceptor.Association`` or drives a ``requestor.Requestor`` and hands the work to its own
-handlers. The package imports none of ``ingest``, ``query``, ``processors`` or ``archive``.
+handlers. The package imports none of ``ingest``, ``query``, ``processors``, ``archive``,
+``cli`` or ``stack``, nor a Kafka, index or object-storage client
+(tests/unit/test_dicomnet_layering.py checks it); of ``common`` it uses the project CA
+(``common/pki.py``).
 """
