@@ -25,15 +25,11 @@ from ingest.config import AEConfig, CallingAE
 from ingest.outbox import Outbox
 from ingest.scp import Config, StoreServer
 from ingest.store import Limits, StoreService
+from tests.support.stack import free_port
 from tests.support.wait import wait_for
 
 VERIFICATION = [("1.2.840.10008.1.1", [IMPLICIT_LE])]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +66,7 @@ def server(tmp_path: Path, pki: Pki) -> Iterator[tuple[StoreServer, int]]:
         aes=aes,
         limits=Limits(max_object_bytes=1_000_000),
     )
-    port = _free_port()
+    port = free_port()
     cfg = Config(
         max_pdu=16384,
         network_timeout=10.0,
