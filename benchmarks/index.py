@@ -773,15 +773,15 @@ def _timed_study_finds(
 
 
 def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, str]]]) -> dict:
-    """The same searches from a lean C-FIND SCU (the archive's requestor, common/requestor.py):
+    """The same searches from a lean C-FIND SCU (the archive's requestor, dicomnet/requestor.py):
     one association, every response identifier decoded by pydicom as a viewer would, but
     without pynetdicom's ~0.5 ms of client CPU per match, so the archive's side shows."""
     from io import BytesIO
 
     from pynetdicom.dsutils import decode, encode
 
-    from common import dul
-    from common.requestor import IMPLICIT_LE, Requestor, find_command
+    from dicomnet import dul
+    from dicomnet.requestor import IMPLICIT_LE, Requestor, find_command
 
     find_uid = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R information model - FIND
     r = Requestor("127.0.0.1", port, "BENCH", aec, [(find_uid, [IMPLICIT_LE])])
@@ -802,7 +802,7 @@ def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, 
                 return found
             found.append(decode(BytesIO(data or b""), True, True))
 
-    out: dict[str, Any] = {"load_avg_before": loadavg(), "client": "lean SCU (common/requestor)"}
+    out: dict[str, Any] = {"load_avg_before": loadavg(), "client": "lean SCU (dicomnet/requestor)"}
     try:
         _timed_study_finds(c_find_lean, qsets, "C-FIND (lean SCU)", out)
     finally:

@@ -50,7 +50,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def _profile_line(settings: Settings) -> str:
     """Which security profile runs, and what it turns on (docs/security.md)."""
-    from common.tls import dicom_security
+    from dicomnet.tls import dicom_security
 
     sec = dicom_security(settings)
     if sec.tls:
@@ -430,7 +430,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         raise StrataError("more than 128 (SOP class, transfer syntax) pairs: send in batches")
     from pynetdicom import _config
 
-    from common.dimse import nodelay
+    from dicomnet.sockets import nodelay
 
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
     ae = AE(ae_title=args.calling_ae)

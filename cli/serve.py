@@ -55,9 +55,9 @@ def serve_index(settings: Settings) -> None:
     """The index node: faust processors materializing the index, and every reader of it (the
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
     the embedded index (chDB allows one process per data path)."""
-    from common.acceptor import Config
     from common.auth import from_settings as auth_from_settings
-    from common.tls import acceptor_security, move_tls_contexts
+    from dicomnet.acceptor import Config
+    from dicomnet.tls import acceptor_security, move_tls_contexts
     from ingest.config import load as load_ae_config
     from ingest.node import build_store_service
     from processors.app import create_app, run_worker

@@ -258,7 +258,7 @@ def _cold_tier(settings: Settings) -> Any:
 
 def run_worker(settings: Settings) -> None:
     """One ingest worker: the C-STORE SCP writing to the hot tier and the outbox."""
-    from common.tls import acceptor_security
+    from dicomnet.tls import acceptor_security
     from ingest.scp import Config, StoreServer
 
     service = build_store_service(settings)

@@ -20,7 +20,7 @@ from typing import Any
 from common.errors import Unavailable
 from common.kafka import ensure_topics
 from common.settings import Settings
-from common.tls import dicom_security
+from dicomnet.tls import dicom_security
 from stack import ceph, haproxy, nodes
 from stack.kafka import broker
 from stack.procs import Proc
