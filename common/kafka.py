@@ -252,7 +252,7 @@ def source_of_truth_topics(settings: Settings) -> list[TopicSpec]:
 
 
 # create_topics errors that a retry cannot fix (the request itself is wrong).
-_FINAL_TOPIC_ERRORS = frozenset(
+_UNRETRYABLE_TOPIC_ERRORS = frozenset(
     {
         KafkaError.INVALID_REPLICATION_FACTOR,
         KafkaError.INVALID_PARTITIONS,
@@ -291,7 +291,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                 err = exc.args[0]
                 if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
-                if err.code() in _FINAL_TOPIC_ERRORS or time.monotonic() > deadline:
+                if err.code() in _UNRETRYABLE_TOPIC_ERRORS or time.monotonic() > deadline:
                     raise Unavailable(f"cannot create topic {name}: {exc}") from exc
                 failed[name] = exc
         todo = {n: t for n, t in todo.items() if n in failed}
