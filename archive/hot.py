@@ -17,6 +17,8 @@ from typing import BinaryIO
 
 from archive.keys import key_path
 from common.errors import NotFound, Unavailable
+from common.fs import fsync_dir as _fsync_dir
+from common.fs import fsync_file as _fsync_file
 
 TIER = "hot"
 SPOOL = ".incoming"  # the spool directory at the root: never part of the tier
@@ -143,18 +145,3 @@ class HotTier:
         with f:
             yield f
 
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

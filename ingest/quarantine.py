@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.fs import fsync_dir, fsync_file
+
 OVER_QUOTA = "quarantine-over-quota"
 
 
@@ -67,7 +69,7 @@ class Quarantine:
             files += 1
             used += st.st_size
         if removed:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         return Usage(files, used)
 
     def used(self) -> int:
@@ -87,7 +89,7 @@ class Quarantine:
         if self.used() + size > self.max_bytes:
             return OVER_QUOTA
         self.root.mkdir(parents=True, exist_ok=True)
-        _fsync_file(src)
+        fsync_file(src)
         try:
             os.rename(src, dst)
         except OSError as exc:
@@ -95,25 +97,10 @@ class Quarantine:
                 raise
             tmp = self.root / f".{name}.partial"
             shutil.copyfile(src, tmp)
-            _fsync_file(tmp)
+            fsync_file(tmp)
             os.rename(tmp, dst)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         with self._lock:
             self._used += size
         return ""
 
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,4 +1,4 @@
-"""The ingest SCP: C-ECHO and C-STORE acceptor on the lean upper layer (``common/dul.py``).
+"""The ingest SCP: C-ECHO and C-STORE acceptor on the lean upper layer (``dicomnet/dul.py``).
 
 One thread per association reads whole PDUs from a buffered socket and streams each C-STORE
 dataset straight into a Part 10 spool file in the hot tier's incoming directory, hashing it on
@@ -33,8 +33,8 @@ from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
-from common import acceptor, dul
-from common.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config  # noqa: F401 - Config: the ingest node builds it from here
+from dicomnet import acceptor, dul
+from dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config  # noqa: F401 - Config: the ingest node builds it from here
 from ingest import metrics, statuses
 from ingest.store import Received, StoreService
 

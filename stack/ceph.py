@@ -18,8 +18,6 @@ ports are exact. Readiness is "S3 answers over HTTPS with the generated CA", not
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
 import secrets
@@ -473,83 +471,13 @@ def _ensure_user_and_bucket(data_dir: Path, h: CephHandle, state: dict[str, obje
 
 
 def ensure_tls(tls_dir: Path) -> tuple[Path, Path, Path]:
-    """A self-signed CA and a server certificate for 127.0.0.1/localhost (made once, cached).
+    """RGW's certificate: the project CA's server certificate for 127.0.0.1/localhost
+    (common/pki.py, made once and cached in ``tls_dir``). Returns (ca.pem, server.pem,
+    server.key); clients verify with ca.pem."""
+    from common.pki import ensure_pki
 
-    Returns (ca.pem, server.pem, server.key). Clients verify with ca.pem.
-    """
-    ca_pem, cert_pem, key_pem = tls_dir / "ca.pem", tls_dir / "server.pem", tls_dir / "server.key"
-    if ca_pem.exists() and cert_pem.exists() and key_pem.exists():
-        return ca_pem, cert_pem, key_pem
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    tls_dir.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Strata local CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )  # fmt: skip
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=825))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    _write_private(
-        key_pem,
-        key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-    )
-    cert_pem.write_bytes(cert.public_bytes(pem))
-    ca_pem.write_bytes(ca.public_bytes(pem))  # the CA key is not kept: nothing else to sign
-    return ca_pem, cert_pem, key_pem
+    pki = ensure_pki(tls_dir)
+    return pki.ca, pki.server_cert, pki.server_key
 
 
 # --------------------------------------------------------------------------- helpers

@@ -274,11 +274,12 @@ def test_ohif_logs_in_through_the_provider_and_opens_a_study(a: dict, tmp_path: 
     r = subprocess.run(
         [
             "node",
-            str(VIEWER / "ohif_login.mjs"),
+            str(VIEWER / "ohif.mjs"),
             base,
             str(ct.PatientName).split("^")[0],
             str(ct.StudyInstanceUID),
             str(out),
+            "--login",
         ],
         capture_output=True,
         text=True,

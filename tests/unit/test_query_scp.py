@@ -1,4 +1,4 @@
-"""The lean Q/R SCP (query/scp.py on common/acceptor.py) driven by real requestors
+"""The lean Q/R SCP (query/scp.py on dicomnet/acceptor.py) driven by real requestors
 (pynetdicom, DCMTK findscu/getscu/movescu, the archive's own requestor) over loopback. The
 index is a fake of the index port (processors/index/port.py) answering searches and locates
 with fixed rows (the real chDB index is covered by the e2e tests); objects are real files in a
@@ -32,10 +32,10 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from common import dul
-from common.acceptor import Config
 from common.errors import Unavailable
-from common.requestor import EXPLICIT_LE, IMPLICIT_LE, Requestor, find_command
+from dicomnet import dul
+from dicomnet.acceptor import Config
+from dicomnet.requestor import EXPLICIT_LE, IMPLICIT_LE, Requestor, find_command
 from processors.index.port import FindQuery, Located
 from processors.index.schema import CARD_COLUMNS
 from processors.index.search import build_sql, columns, row_dict

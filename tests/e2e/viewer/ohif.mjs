@@ -1,10 +1,15 @@
 // Opens OHIF's study list, finds a study by patient name, opens it, and screenshots the
 // viewport. Prints a JSON report: failed DICOMweb requests, timings, screenshot path.
-// usage: node ohif.mjs BASE_URL PATIENT_NAME STUDY_UID OUT_PNG
+// With --login (an archive with STRATA_AUTH_MODE=oidc): OHIF first sends the browser to the
+// identity provider's login page (mock-oauth2-server: any username) and comes back with an
+// authorization code (PKCE); the report also counts the DICOMweb requests that carried a
+// bearer token.
+// usage: node ohif.mjs BASE_URL PATIENT_NAME STUDY_UID OUT_PNG [--login]
 import { chromium } from 'playwright-core';
 
-const [base, patientName, studyUid, outPng] = process.argv.slice(2);
-const report = { failed: [], dicomweb: 0, steps: {} };
+const [base, patientName, studyUid, outPng, flag] = process.argv.slice(2);
+const login = flag === '--login';
+const report = { failed: [], dicomweb: 0, with_token: 0, steps: {} };
 const t0 = Date.now();
 const mark = (k) => { report.steps[k] = Date.now() - t0; };
 
@@ -19,6 +24,7 @@ try {
   page.on('response', (r) => {
     if (r.url().includes('/dicom-web/')) {
       report.dicomweb += 1;
+      if ((r.request().headers().authorization || '').startsWith('Bearer ')) report.with_token += 1;
       if (r.status() >= 400) report.failed.push(`${r.status()} ${r.url()}`);
     }
   });
@@ -26,12 +32,29 @@ try {
     if (r.url().includes('/dicom-web/')) report.failed.push(`failed ${r.url()} ${r.failure()?.errorText}`);
   });
   await page.goto(base + '/', { waitUntil: 'domcontentloaded' });
+  if (login) {
+    // The provider's login page (another origin): sign in as a made-up user.
+    const user = page.locator('input[name="username"]');
+    await user.waitFor({ timeout: 60000 });
+    report.login_page = new URL(page.url()).origin !== new URL(base).origin;
+    await user.fill('dr-test');
+    await page.locator('input[type="submit"]').click();
+    mark('login');
+  }
   // The study list: the study's row shows the patient name.
   const row = page.getByText(patientName, { exact: false }).first();
   await row.waitFor({ timeout: 60000 });
   mark('study_list');
   // Open it in the basic viewer (what "Basic Viewer" in the row does).
-  await page.goto(`${base}/viewer?StudyInstanceUIDs=${studyUid}`, { waitUntil: 'domcontentloaded' });
+  if (login) {
+    // Inside the app, not a reload: the signed-in user lives in this page's session.
+    await page.evaluate((url) => {
+      window.history.pushState({}, '', url);
+      window.dispatchEvent(new PopStateEvent('popstate'));
+    }, `/viewer?StudyInstanceUIDs=${studyUid}`);
+  } else {
+    await page.goto(`${base}/viewer?StudyInstanceUIDs=${studyUid}`, { waitUntil: 'domcontentloaded' });
+  }
   const canvas = page.locator('canvas').first();
   await canvas.waitFor({ timeout: 60000 });
   mark('viewport');

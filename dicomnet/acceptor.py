@@ -1,5 +1,5 @@
 """The association acceptor the archive's DICOM endpoints share, on the lean upper layer
-(``common/dul.py``): a listening socket with one thread per association, association
+(``dicomnet/dul.py``): a listening socket with one thread per association, association
 negotiation (protocol version, application context, calling-AE allow-list, association limit),
 the PDU loop and the orderly or abortive end of an association.
 
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common import dul, tls
-from common.dimse import nodelay
+from dicomnet import dul, tls
+from dicomnet.sockets import nodelay
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,11 @@ class Config:
     max_per_peer: int = 16  # connections of this process from one peer address
     artim_timeout: float = 10.0  # the whole A-ASSOCIATE-RQ within this many s of connect
     pdu_timeout: float = 30.0  # a PDU whole within this many s of its first byte (per 4 MiB)
-    # DICOM TLS (common/tls.py): every connection's handshake runs on its own thread within
+    # DICOM TLS (dicomnet/tls.py): every connection's handshake runs on its own thread within
     # the ARTIM deadline of the connect; None: plain TCP (no per-PDU cost added).
     tls: ssl.SSLContext | None = None
     called_ae: str | None = None
-    # calling AE -> certificate binding (common/tls.binding_matches); a bound AE must
+    # calling AE -> certificate binding (dicomnet/tls.binding_matches); a bound AE must
     # present that certificate. require_binding: an AE without a binding is refused on TLS.
     cert_bindings: dict[str, str] | None = None
     require_binding: bool = False
