@@ -60,6 +60,7 @@ def serve_index(settings: Settings) -> None:
     from dicomnet.tls import acceptor_security, move_tls_contexts
     from ingest.config import load as load_ae_config
     from ingest.node import build_store_service
+    from ingest.stow import Stow
     from processors.app import create_app, run_worker
     from processors.index.store import IndexStore
     from query.dicomweb import WebDeps, add_viewer, serve_in_thread
@@ -101,6 +102,7 @@ def serve_index(settings: Settings) -> None:
             ),
             settings.dicomweb_prefix,
             authz,
+            stow=Stow,
         )
         if viewer_dist is not None:
             oidc = None

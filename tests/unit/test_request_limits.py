@@ -23,6 +23,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from common.errors import DeadlineExceeded, Invalid
 from dicomnet.acceptor import Config
+from ingest.stow import Stow
 from processors.index.port import Located, Page
 from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
@@ -34,7 +35,6 @@ from query.scp import QueryServer, Services
 from tests.support.stack import free_port
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
-
 
 
 class SlowIndex:
@@ -162,7 +162,7 @@ def web_client(tmp_path: Path, index: Any = None, **kw: Any) -> tuple[web.Applic
     incoming.mkdir(exist_ok=True)
     store = FakeStore()
     deps = WebDeps(index or SlowIndex(), HotSource(tmp_path), store, incoming, **kw)
-    return create_app(deps), store
+    return create_app(deps, stow=Stow), store
 
 
 def multipart(parts: list[bytes]) -> tuple[bytes, str]:
