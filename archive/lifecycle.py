@@ -1,7 +1,7 @@
 """Lifecycle policies: which stored object should move to another tier or be deleted, and when.
 
 Pure domain logic (no Kafka, S3 or ClickHouse): a policy is read from a TOML or JSON file and
-evaluated against facts about one instance at a given time. ``processors/lifecycle.py`` feeds it
+evaluated against facts about one instance at a given time. ``processors/lifecycle/`` feeds it
 rows of the index and carries out the decisions.
 
 The file (default ``<STRATA_HOME>/lifecycle.toml``, or the path in ``STRATA_LIFECYCLE_POLICY``)::

@@ -79,7 +79,7 @@ PRODUCER_PROFILES: Mapping[str, Mapping[str, Any]] = {
     "router": {**_DURABLE, "linger.ms": 2, "socket.nagle.disable": True},
     # Decisions of the index node: study-stable announcements, lifecycle moves and deletes.
     "decisions": {**_DURABLE, "linger.ms": 5, "socket.nagle.disable": True},
-    # Access records (processors/lifecycle.py, AccessRecorder): many, none waited on.
+    # Access records (processors/lifecycle/emitter.py, AccessRecorder): many, none waited on.
     "access": {**_DURABLE, "linger.ms": 50},
     # A log loaded as fast as the broker takes it (benchmarks): big batches, errors reported.
     "bulk": {
