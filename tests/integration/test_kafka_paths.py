@@ -208,7 +208,7 @@ def test_replay_rebuilds_the_index_the_live_projection_wrote(
     _published(Relay(outbox, kafka.kafka_bootstrap), outbox)
     outbox.close()
 
-    # The live projection's writes (processors/app.py: a Batch of the records, IndexStore.write),
+    # The live projection's writes (processors/agents.py: a Batch of the records, IndexStore.write),
     # in batches of four records as they come off the log.
     live = other_database(chdb_index)
     records = _consume(kafka, set(studies))

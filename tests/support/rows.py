@@ -1,5 +1,5 @@
 """Index rows for tests: a projection.Batch of some events (what the live index agent and a
-replay write, processors/app.py and processors/replay.py), and the rows expected of a log,
+replay write, processors/agents.py and processors/replay.py), and the rows expected of a log,
 derived the plain way: every event's ``rows_for``, concatenated per table in log order, with
 ``series`` and ``studies`` reduced to the row ReplacingMergeTree keeps per key (FINAL)."""
 
