@@ -245,9 +245,9 @@ def _tiers(settings: Settings) -> tuple[Any, Any]:
     from archive.hot import HotTier
     from archive.lifecycle import load_policy, policy_path
     from archive.recall import RecallCache
+    from archive.source import TieredSource
     from common.errors import Invalid
     from processors.lifecycle import AccessRecorder, LifecycleProcessor
-    from query.retrieve import TieredSource
 
     path = policy_path(settings.home, {"STRATA_LIFECYCLE_POLICY": settings.lifecycle_policy})
     policy = load_policy(path)

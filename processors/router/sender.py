@@ -24,9 +24,9 @@ from archive import transcode
 from dicomnet import dul
 from dicomnet.requestor import Requestor
 from dicomnet.tls import client_context
+from processors.index.port import Located
 from processors.router.rules import Destination, Member
 from proto.strata.v1 import events_pb2 as pb
-from query.retrieve import Located
 
 VERIFICATION = "1.2.840.10008.1.1"
 

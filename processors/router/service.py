@@ -556,8 +556,8 @@ def run(settings: Any, stop: threading.Event | None = None) -> None:
 
     from archive.cold import build_cold_tier
     from archive.recall import RecallCache
+    from archive.source import TieredSource
     from processors.router.rules import load
-    from query.retrieve import TieredSource
 
     config = load(settings.router_config)
     # Whichever tier holds the object now: hot in place, cold through a recall cache of the
