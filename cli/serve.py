@@ -38,9 +38,9 @@ def serve_ingest_worker(settings: Settings) -> None:
     run_worker(settings)
 
 
-def serve_router(settings: Settings) -> None:
+def serve_router(settings: Settings, stop: threading.Event | None = None) -> None:
     """The router: routing rules over the study log, forwarding to destination AEs."""
-    from processors.router.service import run
+    import signal
 
     _logging()
     if not settings.router_config:
@@ -48,7 +48,62 @@ def serve_router(settings: Settings) -> None:
     from archive import transcode
 
     transcode.configure(settings.transcode_workers)
-    run(settings)
+    router, config, http = build_router(settings)
+    stop = stop or threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    log.info(
+        "router: %d rules (%s), %d destinations, /healthz on %s:%d",
+        len(config.rules),
+        config.semantics,
+        len(config.destinations),
+        settings.bind_host,
+        settings.router_http_port,
+    )
+    try:
+        router.run(stop)
+    finally:
+        http.shutdown()
+
+
+def build_router(settings: Settings) -> tuple[Any, Any, Any]:
+    """The router process's adapters and service: its rules, the tiers it reads objects from,
+    the Router (processors/router/service.py) and its HTTP server."""
+    from archive.cold import build_cold_tier
+    from archive.recall import RecallCache
+    from archive.source import TieredSource
+    from common.auth import from_settings as auth_from_settings
+    from processors.router import sender
+    from processors.router.rules import load
+    from processors.router.service import Router, serve_http
+    from proto.strata.v1 import events_pb2 as pb
+
+    config = load(settings.router_config)
+    # Whichever tier holds the object now: hot in place, cold through a recall cache of the
+    # router's own (keys are the same in every tier, so a location decided before a tier move
+    # is still found). Reads for forwarding are not study accesses (no lifecycle effect).
+    cold = build_cold_tier(settings)
+    source = TieredSource(
+        settings.hot_dir,
+        {"cold": cold} if cold is not None else {},
+        RecallCache(settings.home / "router" / "recall-cache", 1 << 30),
+        "router",
+    )
+
+    def local_path(inst: pb.RoutedInstance) -> Path:
+        return source.local_path(sender.located(inst))
+
+    router = Router(
+        settings,
+        settings.study_topic,
+        settings.router_group,
+        config,
+        local_path,
+        settings.node_name,
+    )
+    authz = auth_from_settings(settings)
+    http = serve_http(router, settings.bind_host, settings.router_http_port, authz)
+    return router, config, http
 
 
 def serve_index(settings: Settings) -> None:
