@@ -101,7 +101,11 @@ class Copier:
             if st.location.tier != "hot":
                 self.result.skipped += 1  # cold objects are shared through S3 (docs/dr.md)
             elif self.hot.exists(st.location.key):
+                # Here already (a re-copy after a crash between the copy and its record, a
+                # rebuilt log): recorded all the same, else the fact is never in the log
+                # (sync mode waits for it; fail-back would list the instance as missing).
                 self.result.present += 1
+                self._record(env, st)
             else:
                 todo.setdefault((st.study_instance_uid, st.series_instance_uid), []).append(env)
         for (study, series), group in todo.items():
