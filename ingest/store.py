@@ -288,11 +288,11 @@ class StoreService:
             # its object was durable: an idempotent duplicate while that object is still there.
             # Nothing is written again (a second copy in hot of an object the lifecycle has
             # since moved to cold would be an orphan nobody deletes).
+            assert latest is not None
             if self._object_present(key, size):
                 rx.path.unlink(missing_ok=True)
                 return Outcome(statuses.SUCCESS, duplicate=True, event_id=latest[1])
             # Gone from every tier (end of retention, a lost disk): a new arrival.
-            assert latest is not None
             again_after = latest[1]
             log.warning(
                 "sop=%s: the object of its recorded arrival is gone; storing it again",
