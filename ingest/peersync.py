@@ -220,10 +220,19 @@ class Watcher:
                 ).start()
             c.assign([TopicPartition(topic, p, known.get((topic, p), OFFSET_END)) for p in parts])
             self.peer_reachable = True
+            checked = time.monotonic()
             while not self._stop.is_set():
                 msgs = c.consume(500, 0.2)
                 if not msgs:
+                    if time.monotonic() - checked > 5.0:  # idle: is the peer still there?
+                        checked = time.monotonic()
+                        try:
+                            c.list_topics(topic, timeout=2)
+                            self.peer_reachable = True
+                        except Exception:
+                            self.peer_reachable = False
                     continue
+                self.peer_reachable = True
                 ok = [m for m in msgs if not m.error()]
                 nxt = {(m.topic() or topic, m.partition() or 0): (m.offset() or 0) + 1 for m in ok}
                 self.confirmations.record(
