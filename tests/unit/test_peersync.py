@@ -139,3 +139,29 @@ def test_async_store_does_not_wait(tmp_path: Path, hot: HotTier) -> None:
     out = svc.store(rx(path, ds))
     assert out.ok and out.event_id and out.event is not None
     assert out.event_id == out.event.event_id
+
+
+def test_copier_records_an_object_already_here(tmp_path: Path) -> None:
+    """A re-delivered InstanceStored whose object is already at B (a crash between the copy
+    and its record) is recorded all the same: else sync mode never sees it confirmed."""
+    from common.settings import Settings
+    from processors.replicate import Copier
+
+    c = Copier(Settings(home=tmp_path, dr_site="B", dr_peer_site="A", dr_peer_grpc="127.0.0.1:1"))
+    recorded: list[str] = []
+    c._record = lambda env, st: recorded.append(env.event_id)  # type: ignore[method-assign]
+    src = tmp_path / "obj"
+    src.write_bytes(b"bytes")
+    key = "study/series/sop.sha.dcm"
+    c.hot.put_file(key, src)
+    env = envelope(
+        pb.InstanceStored(
+            sop_instance_uid="1.2.3", location=pb.StorageLocation(tier="hot", key=key)
+        ),
+        study_uid="1.2",
+        service="ingest",
+        node="a",
+    )
+    c.copy_batch([env])
+    c.channel.close()
+    assert recorded == [env.event_id] and c.result.present == 1
