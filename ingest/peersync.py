@@ -222,7 +222,10 @@ class Watcher:
             self.peer_reachable = True
             checked = time.monotonic()
             while not self._stop.is_set():
-                msgs = c.consume(500, 0.2)
+                # poll(): returns with the first record (consume() with a batch size waits for
+                # the batch or the timeout); then what else is there, without waiting
+                first = c.poll(0.2)
+                msgs = [first, *c.consume(500, 0)] if first is not None else []
                 if not msgs:
                     if time.monotonic() - checked > 5.0:  # idle: is the peer still there?
                         checked = time.monotonic()

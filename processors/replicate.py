@@ -209,7 +209,11 @@ class Copier:
         c.subscribe([self.settings.study_topic])
         try:
             while not self.stop_event.is_set():
-                msgs = [m for m in c.consume(200, 0.5) if not m.error()]
+                # poll() returns with the first record; consume(200, 0.5) would wait for 200 or
+                # the whole 0.5 s, in every acknowledgement of sync mode (docs/dr.md)
+                first = c.poll(0.5)
+                batch = [first, *c.consume(199, 0)] if first is not None else []
+                msgs = [m for m in batch if not m.error()]
                 if not msgs:
                     continue
                 envs = []
