@@ -152,7 +152,7 @@ class Copier:
                         )  # fmt: skip
                         self.result.skipped += len(group)
                         break
-                    self.stop_event.wait(0.5)
+                    self.stop_event.wait(0.1)
 
     def _record(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
         from confluent_kafka import Producer
