@@ -308,6 +308,15 @@ def status(settings: Settings) -> dict[str, Any]:
     out["accepts_ingest"] = ok
     if why:
         out["fenced"] = why
+    out["mode"] = settings.dr_mode
+    if settings.dr_mode == "sync":
+        # from this site's ingest node (its /healthz): refusals since it started because the
+        # peer did not confirm in time, and whether its watcher reads the peer's log
+        from stack.local import health
+
+        h = health(settings.bind_host, settings.ingest_http_port) or {}
+        out["unconfirmed"] = h.get("dr_unconfirmed", "ingest not answering")
+        out["sync_peer_log"] = h.get("dr_peer_log", "unknown")
     if out["mirror"] == "running" and settings.dr_peer_bootstrap:
         out.update(lag(settings))
     out["copier_backlog_events"] = copier_backlog(settings)

@@ -266,6 +266,17 @@ class Settings:
         "How often the ingest node re-reads the epoch (its own and the peer's control topic): "
         "a site that is not the primary of the latest epoch refuses C-STORE.",
     )
+    dr_mode: str = _setting(
+        "async",
+        "'async': ingest acknowledges once the object and its event are durable here; 'sync': "
+        "only once the peer's log holds the InstanceReplicated of the instance (RPO 0; "
+        "refuses A730 while the peer does not confirm). Read at start (docs/dr.md).",
+    )
+    dr_sync_timeout: float = _setting(
+        10.0,
+        "Sync mode: seconds a C-STORE (or STOW-RS instance) waits for the peer's confirmation "
+        "before it is answered A730 (the instance stays stored here; the sender retries).",
+    )
 
     # --- limits on what a peer can ask of the read side and STOW (issue #15) ---
     query_timeout: float = _setting(
