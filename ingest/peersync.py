@@ -169,18 +169,17 @@ class Watcher:
         self._stop.set()
 
     def _consumer(self, group: str) -> Any:
-        from confluent_kafka import Consumer
+        from common import kafka
 
-        return Consumer(
+        return kafka.consumer(
+            kafka.peer(self.settings),
+            group,
+            "dr-sync-watch",
             {
-                "bootstrap.servers": self.settings.dr_peer_bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 10,  # a confirmation is waited for: do not batch it up
                 "log_level": 3,
-            }
+            },
         )
 
     def _run(self) -> None:
