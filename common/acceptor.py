@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common import dul, tls
+from common import audit, dul, tls
 from common.dimse import nodelay
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class Association:
             log.warning(
                 "association rejected for calling AE %s (reason %d)", rq.calling_ae, reject[1]
             )
+            audit.association_rejected(self.peer, rq.calling_ae, rq.called_ae, reject[1], self.sock)
             return False
         self.negotiate(rq)
         self.rq = rq
@@ -579,6 +580,7 @@ class Server:
             why = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else type(exc).__name__
             log.warning("TLS handshake with %s:%d failed: %s", *peer, why)
             self.handshake_failed += 1
+            audit.tls_refused(f"{peer[0]}:{peer[1]}", str(why))
             self.connection_counted("tls-failed")
             with contextlib.suppress(OSError):
                 rec.sock.close()

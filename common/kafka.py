@@ -58,6 +58,7 @@ def source_of_truth_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.study_topic, settings.study_partitions, forever),
         TopicSpec(settings.quarantine_topic, 1, forever),
         TopicSpec(settings.dr_topic, 1, forever),  # geo-redundancy epochs (docs/dr.md)
+        TopicSpec(settings.audit_topic, 1, forever),  # the audit trail (common/audit.py)
     ]
 
 

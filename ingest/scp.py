@@ -33,7 +33,7 @@ from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
-from common import acceptor, dul
+from common import acceptor, audit, dul
 from common.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config  # noqa: F401 - Config: the ingest node builds it from here
 from ingest import metrics, statuses
 from ingest.store import Received, StoreService
@@ -64,6 +64,7 @@ def respond(service: StoreService, rx: Received) -> tuple[int, str]:
     """Store ``rx`` and account for it: (status, error comment)."""
     t0 = time.perf_counter()
     outcome = service.store(rx)
+    audit.note_stored(outcome)  # into the association's audit record (per study)
     if outcome.ok:
         metrics.INSTANCES.labels("duplicate" if outcome.duplicate else "stored").inc()
         if outcome.event is not None:
@@ -120,9 +121,12 @@ class Association(acceptor.Association):
         self._rx_pc = 0
         self._limit = server.service.limits.max_object_bytes
         self._oversize = 0  # bytes of the dataset being discarded (0: none)
+        self._audit: audit.Transfers | None = None
 
     def negotiate(self, rq: dul.AssociateRQ) -> None:
         negotiate(rq)
+        who = audit.who_dicom(rq.calling_ae, rq.called_ae, self.sock)
+        self._audit = audit.begin_transfers("dicom", self.peer, who)
 
     def counted(self, outcome: str) -> None:
         metrics.ASSOCIATIONS.labels(outcome).inc()
@@ -130,6 +134,7 @@ class Association(acceptor.Association):
     def ended(self) -> None:
         if self._spool is not None:  # never acknowledged: never stored
             self._spool.discard()
+        audit.end_transfers(self._audit)  # one audit event per study of the association
 
     def between_messages(self) -> bool:
         return self._request is None and not self._cmd

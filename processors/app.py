@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from common.auth import Authorizer, admin_middleware
 from common.events import decode
 from common.settings import Settings
+from processors.index import audit as audit_index
 from processors.index import checksum, routing
 from processors.index.projection import merge, rows_for
 from processors.index.store import IndexStore
@@ -147,6 +148,7 @@ def create_app(
 
     index_agent_for(settings.study_topic, "index")
     index_agent_for(settings.quarantine_topic, "index-quarantine")
+    audit_index.attach(app, settings, index)  # the audit topic -> its table, /audit
 
     from confluent_kafka import Consumer
 

@@ -53,6 +53,7 @@ from common.requestor import (
     send_store,
     store_command,
 )
+from query import audit as qaudit
 from query.find import Index, find_rows, parse_identifier, to_bytes
 from query.retrieve import Located, ObjectSource, local_paths, locate
 
@@ -229,6 +230,7 @@ class QueryAssociation(acceptor.Association):
         self._running = False
         self._started = 0.0
         self._gone = threading.Event()
+        self._audit_op: qaudit.QrOperation | None = None  # the running operation's audit record
         self._worker = threading.Thread(target=self._work_loop, name="qr-worker", daemon=True)
         self._worker.start()
 
@@ -334,6 +336,7 @@ class QueryAssociation(acceptor.Association):
                 comment="missing or undecodable identifier",
             )
             return
+        self._audit_op = qaudit.qr_begin(self, cmd, pc.abstract_syntax, identifier)
         try:
             if field == dul.C_FIND_RQ:
                 self._find(pc, msg_id, identifier, implicit, little)
@@ -342,6 +345,7 @@ class QueryAssociation(acceptor.Association):
             else:
                 self._get(pc, msg_id, identifier)
         finally:
+            qaudit.qr_end(self._audit_op)  # its one audit event (the final status, or aborted)
             self._open.discard(msg_id)
             self._cancelled.discard(msg_id)
 
@@ -367,6 +371,7 @@ class QueryAssociation(acceptor.Association):
             op = _OPS.get(field, "other")
             OPERATIONS.labels(op, _outcome(status)).inc()
             OPERATION_SECONDS.labels(op).observe(time.perf_counter() - self._started)
+            qaudit.qr_final(self._audit_op, status)
         elements: list[tuple[int, int | str]] = [
             (dul.AFFECTED_SOP_CLASS_UID, pc.abstract_syntax),
             (dul.COMMAND_FIELD, field),
@@ -518,6 +523,7 @@ class QueryAssociation(acceptor.Association):
         channel: StoreChannel,
         originator: str,
     ) -> None:
+        qaudit.qr_located(self._audit_op, locs, self.services.index)
         completed = failed = warning = 0
         failed_uids: list[str] = []
         remaining = len(locs)
