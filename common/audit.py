@@ -637,3 +637,28 @@ def grpc_auth_failed(
     authorization: str | None, error: str, method: str, code: str, peer: str
 ) -> None:
     auth_failed("grpc", peer, authorization, error, method, code)
+
+
+def record_cli(
+    settings: Any,
+    action: str,
+    what: pb.AuditWhat,
+    user: str = "",
+    outcome: str = SUCCESS,
+) -> None:
+    """An operator's command (``strata hold``, ``strata outbox redrive``...): recorded and
+    waited for (a short-lived process: what Kafka does not acknowledge in time is spooled in
+    this node's audit spool, which the node's services replay)."""
+    import socket
+
+    own = not enabled()
+    if own:
+        configure(settings, "cli")
+    try:
+        who = who_operator()
+        if user and user != who.user:
+            who.user, who.client_id = user, f"login:{who.user}"
+        record(action, outcome, interface="cli", peer=socket.gethostname(), who=who, what=what)
+    finally:
+        if own:
+            close(timeout=15)
