@@ -41,19 +41,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter
-
 from common.events import envelope
 from proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-EVENTS = Counter(
-    "strata_audit_events",
-    "Audit events by result: published (acknowledged by Kafka), spooled (kept on local disk "
-    "for a later publish), lost (the spool could not be written either)",
-    ["result"],
-)
+
+class _Events:
+    """strata_audit_events_total{result}, made on first use: prometheus_client must not be
+    imported before the ingest node sets its multiprocess directory (ingest/node.py)."""
+
+    _counter: Any = None
+
+    def labels(self, result: str) -> Any:
+        if self._counter is None:
+            from prometheus_client import Counter
+
+            _Events._counter = Counter(
+                "strata_audit_events",
+                "Audit events by result: published (acknowledged by Kafka), spooled (kept on "
+                "local disk for a later publish), lost (the spool could not be written either)",
+                ["result"],
+            )
+        return self._counter.labels(result)
+
+
+EVENTS = _Events()
 
 # actions
 STORE, QUERY, RETRIEVE, VIEW, DELETE = "store", "query", "retrieve", "view", "delete"
@@ -662,3 +675,10 @@ def record_cli(
     finally:
         if own:
             close(timeout=15)
+
+
+def spool_files(settings: Any) -> int:
+    """Spool files of this node not yet published (0 when the audit trail is caught up): shown
+    in the ingest and index nodes' /healthz; non-zero while Kafka is unreachable."""
+    d = Path(settings.node_home) / "audit-spool"
+    return sum(1 for p in d.glob("*.spool") if p.stat().st_size) if d.is_dir() else 0

@@ -21,6 +21,7 @@ import faust
 from google.protobuf.message import DecodeError
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from common import audit
 from common.auth import Authorizer, admin_middleware
 from common.events import decode
 from common.settings import Settings
@@ -245,7 +246,8 @@ def create_app(
     async def healthz(web: Any, request: Any) -> Any:
         if settings.node_dir and not caught_up_once.is_set():
             return web.json({"status": "catching-up", "applied": applied["n"]}, status=503)
-        return web.json({"status": "ok", "applied": applied["n"]})
+        spooled = audit.spool_files(settings)  # audit events not yet in Kafka (common/audit.py)
+        return web.json({"status": "ok", "applied": applied["n"], "audit_spool_files": spooled})
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

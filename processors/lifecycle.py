@@ -55,6 +55,7 @@ from archive.verify import stream_sha256
 from common.errors import Conflict, NotFound, StrataError, Unavailable
 from common.events import SCHEMA_VERSION, SOFTWARE_VERSION, timestamp
 from common.fs import fsync_dir
+from processors.index import audit as audit_index
 from proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -510,6 +511,7 @@ class LifecycleProcessor:
         if not events:
             return
         self._fill_supersedes(index, events)
+        record_deletes = audit_index.deletes_recorder(index, events)  # patients named now
         # 3. journal, then the events (acks=all, idempotent producer)
         self.journal.add(p for p, _ in events)
         failures: list[str] = []
@@ -547,6 +549,7 @@ class LifecycleProcessor:
             else:
                 res.deleted += 1
                 DELETED.inc()
+        record_deletes()  # the audit trail: one "delete" per study (common/audit.py)
 
     def _failed(self, c: Candidate, step: str, exc: Exception, res: PassResult) -> None:
         res.failed += 1

@@ -265,3 +265,38 @@ def attach(app: Any, settings: Any, index: Any) -> AuditIndex:
         return web.json({"events": rows})
 
     return audit
+
+
+def deletes_recorder(index: Any, events: list[tuple[Any, Any]]) -> Any:
+    """For the lifecycle processor (processors/lifecycle.py): the audit records of a pass's
+    deletions, one per study, with the patients looked up NOW (before the index applies the
+    deletions); call the result once the deletions are acknowledged by Kafka."""
+    from common import audit
+
+    by_study: dict[str, list[Any]] = {}
+    for _p, env in events:
+        if env.WhichOneof("payload") == "instance_deleted":
+            by_study.setdefault(env.study_instance_uid, []).append(env.instance_deleted)
+    if not by_study or not audit.enabled():
+        return lambda: None
+    try:
+        patients = {s: patients_of(index, [s]) for s in by_study}
+    except Exception:  # noqa: BLE001 - the records still name the studies
+        patients = {}
+
+    def record() -> None:
+        for study, dels in by_study.items():
+            rules = sorted({d.policy for d in dels})
+            audit.record(
+                audit.DELETE,
+                interface="system",
+                who=pb.AuditWho(user="lifecycle"),
+                what=pb.AuditWhat(
+                    patient_ids=patients.get(study, []),
+                    study_instance_uids=[study],
+                    instances=len(dels),
+                    detail=f"end of retention (rule {', '.join(rules)})",
+                ),
+            )
+
+    return record

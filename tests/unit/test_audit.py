@@ -193,3 +193,27 @@ def test_since_forms() -> None:
     assert parse_time("month", now) == datetime(2026, 12, 1, tzinfo=UTC)
     assert parse_time("2d", now) == datetime(2026, 12, 13, 10, 30, tzinfo=UTC)
     assert parse_time("2026-11-01", now) == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_lifecycle_deletes_make_one_record_per_study(monkeypatch: Any) -> None:
+    from processors.index import audit as audit_index
+
+    got: list[pb.AuditWhat] = []
+    monkeypatch.setattr(audit, "enabled", lambda: True)
+    monkeypatch.setattr(audit, "record", lambda action, *, what, **kw: got.append(what))
+    monkeypatch.setattr(audit_index, "patients_of", lambda index, studies: ["P-" + studies[0]])
+
+    def env(payload: Any, study: str) -> Any:
+        return envelope(payload, study_uid=study, service="index", node="n")
+
+    events = [
+        (None, env(pb.InstanceDeleted(sop_instance_uid=s, policy="r10y"), st))
+        for st, s in (("1.1", "a"), ("1.1", "b"), ("1.2", "c"))
+    ] + [(None, env(pb.TierTransitioned(), "1.3"))]
+    record = audit_index.deletes_recorder(object(), events)
+    assert got == []  # only once Kafka acknowledged the deletions
+    record()
+    assert [(list(w.study_instance_uids), list(w.patient_ids), w.instances) for w in got] == [
+        (["1.1"], ["P-1.1"], 2),
+        (["1.2"], ["P-1.2"], 1),
+    ]
