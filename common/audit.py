@@ -79,27 +79,24 @@ _DELIVERY_TIMEOUT_MS = 10_000
 _REPLAY_EVERY = 5.0
 
 
-def producer_config(bootstrap: str) -> dict[str, Any]:
-    """The audit producer's settings: those of the ingest relay's producer (ingest/relay.py:
-    idempotent, acks=all), but with a delivery timeout, after which the record is spooled.
-    It belongs to the Kafka adapter (common/kafka.py) once that has a producer factory."""
-    return {
-        "bootstrap.servers": bootstrap,
-        "enable.idempotence": True,  # implies acks=all and ordered retries
-        "acks": "all",
-        "linger.ms": 5,
-        "compression.type": "lz4",
-        "message.timeout.ms": _DELIVERY_TIMEOUT_MS,
-        "socket.nagle.disable": True,
-        "reconnect.backoff.max.ms": 1000,
-    }
-
-
 def new_producer(bootstrap: str) -> Any:
-    """The audit topic's producer (to move into the Kafka adapter, common/kafka.py)."""
+    """The audit topic's producer. It belongs to the Kafka adapter (common/kafka.py) once that
+    has a producer factory: the settings of the ingest relay's producer (ingest/relay.py:
+    idempotent, acks=all), but with a delivery timeout, after which the record is spooled."""
     from confluent_kafka import Producer
 
-    return Producer(producer_config(bootstrap))
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,  # implies acks=all and ordered retries
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "message.timeout.ms": _DELIVERY_TIMEOUT_MS,
+            "socket.nagle.disable": True,
+            "reconnect.backoff.max.ms": 1000,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------ the spool
