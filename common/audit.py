@@ -72,6 +72,7 @@ EVENTS = _Events()
 STORE, QUERY, RETRIEVE, VIEW, DELETE = "store", "query", "retrieve", "view", "delete"
 HOLD_PLACE, HOLD_RELEASE, REDRIVE = "hold-place", "hold-release", "outbox-redrive"
 AUTH_FAILURE, ASSOCIATION_REJECTED = "auth-failure", "association-rejected"
+AUDIT_READ = "audit-read"  # the audit trail itself was read (strata audit, /audit)
 # outcomes
 SUCCESS, MINOR, SERIOUS = "success", "minor-failure", "serious-failure"
 

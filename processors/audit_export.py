@@ -13,7 +13,7 @@ store -> DICOM Instances Transferred (110104, C); retrieve -> DICOM Instances Tr
 delete -> DICOM Study Deleted (110105, D); hold place/release -> DICOM Instances Accessed
 (110103, U); outbox redrive -> Application Activity (110100, E); auth failure -> User
 Authentication (110114, E, type Login 110122); association rejected -> Security Alert
-(110113, E, type Node Authentication 110126).
+(110113, E, type Node Authentication 110126); audit read -> Audit Log Used (110101, R).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ EVENTS: dict[str, tuple[str, str, str, tuple[str, str] | None]] = {
     "outbox-redrive": ("110100", "Application Activity", "E", None),
     "auth-failure": ("110114", "User Authentication", "E", ("110122", "Login")),
     "association-rejected": ("110113", "Security Alert", "E", ("110126", "Node Authentication")),
+    "audit-read": ("110101", "Audit Log Used", "R", None),
 }
 OUTCOMES = {"success": "0", "minor-failure": "4", "serious-failure": "8"}
 SOURCE, DESTINATION = ("110153", "Source Role ID"), ("110152", "Destination Role ID")

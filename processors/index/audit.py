@@ -252,6 +252,7 @@ def attach(app: Any, settings: Any, index: Any) -> AuditIndex:
             limit = int(q.get("limit", "1000"))
         except ValueError as exc:
             return web.json({"error": str(exc)}, status=400)
+        _reading_recorded(request)  # reading the audit trail is itself audited
         rows = await asyncio.to_thread(
             audit.search,
             q.get("patient", ""),
@@ -265,6 +266,24 @@ def attach(app: Any, settings: Any, index: Any) -> AuditIndex:
         return web.json({"events": rows})
 
     return audit
+
+
+def _reading_recorded(request: Any) -> None:
+    """PS3.15 A.5.3.2 "Audit Log Used": who read the audit trail, and for what."""
+    from common import audit
+
+    q = request.query
+    what = pb.AuditWhat(method="GET /audit")
+    what.query_keys.update({k: v for k, v in q.items()})
+    if q.get("patient"):
+        what.patient_ids.append(q["patient"])
+    audit.record(
+        audit.AUDIT_READ,
+        interface="http",
+        peer=request.remote or "",
+        who=audit.who_bearer(request.headers.get("Authorization")),
+        what=what,
+    )
 
 
 def deletes_recorder(index: Any, events: list[tuple[Any, Any]]) -> Any:
