@@ -251,6 +251,14 @@ def test_every_operation_is_in_the_audit_table_exactly_once(run: dict[str, Any])
     }
     table = s.cli("audit", "--patient", PID, "--since", "month").stdout
     assert "dr-view" in table and "GETTER" in table
+    # and reading the audit trail is audited too (the auditor's token, the keys it searched by)
+    reads = wait_for(
+        lambda: [e for e in _table(s, "--action", "audit-read") if e["query_keys"].get("patient")],
+        60,
+        "the audit reads",
+    )
+    assert {(e["user"], e["interface"]) for e in reads} == {("auditor", "http")}
+    assert {e["query_keys"]["patient"] for e in reads} == {PID} and reads[0]["patient_ids"] == [PID]
 
 
 # Kafka's own data files are named *.log too: they hold the events (PHI by design), not logs.
