@@ -66,7 +66,7 @@ lint: $(BIN)/strata
 	$(BIN)/ruff check .
 
 typecheck: $(BIN)/strata
-	$(BIN)/mypy common ingest processors archive query cli stack
+	$(BIN)/mypy common dicomnet ingest processors archive query cli stack
 
 ## Regenerate protobuf code (committed; tests/unit/test_proto_current.py checks it is current).
 proto: $(BIN)/strata

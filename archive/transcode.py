@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import multiprocessing.connection
 import os
 import struct
 import threading
@@ -290,8 +291,27 @@ def pool() -> ProcessPoolExecutor:
             if _pool is not None:
                 _pool.shutdown(wait=False, cancel_futures=True)
             _size = _workers or os.cpu_count() or 1
-            _pool = ProcessPoolExecutor(_size, mp_context=multiprocessing.get_context("spawn"))
+            _pool = ProcessPoolExecutor(
+                _size, mp_context=multiprocessing.get_context("spawn"), initializer=_follow_parent
+            )
         return _pool
+
+
+def _follow_parent() -> None:
+    """In each worker: exit when the process that owns the pool dies (kill -9 included). A
+    pool worker waits on its call queue, which other workers also hold open, so without this
+    it would outlive a killed server as an orphan. (Not PR_SET_PDEATHSIG: that fires when the
+    *thread* that started the worker ends, and workers are started by whichever association
+    thread submits first.)"""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
 
 
 def workers() -> int:

@@ -15,7 +15,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -454,6 +453,8 @@ def associate(
     """A pynetdicom association with TCP_NODELAY on (pynetdicom never sets it itself)."""
     from pynetdicom import AE
 
+    from dicomnet.sockets import nodelay
+
     ae = AE(ae_title=CALLING_AE)
     ae.maximum_pdu_size = 0
     ae.acse_timeout = ae.network_timeout = 60
@@ -463,9 +464,7 @@ def associate(
     assoc = ae.associate(HOST, port, ae_title=aec)
     if not assoc.is_established:
         raise RuntimeError(f"association to {aec}@{HOST}:{port} was not accepted")
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    nodelay(assoc.dul.socket.socket if assoc.dul.socket else None)
     return assoc
 
 

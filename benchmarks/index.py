@@ -469,8 +469,9 @@ def generate(
     settings: Any, n_studies: int, per_study: int, seed: int, samples: int = 2000
 ) -> GenResult:
     """Produce ``n_studies * per_study`` InstanceStored events (keyed by StudyInstanceUID)."""
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import KafkaException
 
+    from common import kafka
     from common.events import envelope
     from proto.strata.v1 import events_pb2 as pb
 
@@ -478,20 +479,7 @@ def generate(
     patients = _patients(rng, max(1, int(n_studies * 0.6)))
     # A few patients have many studies (follow-ups), most have one or two.
     weights = [1.0 / (1 + (i % 50)) for i in range(len(patients))]
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "compression.type": "lz4",
-            "linger.ms": 50,
-            "batch.size": 900_000,
-            "batch.num.messages": 10_000,
-            "queue.buffering.max.kbytes": 512 * 1024,
-            "queue.buffering.max.messages": 200_000,
-            "delivery.report.only.error": True,
-        }
-    )
+    producer = kafka.producer(settings, "bulk", "bench")
     failures: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -785,15 +773,15 @@ def _timed_study_finds(
 
 
 def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, str]]]) -> dict:
-    """The same searches from a lean C-FIND SCU (the archive's requestor, common/requestor.py):
+    """The same searches from a lean C-FIND SCU (the archive's requestor, dicomnet/requestor.py):
     one association, every response identifier decoded by pydicom as a viewer would, but
     without pynetdicom's ~0.5 ms of client CPU per match, so the archive's side shows."""
     from io import BytesIO
 
     from pynetdicom.dsutils import decode, encode
 
-    from common import dul
-    from common.requestor import IMPLICIT_LE, Requestor, find_command
+    from dicomnet import dul
+    from dicomnet.requestor import IMPLICIT_LE, Requestor, find_command
 
     find_uid = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R information model - FIND
     r = Requestor("127.0.0.1", port, "BENCH", aec, [(find_uid, [IMPLICIT_LE])])
@@ -814,7 +802,7 @@ def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, 
                 return found
             found.append(decode(BytesIO(data or b""), True, True))
 
-    out: dict[str, Any] = {"load_avg_before": loadavg(), "client": "lean SCU (common/requestor)"}
+    out: dict[str, Any] = {"load_avg_before": loadavg(), "client": "lean SCU (dicomnet/requestor)"}
     try:
         _timed_study_finds(c_find_lean, qsets, "C-FIND (lean SCU)", out)
     finally:
@@ -1094,9 +1082,10 @@ class Stack:
 
 def committed_offsets(bootstrap: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    from common import kafka
+
+    admin = kafka.admin(bootstrap, "bench")
     req = [ConsumerGroupTopicPartitions(GROUP_ID, [TopicPartition(topic, p) for p in partitions])]
     res = admin.list_consumer_group_offsets(req)[GROUP_ID].result()
     return {tp.partition: tp.offset for tp in res.topic_partitions}
@@ -1106,9 +1095,10 @@ def set_group_offsets(bootstrap: str, ends: dict[str, dict[int, int]]) -> None:
     """Commit the log end as the index node's consumer-group position (the replayed index
     already holds everything before it)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    from common import kafka
+
+    admin = kafka.admin(bootstrap, "bench")
     tps = [TopicPartition(t, p, o) for t, parts in ends.items() for p, o in parts.items()]
     fut = admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(GROUP_ID, tps)])
     fut[GROUP_ID].result()

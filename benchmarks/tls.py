@@ -42,10 +42,11 @@ from benchmarks.common import (
 
 
 def _hardened(parent: Path) -> tuple[Strata, list[str]]:
-    from common import tls
+    from common.pki import ensure_pki
+    from dicomnet import tls
 
     s = Strata(parent)
-    pki = tls.ensure_pki(s.home / "pki")  # the project CA the hardened stack uses
+    pki = ensure_pki(s.home / "pki")  # the project CA the hardened stack uses
     cert, key = pki.client(CALLING_AE)
     aes = s.home / "aes.json"
     aes.write_text(json.dumps({"aes": {CALLING_AE: {"certificate": tls.fingerprint_of(cert)}}}))

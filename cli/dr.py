@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from common import kafka
 from common.errors import StrataError, Unavailable
 from common.settings import Settings
 from stack.procs import Proc
@@ -35,7 +36,7 @@ def _base_env() -> dict[str, str]:
 def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
     from stack import mirror
 
-    ep = current_epoch(settings.kafka_bootstrap, settings.dr_topic)
+    ep = current_epoch(settings, settings.dr_topic)
     if ep and ep.primary_site == settings.dr_site:
         raise StrataError(
             f"site {settings.dr_site} is the primary of epoch {ep.epoch}: a primary does not "
@@ -77,22 +78,21 @@ def cmd_copier(settings: Settings, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ epochs (the fence)
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[bytes]:
+def read_all(bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0) -> list[bytes]:
     """Every committed record of ``topic`` (read_committed, to the partition ends). The end is
     known by the client's end-of-partition event, not by the high watermark: a mirrored topic
     ends with transaction markers, offsets no record is delivered at. [] when unreachable."""
-    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-    c = Consumer(
+    c = kafka.consumer(
+        bootstrap,
+        kafka.fresh_group("strata-dr-read"),
+        "dr-read",
         {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"strata-dr-read-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
             "enable.partition.eof": True,
             "socket.timeout.ms": int(timeout * 1000),
             "log_level": 0,  # an unreachable peer is an answer here, not a log line per retry
-        }
+        },
     )
     out: list[bytes] = []
     try:
@@ -121,7 +121,7 @@ def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[bytes]:
     return out
 
 
-def current_epoch(bootstrap: str, topic: str, timeout: float = 10.0) -> Any:
+def current_epoch(bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0) -> Any:
     """The SiteEpoch with the highest epoch in ``topic`` at ``bootstrap`` (None: none yet)."""
     from common.events import decode
 
@@ -141,9 +141,9 @@ def current_epoch(bootstrap: str, topic: str, timeout: float = 10.0) -> Any:
 def latest_epoch(settings: Settings) -> Any:
     """The highest epoch known here or at the peer (a fenced old primary learns of the
     promotion from the peer even before the mirror runs back to it)."""
-    eps = [current_epoch(settings.kafka_bootstrap, settings.dr_topic)]
+    eps = [current_epoch(settings, settings.dr_topic)]
     if settings.dr_peer_bootstrap:
-        eps.append(current_epoch(settings.dr_peer_bootstrap, settings.dr_topic, timeout=3.0))
+        eps.append(current_epoch(kafka.peer(settings), settings.dr_topic, timeout=3.0))
     eps = [e for e in eps if e is not None]
     return max(eps, key=lambda e: e.epoch) if eps else None
 
@@ -163,8 +163,6 @@ def accepts_ingest(settings: Settings) -> tuple[bool, str]:
 
 
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
-    from confluent_kafka import Producer
-
     from common.events import envelope
     from processors.replay import end_positions
     from proto.strata.v1 import events_pb2 as pb
@@ -178,9 +176,7 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     ep = latest_epoch(settings)
     prev = ep.primary_site if ep else ""
     n = (ep.epoch if ep else 0) + 1
-    ends = end_positions(
-        settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
-    )
+    ends = end_positions(settings, [settings.study_topic, settings.quarantine_topic])
     epoch = pb.SiteEpoch(
         epoch=n,
         primary_site=settings.dr_site,
@@ -193,9 +189,7 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
         epoch, study_uid="", service="dr", node=settings.node_name, occurred_at=datetime.now(UTC)
     )
     errors: list[str] = []
-    p = Producer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
-    )
+    p = kafka.producer(settings, "durable", "dr")
     p.produce(
         settings.dr_topic,
         key=b"epoch",
@@ -219,25 +213,15 @@ def mirrored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     from its source offsets (topic mm2-offsets.<peer>.internal at this site)."""
     topic = f"mm2-offsets.{settings.dr_peer_site or 'peer'}.internal"
     out: dict[tuple[str, int], int] = {}
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"strata-dr-status-{time.time_ns()}",
-            "enable.auto.commit": False,
-        }
-    )
+    c = kafka.consumer(settings, kafka.fresh_group("strata-dr-status"), "dr-status")
     try:
-        md = c.list_topics(timeout=10)
-        if topic not in md.topics:
+        ends = kafka.high_watermarks(c, topic)
+        if not ends:
             return out
-        parts = list(md.topics[topic].partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        kafka.assign_from(c, topic, dict.fromkeys(ends, 0))
         done = {p for p, e in ends.items() if e == 0}
         deadline = time.monotonic() + 15
-        while len(done) < len(parts) and time.monotonic() < deadline:
+        while len(done) < len(ends) and time.monotonic() < deadline:
             m = c.poll(0.5)
             if m is None or m.error():
                 continue
@@ -258,25 +242,19 @@ def mirrored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
 
 def lag(settings: Settings) -> dict[str, Any]:
     """Events of the peer's log not yet mirrored here, and the age of the oldest of them."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     from processors.replay import end_positions
 
     topics = [settings.study_topic, settings.quarantine_topic]
     mirrored = mirrored_offsets(settings)
     try:
-        peer_ends = end_positions(settings.dr_peer_bootstrap, topics)
+        peer_ends = end_positions(kafka.peer(settings), topics)
     except Unavailable:
         return {"peer_log": "unreachable", "mirrored_events": sum(mirrored.values())}
     events = 0
     oldest: float | None = None
-    c = Consumer(
-        {
-            "bootstrap.servers": settings.dr_peer_bootstrap,
-            "group.id": f"strata-dr-status-{time.time_ns()}",
-            "enable.auto.commit": False,
-        }
-    )
+    c = kafka.consumer(kafka.peer(settings), kafka.fresh_group("strata-dr-status"), "dr-status")
     try:
         for t, parts in peer_ends.items():
             for p, end in parts.items():
@@ -300,18 +278,12 @@ def lag(settings: Settings) -> dict[str, Any]:
 
 def copier_backlog(settings: Settings) -> int:
     """Events of this site's study topic the copier has not examined yet."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     from processors.replay import end_positions
 
-    ends = end_positions(settings.kafka_bootstrap, [settings.study_topic])
-    c = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": settings.dr_copy_group,
-            "enable.auto.commit": False,
-        }
-    )
+    ends = end_positions(settings, [settings.study_topic])
+    c = kafka.consumer(settings, settings.dr_copy_group, "dr-status")
     try:
         tps = [TopicPartition(t, p) for t, parts in ends.items() for p in parts]
         committed = c.committed(tps, timeout=10) if tps else []
@@ -323,7 +295,7 @@ def copier_backlog(settings: Settings) -> int:
 def status(settings: Settings) -> dict[str, Any]:
     from stack import mirror
 
-    ep = current_epoch(settings.kafka_bootstrap, settings.dr_topic)
+    ep = current_epoch(settings, settings.dr_topic)
     out: dict[str, Any] = {
         "site": settings.dr_site,
         "peer": settings.dr_peer_site,
@@ -415,7 +387,7 @@ def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
     from common.events import decode
 
     copied: set[str] = set()
-    for raw in read_all(settings.dr_peer_bootstrap, settings.study_topic, timeout):
+    for raw in read_all(kafka.peer(settings), settings.study_topic, timeout):
         try:
             env = decode(raw)
         except Exception:
@@ -423,7 +395,7 @@ def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
         if env.WhichOneof("payload") == "instance_replicated":
             copied.add(env.instance_replicated.source_event_id)
     out = []
-    for raw in read_all(settings.kafka_bootstrap, settings.study_topic, timeout):
+    for raw in read_all(settings, settings.study_topic, timeout):
         try:
             env = decode(raw)
         except Exception:

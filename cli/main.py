@@ -51,7 +51,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def _profile_line(settings: Settings) -> str:
     """Which security profile runs, and what it turns on (docs/security.md)."""
-    from common.tls import dicom_security
+    from dicomnet.tls import dicom_security
 
     sec = dicom_security(settings)
     if sec.tls:
@@ -146,7 +146,7 @@ def _nodes_status(settings: Settings) -> None:
 
     topics = [settings.study_topic, settings.quarantine_topic]
     try:
-        ends = end_positions(settings.kafka_bootstrap, topics)
+        ends = end_positions(settings, topics)
     except Exception:  # noqa: BLE001 - the log is down: the broker rows above say so
         ends = {}
     end = sum(sum(parts.values()) for parts in ends.values())
@@ -294,7 +294,7 @@ def _replay(settings: Settings, index, until, start=None, quiet=False):  # noqa:
         for p, end in parts.items()
     )
     with tqdm(total=total, unit="ev", unit_scale=True, disable=quiet, desc="replay") as bar:
-        return replay(settings.kafka_bootstrap, index, until, start=start, on_progress=bar.update)
+        return replay(settings, index, until, start=start, on_progress=bar.update)
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -307,9 +307,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         return replay_until(settings, args.until, args.database)
 
     target = Path(args.into or settings.home / "rebuild" / "index")
-    until = end_positions(
-        settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
-    )
+    until = end_positions(settings, [settings.study_topic, settings.quarantine_topic])
     index = _fresh_index(target, settings.clickhouse_database)
     res = _replay(settings, index, until, quiet=args.quiet)
     print(
@@ -329,9 +327,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     from processors.replay import end_positions
 
     target = Path(args.into or settings.home / "verify" / "index")
-    until = end_positions(
-        settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
-    )
+    until = end_positions(settings, [settings.study_topic, settings.quarantine_topic])
     index = _fresh_index(target, settings.clickhouse_database)
     try:
         _replay(settings, index, until, quiet=args.quiet)
@@ -436,7 +432,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         raise StrataError("more than 128 (SOP class, transfer syntax) pairs: send in batches")
     from pynetdicom import _config
 
-    from common.dimse import nodelay
+    from dicomnet.sockets import nodelay
 
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
     ae = AE(ae_title=args.calling_ae)
@@ -589,15 +585,12 @@ def _emit(settings: Settings, study_uid: str, payload: Any) -> None:
     import uuid
     from datetime import UTC, datetime
 
-    from confluent_kafka import Producer
-
+    from common import kafka
     from processors.lifecycle import wrap
 
     env = wrap(payload, study_uid, str(uuid.uuid4()), settings.node_name, datetime.now(UTC))
     errors: list[str] = []
-    producer = Producer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
-    )
+    producer = kafka.producer(settings, "durable", "cli")
     producer.produce(
         settings.study_topic,
         key=study_uid.encode(),

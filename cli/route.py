@@ -120,9 +120,9 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
-    from confluent_kafka import Producer
     from google.protobuf.json_format import ParseDict
 
+    from common import kafka
     from common.events import envelope
     from proto.strata.v1 import events_pb2 as pb
 
@@ -146,9 +146,7 @@ def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
     )
     env = envelope(ev, study_uid=d["study_uid"], service="cli", node=settings.node_name)
     errors: list[str] = []
-    p = Producer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
-    )
+    p = kafka.producer(settings, "durable", "cli")
     p.produce(
         settings.study_topic,
         env.SerializeToString(),

@@ -61,9 +61,9 @@ def serve_index(settings: Settings) -> None:
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
     the embedded index (chDB allows one process per data path)."""
     from common import audit
-    from common.acceptor import Config
     from common.auth import from_settings as auth_from_settings
-    from common.tls import acceptor_security, move_tls_contexts
+    from dicomnet.acceptor import Config
+    from dicomnet.tls import acceptor_security, move_tls_contexts
     from ingest.config import load as load_ae_config
     from ingest.node import build_store_service
     from processors.app import create_app, run_worker
@@ -121,7 +121,7 @@ def serve_index(settings: Settings) -> None:
                 Deps(
                     index,
                     source.with_via("grpc"),
-                    settings.kafka_bootstrap,
+                    settings,
                     [settings.study_topic, settings.quarantine_topic],
                     query_timeout=settings.query_timeout,
                     max_chunk_bytes=settings.grpc_max_chunk_bytes,
@@ -204,7 +204,7 @@ def _replica_relay(settings: Settings) -> Any:
     from ingest.outbox import Outbox
     from ingest.relay import Relay
 
-    relay = Relay(Outbox(settings.outbox_path), settings.kafka_bootstrap)
+    relay = Relay(Outbox(settings.outbox_path), settings)
     relay.start()
     return relay
 
@@ -270,7 +270,7 @@ def _tiers(settings: Settings) -> tuple[Any, Any]:
             policy,
             tiers,
             settings.home / "lifecycle" / "pending",
-            settings.kafka_bootstrap,
+            settings,
             settings.study_topic,
             settings.node_name,
             incoming=hot.incoming,
@@ -278,7 +278,7 @@ def _tiers(settings: Settings) -> tuple[Any, Any]:
         )
         log.info("lifecycle: %d rules from %s", len(policy.rules), path)
     access = AccessRecorder(
-        settings.kafka_bootstrap,
+        settings,
         settings.study_topic,
         settings.node_name,
         policy.access_window_seconds,

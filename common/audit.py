@@ -80,26 +80,6 @@ _DELIVERY_TIMEOUT_MS = 10_000
 _REPLAY_EVERY = 5.0
 
 
-def new_producer(bootstrap: str) -> Any:
-    """The audit topic's producer. It belongs to the Kafka adapter (common/kafka.py) once that
-    has a producer factory: the settings of the ingest relay's producer (ingest/relay.py:
-    idempotent, acks=all), but with a delivery timeout, after which the record is spooled."""
-    from confluent_kafka import Producer
-
-    return Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,  # implies acks=all and ordered retries
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
-            "message.timeout.ms": _DELIVERY_TIMEOUT_MS,
-            "socket.nagle.disable": True,
-            "reconnect.backoff.max.ms": 1000,
-        }
-    )
-
-
 # ------------------------------------------------------------------------------ the spool
 
 
@@ -185,16 +165,21 @@ class Emitter:
 
     def __init__(
         self,
-        bootstrap: str,
+        cluster: Any,
         topic: str,
         spool: Spool,
         maxsize: int = 10000,
-        producer_factory: Callable[[str], Any] = new_producer,
+        producer_factory: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
+        from common import kafka
+
         self.topic = topic
         self.spool = spool
         self._q: queue.Queue[bytes] = queue.Queue(maxsize=maxsize)
-        self._producer = producer_factory(bootstrap)
+        # the "audit" profile of the Kafka adapter: idempotent, acks=all, a delivery timeout
+        # after which a record is spooled (_DELIVERY_TIMEOUT_MS)
+        factory = producer_factory or kafka.new_producer
+        self._producer = factory(kafka.producer_config(cluster, "audit"))
         self._inflight: dict[int, bytes] = {}
         self._seq = 0
         self._lock = threading.Lock()
@@ -344,14 +329,14 @@ _PID = 0
 
 
 def configure(
-    settings: Any, service: str, producer_factory: Callable[[str], Any] = new_producer
+    settings: Any, service: str, producer_factory: Callable[[dict[str, Any]], Any] | None = None
 ) -> None:
     """Start this process's emitter (one per process; after a fork, call again)."""
     global _CURRENT, _PID
     spool = Spool(settings.node_home / "audit-spool", f"{service}-{os.getpid()}")
     _CURRENT = _Process(
         Emitter(
-            settings.kafka_bootstrap,
+            settings,
             settings.audit_topic,
             spool,
             settings.audit_queue,
@@ -440,7 +425,7 @@ def http_outcome(status: int) -> str:
 def who_dicom(calling_ae: str, called_ae: str, sock: Any = None) -> pb.AuditWho:
     who = pb.AuditWho(calling_ae_title=calling_ae, called_ae_title=called_ae)
     if sock is not None:
-        from common.tls import peer_cert
+        from dicomnet.tls import peer_cert
 
         with contextlib.suppress(Exception):
             cert = peer_cert(sock)

@@ -1,21 +1,222 @@
-"""Kafka adapter: topic administration (confluent-kafka). The producer is ingest.relay.
+"""The Kafka adapter: every Kafka client of every Strata process is built here.
 
-Vendor errors are translated into common.errors here.
+Producers, consumers and the admin client (confluent-kafka), and the broker settings of the
+index node's faust app, all start from one base, ``client_config``: adding security settings
+(SASL_SSL, TLS) is a change to that function alone. The rest of the module: topic
+administration, end offsets, and reading a whole topic. Vendor errors are translated into
+common.errors here.
+
+A *cluster* is the process's ``Settings`` (product code: the base config comes from them), or a
+bare bootstrap list, for tests and tools that talk to a local plaintext broker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from common.errors import Unavailable
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------ clients
+
+Cluster = Settings | str  # the process's Settings, or a bare bootstrap list (module docstring)
+Positions = dict[str, dict[int, int]]  # topic -> partition -> offset
+
+
+def cluster_settings(cluster: Cluster) -> Settings:
+    """The settings a client of ``cluster`` is built from (a bare bootstrap list: the defaults
+    with that bootstrap)."""
+    return cluster if isinstance(cluster, Settings) else Settings(kafka_bootstrap=cluster)
+
+
+def bootstrap_of(cluster: Cluster) -> str:
+    """The bootstrap list of ``cluster``, for messages."""
+    return cluster_settings(cluster).kafka_bootstrap
+
+
+def peer(settings: Settings) -> Settings:
+    """The DR peer site's cluster (docs/dr.md): this site's settings with the peer's bootstrap.
+    The one place to set the peer's own connection settings, should they ever differ."""
+    return dataclasses.replace(settings, kafka_bootstrap=settings.dr_peer_bootstrap)
+
+
+def client_config(cluster: Cluster, role: str) -> dict[str, Any]:
+    """The base librdkafka config of every client: where the cluster is and who is asking
+    (``client.id`` strata-<node>-<role>, in the broker's logs and request metrics). Connection
+    security (security.protocol, sasl.*, ssl.*) belongs here and nowhere else."""
+    s = cluster_settings(cluster)
+    return {"bootstrap.servers": s.kafka_bootstrap, "client.id": f"strata-{s.node_name}-{role}"}
+
+
+# Every producer is idempotent with acks=all: an event is acknowledged only once every in-sync
+# replica has it, and retries never duplicate or reorder it (docs/design.md, 4.1).
+_DURABLE: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+
+PRODUCER_PROFILES: Mapping[str, Mapping[str, Any]] = {
+    # One event at a time, each flushed before going on: the CLI's events, the DR copier.
+    "durable": _DURABLE,
+    # The write path's one producer (ingest/relay.py): a record is never given up on (the
+    # outbox keeps it until Kafka takes it), small batches sent at once, lz4 on the wire.
+    "relay": {
+        **_DURABLE,
+        "linger.ms": 2,
+        "compression.type": "lz4",
+        "message.timeout.ms": 0,
+        "socket.nagle.disable": True,
+        "reconnect.backoff.max.ms": 1000,
+    },
+    # The router's route-state events (processors/router/service.py).
+    "router": {**_DURABLE, "linger.ms": 2, "socket.nagle.disable": True},
+    # Decisions of the index node: study-stable announcements, lifecycle moves and deletes.
+    "decisions": {**_DURABLE, "linger.ms": 5, "socket.nagle.disable": True},
+    # Access records (processors/lifecycle.py, AccessRecorder): many, none waited on.
+    "access": {**_DURABLE, "linger.ms": 50},
+    # The audit trail (common/audit.py): never waited on by the audited operation; a record
+    # not acknowledged in 10 s is given back (its delivery report fails) and kept in the
+    # process's local spool until Kafka takes it.
+    "audit": {
+        **_DURABLE,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 10_000,
+        "socket.nagle.disable": True,
+        "reconnect.backoff.max.ms": 1000,
+    },
+    # A log loaded as fast as the broker takes it (benchmarks): big batches, errors reported.
+    "bulk": {
+        **_DURABLE,
+        "compression.type": "lz4",
+        "linger.ms": 50,
+        "batch.size": 900_000,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.kbytes": 512 * 1024,
+        "queue.buffering.max.messages": 200_000,
+        "delivery.report.only.error": True,
+    },
+}
+
+
+def producer_config(
+    cluster: Cluster,
+    profile: str,
+    role: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The config of a producer of ``profile`` (PRODUCER_PROFILES); ``role`` names the client
+    (default: the profile)."""
+    return {
+        **client_config(cluster, role or profile),
+        **PRODUCER_PROFILES[profile],
+        **(overrides or {}),
+    }
+
+
+def new_producer(config: dict[str, Any]) -> Producer:
+    """A producer of a config built by producer_config (ingest/relay.py takes this as a
+    factory, so its unit tests can pass a fake)."""
+    return Producer(config)
+
+
+def producer(
+    cluster: Cluster,
+    profile: str,
+    role: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Producer:
+    return new_producer(producer_config(cluster, profile, role, overrides))
+
+
+def consumer_config(
+    cluster: Cluster, group: str, role: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The config of a consumer in ``group``: offsets are committed by the caller, if at all
+    (auto-commit off), and only committed records are read (read_committed, librdkafka's
+    default, stated). ``extra``: the caller's fetch tuning, offset reset, EOF events."""
+    return {
+        **client_config(cluster, role),
+        "group.id": group,
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        **(extra or {}),
+    }
+
+
+def consumer(
+    cluster: Cluster, group: str, role: str, extra: Mapping[str, Any] | None = None
+) -> Consumer:
+    return Consumer(consumer_config(cluster, group, role, extra))
+
+
+def fresh_group(prefix: str) -> str:
+    """A consumer group of its own, for a reader that assigns partitions and commits nothing."""
+    return f"{prefix}-{time.time_ns()}"
+
+
+def admin(cluster: Cluster, role: str = "admin") -> AdminClient:
+    return AdminClient(client_config(cluster, role))
+
+
+def high_watermarks(c: Consumer, topic: str, timeout: float = 10) -> dict[int, int]:
+    """Partition -> end offset of every partition of ``topic`` ({} when it does not exist)."""
+    meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return {}
+    return {
+        p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+        for p in meta.partitions
+    }
+
+
+def assign_from(c: Consumer, topic: str, offsets: Mapping[int, int]) -> None:
+    """Read ``topic`` from the given offset of each partition (no group rebalancing)."""
+    c.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+
+
+def end_positions(cluster: Cluster, topics: list[str], probe: Consumer | None = None) -> Positions:
+    """Log end offsets per topic partition. A long-lived caller passes its own ``probe``
+    consumer (the index node asks every second: a new client per tick is wasted work)."""
+    c = probe or consumer(cluster, "strata-replay-probe", "end-offsets")
+    try:
+        md = c.list_topics(timeout=30)
+        out: Positions = {}
+        for t in topics:
+            if t not in md.topics:
+                continue
+            for p in md.topics[t].partitions:
+                _, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=30)
+                out.setdefault(t, {})[p] = hi
+        return out
+    except KafkaException as exc:
+        raise Unavailable(f"Kafka unreachable at {bootstrap_of(cluster)}: {exc}") from exc
+    finally:
+        if probe is None:
+            c.close()
+
+
+def faust_settings(settings: Settings) -> dict[str, Any]:
+    """The Kafka side of the index node's faust app (processors/app.py), from the same settings:
+    faust talks to the cluster through aiokafka, not librdkafka, so these are faust's names for
+    the same things (security: faust's broker_credentials, from what client_config uses)."""
+    return {
+        "broker": [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
+        "consumer_auto_offset_reset": "earliest",
+        "topic_replication_factor": settings.topic_replicas,
+        "broker_commit_interval": 1.0,
+        # A dead index node's partitions move after 10 s rather than faust's default 60 s.
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 2.0,
+        "producer_acks": -1,
+    }
 
 
 @dataclass(frozen=True)
@@ -63,7 +264,7 @@ def source_of_truth_topics(settings: Settings) -> list[TopicSpec]:
 
 
 # create_topics errors that a retry cannot fix (the request itself is wrong).
-_FINAL_TOPIC_ERRORS = frozenset(
+_UNRETRYABLE_TOPIC_ERRORS = frozenset(
     {
         KafkaError.INVALID_REPLICATION_FACTOR,
         KafkaError.INVALID_PARTITIONS,
@@ -77,10 +278,10 @@ _FINAL_TOPIC_ERRORS = frozenset(
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create missing topics; returns the names created. Existing topics are left as they are."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    a = admin(settings, "topics")
     specs = source_of_truth_topics(settings)
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        existing = set(a.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
         raise Unavailable(f"Kafka unreachable at {settings.kafka_bootstrap}: {exc}") from exc
     todo = {
@@ -94,7 +295,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while todo:
         failed: dict[str, KafkaException] = {}
-        for name, fut in admin.create_topics(list(todo.values()), request_timeout=timeout).items():
+        for name, fut in a.create_topics(list(todo.values()), request_timeout=timeout).items():
             try:
                 fut.result()
                 created.append(name)
@@ -102,7 +303,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                 err = exc.args[0]
                 if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
-                if err.code() in _FINAL_TOPIC_ERRORS or time.monotonic() > deadline:
+                if err.code() in _UNRETRYABLE_TOPIC_ERRORS or time.monotonic() > deadline:
                     raise Unavailable(f"cannot create topic {name}: {exc}") from exc
                 failed[name] = exc
         todo = {n: t for n, t in todo.items() if n in failed}
@@ -111,31 +312,18 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     return created
 
 
-def read_log(bootstrap: str, topic: str, timeout: float = 60.0) -> list[bytes]:
+def read_log(cluster: Cluster, topic: str, timeout: float = 60.0) -> list[bytes]:
     """Every record value of ``topic`` from offset 0 up to its end at the time of the call,
     in per-partition order (an auditor's or a test's read of the whole log; committed records
     only). Raises Unavailable when the end is not reached within ``timeout`` seconds."""
-    import time
-
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"strata-read-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
+    c = consumer(cluster, fresh_group("strata-read"), "read-log")
     out: list[bytes] = []
     try:
-        meta = c.list_topics(topic, timeout=10).topics[topic]
-        parts = list(meta.partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        ends = high_watermarks(c, topic)
+        assign_from(c, topic, dict.fromkeys(ends, 0))
         done = {p for p, e in ends.items() if e == 0}
         deadline = time.monotonic() + timeout
-        while len(done) < len(parts):
+        while len(done) < len(ends):
             if time.monotonic() > deadline:
                 raise Unavailable(f"reading {topic} did not reach its end in {timeout:.0f}s")
             m = c.poll(0.5)

@@ -314,7 +314,7 @@ class Settings:
         "0 = one per CPU.",
     )
 
-    # --- security profile and DICOM TLS (docs/security.md; resolved by common/tls.py) ---
+    # --- security profile and DICOM TLS (docs/security.md; resolved by dicomnet/tls.py) ---
     profile: str = _setting(
         "embedded",
         "Security profile: 'embedded' (loopback, no TLS, any AE: easy local use) or 'hardened' "

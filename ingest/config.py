@@ -10,7 +10,7 @@ File format (JSON), path in STRATA_AE_CONFIG:
 ``issuer_of_patient_id`` is the default issuer for Patient IDs arriving from that AE without
 an Issuer of Patient ID (0010,0021): Patient IDs are only unique within their issuer.
 ``certificate`` binds the AE to its DICOM TLS client certificate (``sha256:<fingerprint>``,
-``CN=<name>`` or the full subject; see common/tls.py and docs/security.md).
+``CN=<name>`` or the full subject; see dicomnet/tls.py and docs/security.md).
 """
 
 from __future__ import annotations

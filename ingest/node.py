@@ -53,7 +53,7 @@ def run_node(settings: Settings) -> None:
     outbox = Outbox(settings.outbox_path)
     relay = Relay(
         outbox,
-        settings.kafka_bootstrap,
+        settings,
         on_published=metrics.PUBLISHED.inc,
         on_set_aside=metrics.SET_ASIDE.inc,
     )
@@ -261,7 +261,7 @@ def _cold_tier(settings: Settings) -> Any:
 
 def run_worker(settings: Settings) -> None:
     """One ingest worker: the C-STORE SCP writing to the hot tier and the outbox."""
-    from common.tls import acceptor_security
+    from dicomnet.tls import acceptor_security
     from ingest.scp import Config, StoreServer
 
     service = build_store_service(settings)

@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from common import kafka
 from ingest.outbox import Outbox, Pending
 from proto.strata.v1 import events_pb2 as pb
 
@@ -50,12 +51,12 @@ class Relay:
     def __init__(
         self,
         outbox: Outbox,
-        bootstrap: str,
+        bootstrap: kafka.Cluster,
         on_published: Callable[[int], None] | None = None,
         batch: int = 500,
         idle_wait: float = 0.002,
         on_set_aside: Callable[[], None] | None = None,
-        producer_factory: Callable[[dict[str, Any]], Any] = Producer,
+        producer_factory: Callable[[dict[str, Any]], Any] = kafka.new_producer,
     ) -> None:
         self.outbox = outbox
         self.bootstrap = bootstrap
@@ -71,18 +72,9 @@ class Relay:
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Any:
-        return self._producer_factory(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "enable.idempotence": True,  # implies acks=all and ordered retries
-                "acks": "all",
-                "linger.ms": 2,
-                "compression.type": "lz4",
-                "message.timeout.ms": 0,  # never give up: the record is ours to deliver
-                "socket.nagle.disable": True,
-                "reconnect.backoff.max.ms": 1000,
-            }
-        )
+        # The "relay" profile: idempotent (acks=all, ordered retries), never gives up on a
+        # record (message.timeout.ms 0: the record is ours to deliver), lz4, linger 2 ms.
+        return self._producer_factory(kafka.producer_config(self.bootstrap, "relay"))
 
     def start(self) -> None:
         self._thread.start()
@@ -236,13 +228,11 @@ class Relay:
     def _scan_for(self, rows: list[Pending]) -> set[str]:
         wanted = {r.event_id for r in rows}
         since = min(r.created_ms for r in rows) - 60_000
-        c = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": "strata-relay-recovery",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
+        c = kafka.consumer(
+            self.bootstrap,
+            "strata-relay-recovery",
+            "relay-recovery",
+            {"enable.partition.eof": True},
         )
         found: set[str] = set()
         try:

@@ -1,4 +1,4 @@
-"""The ingest SCP: C-ECHO and C-STORE acceptor on the lean upper layer (``common/dul.py``).
+"""The ingest SCP: C-ECHO and C-STORE acceptor on the lean upper layer (``dicomnet/dul.py``).
 
 One thread per association reads whole PDUs from a buffered socket and streams each C-STORE
 dataset straight into a Part 10 spool file in the hot tier's incoming directory, hashing it on
@@ -33,8 +33,9 @@ from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
-from common import acceptor, audit, dul
-from common.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config  # noqa: F401 - Config: the ingest node builds it from here
+from common import audit
+from dicomnet import acceptor, dul
+from dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config  # noqa: F401 - Config: the ingest node builds it from here
 from ingest import metrics, statuses
 from ingest.store import Received, StoreService
 
@@ -130,6 +131,9 @@ class Association(acceptor.Association):
 
     def counted(self, outcome: str) -> None:
         metrics.ASSOCIATIONS.labels(outcome).inc()
+
+    def rejected(self, rq: dul.AssociateRQ, reason: int) -> None:
+        audit.association_rejected(self.peer, rq.calling_ae, rq.called_ae, reason, self.sock)
 
     def ended(self) -> None:
         if self._spool is not None:  # never acknowledged: never stored
@@ -315,3 +319,6 @@ class StoreServer(acceptor.Server):
 
     def connection_counted(self, outcome: str) -> None:
         metrics.ASSOCIATIONS.labels(outcome).inc()  # "refused" at a cap, "evicted"
+
+    def handshake_refused(self, peer: str, why: str) -> None:
+        audit.tls_refused(peer, why)

@@ -21,7 +21,7 @@ import faust
 from google.protobuf.message import DecodeError
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from common import audit
+from common import audit, kafka
 from common.auth import Authorizer, admin_middleware
 from common.events import decode
 from common.settings import Settings
@@ -82,20 +82,13 @@ def create_app(
 ) -> faust.App:
     app = faust.App(
         settings.index_group,
-        broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
         datadir=str(settings.node_home / "faust"),
         store="memory://",
         web_enabled=True,
         web_bind=settings.bind_host,
         web_port=settings.index_http_port,
         web_host=settings.bind_host,
-        consumer_auto_offset_reset="earliest",
-        topic_replication_factor=settings.topic_replicas,
-        broker_commit_interval=1.0,
-        # A dead index node's partitions move after 10 s rather than faust's default 60 s.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
-        producer_acks=-1,
+        **kafka.faust_settings(settings),  # the broker, commits, session, acks (common/kafka.py)
         # Admin endpoints: loopback clients only with auth off, the admin scope with auth on
         # (common.auth); the health and metrics probes stay open.
         web_application_options={
@@ -151,17 +144,14 @@ def create_app(
     index_agent_for(settings.quarantine_topic, "index-quarantine")
     audit_index.attach(app, settings, index)  # the audit topic -> its table, /audit
 
-    from confluent_kafka import Consumer
-
     from processors.replay import end_positions
 
-    probe = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "strata-index-probe"}
-    )  # one client for the per-second lag check, not one per tick
+    # one client for the per-second lag check, not one per tick
+    probe = kafka.consumer(settings, "strata-index-probe", "index-lag")
     from processors.stability import StabilityEmitter
 
     emitter = StabilityEmitter(
-        settings.kafka_bootstrap,
+        settings,
         settings.study_topic,
         settings.node_name,
         settings.study_quiet_seconds,
@@ -175,7 +165,7 @@ def create_app(
 
     def lag_and_stability() -> None:
         now = datetime.now(UTC)
-        ends = end_positions(settings.kafka_bootstrap, topics, probe)
+        ends = end_positions(settings, topics, probe)
         done = checksum.positions(index)
         for t, parts in ends.items():
             lag = sum(o - min(done.get(t, {}).get(p, 0), o) for p, o in parts.items())
@@ -201,16 +191,14 @@ def create_app(
             log.error("stability/lag check failed: %s", exc)
 
     if lifecycle is not None and settings.index_decisions:
-        lc_probe = Consumer(
-            {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "strata-lifecycle-probe"}
-        )
+        lc_probe = kafka.consumer(settings, "strata-lifecycle-probe", "lifecycle-lag")
 
         def lifecycle_pass() -> None:
             # Only on a caught-up index, measured now: every event of the previous pass (and
             # every arrival so far) is applied, so the index is the record of what moved.
             # Waits (a bounded time) until the index has applied the log up to its end as read
             # now, rather than for a moment with no lag at all (rare under continuous ingest).
-            ends = end_positions(settings.kafka_bootstrap, [settings.study_topic], lc_probe)
+            ends = end_positions(settings, [settings.study_topic], lc_probe)
             deadline = time.monotonic() + 60
             while not caught_up(checksum.positions(index), ends):
                 if time.monotonic() > deadline:
@@ -324,7 +312,7 @@ def add_pit_page(app: faust.App, settings: Settings, index: IndexStore) -> None:
                     pit.rebuild,
                     settings.index_dsn,
                     index.database,
-                    settings.kafka_bootstrap,
+                    settings,
                     [settings.study_topic, settings.quarantine_topic],
                     q.get("database", ""),
                     q.get("until", ""),

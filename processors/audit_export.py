@@ -227,21 +227,18 @@ class Exporter:
     """Audit topic -> syslog receiver. ``run_once`` sends what is there and commits."""
 
     def __init__(self, settings: Any, consumer: Any = None) -> None:
-        from confluent_kafka import Consumer
+        from common import kafka
 
         if not settings.audit_syslog:
             raise ValueError("STRATA_AUDIT_SYSLOG (host:port of the receiver) is not set")
         host, _, port = settings.audit_syslog.rpartition(":")
         self.address = (host.strip("[]"), int(port))
         self.ctx = tls_context(settings)
-        self.consumer = consumer or Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": settings.audit_export_group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-            }
+        self.consumer = consumer or kafka.consumer(
+            settings,
+            settings.audit_export_group,
+            "audit-export",
+            {"auto.offset.reset": "earliest"},
         )
         self.consumer.subscribe([settings.audit_topic])
         self.hostname = settings.node_name

@@ -46,12 +46,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import Producer
 from prometheus_client import Counter, Histogram
 
 from archive.lifecycle import Decision, InstanceFacts, Policy, Rule, decide, load_policy
 from archive.tiers import Tier
 from archive.verify import stream_sha256
+from common import kafka
 from common.errors import Conflict, NotFound, StrataError, Unavailable
 from common.events import SCHEMA_VERSION, SOFTWARE_VERSION, timestamp
 from common.fs import fsync_dir
@@ -357,7 +357,7 @@ class LifecycleProcessor:
         policy: Policy,
         tiers: dict[str, Tier],
         journal_dir: Path,
-        bootstrap: str,
+        bootstrap: kafka.Cluster,
         topic: str,
         node: str,
         incoming: Path | None = None,
@@ -371,15 +371,7 @@ class LifecycleProcessor:
         self.topic = topic
         self.node = node
         self.incoming = incoming  # hot tier spool, for recalls back to hot
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "socket.nagle.disable": True,
-            }
-        )
+        self._producer = kafka.producer(bootstrap, "decisions", "lifecycle")
         self._pool = ThreadPoolExecutor(max(1, policy.workers), thread_name_prefix="lifecycle")
         self._backoff: dict[str, float] = {}  # sop_uid -> monotonic time to retry after
         # Events produced by this process whose delivery Kafka has not yet confirmed or
@@ -773,7 +765,7 @@ class AccessRecorder:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: kafka.Cluster,
         topic: str,
         node: str,
         window_seconds: float,
@@ -785,14 +777,7 @@ class AccessRecorder:
         self._clock = clock
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 50,
-            }
-        )
+        self._producer = kafka.producer(bootstrap, "access")
 
     def record(self, study_uid: str, via: str) -> None:
         t = self._clock()

@@ -18,8 +18,9 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
+from common import kafka
 from common.errors import Invalid, Unavailable
 from processors.index.store import IndexStore
 from processors.replay import Positions, ReplayResult, end_positions, replay
@@ -39,18 +40,18 @@ def parse_until(until: str) -> int | datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def bound(bootstrap: str, topics: list[str], until: int | datetime) -> Positions:
+def bound(bootstrap: kafka.Cluster, topics: list[str], until: int | datetime) -> Positions:
     """Per topic partition, the offset before which records belong to the state at ``until``."""
     ends = end_positions(bootstrap, topics)
     if isinstance(until, int):
         return {t: {p: min(until, end) for p, end in parts.items()} for t, parts in ends.items()}
     ms = int(until.timestamp() * 1000)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "strata-pit-probe"})
+    c = kafka.consumer(bootstrap, "strata-pit-probe", "pit")
     try:
         asked = [TopicPartition(t, p, ms) for t, parts in ends.items() for p in parts]
         found = c.offsets_for_times(asked, timeout=30) if asked else []
     except KafkaException as exc:
-        raise Unavailable(f"Kafka unreachable at {bootstrap}: {exc}") from exc
+        raise Unavailable(f"Kafka unreachable at {kafka.bootstrap_of(bootstrap)}: {exc}") from exc
     finally:
         c.close()
     out: Positions = {}
@@ -61,7 +62,12 @@ def bound(bootstrap: str, topics: list[str], until: int | datetime) -> Positions
 
 
 def rebuild(
-    dsn: str, live_database: str, bootstrap: str, topics: list[str], database: str, until: str
+    dsn: str,
+    live_database: str,
+    bootstrap: kafka.Cluster,
+    topics: list[str],
+    database: str,
+    until: str,
 ) -> dict[str, Any]:
     """Rebuild the index as of ``until`` into ``database`` (dropped first) of the live
     index's engine (``dsn``: the same chDB path, opened again by this process, so a handle of

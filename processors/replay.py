@@ -22,16 +22,17 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import cast
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
+from common import kafka
 from common.errors import Unavailable
 from common.events import decode
-from common.kafka import record
+from common.kafka import Cluster, record
+from common.kafka import Positions as Positions  # re-exported: its callers import it here
+from common.kafka import end_positions as end_positions  # ditto
 from processors.index.projection import Batch
 from processors.index.store import IndexStore, Layout, Prepared, prepare
-
-Positions = dict[str, dict[int, int]]
 
 
 @dataclass
@@ -45,32 +46,11 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-def end_positions(bootstrap: str, topics: list[str], probe: Consumer | None = None) -> Positions:
-    """Log end offsets per topic partition. A long-lived caller passes its own ``probe``
-    consumer (the index node asks every second: a new client per tick is wasted work)."""
-    c = probe or Consumer({"bootstrap.servers": bootstrap, "group.id": "strata-replay-probe"})
-    try:
-        md = c.list_topics(timeout=30)
-        out: Positions = {}
-        for t in topics:
-            if t not in md.topics:
-                continue
-            for p in md.topics[t].partitions:
-                _, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=30)
-                out.setdefault(t, {})[p] = hi
-        return out
-    except KafkaException as exc:
-        raise Unavailable(f"Kafka unreachable at {bootstrap}: {exc}") from exc
-    finally:
-        if probe is None:
-            c.close()
-
-
 Todo = dict[tuple[str, int], tuple[int, int]]
 
 
 def replay(
-    bootstrap: str,
+    bootstrap: Cluster,
     index: IndexStore,
     until: Positions,
     start: Positions | None = None,
@@ -118,17 +98,17 @@ def replay(
     return ReplayResult(n, time.monotonic() - t0, until)
 
 
-def _batches(bootstrap: str, todo: Todo, batch: int) -> Iterator[Batch]:
+def _batches(bootstrap: Cluster, todo: Todo, batch: int) -> Iterator[Batch]:
     """The events of ``todo`` projected, one Batch per fetch of up to ``batch`` records."""
-    c = Consumer(
+    c = kafka.consumer(
+        bootstrap,
+        f"strata-replay-{uuid.uuid4()}",
+        "replay",
         {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"strata-replay-{uuid.uuid4()}",
-            "enable.auto.commit": False,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
-        }
+        },
     )
     try:
         c.assign([TopicPartition(t, p, lo) for (t, p), (lo, _hi) in todo.items()])
@@ -161,7 +141,7 @@ def _batches(bootstrap: str, todo: Todo, batch: int) -> Iterator[Batch]:
 
 
 def _replay_in_process(
-    bootstrap: str,
+    bootstrap: Cluster,
     index: IndexStore,
     todo: Todo,
     batch: int,
@@ -234,7 +214,7 @@ def _take_over(prepared: Prepared) -> list[str]:
 
 
 def _project(
-    out: Connection, bootstrap: str, todo: Todo, batch: int, layout: Layout, shm: str, name: str
+    out: Connection, bootstrap: Cluster, todo: Todo, batch: int, layout: Layout, shm: str, name: str
 ) -> None:
     """The projector process: every batch of the log, prepared for insertion, to ``out``;
     then None (or a _Failed)."""
@@ -243,7 +223,7 @@ def _project(
             out.send(_hand_over(prepare(pending, layout), shm, f"{name}-{seq}"))
         out.send(None)
     except (KafkaException, Unavailable) as exc:
-        out.send(_Failed(True, f"Kafka unreachable at {bootstrap}: {exc}"))
+        out.send(_Failed(True, f"Kafka unreachable at {kafka.bootstrap_of(bootstrap)}: {exc}"))
     except Exception:  # noqa: BLE001 (reported to the parent, which raises it)
         out.send(_Failed(False, traceback.format_exc()))
     finally:
@@ -290,7 +270,7 @@ def projector_count(todo: Todo, limit: int | None = None) -> int:
 
 
 def _replay_with_projector(
-    bootstrap: str,
+    bootstrap: Cluster,
     index: IndexStore,
     todo: Todo,
     batch: int,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from archive.hot import HotTier
+from common import kafka
 from common.errors import NotFound, Unavailable
 from common.events import decode, envelope
 from common.settings import Settings
@@ -151,8 +152,6 @@ class Copier:
                     self.stop_event.wait(0.5)
 
     def _record(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
-        from confluent_kafka import Producer
-
         rep = pb.InstanceReplicated(
             sop_instance_uid=st.sop_instance_uid,
             series_instance_uid=st.series_instance_uid,
@@ -171,13 +170,7 @@ class Copier:
             occurred_at=datetime.now(UTC),
         )
         errors: list[str] = []
-        p = self._producer or Producer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-            }
-        )
+        p = self._producer or kafka.producer(self.settings, "durable", "dr-copier")
         self._producer = p
         p.produce(
             self.settings.study_topic,
@@ -191,16 +184,11 @@ class Copier:
     _producer: Any = None
 
     def run(self) -> None:
-        from confluent_kafka import Consumer
-
-        c = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": self.settings.dr_copy_group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-            }
+        c = kafka.consumer(
+            self.settings,
+            self.settings.dr_copy_group,
+            "dr-copier",
+            {"auto.offset.reset": "earliest"},
         )
         c.subscribe([self.settings.study_topic])
         try:

@@ -13,8 +13,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from confluent_kafka import Producer
-
+from common import kafka
 from common.events import envelope, timestamp
 from proto.strata.v1 import events_pb2 as pb
 
@@ -56,19 +55,13 @@ def due(index: Index, quiet_seconds: float, now: datetime) -> list[tuple[str, in
 
 
 class StabilityEmitter:
-    def __init__(self, bootstrap: str, topic: str, node: str, quiet_seconds: float) -> None:
+    def __init__(
+        self, bootstrap: kafka.Cluster, topic: str, node: str, quiet_seconds: float
+    ) -> None:
         self.topic = topic
         self.node = node
         self.quiet = quiet_seconds
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "socket.nagle.disable": True,
-            }
-        )
+        self._producer = kafka.producer(bootstrap, "decisions", "stability")
 
     def run_once(self, index: Index, now: datetime | None = None) -> int:
         """Announce every due study; returns how many were announced (acknowledged by Kafka)."""

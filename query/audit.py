@@ -54,7 +54,7 @@ def qr_begin(
     """A C-FIND/C-MOVE/C-GET request with its identifier (query keys as asked)."""
     if not audit.enabled() or assoc.rq is None:
         return None
-    from common import dul
+    from dicomnet import dul
 
     field_ = dul.us(cmd, dul.COMMAND_FIELD)
     keys: dict[str, str] = {}

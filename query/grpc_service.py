@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common import kafka
 from common.auth import grpc_interceptor
 from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
 from common.events import decode
@@ -82,7 +83,7 @@ MAX_SOP_UIDS = 10_000  # sop_instance_uids of one RetrieveInstances request
 class Deps:
     index: Any  # processors.index.store.IndexStore
     source: ObjectSource
-    bootstrap: str
+    bootstrap: kafka.Cluster
     topics: list[str]
     query_timeout: float = 0.0  # s, the server's limit on one search (0 = none)
     max_chunk_bytes: int = 4 * 1024**2  # largest RetrieveInstances chunk
@@ -365,13 +366,8 @@ class QueryService(q_grpc.QueryServiceServicer):
             _abort(context, exc)
             return
         types = set(request.event_types)
-        c = Consumer(
-            {
-                "bootstrap.servers": self.d.bootstrap,
-                "group.id": "strata-watch",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-            }
+        c = kafka.consumer(
+            self.d.bootstrap, "strata-watch", "watch", {"enable.partition.eof": False}
         )
         try:
             md = c.list_topics(timeout=10)

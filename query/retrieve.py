@@ -2,7 +2,7 @@
 their bytes are sent unchanged.
 
 Retrieved bytes are the stored bytes: the object is streamed from its file without decoding
-and re-encoding (``common/requestor.send_store``), so what a workstation receives is
+and re-encoding (``dicomnet/requestor.send_store``), so what a workstation receives is
 byte-identical, dataset for dataset, to what the modality sent.
 """
 

@@ -1,5 +1,5 @@
 """The query/retrieve SCP: C-ECHO, C-FIND, C-MOVE and C-GET (Patient Root and Study Root
-information models) on the lean upper layer (``common/acceptor.py``).
+information models) on the lean upper layer (``dicomnet/acceptor.py``).
 
 Each association has two threads: the acceptor's reads PDUs and assembles DIMSE messages
 (a C-CANCEL-RQ marks the running operation cancelled at once; the C-STORE-RSPs of C-GET
@@ -43,9 +43,10 @@ from pynetdicom.sop_class import (
 )
 
 from archive import transcode
-from common import acceptor, dul
+from common import audit
 from common.errors import DeadlineExceeded, Invalid, NotFound, Unavailable
-from common.requestor import (
+from dicomnet import acceptor, dul
+from dicomnet.requestor import (
     EXPLICIT_BE,
     EXPLICIT_LE,
     IMPLICIT_LE,
@@ -131,7 +132,7 @@ class Services:
     sub_association_timeout: float = 30.0
     query_timeout: float = 0.0  # s, the server's limit on one C-FIND (0 = none)
     max_pending: int = 16  # requests / C-STORE-RSPs one association may have queued
-    # C-MOVE destinations reached over DICOM TLS: AE title -> client context (common/tls.py)
+    # C-MOVE destinations reached over DICOM TLS: AE title -> client context (dicomnet/tls.py)
     move_tls: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,6 +141,9 @@ class QueryServer(acceptor.Server):
         self.services = services
         self.held = HeldSyntaxes(services.index)
         super().__init__(cfg, address, QueryAssociation)
+
+    def handshake_refused(self, peer: str, why: str) -> None:
+        audit.tls_refused(peer, why)
 
 
 def negotiate(rq: dul.AssociateRQ, held: Callable[[str], frozenset[str]] | None = None) -> None:
@@ -245,6 +249,9 @@ class QueryAssociation(acceptor.Association):
 
     def counted(self, outcome: str) -> None:
         ASSOCIATIONS.labels(outcome).inc()
+
+    def rejected(self, rq: dul.AssociateRQ, reason: int) -> None:
+        audit.association_rejected(self.peer, rq.calling_ae, rq.called_ae, reason, self.sock)
 
     def busy(self) -> bool:
         return self._running or not self._work.empty()

@@ -472,9 +472,9 @@ def _ensure_user_and_bucket(data_dir: Path, h: CephHandle, state: dict[str, obje
 
 def ensure_tls(tls_dir: Path) -> tuple[Path, Path, Path]:
     """RGW's certificate: the project CA's server certificate for 127.0.0.1/localhost
-    (common/tls.py, made once and cached in ``tls_dir``). Returns (ca.pem, server.pem,
+    (common/pki.py, made once and cached in ``tls_dir``). Returns (ca.pem, server.pem,
     server.key); clients verify with ca.pem."""
-    from common.tls import ensure_pki
+    from common.pki import ensure_pki
 
     pki = ensure_pki(tls_dir)
     return pki.ca, pki.server_cert, pki.server_key

@@ -34,9 +34,9 @@ class ClusterState:
 
 def cluster_state(settings: Settings, timeout: float = 5.0) -> ClusterState | None:
     """The cluster's view of itself, or None when no broker answers."""
-    from confluent_kafka.admin import AdminClient
+    from common import kafka
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = kafka.admin(settings, "cluster-state")
     try:
         md = admin.list_topics(timeout=timeout)
     except Exception:

@@ -20,7 +20,7 @@ from typing import Any
 from common.errors import Unavailable
 from common.kafka import ensure_topics
 from common.settings import Settings
-from common.tls import dicom_security
+from dicomnet.tls import dicom_security
 from stack import ceph, haproxy, nodes
 from stack.kafka import broker
 from stack.procs import Proc
@@ -305,9 +305,7 @@ def log_status(settings: Settings) -> list[list[object]]:
         indexed = index_positions(settings.bind_host, settings.index_http_port, settings.token)
         if indexed is None:
             return []
-        ends = end_positions(
-            settings.kafka_bootstrap, [settings.study_topic, settings.quarantine_topic]
-        )
+        ends = end_positions(settings, [settings.study_topic, settings.quarantine_topic])
     except Exception:
         return []
     ing = health(settings.bind_host, settings.ingest_http_port) or {}

@@ -96,7 +96,7 @@ class Destination:
     batch: int = 64  # instances sent over one association before releasing it
     calling_ae: str = "STRATA"
     timeout: float = 30.0  # DIMSE/ACSE/network timeout (seconds)
-    # DICOM TLS to the destination (common/tls.client_context): the CA its certificate is
+    # DICOM TLS to the destination (dicomnet/tls.client_context): the CA its certificate is
     # verified against (empty: the system's), the archive's client certificate and key.
     tls: bool = False
     tls_ca: str = ""

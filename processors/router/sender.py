@@ -1,5 +1,5 @@
 """Sending routed instances to a destination AE over one association (the archive's lean
-requestor, ``common/requestor.py``).
+requestor, ``dicomnet/requestor.py``).
 
 Without a rule's ``transcode`` the stored dataset bytes go out unchanged, read from the file,
 when the destination accepts the stored syntax, else converted to one it accepted (each object
@@ -21,9 +21,9 @@ from pathlib import Path
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from archive import transcode
-from common import dul
-from common.requestor import Requestor
-from common.tls import client_context
+from dicomnet import dul
+from dicomnet.requestor import Requestor
+from dicomnet.tls import client_context
 from processors.router.rules import Destination, Member
 from proto.strata.v1 import events_pb2 as pb
 from query.retrieve import Located

@@ -28,9 +28,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from common import kafka
 from common.events import decode, envelope
 from common.kafka import record
 from processors.router import sender
@@ -90,7 +91,7 @@ class _Destination:
 class Router:
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: kafka.Cluster,
         topic: str,
         group: str,
         config: RouterConfig,
@@ -102,27 +103,18 @@ class Router:
         self.config = config
         self.local_path = local_path
         self.state = RouterState(config)
-        self.consumer = Consumer(
+        self.consumer = kafka.consumer(
+            bootstrap,
+            group,
+            "router",
             {
-                "bootstrap.servers": bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": True,
-                "isolation.level": "read_committed",
                 "session.timeout.ms": 10000,
                 "socket.nagle.disable": True,
-            }
+            },
         )
-        self.producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 2,
-                "socket.nagle.disable": True,
-            }
-        )
+        self.producer = kafka.producer(bootstrap, "router")
         self.catching_up: dict[int, int] = {}  # partition -> end offset at assignment
         self.assigned: set[int] = set()
         self.positions: dict[int, int] = {}
@@ -583,7 +575,7 @@ def run(settings: Any, stop: threading.Event | None = None) -> None:
         return source.local_path(sender.located(inst))
 
     router = Router(
-        settings.kafka_bootstrap,
+        settings,
         settings.study_topic,
         settings.router_group,
         config,

@@ -238,7 +238,7 @@ def _cluster_id(kdir: Path) -> str:
 
 def wait_ready(settings: Settings, timeout: float = 60.0) -> None:
     """Until every local node is registered as a broker of the cluster."""
-    from confluent_kafka.admin import AdminClient
+    from common import kafka
 
     ns = nodes(settings)
     deadline = time.monotonic() + timeout
@@ -251,7 +251,7 @@ def wait_ready(settings: Settings, timeout: float = 60.0) -> None:
             for n in ns:
                 with socket.create_connection((n.host, n.port), timeout=1):
                     pass
-            md = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=5)
+            md = kafka.admin(settings, "wait-ready").list_topics(timeout=5)
             if len(md.brokers) >= len(ns):
                 return
         except Exception:

@@ -26,7 +26,8 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from common import dul, tls
+from common.pki import Pki, ensure_pki
+from dicomnet import dul, tls
 from tests.support.dcmtk import dcmtk_env
 from tests.support.stack import Stack, free_port, make_stack, require_tool
 from tests.support.synthetic import ct_series
@@ -40,9 +41,9 @@ MOVE = StudyRootQueryRetrieveInformationModelMove
 
 
 @pytest.fixture(scope="module")
-def hstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, tls.Pki]]:
+def hstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Pki]]:
     home = tmp_path_factory.mktemp("tls-home")
-    pki = tls.ensure_pki(home / "pki")  # the CA the hardened stack uses (STRATA_HOME/pki)
+    pki = ensure_pki(home / "pki")  # the CA the hardened stack uses (STRATA_HOME/pki)
     bindings = {ae: tls.fingerprint_of(pki.client(ae)[0]) for ae in AES}
     bindings["WORKSTATION"] = "CN=WORKSTATION"  # the subject form of a binding
     aes = home / "aes.json"
@@ -80,7 +81,7 @@ def hstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, tl
         dest.wait(30)
 
 
-def _tls_args(pki: tls.Pki, ae: str) -> list[str]:
+def _tls_args(pki: Pki, ae: str) -> list[str]:
     cert, key = pki.client(ae)
     return ["+tls", str(key), str(cert), "+cf", str(pki.ca)]
 
@@ -100,7 +101,7 @@ def _storescu(s: Stack, extra: list[str], files: list[Path], aet: str = "MODALIT
     )  # fmt: skip
 
 
-def _find_study(s: Stack, pki: tls.Pki, study: str, out: Path) -> list[Dataset]:
+def _find_study(s: Stack, pki: Pki, study: str, out: Path) -> list[Dataset]:
     out.mkdir(parents=True, exist_ok=True)
     r = _run(
         [
@@ -118,7 +119,7 @@ def _find_study(s: Stack, pki: tls.Pki, study: str, out: Path) -> list[Dataset]:
     return found
 
 
-def test_dcmtk_store_find_get_over_tls(hstack: tuple[Stack, tls.Pki], tmp_path: Path) -> None:
+def test_dcmtk_store_find_get_over_tls(hstack: tuple[Stack, Pki], tmp_path: Path) -> None:
     s, pki = hstack
     files = ct_series(tmp_path / "in", 3, patient_id="TLS0001")
     study = str(pydicom.dcmread(str(files[0])).StudyInstanceUID)
@@ -174,7 +175,7 @@ def test_dcmtk_store_find_get_over_tls(hstack: tuple[Stack, tls.Pki], tmp_path: 
 
 
 def test_plain_storescu_on_the_tls_port_is_not_served(
-    hstack: tuple[Stack, tls.Pki], tmp_path: Path
+    hstack: tuple[Stack, Pki], tmp_path: Path
 ) -> None:
     s, pki = hstack
     files = ct_series(tmp_path / "plain", 1, patient_id="TLS0002")
@@ -200,7 +201,7 @@ def test_plain_storescu_on_the_tls_port_is_not_served(
     assert _find_study(s, pki, study, tmp_path / "find") == []
 
 
-def _s_client(s: Stack, pki: tls.Pki, extra: list[str]) -> subprocess.CompletedProcess[str]:
+def _s_client(s: Stack, pki: Pki, extra: list[str]) -> subprocess.CompletedProcess[str]:
     require_tool("openssl")
     return subprocess.run(
         [
@@ -232,7 +233,7 @@ def _refusal(port: int, ctx: ssl.SSLContext) -> str:
 
 
 def test_openssl_without_or_with_an_untrusted_certificate_is_refused(
-    hstack: tuple[Stack, tls.Pki], tmp_path: Path
+    hstack: tuple[Stack, Pki], tmp_path: Path
 ) -> None:
     s, pki = hstack
     trusted = _s_client(s, pki, ["-cert", str(pki.client("PYNET")[0]),
@@ -242,7 +243,7 @@ def test_openssl_without_or_with_an_untrusted_certificate_is_refused(
 
     no_cert = ssl.create_default_context(cafile=str(pki.ca))
     assert _refusal(s.settings.qr_port, no_cert) == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
-    rogue = tls.ensure_pki(tmp_path / "rogue")  # another CA, with the same names in it
+    rogue = ensure_pki(tmp_path / "rogue")  # another CA, with the same names in it
     cert, key = rogue.client("PYNET")
     rogue_ctx = ssl.create_default_context(cafile=str(pki.ca))
     rogue_ctx.load_cert_chain(str(cert), str(key))
@@ -276,7 +277,7 @@ def _pynet(s: Stack, ctx: ssl.SSLContext, calling: str, called: str | None = Non
     )
 
 
-def _client_ctx(pki: tls.Pki, ae: str) -> ssl.SSLContext:
+def _client_ctx(pki: Pki, ae: str) -> ssl.SSLContext:
     cert, key = pki.client(ae)
     return tls.client_context(str(pki.ca), str(cert), str(key))
 
@@ -286,7 +287,7 @@ def _rejected(assoc: object) -> tuple[int, int, int]:
     return int(rj.result), int(rj.result_source), int(rj.diagnostic)
 
 
-def test_certificate_of_another_ae_is_rejected(hstack: tuple[Stack, tls.Pki]) -> None:
+def test_certificate_of_another_ae_is_rejected(hstack: tuple[Stack, Pki]) -> None:
     s, pki = hstack
     for port, called in (
         (s.settings.qr_port, s.settings.qr_ae_title),
@@ -301,7 +302,7 @@ def test_certificate_of_another_ae_is_rejected(hstack: tuple[Stack, tls.Pki]) ->
 
 
 def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(
-    hstack: tuple[Stack, tls.Pki], tmp_path: Path
+    hstack: tuple[Stack, Pki], tmp_path: Path
 ) -> None:
     s, pki = hstack
     # a certificate of the project CA, but for an AE the archive does not know
@@ -317,7 +318,7 @@ def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(
     assert r.returncode != 0 and "Calling AE Title Not Recognized" in r.stdout + r.stderr
 
 
-def test_wildcard_in_a_retrieve_key_fails_a900(hstack: tuple[Stack, tls.Pki]) -> None:
+def test_wildcard_in_a_retrieve_key_fails_a900(hstack: tuple[Stack, Pki]) -> None:
     s, pki = hstack
     assoc = _pynet(s, _client_ctx(pki, "PYNET"), "PYNET", get=True)
     assert assoc.is_established  # type: ignore[attr-defined]

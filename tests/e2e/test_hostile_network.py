@@ -22,7 +22,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from common import dul
+from dicomnet import dul
 from ingest import statuses
 from tests.support.consistency import assert_consistent, assert_serves
 from tests.support.dcmtk import storescu

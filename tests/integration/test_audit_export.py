@@ -21,7 +21,8 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from common import audit, tls
+from common import audit
+from common.pki import Pki, ensure_pki
 from common.settings import Settings
 from processors.audit_export import Exporter, wait_sent
 from proto.strata.v1 import events_pb2 as pb
@@ -38,7 +39,7 @@ HEADER = re.compile(
 
 
 class Rsyslog:
-    def __init__(self, work: Path, port: int, pki: tls.Pki) -> None:
+    def __init__(self, work: Path, port: int, pki: Pki) -> None:
         exe = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
         if not Path(exe).exists() or not any(Path("/usr/lib").glob("*/rsyslog/lmnsd_gtls.so")):
             raise AssertionError(
@@ -96,9 +97,9 @@ template(name="raw" type="string" string="%rawmsg%\\n")
 
 
 @pytest.fixture(scope="module")
-def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rsyslog, tls.Pki]]:
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rsyslog, Pki]]:
     base = tmp_path_factory.mktemp("syslog")
-    pki = tls.ensure_pki(base / "pki")
+    pki = ensure_pki(base / "pki")
     r = Rsyslog(base / "rsyslog", free_port(), pki)
     r.start()
     try:
@@ -173,7 +174,7 @@ def _events(n: int, tag: str) -> list[pb.AuditEvent]:
 
 def test_audit_events_reach_rsyslog_as_dicom_audit_messages(
     kafka: Settings,  # noqa: F811
-    receiver: tuple[Rsyslog, tls.Pki],
+    receiver: tuple[Rsyslog, Pki],
 ) -> None:
     rs, pki = receiver
     cert, key = pki.client("strata-audit")

@@ -1,6 +1,6 @@
 """Nothing a peer sends can stop, fool or exhaust the acceptor (issue #15; docs/network.md).
 
-The real acceptor (the ingest SCP, ``ingest/scp.py`` on ``common/acceptor.py``) runs
+The real acceptor (the ingest SCP, ``ingest/scp.py`` on ``dicomnet/acceptor.py``) runs
 in-process on a free loopback port with the real store service behind it; the peers are raw
 sockets writing exactly the bytes under test (bound to 127.0.0.2, 127.0.0.3... where the
 per-address cap must tell them apart from the legitimate peer at 127.0.0.1) and pynetdicom
@@ -35,9 +35,10 @@ from pynetdicom.sop_class import (
 )
 
 from archive.hot import HotTier
-from common import dul
-from common.requestor import IMPLICIT_LE, Requestor, find_command
 from common.settings import Settings
+from dicomnet import dul
+from dicomnet.requestor import IMPLICIT_LE, Requestor, find_command
+from dicomnet.sockets import nodelay
 from ingest import statuses
 from ingest.config import AEConfig
 from ingest.outbox import Outbox
@@ -46,16 +47,12 @@ from ingest.store import Limits, StoreService
 from proto.strata.v1 import events_pb2 as pb
 from query.retrieve import HotSource
 from query.scp import QueryServer, Services
+from tests.support.stack import free_port
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 IMPL = "1.2.826.0.1.3680043.8.498.1"
 FIND = str(StudyRootQueryRetrieveInformationModelFind)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _serve(tmp: Path, **cfg: object) -> tuple[StoreServer, int, HotTier, Outbox]:
@@ -71,7 +68,7 @@ def _serve(tmp: Path, **cfg: object) -> tuple[StoreServer, int, HotTier, Outbox]
         aes=AEConfig(),
         limits=Limits(max_object_bytes=int(cfg.pop("max_object_bytes", 2_000_000))),  # type: ignore[call-overload]
     )
-    port = _free_port()
+    port = free_port()
     base: dict[str, object] = {"max_pdu": 16384, "network_timeout": 10.0, "acse_timeout": 10.0}
     base.update(cfg)
     server = StoreServer(Config(**base), service, hot.incoming, ("127.0.0.1", port))  # type: ignore[arg-type]
@@ -91,7 +88,7 @@ def node(tmp_path: Path) -> Iterator[dict]:
 
 def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    nodelay(s)
     return s
 
 
@@ -552,7 +549,7 @@ class _BlockedIndex:
 @pytest.fixture
 def qr(tmp_path: Path) -> Iterator[dict]:
     index = _BlockedIndex()
-    port = _free_port()
+    port = free_port()
     server = QueryServer(
         Config(16384, 10.0, 10.0),
         Services(index, HotSource(tmp_path), {}, "STRATA_QR", 100, max_pending=4),

@@ -1,5 +1,5 @@
-"""DICOM TLS and the AE checks on the acceptor (common/tls.py, common/acceptor.py): the real
-ingest SCP in-process on a free loopback port, the archive's own requestor (common/requestor.py)
+"""DICOM TLS and the AE checks on the acceptor (dicomnet/tls.py, dicomnet/acceptor.py): the real
+ingest SCP in-process on a free loopback port, the archive's own requestor (dicomnet/requestor.py)
 and raw sockets as peers, certificates from a project CA made in a temporary directory.
 The DCMTK and pynetdicom peers against a whole hardened stack are in tests/e2e/test_dicom_tls.py.
 """
@@ -17,31 +17,28 @@ from typing import Any
 import pytest
 
 from archive.hot import HotTier
-from common import dul, tls
-from common.requestor import IMPLICIT_LE, AssociationRejected, Requestor
+from common.pki import Pki, ensure_pki
 from common.settings import Settings
+from dicomnet import dul, tls
+from dicomnet.requestor import IMPLICIT_LE, AssociationRejected, Requestor
 from ingest.config import AEConfig, CallingAE
 from ingest.outbox import Outbox
 from ingest.scp import Config, StoreServer
 from ingest.store import Limits, StoreService
+from tests.support.stack import free_port
 from tests.support.wait import wait_for
 
 VERIFICATION = [("1.2.840.10008.1.1", [IMPLICIT_LE])]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tls.Pki:
-    return tls.ensure_pki(tmp_path_factory.mktemp("pki"))
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return ensure_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
-def server(tmp_path: Path, pki: tls.Pki) -> Iterator[tuple[StoreServer, int]]:
+def server(tmp_path: Path, pki: Pki) -> Iterator[tuple[StoreServer, int]]:
     modality_cert, _ = pki.client("MODALITY")
     aes = AEConfig(
         allow_unknown=False,
@@ -69,7 +66,7 @@ def server(tmp_path: Path, pki: tls.Pki) -> Iterator[tuple[StoreServer, int]]:
         aes=aes,
         limits=Limits(max_object_bytes=1_000_000),
     )
-    port = _free_port()
+    port = free_port()
     cfg = Config(
         max_pdu=16384,
         network_timeout=10.0,
@@ -84,7 +81,7 @@ def server(tmp_path: Path, pki: tls.Pki) -> Iterator[tuple[StoreServer, int]]:
         srv.shutdown()
 
 
-def _client(pki: tls.Pki, ae: str | None) -> ssl.SSLContext:
+def _client(pki: Pki, ae: str | None) -> ssl.SSLContext:
     if ae is None:
         return tls.client_context(str(pki.ca))
     cert, key = pki.client(ae)
@@ -98,7 +95,7 @@ def _associate(port: int, ctx: ssl.SSLContext, calling: str, called: str = "STRA
         assert assoc.accepted
 
 
-def test_binding_forms(pki: tls.Pki) -> None:
+def test_binding_forms(pki: Pki) -> None:
     cert_path, _ = pki.client("CT_1")
     der = ssl.PEM_cert_to_DER_cert(cert_path.read_text())
     cert = tls.PeerCert("CN=CT_1", "CT_1", hashlib.sha256(der).hexdigest())
@@ -123,13 +120,13 @@ def test_profiles(tmp_path: Path) -> None:
         tls.dicom_security(Settings(home=tmp_path, profile="paranoid"))
 
 
-def test_bound_certificate_is_accepted(server: tuple[StoreServer, int], pki: tls.Pki) -> None:
+def test_bound_certificate_is_accepted(server: tuple[StoreServer, int], pki: Pki) -> None:
     _associate(server[1], _client(pki, "MODALITY"), "MODALITY")
     _associate(server[1], _client(pki, "VIEWER"), "VIEWER")
 
 
 def test_certificate_of_another_ae_is_rejected(
-    server: tuple[StoreServer, int], pki: tls.Pki
+    server: tuple[StoreServer, int], pki: Pki
 ) -> None:
     with pytest.raises(AssociationRejected) as rj:
         _associate(server[1], _client(pki, "VIEWER"), "MODALITY")
@@ -141,14 +138,14 @@ def test_certificate_of_another_ae_is_rejected(
 
 
 def test_unbound_ae_is_rejected_when_bindings_are_required(
-    server: tuple[StoreServer, int], pki: tls.Pki
+    server: tuple[StoreServer, int], pki: Pki
 ) -> None:
     with pytest.raises(AssociationRejected) as rj:
         _associate(server[1], _client(pki, "NOCERT"), "NOCERT")
     assert rj.value.reason == dul.RJ_CALLING_AE_NOT_RECOGNIZED
 
 
-def test_unknown_calling_and_wrong_called_ae(server: tuple[StoreServer, int], pki: tls.Pki) -> None:
+def test_unknown_calling_and_wrong_called_ae(server: tuple[StoreServer, int], pki: Pki) -> None:
     with pytest.raises(AssociationRejected) as rj:
         _associate(server[1], _client(pki, "INTRUDER"), "INTRUDER")
     assert (rj.value.source, rj.value.reason) == (1, 3)
@@ -158,7 +155,7 @@ def test_unknown_calling_and_wrong_called_ae(server: tuple[StoreServer, int], pk
 
 
 def test_no_client_certificate_fails_the_handshake(
-    server: tuple[StoreServer, int], pki: tls.Pki
+    server: tuple[StoreServer, int], pki: Pki
 ) -> None:
     with pytest.raises((ssl.SSLError, ConnectionError)):
         _associate(server[1], _client(pki, None), "MODALITY")
@@ -172,7 +169,7 @@ def test_no_client_certificate_fails_the_handshake(
     ids=["silent", "half-a-client-hello"],
 )
 def test_stalled_handshake_cannot_stall_the_accept_loop(
-    server: tuple[StoreServer, int], pki: tls.Pki, opening: bytes, monkeypatch: pytest.MonkeyPatch
+    server: tuple[StoreServer, int], pki: Pki, opening: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A peer that connects and never starts its handshake, or stops in the middle of its
     ClientHello, holds neither the accept loop (another peer associates meanwhile) nor its
@@ -212,7 +209,7 @@ def test_plain_dicom_on_the_tls_port_gets_nothing(server: tuple[StoreServer, int
     assert got[:1] in (b"", b"\x15")  # nothing, or a TLS alert record
 
 
-def test_router_destination_tls_settings(pki: tls.Pki) -> None:
+def test_router_destination_tls_settings(pki: Pki) -> None:
     from processors.router import rules, sender
 
     cert, key = pki.client("STRATA")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cli import dr
+from common import kafka
 from common.settings import Settings
 from proto.strata.v1 import events_pb2 as pb
 from stack import mirror
@@ -70,8 +71,8 @@ def _epoch(n: int, primary: str) -> pb.SiteEpoch:
 def test_fence(monkeypatch: pytest.MonkeyPatch, here, peer, site, ok) -> None:  # noqa: ANN001
     s = _settings(dr_site=site)
 
-    def fake(bootstrap: str, topic: str, timeout: float = 10.0):  # noqa: ANN202
-        return here if bootstrap == s.kafka_bootstrap else peer
+    def fake(cluster: kafka.Cluster, topic: str, timeout: float = 10.0):  # noqa: ANN202
+        return here if kafka.bootstrap_of(cluster) == s.kafka_bootstrap else peer
 
     monkeypatch.setattr(dr, "current_epoch", fake)
     got, why = dr.accepts_ingest(s)

@@ -1,4 +1,4 @@
-"""The lean ingest SCP (ingest/scp.py on common/dul.py) against real DICOM peers: pynetdicom
+"""The lean ingest SCP (ingest/scp.py on dicomnet/dul.py) against real DICOM peers: pynetdicom
 and DCMTK's storescu/echoscu as requestors, the real store service behind it (hot tier on tmp
 disk, the SQLite outbox). No Kafka: the relay is not part of the receive path."""
 
@@ -26,7 +26,7 @@ from pynetdicom import AE, build_role, evt, pdu
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
 from archive.hot import HotTier
-from common import dul
+from dicomnet import dul
 from ingest import statuses
 from ingest.config import AEConfig, CallingAE
 from ingest.outbox import Outbox

@@ -1,4 +1,4 @@
-"""The lean Q/R SCP (query/scp.py on common/acceptor.py) driven by real requestors
+"""The lean Q/R SCP (query/scp.py on dicomnet/acceptor.py) driven by real requestors
 (pynetdicom, DCMTK findscu/getscu/movescu, the archive's own requestor) over loopback. The
 index is a fake answering the SQL that query.find / query.retrieve send with fixed rows (the
 real chDB index is covered by the e2e tests); objects are real files in a hot tier directory.
@@ -31,10 +31,10 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from common import dul
-from common.acceptor import Config
 from common.errors import Unavailable
-from common.requestor import EXPLICIT_LE, IMPLICIT_LE, Requestor, find_command
+from dicomnet import dul
+from dicomnet.acceptor import Config
+from dicomnet.requestor import EXPLICIT_LE, IMPLICIT_LE, Requestor, find_command
 from processors.index.schema import CARD_COLUMNS
 from query.find import FindQuery, build_sql, columns
 from query.retrieve import HotSource

@@ -5,7 +5,6 @@ answers), stream caps, chunk and frame-list bounds, STOW part limits and UID che
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 import threading
 import uuid
@@ -22,8 +21,8 @@ from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from common.acceptor import Config
 from common.errors import DeadlineExceeded, Invalid
+from dicomnet.acceptor import Config
 from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
 from query import grpc_service
@@ -31,14 +30,10 @@ from query.dicomweb import WebDeps, create_app, is_uid, parse_frames
 from query.grpc_service import Deps, QueryService
 from query.retrieve import HotSource
 from query.scp import QueryServer, Services
+from tests.support.stack import free_port
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SlowIndex:

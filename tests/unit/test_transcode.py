@@ -149,3 +149,38 @@ def test_too_small_for_jpeg_2000_is_a_precise_error(tmp_path: Path) -> None:
     with pytest.raises(t.TranscodeError, match="32x32"):
         t.dataset_bytes(small, t.J2K_LOSSLESS)
     assert t.dataset_bytes(small, t.RLE)  # the other lossless encoders take it
+
+
+def test_pool_workers_die_with_a_killed_server(tmp_path: Path) -> None:
+    """kill -9 of the process that owns the transcoding pool leaves no orphan workers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support.wait import wait_for
+
+    script = (
+        "import sys; from archive import transcode as t; t.configure(2); t.warm(); "
+        "print(' '.join(str(p) for p in t.pool()._processes), flush=True); sys.stdin.read()"
+    )
+    root = Path(__file__).resolve().parents[2]
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert owner.stdout is not None
+    pids = [int(p) for p in owner.stdout.readline().split()]
+    assert len(pids) == 2
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    assert all(alive(p) for p in pids)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    wait_for(lambda: not any(alive(p) for p in pids), 30, "the pool's workers to exit")

@@ -11,7 +11,7 @@ acceptor needs, written so that a received PDU costs one read and a few slices:
   raw values, encoded from (tag, value) pairs.
 
 Everything here is pure bytes-in/bytes-out (unit-tested against pynetdicom's own encoder);
-the socket loop lives with its user (``ingest/scp.py``).
+the socket loops live in ``acceptor.py`` and ``requestor.py``.
 """
 
 from __future__ import annotations

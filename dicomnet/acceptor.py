@@ -1,5 +1,5 @@
 """The association acceptor the archive's DICOM endpoints share, on the lean upper layer
-(``common/dul.py``): a listening socket with one thread per association, association
+(``dicomnet/dul.py``): a listening socket with one thread per association, association
 negotiation (protocol version, application context, calling-AE allow-list, association limit),
 the PDU loop and the orderly or abortive end of an association.
 
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common import audit, dul, tls
-from common.dimse import nodelay
+from dicomnet import dul, tls
+from dicomnet.sockets import nodelay
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,11 @@ class Config:
     max_per_peer: int = 16  # connections of this process from one peer address
     artim_timeout: float = 10.0  # the whole A-ASSOCIATE-RQ within this many s of connect
     pdu_timeout: float = 30.0  # a PDU whole within this many s of its first byte (per 4 MiB)
-    # DICOM TLS (common/tls.py): every connection's handshake runs on its own thread within
+    # DICOM TLS (dicomnet/tls.py): every connection's handshake runs on its own thread within
     # the ARTIM deadline of the connect; None: plain TCP (no per-PDU cost added).
     tls: ssl.SSLContext | None = None
     called_ae: str | None = None
-    # calling AE -> certificate binding (common/tls.binding_matches); a bound AE must
+    # calling AE -> certificate binding (dicomnet/tls.binding_matches); a bound AE must
     # present that certificate. require_binding: an AE without a binding is refused on TLS.
     cert_bindings: dict[str, str] | None = None
     require_binding: bool = False
@@ -148,6 +148,10 @@ class Association:
 
     def counted(self, outcome: str) -> None:
         """An association was 'accepted' or 'rejected' (for metrics)."""
+
+    def rejected(self, rq: dul.AssociateRQ, reason: int) -> None:
+        """An A-ASSOCIATE-RQ was answered A-ASSOCIATE-RJ with ``reason`` (the SCPs record it
+        in the audit trail)."""
 
     def busy(self) -> bool:
         """Whether an operation is running: then silence from the peer is no timeout."""
@@ -236,10 +240,10 @@ class Association:
         if reject is not None:
             self.send(dul.associate_rj(dul.RJ_PERMANENT, *reject), quiet=True)
             self.counted("rejected")
+            self.rejected(rq, reject[1])
             log.warning(
                 "association rejected for calling AE %s (reason %d)", rq.calling_ae, reject[1]
             )
-            audit.association_rejected(self.peer, rq.calling_ae, rq.called_ae, reject[1], self.sock)
             return False
         self.negotiate(rq)
         self.rq = rq
@@ -545,6 +549,9 @@ class Server:
     def connection_counted(self, outcome: str) -> None:
         """A connection was 'refused' at a cap or an idle one 'evicted' (for metrics)."""
 
+    def handshake_refused(self, peer: str, why: str) -> None:
+        """A TLS handshake failed (the SCPs record it in the audit trail)."""
+
     def _refuse(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         self.refused += 1
         self.connection_counted("refused")
@@ -580,7 +587,7 @@ class Server:
             why = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else type(exc).__name__
             log.warning("TLS handshake with %s:%d failed: %s", *peer, why)
             self.handshake_failed += 1
-            audit.tls_refused(f"{peer[0]}:{peer[1]}", str(why))
+            self.handshake_refused(f"{peer[0]}:{peer[1]}", str(why))
             self.connection_counted("tls-failed")
             with contextlib.suppress(OSError):
                 rec.sock.close()

@@ -1,4 +1,4 @@
-"""The association requestor on the lean upper layer (``common/dul.py``): what the archive
+"""The association requestor on the lean upper layer (``dicomnet/dul.py``): what the archive
 needs to open an association to a peer (C-MOVE sub-associations, benchmark clients), send
 DIMSE messages and read the answers. Synchronous: one outstanding operation at a time."""
 
@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from common import dul
-from common.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
-from common.dimse import nodelay
+from dicomnet import dul
+from dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
+from dicomnet.sockets import nodelay
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -47,7 +47,7 @@ class Requestor:
         max_pdu: int = 0,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``tls``: DICOM TLS (common/tls.client_context), the peer's certificate verified
+        """``tls``: DICOM TLS (dicomnet/tls.client_context), the peer's certificate verified
         for ``host``; None: plain TCP."""
         if not contexts or len(contexts) > 128:
             raise ValueError("an association proposes 1 to 128 presentation contexts")

@@ -1,9 +1,8 @@
-"""DIMSE socket helpers shared by every DICOM endpoint of the archive."""
+"""Socket options every DICOM connection of the archive gets, accepted or requested."""
 
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 
 def nodelay(sock: socket.socket | None) -> None:
@@ -11,8 +10,3 @@ def nodelay(sock: socket.socket | None) -> None:
     off): disable it."""
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def set_nodelay(event: Any) -> None:
-    """EVT_CONN_OPEN handler: TCP_NODELAY on every accepted association's socket."""
-    nodelay(getattr(getattr(event.assoc.dul, "socket", None), "socket", None))

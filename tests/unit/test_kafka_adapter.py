@@ -1,0 +1,207 @@
+"""The Kafka adapter (common/kafka.py): every Kafka client is built there, from one base config,
+so that connection settings (security) are one change. The exact config of every profile is
+pinned here: a change to a profile is a change to this file too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common import kafka
+from common.settings import Settings
+from ingest.outbox import Outbox
+from ingest.relay import Relay
+
+ROOT = Path(__file__).resolve().parents[2]
+# Where Kafka clients may be used: the product packages and the benchmarks (tests/ builds its own
+# clients against the test brokers as it likes).
+SCANNED = ("common", "ingest", "processors", "query", "cli", "stack", "archive", "benchmarks")
+ADAPTER = ROOT / "common" / "kafka.py"
+CLIENTS = frozenset({"Producer", "Consumer", "AdminClient"})
+
+S = Settings(kafka_bootstrap="k1:9092,k2:9092", node_name="n1", dr_peer_bootstrap="p1:9092")
+BASE = {"bootstrap.servers": "k1:9092,k2:9092"}
+
+
+def client_constructions(source: str) -> list[int]:
+    """Lines of ``source`` that construct a confluent-kafka Producer, Consumer or AdminClient
+    (by a name imported from confluent_kafka, or as an attribute of the module)."""
+    tree = ast.parse(source)
+    names: set[str] = set()  # local names of the client classes
+    modules: set[str] = set()  # local names of confluent_kafka and confluent_kafka.admin
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("confluent_kafka"):
+            for a in node.names:
+                if a.name in CLIENTS:
+                    names.add(a.asname or a.name)
+                elif a.name == "admin":
+                    modules.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("confluent_kafka"):
+                    modules.add(a.asname or a.name.split(".")[0])
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Name) and f.id in names:
+            lines.append(node.lineno)
+        elif isinstance(f, ast.Attribute) and f.attr in CLIENTS:
+            base = f.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in modules:
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_the_scan_finds_every_form_of_construction() -> None:
+    src = """
+from confluent_kafka import Consumer, Producer as P
+from confluent_kafka.admin import AdminClient
+import confluent_kafka
+import confluent_kafka.admin as ka
+from proto.strata.v1 import events_pb2 as pb
+
+Consumer({})
+P({})
+AdminClient({})
+confluent_kafka.Producer({})
+ka.AdminClient({})
+pb.Producer(service="x")
+def f(c: Consumer) -> None: ...
+"""
+    assert client_constructions(src) == [8, 9, 10, 11, 12]
+
+
+def test_kafka_clients_are_built_only_by_the_adapter() -> None:
+    found = []
+    for pkg in SCANNED:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if path == ADAPTER:
+                continue
+            for line in client_constructions(path.read_text()):
+                found.append(f"{path.relative_to(ROOT)}:{line}")
+    assert found == [], "build Kafka clients with common.kafka (producer, consumer, admin)"
+
+
+def test_client_config_is_the_base_of_every_client() -> None:
+    assert kafka.client_config(S, "relay") == {**BASE, "client.id": "strata-n1-relay"}
+    # A bare bootstrap list: the same base, with the default settings' node name.
+    assert kafka.client_config("h:1", "x") == {
+        "bootstrap.servers": "h:1",
+        "client.id": f"strata-{Settings().node_name}-x",
+    }
+    assert kafka.bootstrap_of(S) == "k1:9092,k2:9092"
+    assert kafka.bootstrap_of("h:1") == "h:1"
+
+
+def test_the_peer_cluster_is_this_sites_settings_with_the_peers_bootstrap() -> None:
+    p = kafka.peer(S)
+    assert kafka.client_config(p, "dr")["bootstrap.servers"] == "p1:9092"
+    assert p.node_name == S.node_name
+
+
+DURABLE = {"enable.idempotence": True, "acks": "all"}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "durable": DURABLE,
+    "relay": {
+        **DURABLE,
+        "linger.ms": 2,
+        "compression.type": "lz4",
+        "message.timeout.ms": 0,
+        "socket.nagle.disable": True,
+        "reconnect.backoff.max.ms": 1000,
+    },
+    "router": {**DURABLE, "linger.ms": 2, "socket.nagle.disable": True},
+    "decisions": {**DURABLE, "linger.ms": 5, "socket.nagle.disable": True},
+    "access": {**DURABLE, "linger.ms": 50},
+    "audit": {
+        **DURABLE,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 10_000,
+        "socket.nagle.disable": True,
+        "reconnect.backoff.max.ms": 1000,
+    },
+    "bulk": {
+        **DURABLE,
+        "compression.type": "lz4",
+        "linger.ms": 50,
+        "batch.size": 900_000,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.kbytes": 512 * 1024,
+        "queue.buffering.max.messages": 200_000,
+        "delivery.report.only.error": True,
+    },
+}
+
+
+def test_the_profiles_are_exactly_these() -> None:
+    assert set(kafka.PRODUCER_PROFILES) == set(PROFILES)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_producer_config_of_each_profile(profile: str) -> None:
+    assert kafka.producer_config(S, profile) == {
+        **BASE,
+        "client.id": f"strata-n1-{profile}",
+        **PROFILES[profile],
+    }
+
+
+def test_producer_config_role_and_overrides() -> None:
+    got = kafka.producer_config(S, "durable", "bench", {"linger.ms": 2, "acks": "all"})
+    assert got == {**BASE, "client.id": "strata-n1-bench", **DURABLE, "linger.ms": 2}
+
+
+def test_an_unknown_profile_is_refused() -> None:
+    with pytest.raises(KeyError):
+        kafka.producer_config(S, "fast")
+
+
+def test_consumer_config() -> None:
+    base = {
+        **BASE,
+        "client.id": "strata-n1-router",
+        "group.id": "g",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+    }
+    assert kafka.consumer_config(S, "g", "router") == base
+    extra = {"auto.offset.reset": "earliest", "enable.partition.eof": True}
+    assert kafka.consumer_config(S, "g", "router", extra) == {**base, **extra}
+
+
+def test_fresh_groups_differ() -> None:
+    a, b = kafka.fresh_group("strata-read"), kafka.fresh_group("strata-read")
+    assert a.startswith("strata-read-") and a != b
+
+
+def test_faust_settings() -> None:
+    assert kafka.faust_settings(S) == {
+        "broker": ["kafka://k1:9092", "kafka://k2:9092"],
+        "consumer_auto_offset_reset": "earliest",
+        "topic_replication_factor": S.topic_replicas,
+        "broker_commit_interval": 1.0,
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 2.0,
+        "producer_acks": -1,
+    }
+
+
+def test_the_relay_produces_with_the_relay_profile(tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def factory(conf: dict[str, Any]) -> object:
+        seen.append(conf)
+        return object()
+
+    Relay(Outbox(tmp_path / "ob.sqlite"), S, producer_factory=factory)
+    assert seen == [kafka.producer_config(S, "relay")]
+    assert seen[0]["client.id"] == "strata-n1-relay"
