@@ -226,8 +226,11 @@ def attach(app: Any, settings: Any, index: Any) -> AuditIndex:
 
     @app.agent(topic, name="index-audit")
     async def audit_agent(stream: Any) -> None:
+        # At most one insert a second: every query is an audit event (a C-FIND poller makes a
+        # hundred a second), and each insert is a part chDB then merges beside the searches;
+        # the audit table is not read for latency.
         async for events in stream.take_events(
-            settings.index_batch_size, within=settings.index_batch_window
+            max(settings.index_batch_size, 10_000), within=max(settings.index_batch_window, 1.0)
         ):
             rows = []
             for ev in events:
