@@ -81,6 +81,17 @@ PRODUCER_PROFILES: Mapping[str, Mapping[str, Any]] = {
     "decisions": {**_DURABLE, "linger.ms": 5, "socket.nagle.disable": True},
     # Access records (processors/lifecycle.py, AccessRecorder): many, none waited on.
     "access": {**_DURABLE, "linger.ms": 50},
+    # The audit trail (common/audit.py): never waited on by the audited operation; a record
+    # not acknowledged in 10 s is given back (its delivery report fails) and kept in the
+    # process's local spool until Kafka takes it.
+    "audit": {
+        **_DURABLE,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 10_000,
+        "socket.nagle.disable": True,
+        "reconnect.backoff.max.ms": 1000,
+    },
     # A log loaded as fast as the broker takes it (benchmarks): big batches, errors reported.
     "bulk": {
         **_DURABLE,
@@ -248,6 +259,7 @@ def source_of_truth_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.study_topic, settings.study_partitions, forever),
         TopicSpec(settings.quarantine_topic, 1, forever),
         TopicSpec(settings.dr_topic, 1, forever),  # geo-redundancy epochs (docs/dr.md)
+        TopicSpec(settings.audit_topic, 1, forever),  # the audit trail (common/audit.py)
     ]
 
 

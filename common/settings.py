@@ -491,6 +491,29 @@ class Settings:
         1000, "HAProxy: milliseconds between health checks of each node (down after 2 failures)."
     )
 
+    # --- audit trail (common/audit.py, docs/security.md "Audit trail") ---
+    audit_queue: int = _setting(
+        10000,
+        "Audit events a process holds in memory for its background producer; beyond that (or "
+        "while Kafka is unreachable) they go to a local spool file, replayed when it is back.",
+    )
+    audit_syslog: str = _setting(
+        "",
+        "host:port of the syslog receiver (RFC 5425: TLS, octet counting) the audit exporter "
+        "('strata audit export') sends PS3.15 A.5 audit messages to. Empty = no export.",
+    )
+    audit_syslog_ca: str = _setting(
+        "", "PEM CA the syslog receiver's certificate must chain to (empty = the system's)."
+    )
+    audit_syslog_cert: str = _setting(
+        "", "PEM client certificate the audit exporter presents to the receiver (optional)."
+    )
+    audit_syslog_key: str = _setting("", "PEM private key of STRATA_AUDIT_SYSLOG_CERT.")
+    audit_export_group: str = _setting(
+        "strata-audit-export",
+        "Kafka consumer group of the audit exporter (its committed offset: at-least-once).",
+    )
+
     # ---------------------------------------------------------------- derived paths
     @property
     def hot_dir(self) -> Path:
@@ -549,6 +572,16 @@ class Settings:
     def study_topic(self) -> str:
         """Source-of-truth topic of study-scoped events (keyed by StudyInstanceUID)."""
         return f"{self.topic_prefix}.study-events.v1"
+
+    @property
+    def audit_topic(self) -> str:
+        """Source-of-truth topic of the audit trail (AuditEvent, keyed by event id)."""
+        return f"{self.topic_prefix}.audit.v1"
+
+    @property
+    def audit_database(self) -> str:
+        """Database of the audit table: beside the index's, never rebuilt by a replay."""
+        return f"{self.clickhouse_database}_audit"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -69,6 +69,8 @@ def run_node(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
+    from common.audit import spool_files
+
     def health() -> dict[str, Any]:
         alive = sum(1 for w in workers if w.poll() is None)
         age = outbox.oldest_pending_age()
@@ -82,6 +84,7 @@ def run_node(settings: Settings) -> None:
             "quarantine_files": quarantine_use[0].files,
             "quarantine_bytes": quarantine_use[0].bytes,
             "quarantine_max_bytes": settings.quarantine_max_bytes,
+            "audit_spool_files": spool_files(settings),  # audit events not yet in Kafka
         }
         if settings.dr_site:
             state["dr_mode"] = settings.dr_mode

@@ -21,10 +21,11 @@ import faust
 from google.protobuf.message import DecodeError
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from common import kafka
+from common import audit, kafka
 from common.auth import Authorizer, admin_middleware
 from common.events import decode
 from common.settings import Settings
+from processors.index import audit as audit_index
 from processors.index import checksum, routing
 from processors.index.port import Index
 from processors.index.projection import Batch
@@ -142,6 +143,7 @@ def create_app(
 
     index_agent_for(settings.study_topic, "index")
     index_agent_for(settings.quarantine_topic, "index-quarantine")
+    audit_index.attach(app, settings, index)  # the audit topic -> its table, /audit
 
     from processors.replay import end_positions
 
@@ -233,7 +235,8 @@ def create_app(
     async def healthz(web: Any, request: Any) -> Any:
         if settings.node_dir and not caught_up_once.is_set():
             return web.json({"status": "catching-up", "applied": applied["n"]}, status=503)
-        return web.json({"status": "ok", "applied": applied["n"]})
+        spooled = audit.spool_files(settings)  # audit events not yet in Kafka (common/audit.py)
+        return web.json({"status": "ok", "applied": applied["n"], "audit_spool_files": spooled})
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

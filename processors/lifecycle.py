@@ -56,6 +56,7 @@ from common import kafka
 from common.errors import Conflict, NotFound, StrataError, Unavailable
 from common.events import SCHEMA_VERSION, SOFTWARE_VERSION, timestamp
 from common.fs import fsync_dir
+from processors.index import audit as audit_index
 from processors.index.port import CANDIDATE_COLUMNS, Index
 from proto.strata.v1 import events_pb2 as pb
 
@@ -422,6 +423,7 @@ class LifecycleProcessor:
         if not events:
             return
         self._fill_supersedes(index, events)
+        record_deletes = audit_index.deletes_recorder(index, events)  # patients named now
         # 3. journal, then the events (acks=all, idempotent producer)
         self.journal.add(p for p, _ in events)
         failures: list[str] = []
@@ -459,6 +461,7 @@ class LifecycleProcessor:
             else:
                 res.deleted += 1
                 DELETED.inc()
+        record_deletes()  # the audit trail: one "delete" per study (common/audit.py)
 
     def _failed(self, c: Candidate, step: str, exc: Exception, res: PassResult) -> None:
         res.failed += 1

@@ -35,6 +35,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from archive import transcode
 from archive.keys import UnsafeKey, check_key
+from common import audit
 from common.dicom import BULK_MARK
 from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
 from processors.index.matching import ATTRIBUTES
@@ -509,7 +510,7 @@ class DicomWeb:
                 return self._stow_response(
                     referenced, failed, 413, f"a part is larger than {self.d.max_part_bytes} bytes"
                 )
-            res = await self._run(self._store_one, tmp, study, peer)
+            res = await self._run(audit.in_context(self._store_one), tmp, study, peer)
             (referenced if res[0] else failed).append(res[1])
         if not referenced and not failed:
             return _error(400, "no DICOM part in the request")
@@ -589,6 +590,7 @@ class DicomWeb:
                 via="stow",
             )
         )
+        audit.note_stored(out)  # into the request's audit record (per study)
         if out.ok:
             return True, item(cls, sop)
         return False, item(cls, sop, out.status, out.comment)
@@ -720,7 +722,9 @@ def create_app(deps: WebDeps, prefix: str = "/dicom-web", auth: Any = None) -> w
     from common.auth import dicomweb_middleware, no_store
 
     dw = DicomWeb(deps)
-    middlewares = [_errors]
+    from query.audit import web_middleware
+
+    middlewares = [_errors, web_middleware(deps.index, prefix)]  # audit: inside auth
     if auth is not None:
         middlewares.insert(0, dicomweb_middleware(auth, prefix))
     if deps.cors_origins:

@@ -121,6 +121,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     "router": {**DURABLE, "linger.ms": 2, "socket.nagle.disable": True},
     "decisions": {**DURABLE, "linger.ms": 5, "socket.nagle.disable": True},
     "access": {**DURABLE, "linger.ms": 50},
+    "audit": {
+        **DURABLE,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 10_000,
+        "socket.nagle.disable": True,
+        "reconnect.backoff.max.ms": 1000,
+    },
     "bulk": {
         **DURABLE,
         "compression.type": "lz4",
