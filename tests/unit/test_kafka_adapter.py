@@ -18,7 +18,9 @@ from ingest.relay import Relay
 ROOT = Path(__file__).resolve().parents[2]
 # Where Kafka clients may be used: the product packages and the benchmarks (tests/ builds its own
 # clients against the test brokers as it likes).
-SCANNED = ("common", "ingest", "processors", "query", "cli", "stack", "archive", "benchmarks")
+SCANNED = (
+    "common", "dicomnet", "ingest", "processors", "query", "cli", "stack", "archive", "benchmarks"
+)
 ADAPTER = ROOT / "common" / "kafka.py"
 CLIENTS = frozenset({"Producer", "Consumer", "AdminClient"})
 
