@@ -35,6 +35,7 @@ def _base_env() -> dict[str, str]:
 
 def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
     from stack import mirror
+    from stack.kafka import security as kafka_security
 
     ep = current_epoch(settings, settings.dr_topic)
     if ep and ep.primary_site == settings.dr_site:
@@ -44,7 +45,12 @@ def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
         )
     mirror.start(settings)
     copier_proc(settings).start(
-        [sys.executable, "-m", "cli.main", "dr", "copier"], env={**_base_env(), **settings.to_env()}
+        [sys.executable, "-m", "cli.main", "dr", "copier"],
+        env={
+            **_base_env(),
+            **settings.to_env(),
+            **kafka_security.principal_env(settings, "dr-copier"),
+        },
     )
     print(
         f"site {settings.dr_site or '-'} follows {settings.dr_peer_site or '-'} "

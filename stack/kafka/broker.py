@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.errors import Invalid, Unavailable
 from common.settings import Settings
+from stack.kafka import security
 from stack.maven import fetch_jars
 from stack.procs import Proc
 
@@ -87,15 +88,19 @@ def _properties(settings: Settings, node: Node) -> str:
     rf = settings.topic_replicas
     isr = min(2, rf)
     voters = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in all_nodes)
+    sasl = security.enabled(settings)
+    ln = "SASL_SSL" if sasl else "PLAINTEXT"
     lines = [
         "process.roles=broker,controller",
         f"node.id={node.node_id}",
         f"controller.quorum.voters={voters}",
-        f"listeners=PLAINTEXT://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
-        f"advertised.listeners=PLAINTEXT://{host}:{node.port}",
+        # The client listener: PLAINTEXT, or SASL_SSL (SCRAM-SHA-512) with ACLs when Kafka
+        # security is on (stack/kafka/security.py); the brokers talk to each other on it too.
+        f"listeners={ln}://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
+        f"advertised.listeners={ln}://{host}:{node.port}",
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"inter.broker.listener.name={ln}",
+        f"listener.security.protocol.map={ln}:{ln},CONTROLLER:PLAINTEXT",
         f"log.dirs={node.dir / 'data'}",
         # Internal topics cannot have more replicas than brokers; on a cluster they get the
         # source-of-truth topics' guarantees (3 replicas, 2 in sync for a write).
@@ -133,6 +138,8 @@ def _properties(settings: Settings, node: Node) -> str:
         # share one machine (the local stack) we also flush each message, so that an
         # acknowledged event survives power loss, not just kill -9 (docs/ha.md).
         lines.append("log.flush.interval.messages=1")
+    if sasl:
+        lines += security.broker_properties(settings)
     return "\n".join([*lines, ""])
 
 
@@ -148,6 +155,8 @@ def start(settings: Settings) -> list[int]:
     """Start every local Kafka node (those already running are left as they are)."""
     libs = ensure_jars(settings)
     settings.kafka_dir.mkdir(parents=True, exist_ok=True)
+    if security.enabled(settings):
+        security.ensure_passwords(settings)
     cluster_id = _cluster_id(settings.kafka_dir)
     return [_start_node(settings, n, libs, cluster_id) for n in nodes(settings)]
 
@@ -183,6 +192,7 @@ def _start_node(settings: Settings, node: Node, libs: Path, cluster_id: str) -> 
                 "-c",
                 str(props),
                 "--ignore-formatted",
+                *(security.format_args(settings) if security.enabled(settings) else []),
             ],
             capture_output=True,
             text=True,
@@ -241,6 +251,7 @@ def wait_ready(settings: Settings, timeout: float = 60.0) -> None:
     from common import kafka
 
     ns = nodes(settings)
+    admin = security.as_principal(settings, security.ADMIN)
     deadline = time.monotonic() + timeout
     ps = [proc(settings, n) for n in ns]
     while time.monotonic() < deadline:
@@ -251,7 +262,7 @@ def wait_ready(settings: Settings, timeout: float = 60.0) -> None:
             for n in ns:
                 with socket.create_connection((n.host, n.port), timeout=1):
                     pass
-            md = kafka.admin(settings, "wait-ready").list_topics(timeout=5)
+            md = kafka.admin(admin, "wait-ready").list_topics(timeout=5)
             if len(md.brokers) >= len(ns):
                 return
         except Exception:
