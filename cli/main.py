@@ -59,7 +59,13 @@ def _profile_line(settings: Settings) -> str:
     else:
         dicom = "DICOM TLS off"
     checks = "AE checks on" if sec.ae_checks else "AE checks off"
-    return f"security profile: {sec.profile} ({dicom}; {checks}; listeners on {settings.bind_host})"
+    from common.kafka import security
+
+    k = "Kafka SASL_SSL + ACLs" if security(settings).sasl else "Kafka plaintext"
+    return (
+        f"security profile: {sec.profile} ({dicom}; {checks}; {k}; "
+        f"listeners on {settings.bind_host})"
+    )
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:

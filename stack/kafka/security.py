@@ -14,6 +14,18 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialAlteration,
+    UserScramCredentialUpsertion,
+)
+
 from common import kafka
 from common.errors import Unavailable
 from common.settings import Settings
@@ -215,16 +227,8 @@ def acl_table(settings: Settings, mirror_source: str = "") -> list[Grant]:
     return g
 
 
-def bindings(grants: list[Grant]) -> list[object]:
-    from confluent_kafka.admin import (
-        AclBinding,
-        AclOperation,
-        AclPermissionType,
-        ResourcePatternType,
-        ResourceType,
-    )
-
-    out: list[object] = []
+def bindings(grants: list[Grant]) -> list[AclBinding]:
+    out: list[AclBinding] = []
     for gr in grants:
         pattern = ResourcePatternType.PREFIXED if gr.prefixed else ResourcePatternType.LITERAL
         if gr.name == "*" or gr.resource == "cluster":
@@ -249,16 +253,10 @@ def apply(settings: Settings, timeout: float = 60.0) -> None:
     """As the admin: every principal's SCRAM credential (from its password file) and the
     ACL table. Both are upserts: run on every 'strata up' (a changed password file is a
     rotation: docs/security.md)."""
-    from confluent_kafka.admin import (
-        ScramCredentialInfo,
-        ScramMechanism,
-        UserScramCredentialUpsertion,
-    )
-
     files = ensure_passwords(settings)
     a = kafka.admin(as_principal(settings, ADMIN), "security")
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
-    ups = [
+    ups: list[UserScramCredentialAlteration] = [
         UserScramCredentialUpsertion(u, info, f.read_text().strip().encode())
         for u, f in files.items()
     ]

@@ -74,6 +74,11 @@ def hstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Pk
     try:
         r = s.cli("up")
         assert "security profile: hardened (DICOM TLS on" in r.stderr
+        # ... and Kafka SASL_SSL with the ACLs: every test here stores and finds through a log
+        # that only the services' own principals can use (tests/integration/test_kafka_security)
+        assert "Kafka SASL_SSL + ACLs" in r.stderr
+        props = (home / "kafka" / "server.properties").read_text()
+        assert "listeners=SASL_SSL://" in props and "allow.everyone.if.no.acl.found=false" in props
         yield s, pki
     finally:
         s.down()
