@@ -203,7 +203,7 @@ def acl_table(settings: Settings, mirror_source: str = "") -> list[Grant]:
     # router: reads the study topic in its group, writes route-state events there.
     topic(ROUTER, study, R, W, D)
     group(ROUTER, settings.router_group)
-    # DR copier: reads the (mirrored) study topic in its group, writes ObjectReplicated there.
+    # DR copier: reads the (mirrored) study topic in its group, writes InstanceReplicated there.
     topic(DR_COPIER, study, R, W, D)
     group(DR_COPIER, settings.dr_copy_group)
     # operator (CLI): events (holds, redrive, emit), the sites' epochs (dr promote), reads.

@@ -76,3 +76,22 @@ def test_who_writes_which_topic() -> None:
     assert len(security.bindings(security.acl_table(s))) == sum(
         len(g.ops) for g in security.acl_table(s)
     )
+
+
+def test_mirror_maker_connects_to_both_sites_as_its_principal(tmp_path: Path) -> None:
+    from stack import mirror
+
+    s = Settings(home=tmp_path, dr_peer_bootstrap="127.0.0.1:9999", kafka_security="sasl_ssl")
+    pw = security.ensure_passwords(s)[security.MIRROR].read_text().strip()
+    props = mirror.properties(s, "A", "B").splitlines()
+    for c in ("A", "B"):
+        assert f"{c}.security.protocol=SASL_SSL" in props
+        assert f"{c}.sasl.mechanism=SCRAM-SHA-512" in props
+        assert (
+            f"{c}.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule "
+            f'required username="strata-mirror" password="{pw}";'
+        ) in props
+        assert f"{c}.ssl.truststore.type=PEM" in props
+        assert f"{c}.ssl.truststore.location={tmp_path / 'pki' / 'ca.pem'}" in props
+    plain = Settings(home=tmp_path, dr_peer_bootstrap="127.0.0.1:9999")
+    assert "security.protocol" not in mirror.properties(plain, "A", "B")
