@@ -151,3 +151,38 @@ def test_a_principal_cannot_join_another_services_group(secured: Settings) -> No
         assert err is not None and err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED, err
     finally:
         c.close()
+
+
+@pytest.mark.parametrize(
+    ("user", "group"),
+    [
+        (security.ROUTER, "router_group"),
+        (security.DR_COPIER, "dr_copy_group"),
+        (security.INDEX, "index_group"),
+    ],
+)
+def test_each_service_reads_in_its_own_group(secured: Settings, user: str, group: str) -> None:
+    err, _ = produce(config_of(secured, security.INGEST), secured.study_topic)
+    assert err is None  # a record to read, whatever ran before
+    assigned: list[Any] = []
+    c = kafka.consumer(
+        security.as_principal(secured, user),
+        getattr(secured, group),
+        "member",
+        {"auto.offset.reset": "earliest"},
+    )
+    try:
+        c.subscribe([secured.study_topic], on_assign=lambda _c, ps: assigned.extend(ps))
+        for _ in range(60):  # each poll waits up to 0.5 s for the group's answer
+            m = c.poll(0.5)
+            assert m is None or not m.error() or m.error().code() == KafkaError._PARTITION_EOF, (
+                m.error()
+            )
+            if assigned and m is not None and not m.error():
+                break
+        assert {p.partition for p in assigned} == set(range(secured.study_partitions))
+        assert m is not None and not m.error()  # a record of the study topic was read
+        # and its position committed in its group (READ on the group)
+        c.commit(m, asynchronous=False)
+    finally:
+        c.close()
