@@ -174,6 +174,8 @@ def _start_node(settings: Settings, node: Node, libs: Path, cluster_id: str) -> 
         "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
         "log4j.logger.kafka.server.KafkaServer=INFO\n"
         "log4j.logger.kafka.server.BrokerServer=INFO\n"
+        # Requests the ACLs refuse (allowed ones are logged at DEBUG only): docs/security.md
+        "log4j.logger.kafka.authorizer.logger=INFO\n"
     )
     cp = f"{libs}/*"
     p = proc(settings, node)
