@@ -28,8 +28,8 @@ from confluent_kafka.admin import (
 
 from common import kafka
 from common.errors import Unavailable
+from common.pki import ensure_pki
 from common.settings import Settings
-from common.tls import ensure_pki
 
 ADMIN = "strata-admin"  # super user: creates topics, users and ACLs ('strata up')
 INGEST = "strata-ingest"

@@ -214,7 +214,7 @@ def test_the_relay_produces_with_the_relay_profile(tmp_path: Path) -> None:
 
 
 def secured(tmp_path: Path, **kw: Any) -> Settings:
-    from common.tls import ensure_pki
+    from common.pki import ensure_pki
 
     ensure_pki(tmp_path / "pki")  # the project CA the default STRATA_KAFKA_CA points at
     creds = tmp_path / "kafka" / "credentials"
