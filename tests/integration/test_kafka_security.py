@@ -186,3 +186,27 @@ def test_each_service_reads_in_its_own_group(secured: Settings, user: str, group
         c.commit(m, asynchronous=False)
     finally:
         c.close()
+
+
+def test_a_cluster_replicates_over_sasl_ssl(tmp_path: Path) -> None:
+    """Three nodes (docs/ha.md): the brokers replicate to each other on the SASL_SSL listener
+    as strata-admin; an acks=all write needs 2 in-sync replicas, so its success is the proof."""
+    s = Settings(
+        home=tmp_path,
+        kafka_bootstrap=",".join(f"127.0.0.1:{free_port()}" for _ in range(3)),
+        kafka_controller_ports=",".join(str(free_port()) for _ in range(3)),
+        kafka_nodes=3,
+        kafka_security="sasl_ssl",
+        node_name="sasl-cluster",
+    )
+    broker.start(s)
+    try:
+        broker.wait_ready(s, 180)
+        security.apply(s)
+        kafka.ensure_topics(security.as_principal(s, security.ADMIN))
+        err, _ = produce(config_of(s, security.INGEST), s.study_topic, 60)
+        assert err is None
+        err, _ = produce(config_of(s, security.ROUTER), s.quarantine_topic)
+        assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    finally:
+        broker.stop(s)
