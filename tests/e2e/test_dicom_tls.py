@@ -335,3 +335,12 @@ def test_wildcard_in_a_retrieve_key_fails_a900(hstack: tuple[Stack, Pki]) -> Non
     finally:
         assoc.release()  # type: ignore[attr-defined]
     assert statuses and statuses[-1] == 0xA900
+
+
+def test_the_operator_writes_events_through_sasl_ssl(hstack: tuple[Stack, tls.Pki]) -> None:
+    """The CLI runs as strata-operator (its default principal under SASL_SSL): a legal hold
+    it places is an event on the study topic, which the index (strata-index) applies."""
+    s, _ = hstack
+    study = "1.2.826.0.1.3680043.10.999.20"
+    s.cli("hold", "place", study, "--reason", "kafka acl check", "--by", "e2e")
+    assert wait_for(lambda: study in s.cli("hold", "list").stdout, 30, step=0.2)
