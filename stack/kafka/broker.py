@@ -3,6 +3,7 @@ a cluster of STRATA_KAFKA_NODES broker+controller nodes (docs/ha.md)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -100,7 +101,7 @@ def _properties(settings: Settings, node: Node) -> str:
         f"advertised.listeners={ln}://{host}:{node.port}",
         "controller.listener.names=CONTROLLER",
         f"inter.broker.listener.name={ln}",
-        f"listener.security.protocol.map={ln}:{ln},CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map={ln}:{ln},CONTROLLER:{'SASL_' if sasl else ''}PLAINTEXT",
         f"log.dirs={node.dir / 'data'}",
         # Internal topics cannot have more replicas than brokers; on a cluster they get the
         # source-of-truth topics' guarantees (3 replicas, 2 in sync for a write).
@@ -165,7 +166,11 @@ def _start_node(settings: Settings, node: Node, libs: Path, cluster_id: str) -> 
     kdir = node.dir
     kdir.mkdir(parents=True, exist_ok=True)
     props = kdir / "server.properties"
-    props.write_text(_properties(settings, node))
+    # 0600: with Kafka security on it holds the admin's password (the brokers' logins)
+    fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(_properties(settings, node))
+    os.chmod(props, 0o600)  # one written before by an older version
     log4j = kdir / "log4j.properties"
     log4j.write_text(
         "log4j.rootLogger=WARN, stdout\n"

@@ -122,13 +122,23 @@ def jaas(user: str, password: str) -> str:
 
 def broker_properties(settings: Settings) -> list[str]:
     """The security lines of a broker's server.properties (the client listener's name is
-    SASL_SSL; the controller listener stays plaintext on loopback: docs/security.md)."""
+    SASL_SSL; the controller listener is SASL_PLAINTEXT on loopback with PLAIN, the admin
+    alone: docs/security.md)."""
     ks, ts = keystore(settings)
     admin_pw = kafka.password_file(settings, ADMIN).read_text().strip()
+    # KRaft controllers cannot use SCRAM (its credentials live in the metadata they serve):
+    # PLAIN with the admin's password, the one user the controller listener knows.
+    plain = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{ADMIN}" password="{admin_pw}" user_{ADMIN}="{admin_pw}";'
+    )
     return [
         f"sasl.enabled.mechanisms={kafka.SCRAM_MECHANISM}",
         f"sasl.mechanism.inter.broker.protocol={kafka.SCRAM_MECHANISM}",
         f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas(ADMIN, admin_pw)}",
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        f"listener.name.controller.plain.sasl.jaas.config={plain}",
         "ssl.keystore.type=PEM",
         f"ssl.keystore.location={ks}",
         "ssl.truststore.type=PEM",
@@ -137,9 +147,7 @@ def broker_properties(settings: Settings) -> list[str]:
         "ssl.endpoint.identification.algorithm=https",
         "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "allow.everyone.if.no.acl.found=false",
-        # ANONYMOUS: the brokers' own registrations and heartbeats to the controllers over the
-        # plaintext loopback controller listener (docs/security.md says what that means).
-        f"super.users=User:{ADMIN};User:ANONYMOUS",
+        f"super.users=User:{ADMIN}",
     ]
 
 

@@ -64,6 +64,16 @@ def config_of(s: Settings, user: str) -> dict[str, Any]:
     return kafka.producer_config(security.as_principal(s, user), "durable", "acl-test")
 
 
+def test_the_brokers_secrets_are_private(secured: Settings) -> None:
+    import stat
+
+    k = secured.kafka_dir
+    for f in (k / "server.properties", k / "tls" / "keystore.pem", *k.glob("credentials/*")):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    admin_pw = (k / "credentials" / "strata-admin.password").read_text().strip()
+    assert admin_pw in (k / "server.properties").read_text()  # the brokers' own logins
+
+
 def test_the_broker_takes_no_plaintext_client(secured: Settings) -> None:
     before = end(secured, secured.study_topic)
     # the bare bootstrap list: a plaintext client, as every client was before

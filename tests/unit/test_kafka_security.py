@@ -31,12 +31,14 @@ def test_sasl_ssl_broker(tmp_path: Path) -> None:
     for line in (
         "listeners=SASL_SSL://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
         "inter.broker.listener.name=SASL_SSL",
-        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT",
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
         "sasl.enabled.mechanisms=SCRAM-SHA-512",
         "ssl.keystore.type=PEM",
         "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "allow.everyone.if.no.acl.found=false",
-        "super.users=User:strata-admin;User:ANONYMOUS",
+        "super.users=User:strata-admin",  # no ANONYMOUS: the controller listener asks too
     ):
         assert line in props
     ks = tmp_path / "kafka" / "tls" / "keystore.pem"
