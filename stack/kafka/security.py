@@ -181,6 +181,7 @@ def acl_table(settings: Settings, mirror_source: str = "") -> list[Grant]:
     Idempotent producers need no cluster IDEMPOTENT_WRITE since Kafka 3.0 (KIP-679: WRITE
     on a topic implies it)."""
     study, quar, dr = settings.study_topic, settings.quarantine_topic, settings.dr_topic
+    audit = settings.audit_topic
     g = []
 
     def topic(p: str, name: str, *ops: str, prefixed: bool = False) -> None:
@@ -194,8 +195,12 @@ def acl_table(settings: Settings, mirror_source: str = "") -> list[Grant]:
     topic(INGEST, study, W, R, D)
     topic(INGEST, quar, W, R, D)
     topic(INGEST, dr, R, D)
+    topic(INGEST, audit, W, D)  # its audit events (common/audit.py)
     group(INGEST, "strata-relay-recovery", prefixed=True)
     group(INGEST, "strata-dr-read", prefixed=True)
+    # DR synchronous mode (ingest/peersync.py): it reads the peer's study topic in these groups
+    # (at the peer: the same principal and password, docs/security.md)
+    group(INGEST, "strata-dr-sync", prefixed=True)
     # index node: reads both topics into the index (faust, its group and internal topics
     # named after STRATA_INDEX_GROUP), writes its decisions (StudyStable, tier moves, deletes,
     # access records) on the study topic; an index replica relays its own STOW outbox (study
@@ -203,6 +208,7 @@ def acl_table(settings: Settings, mirror_source: str = "") -> list[Grant]:
     topic(INDEX, study, R, W, D)
     topic(INDEX, quar, R, W, D)
     topic(INDEX, dr, R, D)
+    topic(INDEX, audit, R, W, D)  # its readers' audit events; the audit agent indexes them
     topic(INDEX, settings.index_group, R, W, D, C, DC, prefixed=True)
     group(INDEX, settings.index_group, prefixed=True)
     for p in ("strata-index-probe", "strata-lifecycle-probe", "strata-replay", "strata-watch",
@@ -218,6 +224,10 @@ def acl_table(settings: Settings, mirror_source: str = "") -> list[Grant]:
     topic(OPERATOR, study, R, W, D)
     topic(OPERATOR, quar, R, D)
     topic(OPERATOR, dr, R, W, D)
+    # its own audit events (reading the audit trail is audited), and 'strata audit export'
+    # (processors/audit_export.py) reads the trail
+    topic(OPERATOR, audit, R, W, D)
+    group(OPERATOR, settings.audit_export_group)
     for p in ("strata-dr-read", "strata-dr-status", "strata-read", "strata-replay",
               "strata-pit", "strata-replay-probe"):  # fmt: skip
         group(OPERATOR, p, prefixed=True)
@@ -225,8 +235,8 @@ def acl_table(settings: Settings, mirror_source: str = "") -> list[Grant]:
     # MirrorMaker 2 (stack/mirror.py): at the source it reads the source-of-truth topics; at
     # the target it writes them, its own internal topics (mm2-*, heartbeats, checkpoints,
     # offset syncs) transactionally (exactly-once source), and syncs the groups' offsets.
-    for t in (study, quar, dr):
-        topic(MIRROR, t, R, W, D, DC)
+    for t in kafka.source_of_truth_topics(settings):
+        topic(MIRROR, t.name, R, W, D, DC)
     for t in ("mm2-", "heartbeats", f"{mirror_source or settings.dr_peer_site or 'peer'}."):
         topic(MIRROR, t, R, W, D, C, DC, prefixed=True)
     group(MIRROR, "*", R, D)  # offset sync: every group of the archive's topics

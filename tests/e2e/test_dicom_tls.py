@@ -344,3 +344,35 @@ def test_the_operator_writes_events_through_sasl_ssl(hstack: tuple[Stack, tls.Pk
     study = "1.2.826.0.1.3680043.10.999.20"
     s.cli("hold", "place", study, "--reason", "kafka acl check", "--by", "e2e")
     assert wait_for(lambda: study in s.cli("hold", "list").stdout, 30, step=0.2)
+
+
+def test_the_audit_trail_goes_through_sasl_ssl(
+    hstack: tuple[Stack, tls.Pki], tmp_path: Path
+) -> None:
+    """The ingest node (strata-ingest) and the index node (strata-index) write their audit
+    events to the audit topic, and the index reads them into the audit table. The emitter
+    never fails the audited operation, so a refused write would only show here."""
+    s, pki = hstack
+    files = ct_series(tmp_path / "audited", 1, patient_id="KAFKA-AUDIT")
+    study = pydicom.dcmread(str(files[0])).StudyInstanceUID
+    r = _storescu(s, _tls_args(pki, "MODALITY"), files)
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: _find_study(s, pki, study, tmp_path / "find"), 60, step=0.5)
+
+    def audited() -> set[tuple[str, str]]:
+        events = json.loads(s.cli("audit", "--since", "month", "--json").stdout)
+        return {(e["action"], e["service"]) for e in events}
+
+    assert wait_for(lambda: {("store", "ingest"), ("query", "index")} <= audited(), 60, step=0.5)
+
+
+def test_no_request_of_the_archive_was_refused_by_kafka(hstack: tuple[Stack, tls.Pki]) -> None:
+    """Last in this module: every service and CLI command above ran as its own principal,
+    and the broker (which logs each request its ACLs refuse) refused none of them."""
+    s, _ = hstack
+    denied = [
+        line
+        for line in (s.home / "logs" / "kafka.log").read_text().splitlines()
+        if "Denied" in line
+    ]
+    assert denied == []

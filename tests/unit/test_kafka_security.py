@@ -74,6 +74,14 @@ def test_who_writes_which_topic() -> None:
         security.OPERATOR,
         security.MIRROR,
     }
+    # the audit trail: the processes that audit (ingest, index, the CLI) and the mirror
+    assert writers(s, s.audit_topic) == {
+        security.INGEST,
+        security.INDEX,
+        security.OPERATOR,
+        security.MIRROR,
+    }
+    assert not writers(s, s.audit_topic) & {security.ROUTER, security.DR_COPIER}
     assert all(g.principal != security.ADMIN for g in security.acl_table(s))  # super user
     assert len(security.bindings(security.acl_table(s))) == sum(
         len(g.ops) for g in security.acl_table(s)
