@@ -235,8 +235,8 @@ def acl_table(settings: Settings, mirror_source: str = "") -> list[Grant]:
     # MirrorMaker 2 (stack/mirror.py): at the source it reads the source-of-truth topics; at
     # the target it writes them, its own internal topics (mm2-*, heartbeats, checkpoints,
     # offset syncs) transactionally (exactly-once source), and syncs the groups' offsets.
-    for t in kafka.source_of_truth_topics(settings):
-        topic(MIRROR, t.name, R, W, D, DC)
+    for spec in kafka.source_of_truth_topics(settings):
+        topic(MIRROR, spec.name, R, W, D, DC)
     for t in ("mm2-", "heartbeats", f"{mirror_source or settings.dr_peer_site or 'peer'}."):
         topic(MIRROR, t, R, W, D, C, DC, prefixed=True)
     group(MIRROR, "*", R, D)  # offset sync: every group of the archive's topics
