@@ -41,6 +41,8 @@ deps:
 	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
 	test -f /usr/share/orthanc/plugins/libOrthancGdcm.so || missing="$$missing orthanc-gdcm"; \
 	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	test -x /usr/sbin/rsyslogd || missing="$$missing rsyslog"; \
+	ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || missing="$$missing rsyslog-gnutls"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "please install:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; fi; \

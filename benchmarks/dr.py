@@ -2,10 +2,15 @@
 ingest at A through storescu, kill -9 of every process of site A mid-run, promote B, then every
 instance storescu logged as acknowledged must be queryable and retrievable byte-identical at B.
 
-Prints RPO (acknowledged instances missing at B and the seconds of ingest they span) and RTO
-(seconds from A's death until B answers C-FIND and accepts C-STORE).
+Prints RPO (acknowledged instances missing at B and the seconds of ingest they span), RTO
+(seconds from A's death until B answers C-FIND and accepts C-STORE), the ingest rate and the
+acknowledgement latency (p50/p99, from storescu's Store Request to its Store Response).
 
     .venv/bin/python -m benchmarks.dr --instances 200 [--kill-after 0.6] [--keep DIR]
+        [--mode async|sync|both]
+
+``--mode both`` (the default) runs the drill on a fresh pair of sites in each mode, one after
+the other, at the same offered load, and prints them side by side.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.settings import Settings
 from tests.support.dcmtk import dcmtk_env, findscu, storescu
 from tests.support.sites import Sites, kill_site, make_sites
 from tests.support.stack import Stack
 from tests.support.synthetic import ct_series
+from tests.support.wait import wait_for
 
 
 @dataclass
@@ -39,11 +46,26 @@ class Sender:
     batch: int = 5
     rate: float = 0.0  # instances/s at most (0 = as fast as storescu goes)
     acked: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)  # file -> request-to-response s
     stopped: threading.Event = field(default_factory=threading.Event)
+    senders: int = 1  # storescu processes at once (each on its share of the batches)
 
     def run(self) -> None:
+        if self.senders <= 1:
+            self._run(0, 1)
+            return
+        ts = [
+            threading.Thread(target=self._run, args=(k, self.senders), daemon=True)
+            for k in range(self.senders)
+        ]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    def _run(self, k: int, n: int) -> None:
         t0 = time.monotonic()
-        for i in range(0, len(self.files), self.batch):
+        for i in range(k * self.batch, len(self.files), self.batch * n):
             if self.rate > 0:  # sustained ingest, as modalities send: not one burst
                 self.stopped.wait(max(0.0, t0 + i / self.rate - time.monotonic()))
             if self.stopped.is_set():
@@ -55,13 +77,17 @@ class Sender:
                 env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
             current = None
+            sent = 0.0
             assert p.stdout is not None
             for line in p.stdout:
                 m = re.search(r"Sending file: (.+)$", line)
                 if m:
                     current = m.group(1).strip()
+                elif "Sending Store Request" in line:
+                    sent = time.time()
                 elif "Received Store Response (Success)" in line and current:
                     self.acked[current] = time.time()
+                    self.latency[current] = self.acked[current] - sent
             p.wait()
             if p.returncode != 0 and self.stopped.is_set():
                 return
@@ -153,17 +179,31 @@ def _answers_find(port: int) -> bool:
         return False
 
 
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[min(len(v) - 1, int(q * len(v)))], 3)
+
+
 def drill(
-    sites: Sites, work: Path, instances: int = 100, kill_after: float = 0.6, rate: float = 4.0
+    sites: Sites,
+    work: Path,
+    instances: int = 100,
+    kill_after: float = 0.6,
+    rate: float = 4.0,
+    senders: int = 2,
 ) -> dict[str, Any]:
-    """Run the drill on started sites (A primary of epoch 1, B following); returns the numbers."""
+    """Run the drill on started sites (A primary of epoch 1, B following); returns the numbers.
+    ``senders`` storescu run at once, sharing the offered ``rate``."""
     a, b = sites.a, sites.b
+    mode = a.env.get("STRATA_DR_MODE", "async")
     files: list[Path] = []
     per_study = 20
     for i in range((instances + per_study - 1) // per_study):
         n = min(per_study, instances - i * per_study)
         files += ct_series(work / f"s{i}", n, patient_id=f"DR{i:04d}")
-    sender = Sender(int(a.env["STRATA_INGEST_PORT"]), files, rate=rate)
+    sender = Sender(int(a.env["STRATA_INGEST_PORT"]), files, rate=rate, senders=senders)
     t = threading.Thread(target=sender.run, daemon=True)
     t_start = time.time()
     t.start()
@@ -174,6 +214,7 @@ def drill(
     sender.stopped.set()
     t.join(60)
     acked = dict(sender.acked)
+    latencies = [sender.latency[f] for f in acked if f in sender.latency]
     # Fail over: promote B, then measure until B answers C-FIND and accepts C-STORE.
     b.cli("dr", "promote", "--reason", "drill: site A killed", "--by", "drill")
     probe = ct_series(work / "probe", 1, patient_id="DRPROBE")
@@ -189,16 +230,38 @@ def drill(
     rto = (max(find_ok, store_ok) - t_dead) if find_ok and store_ok else None
     sites.acked = sorted(acked)
     # What B holds of what A acknowledged: queryable (C-FIND) and byte-identical (gRPC).
-    time.sleep(3)  # the index at B applies what the mirror delivered before the kill
     uids = {f: _uids(Path(f))[2] for f in acked}
-    found, identical = holdings(b, list(acked))
+    if mode == "sync":
+        # Every acknowledged instance's event and bytes are at B: wait (bounded) for B's
+        # index to apply the events, then measure.
+        want = set(uids.values())
+        seen: list[tuple[set[str], set[str]]] = []
+
+        def complete() -> bool:
+            seen[:] = [holdings(b, list(acked))]
+            return want <= seen[0][0] and want <= seen[0][1]
+
+        wait_for(complete, 90, step=1.0)
+        found, identical = seen[0]
+    else:
+        time.sleep(3)  # the index at B applies what the mirror delivered before the kill
+        found, identical = holdings(b, list(acked))
     missing = [f for f in acked if uids[f] not in found or uids[f] not in identical]
     span = (max(acked[f] for f in missing) - min(acked[f] for f in missing)) if missing else 0.0
+    first = min(acked.values()) if acked else t_start
     return {
+        "mode": mode,
         "instances_planned": instances,
         "acknowledged": len(acked),
         "rate_per_s": rate,
+        "senders": senders,
         "ingest_seconds_before_kill": round(t_dead - t_start, 1),
+        # acknowledged instances per second from the first acknowledgement to the kill
+        "ingest_rate_per_s": round((len(acked) - 1) / max(1e-3, t_dead - first), 2)
+        if acked
+        else 0.0,
+        "ack_latency_p50_s": _pct(latencies, 0.50),
+        "ack_latency_p99_s": _pct(latencies, 0.99),
         "killed": killed,
         "queryable_at_b": len([f for f in acked if uids[f] in found]),
         "identical_at_b": len([f for f in acked if uids[f] in identical]),
@@ -226,8 +289,11 @@ def wait_following(sites: Sites, timeout: float = 300.0) -> float:
     raise AssertionError(f"B did not receive A's epoch within {timeout:.0f}s (mirror not running)")
 
 
-def setup(root: Path) -> Sites:
+def setup(root: Path, mode: str = "async") -> Sites:
+    """Two sites, A primary (epoch 1) in ``mode`` (STRATA_DR_MODE), B following it."""
     sites = make_sites(root)
+    sites.a.env["STRATA_DR_MODE"] = mode
+    sites.a.settings = Settings.from_env(sites.a.env)
     sites.up()
     try:
         sites.a.cli("dr", "promote", "--reason", "initial primary", "--by", "drill")
@@ -244,18 +310,45 @@ def main() -> int:
     ap.add_argument("--instances", type=int, default=200)
     ap.add_argument("--kill-after", type=float, default=0.6)
     ap.add_argument("--rate", type=float, default=4.0, help="instances/s sent to A")
+    ap.add_argument("--senders", type=int, default=2, help="storescu processes at once")
+    ap.add_argument("--mode", choices=("async", "sync", "both"), default="both")
     ap.add_argument("--keep", help="directory of the two sites (kept); default a temp dir")
     args = ap.parse_args()
-    root = Path(args.keep or tempfile.mkdtemp(prefix="strata-dr-"))
-    sites = setup(root)
-    try:
-        out = drill(sites, root / "files", args.instances, args.kill_after, args.rate)
-        print(json.dumps(out, indent=2))
-    finally:
-        sites.down()
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+    results = []
+    for mode in ("async", "sync") if args.mode == "both" else (args.mode,):
+        root = Path(args.keep or tempfile.mkdtemp(prefix="strata-dr-")) / mode
+        sites = setup(root, mode)
+        try:
+            out = drill(
+                sites, root / "files", args.instances, args.kill_after, args.rate, args.senders
+            )
+            print(json.dumps(out, indent=2), flush=True)
+            results.append(out)
+        finally:
+            sites.down()
+            if not args.keep:
+                shutil.rmtree(root.parent, ignore_errors=True)
+    print(side_by_side(results))
     return 0
+
+
+def side_by_side(results: list[dict[str, Any]]) -> str:
+    rows = [
+        ("offered load (instances/s)", "rate_per_s"),
+        ("storescu at once", "senders"),
+        ("acknowledged before the kill", "acknowledged"),
+        ("ingest rate (acknowledged/s)", "ingest_rate_per_s"),
+        ("acknowledgement latency p50 (s)", "ack_latency_p50_s"),
+        ("acknowledgement latency p99 (s)", "ack_latency_p99_s"),
+        ("RPO: acknowledged missing at B", "rpo_instances"),
+        ("RPO: seconds of ingest missing", "rpo_seconds"),
+        ("RTO (s)", "rto_seconds"),
+    ]
+    head = f"{'':34}" + "".join(f"{r['mode']:>10}" for r in results)
+    lines = [head] + [
+        f"{label:34}" + "".join(f"{str(r.get(k)):>10}" for r in results) for label, k in rows
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def _base_env() -> dict[str, str]:
 
 def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
     from stack import mirror
+    from stack.kafka import security as kafka_security
 
     ep = current_epoch(settings, settings.dr_topic)
     if ep and ep.primary_site == settings.dr_site:
@@ -44,7 +45,12 @@ def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
         )
     mirror.start(settings)
     copier_proc(settings).start(
-        [sys.executable, "-m", "cli.main", "dr", "copier"], env={**_base_env(), **settings.to_env()}
+        [sys.executable, "-m", "cli.main", "dr", "copier"],
+        env={
+            **_base_env(),
+            **settings.to_env(),
+            **kafka_security.principal_env(settings, "dr-copier"),
+        },
     )
     print(
         f"site {settings.dr_site or '-'} follows {settings.dr_peer_site or '-'} "
@@ -308,6 +314,15 @@ def status(settings: Settings) -> dict[str, Any]:
     out["accepts_ingest"] = ok
     if why:
         out["fenced"] = why
+    out["mode"] = settings.dr_mode
+    if settings.dr_mode == "sync":
+        # from this site's ingest node (its /healthz): refusals since it started because the
+        # peer did not confirm in time, and whether its watcher reads the peer's log
+        from stack.local import health
+
+        h = health(settings.bind_host, settings.ingest_http_port) or {}
+        out["unconfirmed"] = h.get("dr_unconfirmed", "ingest not answering")
+        out["sync_peer_log"] = h.get("dr_peer_log", "unknown")
     if out["mirror"] == "running" and settings.dr_peer_bootstrap:
         out.update(lag(settings))
     out["copier_backlog_events"] = copier_backlog(settings)

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cli import audit as cli_audit
 from common.errors import StrataError
 from common.settings import Settings
 
@@ -58,7 +59,13 @@ def _profile_line(settings: Settings) -> str:
     else:
         dicom = "DICOM TLS off"
     checks = "AE checks on" if sec.ae_checks else "AE checks off"
-    return f"security profile: {sec.profile} ({dicom}; {checks}; listeners on {settings.bind_host})"
+    from common.kafka import security
+
+    k = "Kafka SASL_SSL + ACLs" if security(settings).sasl else "Kafka plaintext"
+    return (
+        f"security profile: {sec.profile} ({dicom}; {checks}; {k}; "
+        f"listeners on {settings.bind_host})"
+    )
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
@@ -225,6 +232,7 @@ def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{len(rows)} set-aside events")
         return 0
     n = outbox.redrive([int(x) for x in args.seq] if args.seq else None)
+    cli_audit.outbox_redriven(settings, args.seq, n)
     print(f"re-driven {n} events: the relay publishes them next")
     return 0
 
@@ -636,6 +644,7 @@ def cmd_hold(settings: Settings, args: argparse.Namespace) -> int:
             hold_id=args.hold_id, reason=args.reason, released_by=_operator(args)
         )
     _emit(settings, args.study, payload)
+    cli_audit.hold(settings, args.action, args.study, args.hold_id, _operator(args))
     done = "placed on" if args.action == "place" else "released from"
     print(f"legal hold {args.hold_id!r} {done} study {args.study}")
     return 0
@@ -825,6 +834,7 @@ def parser() -> argparse.ArgumentParser:
     route.add_parser(sub)
     sql.add_parser(sub)
     dr.add_parser(sub)
+    cli_audit.add_parser(sub)
     h = sub.add_parser("hold", help="legal holds: a held study is never deleted")
     h.add_argument("action", choices=["place", "release", "list"])
     h.add_argument("study", nargs="?", default="", help="StudyInstanceUID")

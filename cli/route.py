@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from cli import audit as cli_audit
 from common.errors import NotFound, StrataError
 from common.settings import Settings
 
@@ -154,6 +155,7 @@ def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
     )
     if p.flush(30) or errors:
         raise StrataError(f"the re-drive was not recorded: {errors or 'Kafka timed out'}")
+    cli_audit.route_redriven(settings, d["route_id"], d["study_uid"], len(instances), args.by)
     print(f"route {d['route_id']}: re-driven ({len(instances)} instances to {d['destination']})")
     return 0
 

@@ -32,10 +32,15 @@ def serve_ingest(settings: Settings) -> None:
 
 
 def serve_ingest_worker(settings: Settings) -> None:
+    from common import audit
     from ingest.node import run_worker
 
     _logging()
-    run_worker(settings)
+    audit.configure(settings, "ingest")  # this worker's audit emitter (common/audit.py)
+    try:
+        run_worker(settings)
+    finally:
+        audit.close()
 
 
 def serve_router(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -110,6 +115,7 @@ def serve_index(settings: Settings) -> None:
     """The index node: faust processors materializing the index, and every reader of it (the
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
     the embedded index (chDB allows one process per data path)."""
+    from common import audit
     from common.auth import from_settings as auth_from_settings
     from dicomnet.acceptor import Config
     from dicomnet.tls import acceptor_security, move_tls_contexts
@@ -127,6 +133,7 @@ def serve_index(settings: Settings) -> None:
     from stack import viewer
 
     _logging()
+    audit.configure(settings, "index")  # the readers' audit emitter (common/audit.py)
     authz = auth_from_settings(settings)  # None with STRATA_AUTH_MODE=off
     index = IndexStore(settings.index_dsn, settings.clickhouse_database)
     index.migrate()
@@ -242,6 +249,7 @@ def serve_index(settings: Settings) -> None:
         index.close()
         if relay is not None:
             relay.stop()
+        audit.close()
 
 
 def _replica_relay(settings: Settings) -> Any:

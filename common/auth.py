@@ -18,6 +18,7 @@ logs of a PHI archive).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 
 import jwt
 
+from common import audit
 from common.errors import Invalid, StrataError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -356,7 +358,16 @@ def dicomweb_middleware(authz: Authorizer, prefix: str) -> Any:
         try:
             await asyncio.to_thread(authz.check, request.headers.get("Authorization"), need)
         except AuthError as exc:
-            return http_refusal(authz, exc)
+            resp = http_refusal(authz, exc)
+            audit.auth_failed(
+                "dicomweb",
+                request.remote or "",
+                request.headers.get("Authorization"),
+                str(exc),
+                f"{request.method} {request.path}",
+                resp.status,
+            )
+            return resp
         except Unavailable as exc:
             return web.json_response({"error": str(exc)}, status=503)
         resp = await handler(request)
@@ -403,6 +414,8 @@ def admin_refusal(
     try:
         authz.check(authorization, ADMIN)
     except AuthError as exc:
+        status = 403 if isinstance(exc, Forbidden) else 401
+        audit.auth_failed("http", remote or "", authorization, str(exc), "admin", status)
         return (
             (403 if isinstance(exc, Forbidden) else 401),
             {"error": str(exc)},
@@ -439,13 +452,18 @@ def grpc_interceptor(authz: Authorizer) -> Any:
                     if isinstance(exc, Forbidden)
                     else grpc.StatusCode.UNAUTHENTICATED
                 )
-                return _refuse(continuation(details), code, str(exc))
+                refused = functools.partial(
+                    audit.grpc_auth_failed, md.get("authorization"), str(exc), method, code.name
+                )
+                return _refuse(continuation(details), code, str(exc), refused)
             except Unavailable as exc:
                 return _refuse(continuation(details), grpc.StatusCode.UNAVAILABLE, str(exc))
             return continuation(details)
 
-    def _refuse(handler: Any, code: Any, text: str) -> Any:
+    def _refuse(handler: Any, code: Any, text: str, refused: Any = None) -> Any:
         def abort(_req: Any, context: Any) -> Any:
+            if refused is not None:
+                refused(context.peer())  # the audit record (common/audit.py)
             context.abort(code, text)
 
         if handler is None:

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -50,12 +51,86 @@ def peer(settings: Settings) -> Settings:
     return dataclasses.replace(settings, kafka_bootstrap=settings.dr_peer_bootstrap)
 
 
+# ------------------------------------------------------------------ security
+
+SECURITY_MODES = ("plaintext", "sasl_ssl")
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+OPERATOR = "strata-operator"  # the principal of a process given none (the CLI's)
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How a process connects to Kafka (docs/security.md, "Kafka: SASL_SSL and ACLs")."""
+
+    mode: str  # plaintext | sasl_ssl
+    user: str = ""
+    password_file: str = ""
+    ca: str = ""
+
+    @property
+    def sasl(self) -> bool:
+        return self.mode == "sasl_ssl"
+
+    def password(self) -> str:
+        try:
+            return Path(self.password_file).read_text().strip()
+        except OSError as exc:
+            raise Unavailable(
+                f"Kafka password of {self.user} unreadable ({self.password_file}): {exc}"
+            ) from exc
+
+
+def credentials_dir(settings: Settings) -> Path:
+    """Where the local stack keeps the generated SCRAM passwords, one file per principal."""
+    return settings.kafka_dir / "credentials"
+
+
+def password_file(settings: Settings, user: str) -> Path:
+    return credentials_dir(settings) / f"{user}.password"
+
+
+def security(cluster: Cluster) -> KafkaSecurity:
+    """The connection security of ``cluster``'s settings: STRATA_KAFKA_SECURITY (auto:
+    sasl_ssl in the hardened profile), the process's principal and its password file, the CA
+    the brokers are verified against. A bare bootstrap list is the plaintext default."""
+    s = cluster_settings(cluster)
+    mode = s.kafka_security.strip().lower()
+    if mode == "auto":
+        mode = "sasl_ssl" if s.profile == "hardened" else "plaintext"
+    if mode not in SECURITY_MODES:
+        raise ValueError(
+            f"STRATA_KAFKA_SECURITY={s.kafka_security!r}: expected auto|plaintext|sasl_ssl"
+        )
+    if mode == "plaintext":
+        return KafkaSecurity(mode)
+    user = s.kafka_user or OPERATOR
+    return KafkaSecurity(
+        mode,
+        user,
+        s.kafka_password_file or str(password_file(s, user)),
+        s.kafka_ca or str(s.home / "pki" / "ca.pem"),
+    )
+
+
 def client_config(cluster: Cluster, role: str) -> dict[str, Any]:
     """The base librdkafka config of every client: where the cluster is and who is asking
     (``client.id`` strata-<node>-<role>, in the broker's logs and request metrics). Connection
     security (security.protocol, sasl.*, ssl.*) belongs here and nowhere else."""
     s = cluster_settings(cluster)
-    return {"bootstrap.servers": s.kafka_bootstrap, "client.id": f"strata-{s.node_name}-{role}"}
+    base = {"bootstrap.servers": s.kafka_bootstrap, "client.id": f"strata-{s.node_name}-{role}"}
+    sec = security(s)
+    if not sec.sasl:
+        return base
+    return {
+        **base,
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": SCRAM_MECHANISM,
+        "sasl.username": sec.user,
+        "sasl.password": sec.password(),
+        "ssl.ca.location": sec.ca,
+        # the broker's certificate must name the host connected to (librdkafka's default, stated)
+        "ssl.endpoint.identification.algorithm": "https",
+    }
 
 
 # Every producer is idempotent with acks=all: an event is acknowledged only once every in-sync
@@ -81,6 +156,17 @@ PRODUCER_PROFILES: Mapping[str, Mapping[str, Any]] = {
     "decisions": {**_DURABLE, "linger.ms": 5, "socket.nagle.disable": True},
     # Access records (processors/lifecycle/emitter.py, AccessRecorder): many, none waited on.
     "access": {**_DURABLE, "linger.ms": 50},
+    # The audit trail (common/audit.py): never waited on by the audited operation; a record
+    # not acknowledged in 10 s is given back (its delivery report fails) and kept in the
+    # process's local spool until Kafka takes it.
+    "audit": {
+        **_DURABLE,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 10_000,
+        "socket.nagle.disable": True,
+        "reconnect.backoff.max.ms": 1000,
+    },
     # A log loaded as fast as the broker takes it (benchmarks): big batches, errors reported.
     "bulk": {
         **_DURABLE,
@@ -196,7 +282,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     """The Kafka side of the index node's faust app (processors/app.py), from the same settings:
     faust talks to the cluster through aiokafka, not librdkafka, so these are faust's names for
     the same things (security: faust's broker_credentials, from what client_config uses)."""
-    return {
+    out: dict[str, Any] = {
         "broker": [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
         "consumer_auto_offset_reset": "earliest",
         "topic_replication_factor": settings.topic_replicas,
@@ -206,6 +292,22 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_heartbeat_interval": 2.0,
         "producer_acks": -1,
     }
+    sec = security(settings)
+    if sec.sasl:
+        import ssl
+
+        import faust
+
+        # TLS 1.2+, the brokers verified against the CA and their host name
+        ctx = ssl.create_default_context(cafile=sec.ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        out["broker_credentials"] = faust.SASLCredentials(
+            username=sec.user,
+            password=sec.password(),
+            mechanism=SCRAM_MECHANISM,
+            ssl_context=ctx,
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -248,6 +350,7 @@ def source_of_truth_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.study_topic, settings.study_partitions, forever),
         TopicSpec(settings.quarantine_topic, 1, forever),
         TopicSpec(settings.dr_topic, 1, forever),  # geo-redundancy epochs (docs/dr.md)
+        TopicSpec(settings.audit_topic, 1, forever),  # the audit trail (common/audit.py)
     ]
 
 

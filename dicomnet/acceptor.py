@@ -149,6 +149,10 @@ class Association:
     def counted(self, outcome: str) -> None:
         """An association was 'accepted' or 'rejected' (for metrics)."""
 
+    def rejected(self, rq: dul.AssociateRQ, reason: int) -> None:
+        """An A-ASSOCIATE-RQ was answered A-ASSOCIATE-RJ with ``reason`` (the SCPs record it
+        in the audit trail)."""
+
     def busy(self) -> bool:
         """Whether an operation is running: then silence from the peer is no timeout."""
         return False
@@ -236,6 +240,7 @@ class Association:
         if reject is not None:
             self.send(dul.associate_rj(dul.RJ_PERMANENT, *reject), quiet=True)
             self.counted("rejected")
+            self.rejected(rq, reject[1])
             log.warning(
                 "association rejected for calling AE %s (reason %d)", rq.calling_ae, reject[1]
             )
@@ -544,6 +549,9 @@ class Server:
     def connection_counted(self, outcome: str) -> None:
         """A connection was 'refused' at a cap or an idle one 'evicted' (for metrics)."""
 
+    def handshake_refused(self, peer: str, why: str) -> None:
+        """A TLS handshake failed (the SCPs record it in the audit trail)."""
+
     def _refuse(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         self.refused += 1
         self.connection_counted("refused")
@@ -579,6 +587,7 @@ class Server:
             why = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else type(exc).__name__
             log.warning("TLS handshake with %s:%d failed: %s", *peer, why)
             self.handshake_failed += 1
+            self.handshake_refused(f"{peer[0]}:{peer[1]}", str(why))
             self.connection_counted("tls-failed")
             with contextlib.suppress(OSError):
                 rec.sock.close()

@@ -52,3 +52,8 @@ QUARANTINE_FILES = Gauge(
     "Refused objects kept in quarantine",
     multiprocess_mode="livemax",
 )
+DR_UNCONFIRMED = Counter(
+    "strata_ingest_dr_unconfirmed_total",
+    "Sync geo-redundancy: instances stored here but refused (A730) because the second site did "
+    "not confirm them in time",
+)

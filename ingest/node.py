@@ -58,6 +58,7 @@ def run_node(settings: Settings) -> None:
         on_set_aside=metrics.SET_ASIDE.inc,
     )
     relay.start()
+    watcher = _dr_sync_watcher(settings)
     quarantine = build_quarantine(settings)
     quarantine_use = [quarantine.sweep()]  # retention applied here too, every ~10 s
     n = settings.ingest_workers or os.cpu_count() or 1
@@ -67,6 +68,8 @@ def run_node(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+
+    from common.audit import spool_files
 
     def health() -> dict[str, Any]:
         alive = sum(1 for w in workers if w.poll() is None)
@@ -81,7 +84,13 @@ def run_node(settings: Settings) -> None:
             "quarantine_files": quarantine_use[0].files,
             "quarantine_bytes": quarantine_use[0].bytes,
             "quarantine_max_bytes": settings.quarantine_max_bytes,
+            "audit_spool_files": spool_files(settings),  # audit events not yet in Kafka
         }
+        if settings.dr_site:
+            state["dr_mode"] = settings.dr_mode
+            if watcher is not None:
+                state["dr_peer_log"] = "reachable" if watcher.peer_reachable else "unreachable"
+                state["dr_unconfirmed"] = _metric_total("strata_ingest_dr_unconfirmed_total")
         # Healthy = can accept and make durable. Kafka down with the spool working is
         # "degraded" (still accepting, durable locally), not unhealthy.
         state["status"] = "ok" if alive and relay.kafka_ok else ("degraded" if alive else "down")
@@ -126,6 +135,8 @@ def run_node(settings: Settings) -> None:
         except subprocess.TimeoutExpired:
             w.kill()
     relay.stop(drain_timeout=10.0)
+    if watcher is not None:
+        watcher.stop()
     server.shutdown()
     outbox.close()
     log.info("ingest node stopped (outbox depth %d)", outbox.depth())
@@ -158,6 +169,38 @@ def incoming_dir(settings: Settings) -> Path:
         incoming = incoming / name
     incoming.mkdir(parents=True, exist_ok=True)
     return incoming
+
+
+def _metric_total(name: str) -> float:
+    """The sum over the workers of a counter of the multiprocess directory."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
+
+
+def _dr_sync_watcher(settings: Settings) -> Any:
+    """Sync mode: the node's one watcher of the peer's confirmations (ingest/peersync.py)."""
+    if not settings.dr_site or sync_mode(settings) != "sync":
+        return None
+    from ingest.peersync import Confirmations, Watcher
+
+    w = Watcher(settings, Confirmations(peer_confirmed_path(settings)))
+    w.start()
+    return w
+
+
+def sync_mode(settings: Settings) -> str:
+    from common.errors import Invalid
+
+    if settings.dr_mode not in ("async", "sync"):
+        raise Invalid(f"STRATA_DR_MODE must be 'async' or 'sync', not {settings.dr_mode!r}")
+    return settings.dr_mode
+
+
+def peer_confirmed_path(settings: Settings) -> Path:
+    return settings.outbox_path.parent / "peer-confirmed.sqlite"
 
 
 def _http_server(settings: Settings, health: Any) -> ThreadingHTTPServer:
@@ -235,6 +278,20 @@ def build_store_service(settings: Settings) -> StoreService:
         cold=_cold_tier(settings),
         quarantine=build_quarantine(settings),
         fence=_dr_fence(settings),
+        sync=_dr_sync_gate(settings),
+    )
+
+
+def _dr_sync_gate(settings: Settings) -> Any:
+    """Sync mode: what an acknowledgement waits on (the peer's confirmation)."""
+    if not settings.dr_site or sync_mode(settings) != "sync":
+        return None
+    from ingest.peersync import Confirmations, Gate
+
+    return Gate(
+        Confirmations(peer_confirmed_path(settings)),
+        settings.dr_sync_timeout,
+        settings.dr_peer_site,
     )
 
 

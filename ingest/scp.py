@@ -33,6 +33,7 @@ from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
+from common import audit
 from dicomnet import acceptor, dul
 from dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config  # noqa: F401 - Config: the ingest node builds it from here
 from ingest import metrics, statuses
@@ -64,6 +65,7 @@ def respond(service: StoreService, rx: Received) -> tuple[int, str]:
     """Store ``rx`` and account for it: (status, error comment)."""
     t0 = time.perf_counter()
     outcome = service.store(rx)
+    audit.note_stored(outcome)  # into the association's audit record (per study)
     if outcome.ok:
         metrics.INSTANCES.labels("duplicate" if outcome.duplicate else "stored").inc()
         if outcome.event is not None:
@@ -72,6 +74,8 @@ def respond(service: StoreService, rx: Received) -> tuple[int, str]:
     else:
         metrics.INSTANCES.labels("refused").inc()
         metrics.REFUSED.labels(outcome.reason or "other").inc()
+        if outcome.reason == "peer-unconfirmed":
+            metrics.DR_UNCONFIRMED.inc()
         log.warning(
             "refused sop=%s from %s: 0x%04X %s",
             rx.sop_instance_uid,
@@ -120,16 +124,23 @@ class Association(acceptor.Association):
         self._rx_pc = 0
         self._limit = server.service.limits.max_object_bytes
         self._oversize = 0  # bytes of the dataset being discarded (0: none)
+        self._audit: audit.Transfers | None = None
 
     def negotiate(self, rq: dul.AssociateRQ) -> None:
         negotiate(rq)
+        who = audit.who_dicom(rq.calling_ae, rq.called_ae, self.sock)
+        self._audit = audit.begin_transfers("dicom", self.peer, who)
 
     def counted(self, outcome: str) -> None:
         metrics.ASSOCIATIONS.labels(outcome).inc()
 
+    def rejected(self, rq: dul.AssociateRQ, reason: int) -> None:
+        audit.association_rejected(self.peer, rq.calling_ae, rq.called_ae, reason, self.sock)
+
     def ended(self) -> None:
         if self._spool is not None:  # never acknowledged: never stored
             self._spool.discard()
+        audit.end_transfers(self._audit)  # one audit event per study of the association
 
     def between_messages(self) -> bool:
         return self._request is None and not self._cmd
@@ -310,3 +321,6 @@ class StoreServer(acceptor.Server):
 
     def connection_counted(self, outcome: str) -> None:
         metrics.ASSOCIATIONS.labels(outcome).inc()  # "refused" at a cap, "evicted"
+
+    def handshake_refused(self, peer: str, why: str) -> None:
+        audit.tls_refused(peer, why)

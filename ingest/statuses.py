@@ -20,3 +20,7 @@ OUT_OF_RESOURCES_OBJECT_TOO_LARGE = 0xA720
 # Refused: a Deflated Explicit VR Little Endian dataset inflates beyond the configured bound
 # (STRATA_MAX_INFLATED_BYTES; a deflate bomb). Not retryable as is, like A720.
 OUT_OF_RESOURCES_INFLATED_TOO_LARGE = 0xA721
+# Refused: synchronous geo-redundancy (docs/dr.md): the instance is stored here but the second
+# site did not confirm it in time. Retryable: PS3.4 B.2.3 gives C-STORE only A7xx (Refused: Out
+# of Resources) for "try again later"; A9xx and Cxxx say the object itself is wrong.
+OUT_OF_RESOURCES_PEER_UNCONFIRMED = 0xA730

@@ -103,6 +103,7 @@ class Outcome:
     event: pb.Envelope | None = None
     duplicate: bool = False
     reason: str = ""  # machine-readable refusal reason (metrics label), "" on success
+    event_id: str = ""  # the arrival's InstanceStored event (a duplicate's: the earlier one)
 
     @property
     def ok(self) -> bool:
@@ -139,6 +140,7 @@ class StoreService:
     cold: ReadTier | None = None  # where the lifecycle moves objects, when configured
     quarantine: Quarantine | None = None  # None: no quota (a Quarantine of quarantine_dir)
     fence: Any = None  # geo-redundancy (cli.dr.Fence): .reason() != "" = not the primary
+    sync: Any = None  # synchronous geo-redundancy (ingest.peersync.Gate); None = async
     _sampled_at: float = field(default=-1e9, init=False, repr=False)
     _depth: int = field(default=0, init=False, repr=False)
     _oldest: float = field(default=0.0, init=False, repr=False)
@@ -160,7 +162,7 @@ class StoreService:
         except Refused as r:
             return self._quarantine(rx, r, size, sha)
         try:
-            return self._accept(rx, ds, uids, size, sha)
+            outcome = self._accept(rx, ds, uids, size, sha)
         except Unavailable as exc:
             log.error("store of sop=%s failed: %s", rx.sop_instance_uid, exc)
             return Outcome(
@@ -168,6 +170,34 @@ class StoreService:
                 "storage unavailable",
                 reason="storage-unavailable",
             )
+        if self.sync is not None and outcome.ok:
+            return self._await_peer(outcome)
+        return outcome
+
+    def _await_peer(self, outcome: Outcome) -> Outcome:
+        """Sync mode: the success stands only once the peer site confirmed the arrival (its
+        log holds the InstanceReplicated of the event: bytes verified and stored there). A
+        duplicate waits for its earlier event, so a retry after a refusal below is
+        acknowledged only once the peer has it. Nothing is held while waiting (the outbox
+        transaction is committed). Not confirmed in time: the instance stays durable here
+        (it is not undone; the copier still copies it), the sender gets A730 and retries."""
+        if self.sync.wait(outcome.event_id):
+            return outcome
+        t = self.sync.timeout
+        log.warning(
+            "sync: %s did not confirm event %s within %gs: answered A730 (stored here)",
+            self.sync.peer_site,
+            outcome.event_id,
+            t,
+        )
+        return Outcome(
+            statuses.OUT_OF_RESOURCES_PEER_UNCONFIRMED,
+            f"second site {self.sync.peer_site} did not confirm in {t:g}s",
+            event=outcome.event,
+            duplicate=outcome.duplicate,
+            reason="peer-unconfirmed",
+            event_id=outcome.event_id,
+        )
 
     # ------------------------------------------------------------------ steps
     def _check_log_accepting(self) -> None:
@@ -258,11 +288,11 @@ class StoreService:
             # its object was durable: an idempotent duplicate while that object is still there.
             # Nothing is written again (a second copy in hot of an object the lifecycle has
             # since moved to cold would be an orphan nobody deletes).
+            assert latest is not None
             if self._object_present(key, size):
                 rx.path.unlink(missing_ok=True)
-                return Outcome(statuses.SUCCESS, duplicate=True)
+                return Outcome(statuses.SUCCESS, duplicate=True, event_id=latest[1])
             # Gone from every tier (end of retention, a lost disk): a new arrival.
-            assert latest is not None
             again_after = latest[1]
             log.warning(
                 "sop=%s: the object of its recorded arrival is gone; storing it again",
@@ -328,8 +358,12 @@ class StoreService:
             again_after=again_after,
         )
         if not getattr(appended, "new", True):
-            return Outcome(statuses.SUCCESS, duplicate=True)
-        return Outcome(statuses.SUCCESS, event=env)
+            return Outcome(
+                statuses.SUCCESS,
+                duplicate=True,
+                event_id=getattr(appended, "event_id", env.event_id),
+            )
+        return Outcome(statuses.SUCCESS, event=env, event_id=env.event_id)
 
     def _object_present(self, key: str, size: int) -> bool:
         """Is the object of a recorded arrival still there, in some tier?

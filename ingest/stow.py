@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 
+from common import audit
 from query.dicomweb.base import DICOM_JSON, WebDeps, _error, is_uid
 
 
@@ -81,7 +82,7 @@ class Stow:
                 return self._stow_response(
                     referenced, failed, 413, f"a part is larger than {self.d.max_part_bytes} bytes"
                 )
-            res = await self._run(self._store_one, tmp, study, peer)
+            res = await self._run(audit.in_context(self._store_one), tmp, study, peer)
             (referenced if res[0] else failed).append(res[1])
         if not referenced and not failed:
             return _error(400, "no DICOM part in the request")
@@ -161,6 +162,7 @@ class Stow:
                 via="stow",
             )
         )
+        audit.note_stored(out)  # into the request's audit record (per study)
         if out.ok:
             return True, item(cls, sop)
         return False, item(cls, sop, out.status, out.comment)

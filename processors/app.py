@@ -19,6 +19,7 @@ from common import kafka
 from common.auth import Authorizer, admin_middleware
 from common.settings import Settings
 from processors.agents import add_index_agents
+from processors.index import audit as audit_index
 from processors.index.store import IndexStore
 from processors.lifecycle import LifecycleProcessor
 from processors.timers import Barrier, add_timers, caught_up, index_lag
@@ -59,6 +60,7 @@ def create_app(
         },
     )
     applied = add_index_agents(app, settings, index)
+    audit_index.attach(app, settings, index)  # the audit topic -> its table, /audit
     caught_up_once = add_timers(app, settings, index, lifecycle)
     add_pages(app, settings, index, applied, caught_up_once)
     return app

@@ -102,7 +102,11 @@ class Copier:
             if st.location.tier != "hot":
                 self.result.skipped += 1  # cold objects are shared through S3 (docs/dr.md)
             elif self.hot.exists(st.location.key):
+                # Here already (a re-copy after a crash between the copy and its record, a
+                # rebuilt log): recorded all the same, else the fact is never in the log
+                # (sync mode waits for it; fail-back would list the instance as missing).
                 self.result.present += 1
+                self._record(env, st)
             else:
                 todo.setdefault((st.study_instance_uid, st.series_instance_uid), []).append(env)
         for (study, series), group in todo.items():
@@ -149,7 +153,7 @@ class Copier:
                         )  # fmt: skip
                         self.result.skipped += len(group)
                         break
-                    self.stop_event.wait(0.5)
+                    self.stop_event.wait(0.1)
 
     def _record(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
         rep = pb.InstanceReplicated(
@@ -193,7 +197,11 @@ class Copier:
         c.subscribe([self.settings.study_topic])
         try:
             while not self.stop_event.is_set():
-                msgs = [m for m in c.consume(200, 0.5) if not m.error()]
+                # poll() returns with the first record; consume(200, 0.5) would wait for 200 or
+                # the whole 0.5 s, in every acknowledgement of sync mode (docs/dr.md)
+                first = c.poll(0.5)
+                batch = [first, *c.consume(199, 0)] if first is not None else []
+                msgs = [m for m in batch if not m.error()]
                 if not msgs:
                     continue
                 envs = []

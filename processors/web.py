@@ -11,6 +11,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from common import audit
 from common.settings import Settings
 from processors.index import checksum, routing
 from processors.index.port import Index
@@ -31,7 +32,8 @@ def add_pages(
     async def healthz(web: Any, request: Any) -> Any:
         if settings.node_dir and not caught_up_once.is_set():
             return web.json({"status": "catching-up", "applied": applied["n"]}, status=503)
-        return web.json({"status": "ok", "applied": applied["n"]})
+        spooled = audit.spool_files(settings)  # audit events not yet in Kafka (common/audit.py)
+        return web.json({"status": "ok", "applied": applied["n"], "audit_spool_files": spooled})
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

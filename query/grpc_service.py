@@ -33,6 +33,7 @@ from processors.index.port import Index
 from processors.index.search import columns
 from proto.strata.v1 import query_pb2 as q
 from proto.strata.v1 import query_pb2_grpc as q_grpc
+from query.audit import grpc_interceptor as audit_interceptor
 from query.find import FindQuery, to_json
 from query.retrieve import ObjectSource, local_paths, locate
 
@@ -414,7 +415,11 @@ def serve(deps: Deps, host: str, port: int, workers: int = 16, auth: Any = None)
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ],
         # bearer tokens (common.auth): health checking stays open
-        interceptors=[grpc_interceptor(auth)] if auth is not None else None,
+        # and the audit record of each call (query/audit.py), inside the auth check
+        interceptors=[
+            *([grpc_interceptor(auth)] if auth is not None else []),
+            audit_interceptor(deps.index),
+        ],
     )
     q_grpc.add_QueryServiceServicer_to_server(QueryService(deps), server)
     health_servicer = health.HealthServicer()

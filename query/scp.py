@@ -43,6 +43,7 @@ from pynetdicom.sop_class import (
 )
 
 from archive import transcode
+from common import audit
 from common.errors import DeadlineExceeded, Invalid, NotFound, Unavailable
 from dicomnet import acceptor, dul
 from dicomnet.requestor import (
@@ -54,6 +55,7 @@ from dicomnet.requestor import (
     store_command,
 )
 from processors.index.port import Index
+from query import audit as qaudit
 from query.find import find_rows, parse_identifier, to_bytes
 from query.retrieve import Located, ObjectSource, local_paths, locate
 
@@ -141,6 +143,9 @@ class QueryServer(acceptor.Server):
         self.held = HeldSyntaxes(services.index)
         super().__init__(cfg, address, QueryAssociation)
 
+    def handshake_refused(self, peer: str, why: str) -> None:
+        audit.tls_refused(peer, why)
+
 
 def negotiate(rq: dul.AssociateRQ, held: Callable[[str], frozenset[str]] | None = None) -> None:
     """Q/R and verification in a syntax identifiers are read in; storage SOP classes only
@@ -226,6 +231,7 @@ class QueryAssociation(acceptor.Association):
         self._running = False
         self._started = 0.0
         self._gone = threading.Event()
+        self._audit_op: qaudit.QrOperation | None = None  # the running operation's audit record
         self._worker = threading.Thread(target=self._work_loop, name="qr-worker", daemon=True)
         self._worker.start()
 
@@ -240,6 +246,9 @@ class QueryAssociation(acceptor.Association):
 
     def counted(self, outcome: str) -> None:
         ASSOCIATIONS.labels(outcome).inc()
+
+    def rejected(self, rq: dul.AssociateRQ, reason: int) -> None:
+        audit.association_rejected(self.peer, rq.calling_ae, rq.called_ae, reason, self.sock)
 
     def busy(self) -> bool:
         return self._running or not self._work.empty()
@@ -331,6 +340,7 @@ class QueryAssociation(acceptor.Association):
                 comment="missing or undecodable identifier",
             )
             return
+        self._audit_op = qaudit.qr_begin(self, cmd, pc.abstract_syntax, identifier)
         try:
             if field == dul.C_FIND_RQ:
                 self._find(pc, msg_id, identifier, implicit, little)
@@ -339,6 +349,7 @@ class QueryAssociation(acceptor.Association):
             else:
                 self._get(pc, msg_id, identifier)
         finally:
+            qaudit.qr_end(self._audit_op)  # its one audit event (the final status, or aborted)
             self._open.discard(msg_id)
             self._cancelled.discard(msg_id)
 
@@ -364,6 +375,7 @@ class QueryAssociation(acceptor.Association):
             op = _OPS.get(field, "other")
             OPERATIONS.labels(op, _outcome(status)).inc()
             OPERATION_SECONDS.labels(op).observe(time.perf_counter() - self._started)
+            qaudit.qr_final(self._audit_op, status)
         elements: list[tuple[int, int | str]] = [
             (dul.AFFECTED_SOP_CLASS_UID, pc.abstract_syntax),
             (dul.COMMAND_FIELD, field),
@@ -515,6 +527,7 @@ class QueryAssociation(acceptor.Association):
         channel: StoreChannel,
         originator: str,
     ) -> None:
+        qaudit.qr_located(self._audit_op, locs, self.services.index)
         completed = failed = warning = 0
         failed_uids: list[str] = []
         remaining = len(locs)

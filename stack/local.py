@@ -23,6 +23,7 @@ from common.settings import Settings
 from dicomnet.tls import dicom_security
 from stack import ceph, haproxy, nodes
 from stack.kafka import broker
+from stack.kafka import security as kafka_security
 from stack.procs import Proc
 
 
@@ -127,7 +128,11 @@ def _up_nodes(settings: Settings, timeout: float) -> None:
     for kind in ("index", "ingest"):
         group = [n for n in ns if n.kind == kind]
         for n in group:  # all of a kind boot at once
-            env = {**_base_env(), **nodes.env(settings, n)}
+            env = {
+                **_base_env(),
+                **nodes.env(settings, n),
+                **kafka_security.principal_env(settings, n.kind),
+            }
             procs[n.name].start([python, "-m", "cli.main", "serve", cmd[kind]], env=env)
         for n in group:
             if kind == "index":
@@ -159,14 +164,19 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
     broker.start(settings)
     settings = start_cold_store(settings, timeout)  # while the broker boots
     broker.wait_ready(settings, timeout)
-    ensure_topics(settings)
+    if kafka_security.enabled(settings):  # users and ACLs first: the admin creates the topics
+        kafka_security.apply(settings)
+    ensure_topics(kafka_security.as_principal(settings, kafka_security.ADMIN))
     if nodes.enabled(settings):
         _up_nodes(settings, timeout)
         _up_router(settings, svc, timeout)
         return
     env = {**_base_env(), **settings.to_env()}
     python = sys.executable
-    svc["index"].proc.start([python, "-m", "cli.main", "serve", "index"], env=env)
+    svc["index"].proc.start(
+        [python, "-m", "cli.main", "serve", "index"],
+        env={**env, **kafka_security.principal_env(settings, "index")},
+    )
     sec = dicom_security(settings)
     if sec.tls or sec.ae_checks:  # our plain, unlisted C-ECHO would be refused: /healthz
         wait_healthy(
@@ -180,7 +190,10 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
         wait_echo(
             settings.bind_host, settings.qr_port, settings.qr_ae_title, svc["index"].proc, timeout
         )
-    svc["ingest"].proc.start([python, "-m", "cli.main", "serve", "ingest"], env=env)
+    svc["ingest"].proc.start(
+        [python, "-m", "cli.main", "serve", "ingest"],
+        env={**env, **kafka_security.principal_env(settings, "ingest")},
+    )
     # Readiness through /healthz, not C-ECHO: the calling-AE allow-list may refuse our probe.
     wait_healthy(
         settings.bind_host,
@@ -194,7 +207,11 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
 
 def _up_router(settings: Settings, svc: dict[str, Service], timeout: float) -> None:
     if settings.router_config:
-        env = {**_base_env(), **settings.to_env()}
+        env = {
+            **_base_env(),
+            **settings.to_env(),
+            **kafka_security.principal_env(settings, "router"),
+        }
         svc["router"].proc.start([sys.executable, "-m", "cli.main", "serve", "router"], env=env)
         wait_router(settings.bind_host, settings.router_http_port, svc["router"].proc, timeout)
 

@@ -8,6 +8,7 @@ offset sync. docs/dr.md explains why, and how the direction is switched on fail-
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -92,9 +93,32 @@ def properties(settings: Settings, source: str, target: str) -> str:
         "config.storage.replication.factor=1",
         "dedicated.mode.enable.internal.rest=true",
         f"listeners=http://{settings.bind_host}:{settings.dr_mirror_port}",
+        *_security(settings, source, target),
         "",
     ]
     return "\n".join(lines)
+
+
+def _security(settings: Settings, source: str, target: str) -> list[str]:
+    """SASL_SSL (SCRAM-SHA-512) to both sites' brokers as the mirror's principal, when Kafka
+    security is on (docs/security.md); the password is the mirror's password file's."""
+    from common import kafka
+    from stack.kafka import security
+
+    sec = kafka.security(security.as_principal(settings, security.MIRROR))
+    if not sec.sasl:
+        return []
+    out = []
+    for c in (source, target):
+        out += [
+            f"{c}.security.protocol=SASL_SSL",
+            f"{c}.sasl.mechanism={kafka.SCRAM_MECHANISM}",
+            f"{c}.sasl.jaas.config={security.jaas(sec.user, sec.password())}",
+            f"{c}.ssl.truststore.type=PEM",
+            f"{c}.ssl.truststore.location={sec.ca}",
+            f"{c}.ssl.endpoint.identification.algorithm=https",
+        ]
+    return out
 
 
 def proc(settings: Settings) -> Proc:
@@ -109,7 +133,9 @@ def start(settings: Settings) -> int:
     d = settings.home / "mirror"
     d.mkdir(parents=True, exist_ok=True)
     props = d / "mm2.properties"
-    props.write_text(properties(settings, source, target))
+    fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold a password
+    with os.fdopen(fd, "w") as f:
+        f.write(properties(settings, source, target))
     log4j = d / "log4j.properties"
     log4j.write_text(
         "log4j.rootLogger=WARN, stdout\n"

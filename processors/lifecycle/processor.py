@@ -50,6 +50,7 @@ from archive.lifecycle import Policy, load_policy
 from archive.tiers import Tier
 from common import kafka
 from common.errors import StrataError, Unavailable
+from processors.index import audit as audit_index
 from processors.index.port import Index
 from processors.lifecycle.candidates import _COLS, Candidate, _candidate, candidates
 from processors.lifecycle.emitter import Emitter, event_id
@@ -225,6 +226,7 @@ class LifecycleProcessor(TierExecutor, Emitter):
         if not events:
             return
         self._fill_supersedes(index, events)
+        record_deletes = audit_index.deletes_recorder(index, events)  # patients named now
         # 3. journal, then the events (acks=all, idempotent producer)
         self.journal.add(p for p, _ in events)
         failures: list[str] = []
@@ -262,6 +264,7 @@ class LifecycleProcessor(TierExecutor, Emitter):
             else:
                 res.deleted += 1
                 DELETED.inc()
+        record_deletes()  # the audit trail: one "delete" per study (common/audit.py)
 
     def _failed(self, c: Candidate, step: str, exc: Exception, res: PassResult) -> None:
         res.failed += 1

@@ -39,7 +39,9 @@ def create_app(
 
     dw = DicomWeb(deps)
     stow_handler = stow(deps, dw.pool).stow if stow is not None else _read_only
-    middlewares = [_errors]
+    from query.audit import web_middleware
+
+    middlewares = [_errors, web_middleware(deps.index, prefix)]  # audit: inside auth
     if auth is not None:
         middlewares.insert(0, dicomweb_middleware(auth, prefix))
     if deps.cors_origins:

@@ -3,6 +3,7 @@ a cluster of STRATA_KAFKA_NODES broker+controller nodes (docs/ha.md)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from common.errors import Invalid, Unavailable
 from common.settings import Settings
+from stack.kafka import security
 from stack.maven import fetch_jars
 from stack.procs import Proc
 
@@ -87,15 +89,19 @@ def _properties(settings: Settings, node: Node) -> str:
     rf = settings.topic_replicas
     isr = min(2, rf)
     voters = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in all_nodes)
+    sasl = security.enabled(settings)
+    ln = "SASL_SSL" if sasl else "PLAINTEXT"
     lines = [
         "process.roles=broker,controller",
         f"node.id={node.node_id}",
         f"controller.quorum.voters={voters}",
-        f"listeners=PLAINTEXT://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
-        f"advertised.listeners=PLAINTEXT://{host}:{node.port}",
+        # The client listener: PLAINTEXT, or SASL_SSL (SCRAM-SHA-512) with ACLs when Kafka
+        # security is on (stack/kafka/security.py); the brokers talk to each other on it too.
+        f"listeners={ln}://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
+        f"advertised.listeners={ln}://{host}:{node.port}",
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"inter.broker.listener.name={ln}",
+        f"listener.security.protocol.map={ln}:{ln},CONTROLLER:{'SASL_' if sasl else ''}PLAINTEXT",
         f"log.dirs={node.dir / 'data'}",
         # Internal topics cannot have more replicas than brokers; on a cluster they get the
         # source-of-truth topics' guarantees (3 replicas, 2 in sync for a write).
@@ -133,6 +139,8 @@ def _properties(settings: Settings, node: Node) -> str:
         # share one machine (the local stack) we also flush each message, so that an
         # acknowledged event survives power loss, not just kill -9 (docs/ha.md).
         lines.append("log.flush.interval.messages=1")
+    if sasl:
+        lines += security.broker_properties(settings)
     return "\n".join([*lines, ""])
 
 
@@ -148,6 +156,8 @@ def start(settings: Settings) -> list[int]:
     """Start every local Kafka node (those already running are left as they are)."""
     libs = ensure_jars(settings)
     settings.kafka_dir.mkdir(parents=True, exist_ok=True)
+    if security.enabled(settings):
+        security.ensure_passwords(settings)
     cluster_id = _cluster_id(settings.kafka_dir)
     return [_start_node(settings, n, libs, cluster_id) for n in nodes(settings)]
 
@@ -156,7 +166,11 @@ def _start_node(settings: Settings, node: Node, libs: Path, cluster_id: str) -> 
     kdir = node.dir
     kdir.mkdir(parents=True, exist_ok=True)
     props = kdir / "server.properties"
-    props.write_text(_properties(settings, node))
+    # 0600: with Kafka security on it holds the admin's password (the brokers' logins)
+    fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(_properties(settings, node))
+    os.chmod(props, 0o600)  # one written before by an older version
     log4j = kdir / "log4j.properties"
     log4j.write_text(
         "log4j.rootLogger=WARN, stdout\n"
@@ -165,6 +179,8 @@ def _start_node(settings: Settings, node: Node, libs: Path, cluster_id: str) -> 
         "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
         "log4j.logger.kafka.server.KafkaServer=INFO\n"
         "log4j.logger.kafka.server.BrokerServer=INFO\n"
+        # Requests the ACLs refuse (allowed ones are logged at DEBUG only): docs/security.md
+        "log4j.logger.kafka.authorizer.logger=INFO\n"
     )
     cp = f"{libs}/*"
     p = proc(settings, node)
@@ -183,6 +199,7 @@ def _start_node(settings: Settings, node: Node, libs: Path, cluster_id: str) -> 
                 "-c",
                 str(props),
                 "--ignore-formatted",
+                *(security.format_args(settings) if security.enabled(settings) else []),
             ],
             capture_output=True,
             text=True,
@@ -241,6 +258,7 @@ def wait_ready(settings: Settings, timeout: float = 60.0) -> None:
     from common import kafka
 
     ns = nodes(settings)
+    admin = security.as_principal(settings, security.ADMIN)
     deadline = time.monotonic() + timeout
     ps = [proc(settings, n) for n in ns]
     while time.monotonic() < deadline:
@@ -251,7 +269,7 @@ def wait_ready(settings: Settings, timeout: float = 60.0) -> None:
             for n in ns:
                 with socket.create_connection((n.host, n.port), timeout=1):
                     pass
-            md = kafka.admin(settings, "wait-ready").list_topics(timeout=5)
+            md = kafka.admin(admin, "wait-ready").list_topics(timeout=5)
             if len(md.brokers) >= len(ns):
                 return
         except Exception:

@@ -74,6 +74,11 @@ def hstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Pk
     try:
         r = s.cli("up")
         assert "security profile: hardened (DICOM TLS on" in r.stderr
+        # ... and Kafka SASL_SSL with the ACLs: every test here stores and finds through a log
+        # that only the services' own principals can use (tests/integration/test_kafka_security)
+        assert "Kafka SASL_SSL + ACLs" in r.stderr
+        props = (home / "kafka" / "server.properties").read_text()
+        assert "listeners=SASL_SSL://" in props and "allow.everyone.if.no.acl.found=false" in props
         yield s, pki
     finally:
         s.down()
@@ -330,3 +335,44 @@ def test_wildcard_in_a_retrieve_key_fails_a900(hstack: tuple[Stack, Pki]) -> Non
     finally:
         assoc.release()  # type: ignore[attr-defined]
     assert statuses and statuses[-1] == 0xA900
+
+
+def test_the_operator_writes_events_through_sasl_ssl(hstack: tuple[Stack, tls.Pki]) -> None:
+    """The CLI runs as strata-operator (its default principal under SASL_SSL): a legal hold
+    it places is an event on the study topic, which the index (strata-index) applies."""
+    s, _ = hstack
+    study = "1.2.826.0.1.3680043.10.999.20"
+    s.cli("hold", "place", study, "--reason", "kafka acl check", "--by", "e2e")
+    assert wait_for(lambda: study in s.cli("hold", "list").stdout, 30, step=0.2)
+
+
+def test_the_audit_trail_goes_through_sasl_ssl(
+    hstack: tuple[Stack, tls.Pki], tmp_path: Path
+) -> None:
+    """The ingest node (strata-ingest) and the index node (strata-index) write their audit
+    events to the audit topic, and the index reads them into the audit table. The emitter
+    never fails the audited operation, so a refused write would only show here."""
+    s, pki = hstack
+    files = ct_series(tmp_path / "audited", 1, patient_id="KAFKA-AUDIT")
+    study = pydicom.dcmread(str(files[0])).StudyInstanceUID
+    r = _storescu(s, _tls_args(pki, "MODALITY"), files)
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: _find_study(s, pki, study, tmp_path / "find"), 60, step=0.5)
+
+    def audited() -> set[tuple[str, str]]:
+        events = json.loads(s.cli("audit", "--since", "month", "--json").stdout)
+        return {(e["action"], e["service"]) for e in events}
+
+    assert wait_for(lambda: {("store", "ingest"), ("query", "index")} <= audited(), 60, step=0.5)
+
+
+def test_no_request_of_the_archive_was_refused_by_kafka(hstack: tuple[Stack, tls.Pki]) -> None:
+    """Last in this module: every service and CLI command above ran as its own principal,
+    and the broker (which logs each request its ACLs refuse) refused none of them."""
+    s, _ = hstack
+    denied = [
+        line
+        for line in (s.home / "logs" / "kafka.log").read_text().splitlines()
+        if "Denied" in line
+    ]
+    assert denied == []

@@ -5,6 +5,7 @@ pinned here: a change to a profile is a change to this file too."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from ingest.relay import Relay
 ROOT = Path(__file__).resolve().parents[2]
 # Where Kafka clients may be used: the product packages and the benchmarks (tests/ builds its own
 # clients against the test brokers as it likes).
-SCANNED = ("common", "ingest", "processors", "query", "cli", "stack", "archive", "benchmarks")
+SCANNED = (
+    "common", "dicomnet", "ingest", "processors", "query", "cli", "stack", "archive", "benchmarks"
+)
 ADAPTER = ROOT / "common" / "kafka.py"
 CLIENTS = frozenset({"Producer", "Consumer", "AdminClient"})
 
@@ -121,6 +124,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     "router": {**DURABLE, "linger.ms": 2, "socket.nagle.disable": True},
     "decisions": {**DURABLE, "linger.ms": 5, "socket.nagle.disable": True},
     "access": {**DURABLE, "linger.ms": 50},
+    "audit": {
+        **DURABLE,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 10_000,
+        "socket.nagle.disable": True,
+        "reconnect.backoff.max.ms": 1000,
+    },
     "bulk": {
         **DURABLE,
         "compression.type": "lz4",
@@ -197,3 +208,113 @@ def test_the_relay_produces_with_the_relay_profile(tmp_path: Path) -> None:
     Relay(Outbox(tmp_path / "ob.sqlite"), S, producer_factory=factory)
     assert seen == [kafka.producer_config(S, "relay")]
     assert seen[0]["client.id"] == "strata-n1-relay"
+
+
+# ------------------------------------------------------------------ security (SASL_SSL)
+
+
+def secured(tmp_path: Path, **kw: Any) -> Settings:
+    from common.pki import ensure_pki
+
+    ensure_pki(tmp_path / "pki")  # the project CA the default STRATA_KAFKA_CA points at
+    creds = tmp_path / "kafka" / "credentials"
+    creds.mkdir(parents=True)
+    (creds / "strata-operator.password").write_text("op-secret\n")
+    (creds / "strata-ingest.password").write_text("ingest-secret\n")
+    return Settings(home=tmp_path, kafka_bootstrap="k1:9092", node_name="n1", **kw)
+
+
+def test_the_security_mode_follows_the_profile_unless_set(tmp_path: Path) -> None:
+    assert kafka.security(Settings()).mode == "plaintext"
+    assert kafka.security(Settings(profile="hardened")).mode == "sasl_ssl"
+    assert kafka.security(Settings(profile="hardened", kafka_security="plaintext")).mode == (
+        "plaintext"
+    )
+    assert kafka.security(Settings(kafka_security="sasl_ssl")).mode == "sasl_ssl"
+    assert kafka.security("h:1").mode == "plaintext"  # a bare bootstrap list
+    with pytest.raises(ValueError, match="STRATA_KAFKA_SECURITY"):
+        kafka.security(Settings(kafka_security="ssl"))
+
+
+def test_client_config_under_sasl_ssl(tmp_path: Path) -> None:
+    s = secured(tmp_path, kafka_security="sasl_ssl")
+    sasl = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "ssl.ca.location": str(tmp_path / "pki" / "ca.pem"),
+        "ssl.endpoint.identification.algorithm": "https",
+    }
+    # no principal set: the operator's (the CLI), its generated password file
+    assert kafka.client_config(s, "cli") == {
+        "bootstrap.servers": "k1:9092",
+        "client.id": "strata-n1-cli",
+        **sasl,
+        "sasl.username": "strata-operator",
+        "sasl.password": "op-secret",
+    }
+    ingest = dataclasses.replace(s, kafka_user="strata-ingest")
+    assert kafka.client_config(ingest, "relay")["sasl.username"] == "strata-ingest"
+    assert kafka.client_config(ingest, "relay")["sasl.password"] == "ingest-secret"
+    # every client is built on it: producers, consumers, the admin
+    assert kafka.producer_config(ingest, "relay")["security.protocol"] == "SASL_SSL"
+    assert kafka.consumer_config(ingest, "g", "r")["sasl.username"] == "strata-ingest"
+    # a password file and a CA of their own (production: secret files)
+    own = tmp_path / "own.password"
+    own.write_text("own-secret")
+    p = dataclasses.replace(s, kafka_user="x", kafka_password_file=str(own), kafka_ca="/ca.pem")
+    c = kafka.client_config(p, "r")
+    assert (c["sasl.username"], c["sasl.password"], c["ssl.ca.location"]) == (
+        "x",
+        "own-secret",
+        "/ca.pem",
+    )
+
+
+def test_a_missing_password_file_is_said(tmp_path: Path) -> None:
+    from common.errors import Unavailable
+
+    s = secured(tmp_path, kafka_security="sasl_ssl", kafka_user="strata-router")
+    with pytest.raises(Unavailable, match="strata-router"):
+        kafka.client_config(s, "router")
+
+
+def test_plaintext_settings_add_nothing(tmp_path: Path) -> None:
+    s = secured(tmp_path, kafka_security="plaintext", kafka_user="strata-ingest")
+    assert kafka.client_config(s, "relay") == {
+        "bootstrap.servers": "k1:9092",
+        "client.id": "strata-n1-relay",
+    }
+    assert "broker_credentials" not in kafka.faust_settings(s)
+
+
+def test_faust_settings_under_sasl_ssl(tmp_path: Path) -> None:
+    import ssl
+
+    import faust
+
+    s = secured(tmp_path, profile="hardened", kafka_user="strata-ingest")
+    f = kafka.faust_settings(s)
+    cred = f.pop("broker_credentials")
+    assert f == {
+        "broker": ["kafka://k1:9092"],
+        "consumer_auto_offset_reset": "earliest",
+        "topic_replication_factor": s.topic_replicas,
+        "broker_commit_interval": 1.0,
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 2.0,
+        "producer_acks": -1,
+    }
+    assert isinstance(cred, faust.SASLCredentials)
+    assert (cred.username, cred.password) == ("strata-ingest", "ingest-secret")
+    assert cred.mechanism.value == "SCRAM-SHA-512"
+    assert cred.protocol.value == "SASL_SSL"
+    ctx = cred.ssl_context
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    # what faust hands aiokafka (faust/transport/drivers/aiokafka.py)
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    auth = credentials_to_aiokafka_auth(cred)
+    assert auth["security_protocol"] == "SASL_SSL"
+    assert auth["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert auth["sasl_plain_username"] == "strata-ingest"

@@ -20,7 +20,7 @@ class Producer(_message.Message):
     def __init__(self, service: _Optional[str] = ..., node: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("event_id", "event_type", "schema_version", "occurred_at", "producer", "study_instance_uid", "instance_stored", "instance_quarantined", "study_stable", "route_decided", "route_attempted", "route_delivered", "route_dead_lettered", "route_redriven", "tier_transitioned", "instance_deleted", "legal_hold_placed", "legal_hold_released", "object_repaired", "study_accessed", "instance_replicated", "site_epoch")
+    __slots__ = ("event_id", "event_type", "schema_version", "occurred_at", "producer", "study_instance_uid", "instance_stored", "instance_quarantined", "study_stable", "route_decided", "route_attempted", "route_delivered", "route_dead_lettered", "route_redriven", "tier_transitioned", "instance_deleted", "legal_hold_placed", "legal_hold_released", "object_repaired", "study_accessed", "instance_replicated", "site_epoch", "audit_event")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class Envelope(_message.Message):
     STUDY_ACCESSED_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_REPLICATED_FIELD_NUMBER: _ClassVar[int]
     SITE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_EVENT_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     event_type: str
     schema_version: int
@@ -65,7 +66,8 @@ class Envelope(_message.Message):
     study_accessed: StudyAccessed
     instance_replicated: InstanceReplicated
     site_epoch: SiteEpoch
-    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., schema_version: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[_Union[Producer, _Mapping]] = ..., study_instance_uid: _Optional[str] = ..., instance_stored: _Optional[_Union[InstanceStored, _Mapping]] = ..., instance_quarantined: _Optional[_Union[InstanceQuarantined, _Mapping]] = ..., study_stable: _Optional[_Union[StudyStable, _Mapping]] = ..., route_decided: _Optional[_Union[RouteDecided, _Mapping]] = ..., route_attempted: _Optional[_Union[RouteAttempted, _Mapping]] = ..., route_delivered: _Optional[_Union[RouteDelivered, _Mapping]] = ..., route_dead_lettered: _Optional[_Union[RouteDeadLettered, _Mapping]] = ..., route_redriven: _Optional[_Union[RouteRedriven, _Mapping]] = ..., tier_transitioned: _Optional[_Union[TierTransitioned, _Mapping]] = ..., instance_deleted: _Optional[_Union[InstanceDeleted, _Mapping]] = ..., legal_hold_placed: _Optional[_Union[LegalHoldPlaced, _Mapping]] = ..., legal_hold_released: _Optional[_Union[LegalHoldReleased, _Mapping]] = ..., object_repaired: _Optional[_Union[ObjectRepaired, _Mapping]] = ..., study_accessed: _Optional[_Union[StudyAccessed, _Mapping]] = ..., instance_replicated: _Optional[_Union[InstanceReplicated, _Mapping]] = ..., site_epoch: _Optional[_Union[SiteEpoch, _Mapping]] = ...) -> None: ...
+    audit_event: AuditEvent
+    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., schema_version: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[_Union[Producer, _Mapping]] = ..., study_instance_uid: _Optional[str] = ..., instance_stored: _Optional[_Union[InstanceStored, _Mapping]] = ..., instance_quarantined: _Optional[_Union[InstanceQuarantined, _Mapping]] = ..., study_stable: _Optional[_Union[StudyStable, _Mapping]] = ..., route_decided: _Optional[_Union[RouteDecided, _Mapping]] = ..., route_attempted: _Optional[_Union[RouteAttempted, _Mapping]] = ..., route_delivered: _Optional[_Union[RouteDelivered, _Mapping]] = ..., route_dead_lettered: _Optional[_Union[RouteDeadLettered, _Mapping]] = ..., route_redriven: _Optional[_Union[RouteRedriven, _Mapping]] = ..., tier_transitioned: _Optional[_Union[TierTransitioned, _Mapping]] = ..., instance_deleted: _Optional[_Union[InstanceDeleted, _Mapping]] = ..., legal_hold_placed: _Optional[_Union[LegalHoldPlaced, _Mapping]] = ..., legal_hold_released: _Optional[_Union[LegalHoldReleased, _Mapping]] = ..., object_repaired: _Optional[_Union[ObjectRepaired, _Mapping]] = ..., study_accessed: _Optional[_Union[StudyAccessed, _Mapping]] = ..., instance_replicated: _Optional[_Union[InstanceReplicated, _Mapping]] = ..., site_epoch: _Optional[_Union[SiteEpoch, _Mapping]] = ..., audit_event: _Optional[_Union[AuditEvent, _Mapping]] = ...) -> None: ...
 
 class StorageLocation(_message.Message):
     __slots__ = ("tier", "key")
@@ -429,3 +431,76 @@ class SiteEpoch(_message.Message):
     operator: str
     diverged_at: _containers.ScalarMap[str, int]
     def __init__(self, epoch: _Optional[int] = ..., primary_site: _Optional[str] = ..., previous_primary: _Optional[str] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., diverged_at: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class AuditWho(_message.Message):
+    __slots__ = ("user", "client_id", "calling_ae_title", "called_ae_title", "cert_subject", "cert_fingerprint")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLING_AE_TITLE_FIELD_NUMBER: _ClassVar[int]
+    CALLED_AE_TITLE_FIELD_NUMBER: _ClassVar[int]
+    CERT_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CERT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    client_id: str
+    calling_ae_title: str
+    called_ae_title: str
+    cert_subject: str
+    cert_fingerprint: str
+    def __init__(self, user: _Optional[str] = ..., client_id: _Optional[str] = ..., calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., cert_subject: _Optional[str] = ..., cert_fingerprint: _Optional[str] = ...) -> None: ...
+
+class AuditWhere(_message.Message):
+    __slots__ = ("peer_address", "node", "interface")
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    peer_address: str
+    node: str
+    interface: str
+    def __init__(self, peer_address: _Optional[str] = ..., node: _Optional[str] = ..., interface: _Optional[str] = ...) -> None: ...
+
+class AuditWhat(_message.Message):
+    __slots__ = ("patient_ids", "study_instance_uids", "instances", "query_level", "query_keys", "sop_class_uid", "detail", "method")
+    class QueryKeysEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PATIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    STUDY_INSTANCE_UIDS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    QUERY_KEYS_FIELD_NUMBER: _ClassVar[int]
+    SOP_CLASS_UID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    patient_ids: _containers.RepeatedScalarFieldContainer[str]
+    study_instance_uids: _containers.RepeatedScalarFieldContainer[str]
+    instances: int
+    query_level: str
+    query_keys: _containers.ScalarMap[str, str]
+    sop_class_uid: str
+    detail: str
+    method: str
+    def __init__(self, patient_ids: _Optional[_Iterable[str]] = ..., study_instance_uids: _Optional[_Iterable[str]] = ..., instances: _Optional[int] = ..., query_level: _Optional[str] = ..., query_keys: _Optional[_Mapping[str, str]] = ..., sop_class_uid: _Optional[str] = ..., detail: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("action", "outcome", "dicom_status", "http_status", "grpc_code", "who", "where", "what")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DICOM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    GRPC_CODE_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    outcome: str
+    dicom_status: int
+    http_status: int
+    grpc_code: str
+    who: AuditWho
+    where: AuditWhere
+    what: AuditWhat
+    def __init__(self, action: _Optional[str] = ..., outcome: _Optional[str] = ..., dicom_status: _Optional[int] = ..., http_status: _Optional[int] = ..., grpc_code: _Optional[str] = ..., who: _Optional[_Union[AuditWho, _Mapping]] = ..., where: _Optional[_Union[AuditWhere, _Mapping]] = ..., what: _Optional[_Union[AuditWhat, _Mapping]] = ...) -> None: ...
