@@ -66,11 +66,11 @@ lint: $(BIN)/strata
 	$(BIN)/ruff check .
 
 typecheck: $(BIN)/strata
-	$(BIN)/mypy common dicomnet ingest processors archive query cli stack
+	$(BIN)/mypy -p strata
 
 ## Regenerate protobuf code (committed; tests/unit/test_proto_current.py checks it is current).
 proto: $(BIN)/strata
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. proto/strata/v1/*.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. strata/proto/strata/v1/*.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

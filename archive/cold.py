@@ -31,10 +31,10 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from archive.keys import check_key
-from common.errors import Conflict, NotFound, StrataError, Unavailable
-from common.redact import redact
-from common.settings import Settings
+from strata.archive.keys import check_key
+from strata.common.errors import Conflict, NotFound, StrataError, Unavailable
+from strata.common.redact import redact
+from strata.common.settings import Settings
 
 TIER = "cold"
 SHA256_META = "sha256"  # x-amz-meta-sha256: the checksum recorded at ingest

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from archive.keys import key_path
-from common.errors import NotFound, Unavailable
-from common.fs import fsync_dir as _fsync_dir
-from common.fs import fsync_file as _fsync_file
+from strata.archive.keys import key_path
+from strata.common.errors import NotFound, Unavailable
+from strata.common.fs import fsync_dir as _fsync_dir
+from strata.common.fs import fsync_file as _fsync_file
 
 TIER = "hot"
 SPOOL = ".incoming"  # the spool directory at the root: never part of the tier

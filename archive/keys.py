@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from common.errors import Invalid, NotFound
+from strata.common.errors import Invalid, NotFound
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from common.errors import Invalid
+from strata.common.errors import Invalid
 
 ACTIONS = ("cold", "delete")
 SINCE = ("arrival", "last-access")

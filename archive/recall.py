@@ -24,9 +24,9 @@ from pathlib import Path
 
 from prometheus_client import Histogram
 
-from archive.keys import check_key
-from archive.tiers import Tier
-from common.errors import Conflict, Invalid, Unavailable
+from strata.archive.keys import check_key
+from strata.archive.tiers import Tier
+from strata.common.errors import Conflict, Invalid, Unavailable
 
 RECALL_SECONDS = Histogram(
     "strata_recall_seconds",

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from archive.keys import UnsafeKey, check_key, key_path
-from archive.recall import RecallCache
-from archive.tiers import Tier
-from common.errors import Conflict, NotFound, Unavailable
+from strata.archive.keys import UnsafeKey, check_key, key_path
+from strata.archive.recall import RecallCache
+from strata.archive.tiers import Tier
+from strata.common.errors import Conflict, NotFound, Unavailable
 
 if TYPE_CHECKING:  # a location read from the index (processors/index/port.py)
-    from processors.index.port import Located
+    from strata.processors.index.port import Located
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from archive.tiers import Tier
-from common.errors import NotFound, StrataError, Unavailable
+from strata.archive.tiers import Tier
+from strata.common.errors import NotFound, StrataError, Unavailable
 
 _CHUNK = 1 << 20
 

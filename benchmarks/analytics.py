@@ -34,7 +34,7 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.ingest import latency_run, throughput_run
-from processors.index.views import VIEWS
+from strata.processors.index.views import VIEWS
 
 
 def _analyst(port: int, k: int, stop: Any, out: Any) -> None:

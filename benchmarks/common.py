@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from stack import procs
+from strata.stack import procs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -453,7 +453,7 @@ def associate(
     """A pynetdicom association with TCP_NODELAY on (pynetdicom never sets it itself)."""
     from pynetdicom import AE
 
-    from dicomnet.sockets import nodelay
+    from strata.dicomnet.sockets import nodelay
 
     ae = AE(ae_title=CALLING_AE)
     ae.maximum_pdu_size = 0
@@ -644,7 +644,7 @@ class Strata:
         # benchmark never collides with a stack already running on the defaults.
         self.other_ports: dict[str, str] = {}
         try:
-            from common.settings import Settings
+            from strata.common.settings import Settings
 
             for env_name, _default, _help in Settings.describe():
                 if env_name.endswith("_PORT") and env_name not in self._fixed():
@@ -681,7 +681,7 @@ class Strata:
 
     def cli(self) -> list[str]:
         exe = Path(sys.executable).with_name("strata")
-        return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli.main"]
+        return [str(exe)] if exe.exists() else [sys.executable, "-m", "strata.cli.main"]
 
     def start(self, timeout: float = 300.0) -> None:
         self.started = True

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.settings import Settings
+from strata.common.settings import Settings
 from tests.support.dcmtk import dcmtk_env, findscu, storescu
 from tests.support.sites import Sites, kill_site, make_sites
 from tests.support.stack import Stack
@@ -119,8 +119,8 @@ def retrieve_at(grpc_target: str, study: str, sops: list[str]) -> dict[str, byte
     per instance: one whose bytes are missing fails its own call only), sha-checked."""
     import grpc
 
-    from proto.strata.v1 import query_pb2 as q
-    from proto.strata.v1 import query_pb2_grpc as q_grpc
+    from strata.proto.strata.v1 import query_pb2 as q
+    from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 
     out: dict[str, bytes] = {}
     with grpc.insecure_channel(grpc_target) as ch:
@@ -278,7 +278,7 @@ def drill(
 
 def wait_following(sites: Sites, timeout: float = 300.0) -> float:
     """Until B holds A's epoch 1 (the mirror runs end to end); returns the seconds waited."""
-    from cli.dr import current_epoch
+    from strata.cli.dr import current_epoch
 
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:

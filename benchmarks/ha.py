@@ -119,7 +119,7 @@ class HAStrata(Strata):
         return out
 
     def settings(self) -> Any:
-        from common.settings import Settings
+        from strata.common.settings import Settings
 
         return Settings.from_env(self.env())
 
@@ -187,7 +187,7 @@ def log_produce(t: HAStrata, n_burst: int, n_single: int) -> dict[str, Any]:
     then ``n_single`` events one at a time (the round trip of one acknowledged write)."""
     from confluent_kafka.admin import NewTopic
 
-    from common import kafka
+    from strata.common import kafka
 
     s = t.settings()
     topic = "strata.bench-produce"
@@ -288,7 +288,7 @@ def longest_gap(times: list[float], start: float) -> float | None:
 
 
 def lb_state(t: HAStrata, backend: str, server: str) -> str:
-    from stack import haproxy
+    from strata.stack import haproxy
 
     return haproxy.servers(t.settings()).get((backend, server), "")
 
@@ -317,7 +317,7 @@ def killpg(t: HAStrata, name: str) -> None:
 
 
 def kill_broker(t: HAStrata, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from stack import cluster
+    from strata.stack import cluster
 
     gen = generate(
         work / "data" / "kill-broker", _SIZES["small"], args.kill_count, 1000, args.cache, "kb"

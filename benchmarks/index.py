@@ -351,7 +351,7 @@ def _study_header(
     common.dicom.header_json), with placeholders for what differs per series and instance."""
     from pydicom import Dataset
 
-    from common.dicom import header_json
+    from strata.common.dicom import header_json
 
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
@@ -471,9 +471,9 @@ def generate(
     """Produce ``n_studies * per_study`` InstanceStored events (keyed by StudyInstanceUID)."""
     from confluent_kafka import KafkaException
 
-    from common import kafka
-    from common.events import envelope
-    from proto.strata.v1 import events_pb2 as pb
+    from strata.common import kafka
+    from strata.common.events import envelope
+    from strata.proto.strata.v1 import events_pb2 as pb
 
     rng = random.Random(seed)
     patients = _patients(rng, max(1, int(n_studies * 0.6)))
@@ -683,8 +683,8 @@ def timed_find(index: Any, q: Any) -> tuple[int, float, float]:
     """What the C-FIND SCP does for a search (query.scp: find_rows, then to_bytes per match),
     step by step: (matches, seconds in the SQL query, seconds in total including the encoded
     response identifiers, explicit VR little endian)."""
-    from processors.index.search import build_sql, row_dict
-    from query.find import to_bytes
+    from strata.processors.index.search import build_sql, row_dict
+    from strata.query.find import to_bytes
 
     t0 = time.perf_counter()
     sql, params, cols = build_sql(q, index.database, only_requested=True)
@@ -697,7 +697,7 @@ def timed_find(index: Any, q: Any) -> tuple[int, float, float]:
 def run_inprocess_queries(
     index: Any, qsets: dict[str, list[dict[str, str]]], gen: GenResult, n: int, seed: int
 ) -> dict[str, Any]:
-    from query.find import FindQuery
+    from strata.query.find import FindQuery
 
     out: dict[str, Any] = {"load_avg_before": loadavg()}
     rng = random.Random(seed + 1)
@@ -781,8 +781,8 @@ def run_cfind_queries_lean(port: int, aec: str, qsets: dict[str, list[dict[str, 
 
     from pynetdicom.dsutils import decode, encode
 
-    from dicomnet import dul
-    from dicomnet.requestor import IMPLICIT_LE, Requestor, find_command
+    from strata.dicomnet import dul
+    from strata.dicomnet.requestor import IMPLICIT_LE, Requestor, find_command
 
     find_uid = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R information model - FIND
     r = Requestor("127.0.0.1", port, "BENCH", aec, [(find_uid, [IMPLICIT_LE])])
@@ -1005,7 +1005,7 @@ class Stack:
     other_ports: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from common.settings import Settings
+        from strata.common.settings import Settings
 
         # Any other listener a later version adds: a free port too, never a default.
         known = {
@@ -1036,13 +1036,13 @@ class Stack:
         return fixed
 
     def settings(self) -> Any:
-        from common.settings import Settings
+        from strata.common.settings import Settings
 
         return Settings.from_env(self.env())
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         exe = Path(sys.executable).with_name("strata")
-        argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "cli.main"]
+        argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "strata.cli.main"]
         base = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
         return subprocess.run(
             argv + list(args),
@@ -1084,7 +1084,7 @@ class Stack:
 def committed_offsets(bootstrap: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-    from common import kafka
+    from strata.common import kafka
 
     admin = kafka.admin(bootstrap, "bench")
     req = [ConsumerGroupTopicPartitions(GROUP_ID, [TopicPartition(topic, p) for p in partitions])]
@@ -1097,7 +1097,7 @@ def set_group_offsets(bootstrap: str, ends: dict[str, dict[int, int]]) -> None:
     already holds everything before it)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-    from common import kafka
+    from strata.common import kafka
 
     admin = kafka.admin(bootstrap, "bench")
     tps = [TopicPartition(t, p, o) for t, parts in ends.items() for p, o in parts.items()]
@@ -1109,7 +1109,7 @@ def wait_caught_up(stack: Stack, min_end: int, timeout: float = 300.0) -> dict[s
     """Wait until the study topic's end is >= ``min_end`` (e.g. after the StudyStable burst the
     live index announces for a log of quiet studies), the index holds everything up to the end
     and the consumer group's committed offsets are at the end (nothing re-read)."""
-    from processors.replay import end_positions
+    from strata.processors.replay import end_positions
 
     s = stack.settings()
     topic = s.study_topic
@@ -1138,11 +1138,11 @@ def wait_caught_up(stack: Stack, min_end: int, timeout: float = 300.0) -> dict[s
 
 # ----------------------------------------------------------------------------- the run
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from common.kafka import ensure_topics
-    from common.settings import Settings
-    from processors.index.store import IndexStore
-    from processors.replay import end_positions, replay
-    from stack.kafka import broker
+    from strata.common.kafka import ensure_topics
+    from strata.common.settings import Settings
+    from strata.processors.index.store import IndexStore
+    from strata.processors.replay import end_positions, replay
+    from strata.stack.kafka import broker
 
     results: dict[str, Any] = {
         "benchmark": "index",

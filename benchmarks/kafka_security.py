@@ -37,10 +37,10 @@ MODES = ("plaintext", "sasl_ssl")
 
 
 def start(parent: Path, mode: str) -> Any:
-    from common import kafka
-    from common.settings import Settings
-    from stack.kafka import broker, security
-    from stack.procs import free_port
+    from strata.common import kafka
+    from strata.common.settings import Settings
+    from strata.stack.kafka import broker, security
+    from strata.stack.procs import free_port
 
     s = Settings(
         home=parent / mode,
@@ -58,8 +58,8 @@ def start(parent: Path, mode: str) -> Any:
 
 
 def round_of(s: Any, records: int, single: int) -> dict[str, float]:
-    from common import kafka
-    from stack.kafka import security
+    from strata.common import kafka
+    from strata.stack.kafka import security
 
     writer = security.as_principal(s, security.INGEST)
     payload = os.urandom(1024) * 2
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--single", type=int, default=300, help="records written one at a time")
     ap.add_argument("--repeat", type=int, default=3, help="rounds per mode (alternating)")
     args = ap.parse_args(argv)
-    from stack.kafka import broker
+    from strata.stack.kafka import broker
 
     with tempfile.TemporaryDirectory(prefix="strata-bench-kafka-sec-") as tmp:
         brokers: dict[str, Any] = {}

@@ -177,8 +177,8 @@ class StoreSCP:
 def build_index(settings: Any, args: argparse.Namespace, path: Path) -> tuple[Any, dict, dict]:
     """Produce the log (benchmarks.index.generate) and replay it into a fresh chDB index at
     ``path``. Returns (generated, log end positions, results)."""
-    from processors.index.store import IndexStore
-    from processors.replay import end_positions, replay
+    from strata.processors.index.store import IndexStore
+    from strata.processors.replay import end_positions, replay
 
     n = args.studies * args.per_study
     log(f"producing {n:,} InstanceStored events ({args.studies:,} studies) ...")
@@ -248,7 +248,7 @@ def build_index(settings: Any, args: argparse.Namespace, path: Path) -> tuple[An
 def grpc_stub(port: int) -> tuple[Any, Any]:
     import grpc
 
-    from proto.strata.v1 import query_pb2_grpc
+    from strata.proto.strata.v1 import query_pb2_grpc
 
     channel = grpc.insecure_channel(f"{HOST}:{port}")
     grpc.channel_ready_future(channel).result(timeout=60)
@@ -259,7 +259,7 @@ def run_grpc_searches(
     port: int, qsets: dict[str, list[dict[str, str]]], page_size: int
 ) -> dict[str, Any]:
     """SearchStudies for every query (one channel; first page + total)."""
-    from proto.strata.v1 import query_pb2 as q
+    from strata.proto.strata.v1 import query_pb2 as q
 
     channel, stub = grpc_stub(port)
     out: dict[str, Any] = {}
@@ -290,7 +290,7 @@ def run_grpc_searches(
 
 # ----------------------------------------------------------------------------- metadata
 def run_metadata(port: int, study_uid: str, calls: int, expected: int) -> dict[str, Any]:
-    from proto.strata.v1 import query_pb2 as q
+    from strata.proto.strata.v1 import query_pb2 as q
 
     channel, stub = grpc_stub(port)
     req = q.GetStudyMetadataRequest(study_instance_uid=study_uid)
@@ -456,9 +456,9 @@ def summarize_moves(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the run
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from common.kafka import ensure_topics
-    from common.settings import Settings
-    from stack.kafka import broker
+    from strata.common.kafka import ensure_topics
+    from strata.common.settings import Settings
+    from strata.stack.kafka import broker
 
     results: dict[str, Any] = {
         "benchmark": "query",

@@ -111,8 +111,8 @@ class RoutingStrata(Strata):
 
     def route_seconds(self, study_uid: str, timeout: float = 1800) -> tuple[float, int]:
         """Seconds from RouteDecided to RouteDelivered of the study's route, and its size."""
-        from common.events import decode
-        from common.kafka import read_log
+        from strata.common.events import decode
+        from strata.common.kafka import read_log
 
         env = self.env()
         topic = f"{env.get('STRATA_TOPIC_PREFIX', 'strata')}.study-events.v1"

@@ -76,7 +76,7 @@ def locations(port: int) -> list[list[Any]]:
 
 
 def retrieve(stub: Any, study: str, sops: list[str] | None = None) -> tuple[float, int]:
-    from proto.strata.v1 import query_pb2 as q
+    from strata.proto.strata.v1 import query_pb2 as q
 
     t0 = time.perf_counter()
     n = 0
@@ -103,7 +103,7 @@ def main() -> int:
 
     import grpc
 
-    from proto.strata.v1 import query_pb2_grpc as q_grpc
+    from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 
     work = Path(tempfile.mkdtemp(prefix="strata-bench-tiers-"))
     stack = Strata(work)

@@ -42,8 +42,8 @@ from benchmarks.common import (
 
 
 def _hardened(parent: Path) -> tuple[Strata, list[str]]:
-    from common.pki import ensure_pki
-    from dicomnet import tls
+    from strata.common.pki import ensure_pki
+    from strata.dicomnet import tls
 
     s = Strata(parent)
     pki = ensure_pki(s.home / "pki")  # the project CA the hardened stack uses

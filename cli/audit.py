@@ -10,8 +10,8 @@ import urllib.parse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.errors import StrataError
-from common.settings import Settings
+from strata.common.errors import StrataError
+from strata.common.settings import Settings
 
 _RELATIVE = re.compile(r"^(\d+)([dhm])$")
 
@@ -41,7 +41,7 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
 
 
 def query(settings: Settings, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from cli.route import _get
+    from strata.cli.route import _get
 
     q = {"limit": str(args.limit)}
     for key in ("patient", "user", "action", "study"):
@@ -62,14 +62,14 @@ def _who(e: dict[str, Any]) -> str:
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     if args.mode == "export":
-        from processors.audit_export import run
+        from strata.processors.audit_export import run
 
         return run(settings)
     events = query(settings, args)
     if args.json:
         print(json.dumps(events, indent=1))
         return 0
-    from cli.route import _table
+    from strata.cli.route import _table
 
     rows = [
         [
@@ -110,8 +110,8 @@ def add_parser(sub: Any) -> None:
 
 def hold(settings: Settings, action: str, study: str, hold_id: str, by: str) -> None:
     """A legal hold placed or released (``strata hold``)."""
-    from common import audit
-    from proto.strata.v1 import events_pb2 as pb
+    from strata.common import audit
+    from strata.proto.strata.v1 import events_pb2 as pb
 
     audit.record_cli(
         settings,
@@ -123,8 +123,8 @@ def hold(settings: Settings, action: str, study: str, hold_id: str, by: str) -> 
 
 def outbox_redriven(settings: Settings, seqs: list[str], n: int) -> None:
     """Set-aside outbox events re-queued (``strata outbox redrive``)."""
-    from common import audit
-    from proto.strata.v1 import events_pb2 as pb
+    from strata.common import audit
+    from strata.proto.strata.v1 import events_pb2 as pb
 
     which = ",".join(seqs) if seqs else "all"
     audit.record_cli(
@@ -136,8 +136,8 @@ def outbox_redriven(settings: Settings, seqs: list[str], n: int) -> None:
 
 def route_redriven(settings: Settings, route_id: str, study: str, n: int, by: str | None) -> None:
     """A dead-lettered route re-opened (``strata route redrive``)."""
-    from common import audit
-    from proto.strata.v1 import events_pb2 as pb
+    from strata.common import audit
+    from strata.proto.strata.v1 import events_pb2 as pb
 
     audit.record_cli(
         settings,

@@ -17,10 +17,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from common import kafka
-from common.errors import StrataError, Unavailable
-from common.settings import Settings
-from stack.procs import Proc
+from strata.common import kafka
+from strata.common.errors import StrataError, Unavailable
+from strata.common.settings import Settings
+from strata.stack.procs import Proc
 
 
 def copier_proc(settings: Settings) -> Proc:
@@ -34,8 +34,8 @@ def _base_env() -> dict[str, str]:
 
 
 def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
-    from stack import mirror
-    from stack.kafka import security as kafka_security
+    from strata.stack import mirror
+    from strata.stack.kafka import security as kafka_security
 
     ep = current_epoch(settings, settings.dr_topic)
     if ep and ep.primary_site == settings.dr_site:
@@ -45,7 +45,7 @@ def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
         )
     mirror.start(settings)
     copier_proc(settings).start(
-        [sys.executable, "-m", "cli.main", "dr", "copier"],
+        [sys.executable, "-m", "strata.cli.main", "dr", "copier"],
         env={
             **_base_env(),
             **settings.to_env(),
@@ -60,7 +60,7 @@ def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_unfollow(settings: Settings, args: argparse.Namespace) -> int:
-    from stack import mirror
+    from strata.stack import mirror
 
     stopped = [
         n
@@ -75,7 +75,7 @@ def cmd_unfollow(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_copier(settings: Settings, args: argparse.Namespace) -> int:
-    from processors.replicate import serve
+    from strata.processors.replicate import serve
 
     serve(settings)
     return 0
@@ -129,7 +129,7 @@ def read_all(bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0) -> lis
 
 def current_epoch(bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0) -> Any:
     """The SiteEpoch with the highest epoch in ``topic`` at ``bootstrap`` (None: none yet)."""
-    from common.events import decode
+    from strata.common.events import decode
 
     best = None
     for raw in read_all(bootstrap, topic, timeout):
@@ -169,10 +169,10 @@ def accepts_ingest(settings: Settings) -> tuple[bool, str]:
 
 
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
-    from common.events import envelope
-    from processors.replay import end_positions
-    from proto.strata.v1 import events_pb2 as pb
-    from stack import mirror
+    from strata.common.events import envelope
+    from strata.processors.replay import end_positions
+    from strata.proto.strata.v1 import events_pb2 as pb
+    from strata.stack import mirror
 
     if not settings.dr_site:
         raise StrataError("STRATA_DR_SITE is not set: this archive is not part of a DR pair")
@@ -250,7 +250,7 @@ def lag(settings: Settings) -> dict[str, Any]:
     """Events of the peer's log not yet mirrored here, and the age of the oldest of them."""
     from confluent_kafka import TopicPartition
 
-    from processors.replay import end_positions
+    from strata.processors.replay import end_positions
 
     topics = [settings.study_topic, settings.quarantine_topic]
     mirrored = mirrored_offsets(settings)
@@ -286,7 +286,7 @@ def copier_backlog(settings: Settings) -> int:
     """Events of this site's study topic the copier has not examined yet."""
     from confluent_kafka import TopicPartition
 
-    from processors.replay import end_positions
+    from strata.processors.replay import end_positions
 
     ends = end_positions(settings, [settings.study_topic])
     c = kafka.consumer(settings, settings.dr_copy_group, "dr-status")
@@ -299,7 +299,7 @@ def copier_backlog(settings: Settings) -> int:
 
 
 def status(settings: Settings) -> dict[str, Any]:
-    from stack import mirror
+    from strata.stack import mirror
 
     ep = current_epoch(settings, settings.dr_topic)
     out: dict[str, Any] = {
@@ -318,7 +318,7 @@ def status(settings: Settings) -> dict[str, Any]:
     if settings.dr_mode == "sync":
         # from this site's ingest node (its /healthz): refusals since it started because the
         # peer did not confirm in time, and whether its watcher reads the peer's log
-        from stack.local import health
+        from strata.stack.local import health
 
         h = health(settings.bind_host, settings.ingest_http_port) or {}
         out["unconfirmed"] = h.get("dr_unconfirmed", "ingest not answering")
@@ -399,7 +399,7 @@ class Fence:
 def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
     """InstanceStored events of this site's log whose bytes the peer never recorded as copied
     (no InstanceReplicated at the peer with that source event id): what only this site has."""
-    from common.events import decode
+    from strata.common.events import decode
 
     copied: set[str] = set()
     for raw in read_all(kafka.peer(settings), settings.study_topic, timeout):
@@ -422,8 +422,8 @@ def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
 
 def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
     """At the old primary, fenced: re-send to the new primary what only this site has."""
-    from archive.hot import HotTier
-    from cli.main import cmd_send
+    from strata.archive.hot import HotTier
+    from strata.cli.main import cmd_send
 
     ok, why = accepts_ingest(settings)
     if ok:
@@ -431,7 +431,7 @@ def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
     print(why)
     # What this site acknowledged but had not published when it died is in its outbox: the
     # relay publishes it after the restart; wait (bounded) until it has.
-    from stack.local import health
+    from strata.stack.local import health
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

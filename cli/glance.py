@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from common.settings import Settings
+from strata.common.settings import Settings
 
 
 def verify_file(settings: Settings) -> Any:
@@ -33,9 +33,9 @@ def record_verify(settings: Settings, result: str, position: object = None) -> N
 
 
 def _sql(settings: Settings, sql: str) -> list[dict[str, Any]] | None:
-    from cli.sql import query
-    from common.errors import StrataError
-    from query.sql_http import Users
+    from strata.cli.sql import query
+    from strata.common.errors import StrataError
+    from strata.query.sql_http import Users
 
     users = Users.parse(settings.sql_users).passwords
     user = next(iter(users), "default")
@@ -57,7 +57,7 @@ def _size(n: float) -> str:
 def glance(settings: Settings) -> str:
     lines = ["at a glance:"]
     if settings.outbox_path.is_file():
-        from ingest.outbox import Outbox
+        from strata.ingest.outbox import Outbox
 
         ob = Outbox(settings.outbox_path)
         try:

@@ -23,9 +23,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cli import audit as cli_audit
-from common.errors import StrataError
-from common.settings import Settings
+from strata.cli import audit as cli_audit
+from strata.common.errors import StrataError
+from strata.common.settings import Settings
 
 
 def _table(headers: list[str], rows: Iterable[Iterable[object]]) -> str:
@@ -40,7 +40,7 @@ def _table(headers: list[str], rows: Iterable[Iterable[object]]) -> str:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from stack import local
+    from strata.stack import local
 
     print(f"starting the Strata stack (data in {settings.home}) ...", file=sys.stderr)
     print(_profile_line(settings), file=sys.stderr)
@@ -51,7 +51,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def _profile_line(settings: Settings) -> str:
     """Which security profile runs, and what it turns on (docs/security.md)."""
-    from dicomnet.tls import dicom_security
+    from strata.dicomnet.tls import dicom_security
 
     sec = dicom_security(settings)
     if sec.tls:
@@ -59,7 +59,7 @@ def _profile_line(settings: Settings) -> str:
     else:
         dicom = "DICOM TLS off"
     checks = "AE checks on" if sec.ae_checks else "AE checks off"
-    from common.kafka import security
+    from strata.common.kafka import security
 
     k = "Kafka SASL_SSL + ACLs" if security(settings).sasl else "Kafka plaintext"
     return (
@@ -69,7 +69,7 @@ def _profile_line(settings: Settings) -> str:
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
-    from stack import local
+    from strata.stack import local
 
     stopped = local.down(settings)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -77,7 +77,7 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from stack import local
+    from strata.stack import local
 
     rows = local.status(settings)
     print(_table(["service", "state", "pid", "endpoint"], rows))
@@ -91,7 +91,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print()
     print(_ingest_state(settings))
     print()
-    from cli.glance import glance
+    from strata.cli.glance import glance
 
     print(glance(settings))
     return 0 if all(r[1] == "running" for r in rows) else 3
@@ -101,7 +101,7 @@ def _cluster_status(settings: Settings) -> None:
     """On a Kafka cluster: brokers (up, leaderships, ISR membership) and every partition."""
     if settings.kafka_nodes <= 1:
         return
-    from stack import cluster
+    from strata.stack import cluster
 
     state = cluster.cluster_state(settings)
     print()
@@ -126,7 +126,7 @@ def _cluster_status(settings: Settings) -> None:
 
 def _balancer_status(settings: Settings) -> None:
     """With replicas: each node as HAProxy sees it (UP, DOWN, ...) per public service."""
-    from stack import haproxy, nodes
+    from strata.stack import haproxy, nodes
 
     if not nodes.enabled(settings):
         return
@@ -143,12 +143,12 @@ def _nodes_status(settings: Settings) -> None:
     """With replicas: each index replica's position and lag against the log end, and each
     ingest node's outbox (depth, oldest unpublished event, set-aside events), read from the
     replica's /positions and the node's own outbox file."""
-    from stack import local, nodes
+    from strata.stack import local, nodes
 
     if not nodes.enabled(settings):
         return
-    from ingest.outbox import Outbox
-    from processors.replay import end_positions
+    from strata.ingest.outbox import Outbox
+    from strata.processors.replay import end_positions
 
     topics = [settings.study_topic, settings.quarantine_topic]
     try:
@@ -193,8 +193,8 @@ def _nodes_status(settings: Settings) -> None:
 
 def _ingest_state(settings: Settings) -> str:
     """Set-aside events and quarantine use, read from the node's files (no service needed)."""
-    from ingest.node import build_quarantine
-    from ingest.outbox import Outbox
+    from strata.ingest.node import build_quarantine
+    from strata.ingest.outbox import Outbox
 
     aside = Outbox(settings.outbox_path).set_aside_count() if settings.outbox_path.is_file() else 0
     use = build_quarantine(settings).sweep(delete=False)
@@ -212,7 +212,7 @@ def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
     """Events the relay set aside (Kafka refused them for good): list them, or re-drive them."""
     from datetime import UTC, datetime
 
-    from ingest.outbox import Outbox
+    from strata.ingest.outbox import Outbox
 
     if not settings.outbox_path.is_file():
         raise StrataError(f"no ingest outbox at {settings.outbox_path}")
@@ -259,7 +259,7 @@ def _index_json(settings: Settings, path: str, timeout: float = 120) -> Any:
 def admin_request(settings: Settings, url: str) -> Any:
     """A request to an admin HTTP endpoint, with the bearer token of STRATA_TOKEN / --token
     when one is set (needed when the archive runs with STRATA_AUTH_MODE=oidc)."""
-    from common.auth import bearer_request
+    from strata.common.auth import bearer_request
 
     return bearer_request(url, settings.token)
 
@@ -280,7 +280,7 @@ def _positions(raw: dict) -> dict[str, dict[int, int]]:
 def _fresh_index(path: Path, database: str):  # noqa: ANN202 - IndexStore, imported lazily
     import shutil
 
-    from processors.index.store import IndexStore
+    from strata.processors.index.store import IndexStore
 
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -292,7 +292,7 @@ def _fresh_index(path: Path, database: str):  # noqa: ANN202 - IndexStore, impor
 def _replay(settings: Settings, index, until, start=None, quiet=False):  # noqa: ANN001,ANN202
     from tqdm import tqdm
 
-    from processors.replay import replay
+    from strata.processors.replay import replay
 
     total = sum(
         max(0, end - (start or {}).get(t, {}).get(p, 0))
@@ -305,10 +305,10 @@ def _replay(settings: Settings, index, until, start=None, quiet=False):  # noqa:
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     """Rebuild the whole index from offset 0 into a fresh database."""
-    from processors.replay import end_positions
+    from strata.processors.replay import end_positions
 
     if args.until:  # point in time: rebuilt by the index node, next to the live index
-        from cli.sql import replay_until
+        from strata.cli.sql import replay_until
 
         return replay_until(settings, args.until, args.database)
 
@@ -328,9 +328,9 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     import shutil
     import time
 
-    from cli.glance import record_verify
-    from processors.index import checksum
-    from processors.replay import end_positions
+    from strata.cli.glance import record_verify
+    from strata.processors.index import checksum
+    from strata.processors.replay import end_positions
 
     target = Path(args.into or settings.home / "verify" / "index")
     until = end_positions(settings, [settings.study_topic, settings.quarantine_topic])
@@ -438,7 +438,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         raise StrataError("more than 128 (SOP class, transfer syntax) pairs: send in batches")
     from pynetdicom import _config
 
-    from dicomnet.sockets import nodelay
+    from strata.dicomnet.sockets import nodelay
 
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
     ae = AE(ae_title=args.calling_ae)
@@ -571,7 +571,7 @@ def cmd_find(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_viewer(settings: Settings, args: argparse.Namespace) -> int:
-    from stack import viewer
+    from strata.stack import viewer
 
     dist = viewer.install()
     print(
@@ -591,8 +591,8 @@ def _emit(settings: Settings, study_uid: str, payload: Any) -> None:
     import uuid
     from datetime import UTC, datetime
 
-    from common import kafka
-    from processors.lifecycle import wrap
+    from strata.common import kafka
+    from strata.processors.lifecycle import wrap
 
     env = wrap(payload, study_uid, str(uuid.uuid4()), settings.node_name, datetime.now(UTC))
     errors: list[str] = []
@@ -615,8 +615,8 @@ def _operator(args: argparse.Namespace) -> str:
 
 def cmd_hold(settings: Settings, args: argparse.Namespace) -> int:
     """Place or release a legal hold on a study (LegalHoldPlaced/Released events)."""
-    from archive.keys import instance_key
-    from proto.strata.v1 import events_pb2 as pb
+    from strata.archive.keys import instance_key
+    from strata.proto.strata.v1 import events_pb2 as pb
 
     if args.action == "list":
         import urllib.parse
@@ -657,7 +657,7 @@ def _with_embedded_s3(settings: Settings) -> Settings:
 
     if settings.s3_endpoint or not (settings.ceph_dir / "state.json").is_file():
         return settings
-    from stack import ceph
+    from strata.stack import ceph
 
     h = ceph.handle(settings.ceph_dir)
     return dataclasses.replace(
@@ -677,11 +677,11 @@ def cmd_storage_verify(settings: Settings, args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from archive.cold import build_cold_tier
-    from archive.hot import HotTier
-    from archive.lifecycle import load_policy, policy_path
-    from archive.verify import Recorded, Repairer, check
-    from proto.strata.v1 import events_pb2 as pb
+    from strata.archive.cold import build_cold_tier
+    from strata.archive.hot import HotTier
+    from strata.archive.lifecycle import load_policy, policy_path
+    from strata.archive.verify import Recorded, Repairer, check
+    from strata.proto.strata.v1 import events_pb2 as pb
 
     tiers: dict[str, Any] = {"hot": HotTier(settings.hot_dir)}
     cold = build_cold_tier(_with_embedded_s3(settings))
@@ -767,7 +767,7 @@ def cmd_storage_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from cli import serve
+    from strata.cli import serve
 
     {
         "ingest": serve.serve_ingest,
@@ -779,7 +779,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from cli import dr, route, sql
+    from strata.cli import dr, route, sql
 
     p = argparse.ArgumentParser(
         prog="strata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

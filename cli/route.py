@@ -10,13 +10,13 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from cli import audit as cli_audit
-from common.errors import NotFound, StrataError
-from common.settings import Settings
+from strata.cli import audit as cli_audit
+from strata.common.errors import NotFound, StrataError
+from strata.common.settings import Settings
 
 
 def _get(settings: Settings, path: str) -> dict[str, Any]:
-    from cli.main import admin_request
+    from strata.cli.main import admin_request
 
     url = f"http://{settings.bind_host}:{settings.index_http_port}{path}"
     try:
@@ -122,9 +122,9 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
     from google.protobuf.json_format import ParseDict
 
-    from common import kafka
-    from common.events import envelope
-    from proto.strata.v1 import events_pb2 as pb
+    from strata.common import kafka
+    from strata.common.events import envelope
+    from strata.proto.strata.v1 import events_pb2 as pb
 
     d = _get(settings, f"/routes/{urllib.parse.quote(args.route_id)}")
     if d["state"] != "dead-lettered":

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from common.settings import Settings
+from strata.common.settings import Settings
 
 log = logging.getLogger("strata")
 
@@ -25,15 +25,15 @@ def _logging() -> None:
 
 def serve_ingest(settings: Settings) -> None:
     """The ingest node: workers (C-STORE SCP), relay (outbox -> Kafka), health and metrics."""
-    from ingest.node import run_node
+    from strata.ingest.node import run_node
 
     _logging()
     run_node(settings)
 
 
 def serve_ingest_worker(settings: Settings) -> None:
-    from common import audit
-    from ingest.node import run_worker
+    from strata.common import audit
+    from strata.ingest.node import run_worker
 
     _logging()
     audit.configure(settings, "ingest")  # this worker's audit emitter (common/audit.py)
@@ -50,7 +50,7 @@ def serve_router(settings: Settings, stop: threading.Event | None = None) -> Non
     _logging()
     if not settings.router_config:
         raise SystemExit("STRATA_ROUTER_CONFIG is not set: no routing rules to run")
-    from archive import transcode
+    from strata.archive import transcode
 
     transcode.configure(settings.transcode_workers)
     router, config, http = build_router(settings)
@@ -74,14 +74,14 @@ def serve_router(settings: Settings, stop: threading.Event | None = None) -> Non
 def build_router(settings: Settings) -> tuple[Any, Any, Any]:
     """The router process's adapters and service: its rules, the tiers it reads objects from,
     the Router (processors/router/service.py) and its HTTP server."""
-    from archive.cold import build_cold_tier
-    from archive.recall import RecallCache
-    from archive.source import TieredSource
-    from common.auth import from_settings as auth_from_settings
-    from processors.router import sender
-    from processors.router.rules import load
-    from processors.router.service import Router, serve_http
-    from proto.strata.v1 import events_pb2 as pb
+    from strata.archive.cold import build_cold_tier
+    from strata.archive.recall import RecallCache
+    from strata.archive.source import TieredSource
+    from strata.common.auth import from_settings as auth_from_settings
+    from strata.processors.router import sender
+    from strata.processors.router.rules import load
+    from strata.processors.router.service import Router, serve_http
+    from strata.proto.strata.v1 import events_pb2 as pb
 
     config = load(settings.router_config)
     # Whichever tier holds the object now: hot in place, cold through a recall cache of the
@@ -115,22 +115,22 @@ def serve_index(settings: Settings) -> None:
     """The index node: faust processors materializing the index, and every reader of it (the
     Q/R SCP, gRPC, DICOMweb with STOW and the viewer). They share this process because it owns
     the embedded index (chDB allows one process per data path)."""
-    from common import audit
-    from common.auth import from_settings as auth_from_settings
-    from dicomnet.acceptor import Config
-    from dicomnet.tls import acceptor_security, move_tls_contexts
-    from ingest.config import load as load_ae_config
-    from ingest.node import build_store_service
-    from ingest.stow import Stow
-    from processors.app import create_app, run_worker
-    from processors.index.store import IndexStore
-    from query.dicomweb import WebDeps, add_viewer, serve_in_thread
-    from query.dicomweb import create_app as create_web
-    from query.grpc_service import Deps
-    from query.grpc_service import serve as serve_grpc
-    from query.retrieve import parse_destinations
-    from query.scp import QueryServer, Services
-    from stack import viewer
+    from strata.common import audit
+    from strata.common.auth import from_settings as auth_from_settings
+    from strata.dicomnet.acceptor import Config
+    from strata.dicomnet.tls import acceptor_security, move_tls_contexts
+    from strata.ingest.config import load as load_ae_config
+    from strata.ingest.node import build_store_service
+    from strata.ingest.stow import Stow
+    from strata.processors.app import create_app, run_worker
+    from strata.processors.index.store import IndexStore
+    from strata.query.dicomweb import WebDeps, add_viewer, serve_in_thread
+    from strata.query.dicomweb import create_app as create_web
+    from strata.query.grpc_service import Deps
+    from strata.query.grpc_service import serve as serve_grpc
+    from strata.query.retrieve import parse_destinations
+    from strata.query.scp import QueryServer, Services
+    from strata.stack import viewer
 
     _logging()
     audit.configure(settings, "index")  # the readers' audit emitter (common/audit.py)
@@ -191,7 +191,7 @@ def serve_index(settings: Settings) -> None:
                 auth=authz,
             )
         )
-        from archive import transcode
+        from strata.archive import transcode
 
         transcode.configure(settings.transcode_workers)
         # the pool's workers start (and load their codecs) now, not on the first retrieve
@@ -258,8 +258,8 @@ def _replica_relay(settings: Settings) -> Any:
     node's, relayed there)."""
     if not settings.node_dir:
         return None
-    from ingest.outbox import Outbox
-    from ingest.relay import Relay
+    from strata.ingest.outbox import Outbox
+    from strata.ingest.relay import Relay
 
     relay = Relay(Outbox(settings.outbox_path), settings)
     relay.start()
@@ -269,7 +269,7 @@ def _replica_relay(settings: Settings) -> Any:
 def _start_sql(settings: Settings, index: Any) -> None:
     """The read-only ClickHouse HTTP interface over the embedded index (query/sql_http.py).
     With a ClickHouse server (STRATA_CLICKHOUSE_DSN) analysts use the server itself."""
-    from query import sql_http
+    from strata.query import sql_http
 
     path = index.embedded_path()
     if not settings.sql_port or not path:
@@ -284,7 +284,7 @@ def _start_sql(settings: Settings, index: Any) -> None:
         max_threads=settings.sql_max_threads,
         nice=settings.sql_nice,
     )
-    from processors.app import index_lag
+    from strata.processors.app import index_lag
 
     threshold = settings.sql_yield_lag
     pool = sql_http.Pool(
@@ -304,13 +304,13 @@ def _tiers(settings: Settings) -> tuple[Any, Any]:
     """The tiers, the lifecycle processor (None without rules or recall promotion) and the
     retrieve source reading every tier (hot in place, cold through the recall cache)."""
 
-    from archive.cold import build_cold_tier
-    from archive.hot import HotTier
-    from archive.lifecycle import load_policy, policy_path
-    from archive.recall import RecallCache
-    from archive.source import TieredSource
-    from common.errors import Invalid
-    from processors.lifecycle import AccessRecorder, LifecycleProcessor
+    from strata.archive.cold import build_cold_tier
+    from strata.archive.hot import HotTier
+    from strata.archive.lifecycle import load_policy, policy_path
+    from strata.archive.recall import RecallCache
+    from strata.archive.source import TieredSource
+    from strata.common.errors import Invalid
+    from strata.processors.lifecycle import AccessRecorder, LifecycleProcessor
 
     path = policy_path(settings.home, {"STRATA_LIFECYCLE_POLICY": settings.lifecycle_policy})
     policy = load_policy(path)

@@ -10,8 +10,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from common.errors import StrataError
-from common.settings import Settings
+from strata.common.errors import StrataError
+from strata.common.settings import Settings
 
 FORMATS = {"table": "TabSeparatedWithNames", "csv": "CSVWithNames", "json": "JSON"}
 _UNESCAPE = {"t": "\t", "n": "\n", "\\": "\\", "0": "\0", "r": "\r", "'": "'", "b": "\b"}
@@ -63,7 +63,7 @@ def query(settings: Settings, sql: str, fmt: str, user: str, password: str, data
 
 
 def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
-    from query.sql_http import Users
+    from strata.query.sql_http import Users
 
     users = Users.parse(settings.sql_users).passwords
     user = args.user or next(iter(users), "default")

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.events import envelope
-from proto.strata.v1 import events_pb2 as pb
+from strata.common.events import envelope
+from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class Emitter:
         maxsize: int = 10000,
         producer_factory: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
-        from common import kafka
+        from strata.common import kafka
 
         self.topic = topic
         self.spool = spool
@@ -425,7 +425,7 @@ def http_outcome(status: int) -> str:
 def who_dicom(calling_ae: str, called_ae: str, sock: Any = None) -> pb.AuditWho:
     who = pb.AuditWho(calling_ae_title=calling_ae, called_ae_title=called_ae)
     if sock is not None:
-        from dicomnet.tls import peer_cert
+        from strata.dicomnet.tls import peer_cert
 
         with contextlib.suppress(Exception):
             cert = peer_cert(sock)

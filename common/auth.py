@@ -30,8 +30,8 @@ from typing import Any
 
 import jwt
 
-from common import audit
-from common.errors import Invalid, StrataError, Unavailable
+from strata.common import audit
+from strata.common.errors import Invalid, StrataError, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 
-from common.errors import Invalid
+from strata.common.errors import Invalid
 
 # VRs whose values can be large binary blobs: omitted from the stored header.
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from proto.strata.v1 import events_pb2 as pb
+from strata.proto.strata.v1 import events_pb2 as pb
 
 SCHEMA_VERSION = 1
 SOFTWARE_VERSION = "0.1.0"

@@ -23,8 +23,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from common.errors import Unavailable
-from common.settings import Settings
+from strata.common.errors import Unavailable
+from strata.common.settings import Settings
 
 log = logging.getLogger(__name__)
 

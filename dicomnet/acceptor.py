@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dicomnet import dul, tls
-from dicomnet.sockets import nodelay
+from strata.dicomnet import dul, tls
+from strata.dicomnet.sockets import nodelay
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from dicomnet import dul
-from dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
-from dicomnet.sockets import nodelay
+from strata.dicomnet import dul
+from strata.dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
+from strata.dicomnet.sockets import nodelay
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

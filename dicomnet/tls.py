@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.pki import ensure_pki
+from strata.common.pki import ensure_pki
 
 PROFILES = ("embedded", "hardened")
 CLIENT_CERT_MODES = ("none", "optional", "required")

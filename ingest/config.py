@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import Invalid
+from strata.common.errors import Invalid
 
 
 @dataclass(frozen=True)

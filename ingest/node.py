@@ -26,11 +26,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.settings import Settings
+from strata.common.settings import Settings
 
 if TYPE_CHECKING:
-    from ingest.quarantine import Quarantine
-    from ingest.store import StoreService
+    from strata.ingest.quarantine import Quarantine
+    from strata.ingest.store import StoreService
 
 log = logging.getLogger("strata.ingest")
 
@@ -45,9 +45,9 @@ def prepare_metrics_dir(settings: Settings) -> str:
 
 def run_node(settings: Settings) -> None:
     metrics_dir = prepare_metrics_dir(settings)  # before prometheus_client is imported
-    from ingest import metrics
-    from ingest.outbox import Outbox
-    from ingest.relay import Relay
+    from strata.ingest import metrics
+    from strata.ingest.outbox import Outbox
+    from strata.ingest.relay import Relay
 
     _purge_incoming(settings)
     outbox = Outbox(settings.outbox_path)
@@ -63,13 +63,13 @@ def run_node(settings: Settings) -> None:
     quarantine_use = [quarantine.sweep()]  # retention applied here too, every ~10 s
     n = settings.ingest_workers or os.cpu_count() or 1
     env = {**os.environ, **settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    argv = [sys.executable, "-m", "cli.main", "serve", "ingest-worker"]
+    argv = [sys.executable, "-m", "strata.cli.main", "serve", "ingest-worker"]
     workers: list[subprocess.Popen[bytes]] = [subprocess.Popen(argv, env=env) for _ in range(n)]
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    from common.audit import spool_files
+    from strata.common.audit import spool_files
 
     def health() -> dict[str, Any]:
         alive = sum(1 for w in workers if w.poll() is None)
@@ -184,7 +184,7 @@ def _dr_sync_watcher(settings: Settings) -> Any:
     """Sync mode: the node's one watcher of the peer's confirmations (ingest/peersync.py)."""
     if not settings.dr_site or sync_mode(settings) != "sync":
         return None
-    from ingest.peersync import Confirmations, Watcher
+    from strata.ingest.peersync import Confirmations, Watcher
 
     w = Watcher(settings, Confirmations(peer_confirmed_path(settings)))
     w.start()
@@ -192,7 +192,7 @@ def _dr_sync_watcher(settings: Settings) -> Any:
 
 
 def sync_mode(settings: Settings) -> str:
-    from common.errors import Invalid
+    from strata.common.errors import Invalid
 
     if settings.dr_mode not in ("async", "sync"):
         raise Invalid(f"STRATA_DR_MODE must be 'async' or 'sync', not {settings.dr_mode!r}")
@@ -241,7 +241,7 @@ def _http_server(settings: Settings, health: Any) -> ThreadingHTTPServer:
 
 
 def build_quarantine(settings: Settings) -> Quarantine:
-    from ingest.quarantine import Quarantine
+    from strata.ingest.quarantine import Quarantine
 
     return Quarantine(
         settings.quarantine_dir,
@@ -253,10 +253,10 @@ def build_quarantine(settings: Settings) -> Quarantine:
 def build_store_service(settings: Settings) -> StoreService:
     """The store feature wired to this node's hot tier, outbox and configuration (used by the
     C-STORE workers and by STOW-RS: one contract for both)."""
-    from archive.hot import HotTier
-    from ingest import config
-    from ingest.outbox import Outbox
-    from ingest.store import Limits, StoreService
+    from strata.archive.hot import HotTier
+    from strata.ingest import config
+    from strata.ingest.outbox import Outbox
+    from strata.ingest.store import Limits, StoreService
 
     return StoreService(
         tier=HotTier(settings.hot_dir, spool_name(settings)),
@@ -286,7 +286,7 @@ def _dr_sync_gate(settings: Settings) -> Any:
     """Sync mode: what an acknowledgement waits on (the peer's confirmation)."""
     if not settings.dr_site or sync_mode(settings) != "sync":
         return None
-    from ingest.peersync import Confirmations, Gate
+    from strata.ingest.peersync import Confirmations, Gate
 
     return Gate(
         Confirmations(peer_confirmed_path(settings)),
@@ -299,7 +299,7 @@ def _dr_fence(settings: Settings) -> Any:
     """Geo-redundancy: a site that is not the primary of the latest epoch refuses ingest."""
     if not settings.dr_site:
         return None
-    from cli.dr import Fence
+    from strata.cli.dr import Fence
 
     return Fence(settings)
 
@@ -308,15 +308,15 @@ def _cold_tier(settings: Settings) -> Any:
     """The cold tier when configured (asked only whether a duplicate's object is there)."""
     if not settings.s3_endpoint:
         return None
-    from archive.cold import build_cold_tier
+    from strata.archive.cold import build_cold_tier
 
     return build_cold_tier(settings)
 
 
 def run_worker(settings: Settings) -> None:
     """One ingest worker: the C-STORE SCP writing to the hot tier and the outbox."""
-    from dicomnet.tls import acceptor_security
-    from ingest.scp import Config, StoreServer
+    from strata.dicomnet.tls import acceptor_security
+    from strata.ingest.scp import Config, StoreServer
 
     service = build_store_service(settings)
     server = StoreServer(

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import Unavailable
+from strata.common.errors import Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from common.events import decode
+from strata.common.events import decode
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class Watcher:
         self._stop.set()
 
     def _consumer(self, group: str) -> Any:
-        from common import kafka
+        from strata.common import kafka
 
         return kafka.consumer(
             kafka.peer(self.settings),

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.fs import fsync_dir, fsync_file
+from strata.common.fs import fsync_dir, fsync_file
 
 OVER_QUOTA = "quarantine-over-quota"
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from common import kafka
-from ingest.outbox import Outbox, Pending
-from proto.strata.v1 import events_pb2 as pb
+from strata.common import kafka
+from strata.ingest.outbox import Outbox, Pending
+from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 

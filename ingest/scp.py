@@ -33,11 +33,11 @@ from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
-from common import audit
-from dicomnet import acceptor, dul
-from dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config  # noqa: F401 - Config: the ingest node builds it from here
-from ingest import metrics, statuses
-from ingest.store import Received, StoreService
+from strata.common import audit
+from strata.dicomnet import acceptor, dul
+from strata.dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config  # noqa: F401 - Config: the ingest node builds it from here
+from strata.ingest import metrics, statuses
+from strata.ingest.store import Received, StoreService
 
 log = logging.getLogger(__name__)
 VERIFICATION = "1.2.840.10008.1.1"

@@ -30,15 +30,15 @@ from typing import Any, Protocol
 
 from pydicom import Dataset
 
-from archive.hot import TIER as HOT
-from archive.keys import instance_key
-from common import dicom
-from common.errors import Invalid, Unavailable
-from common.events import envelope, timestamp
-from ingest import statuses
-from ingest.config import AEConfig
-from ingest.quarantine import Quarantine
-from proto.strata.v1 import events_pb2 as pb
+from strata.archive.hot import TIER as HOT
+from strata.archive.keys import instance_key
+from strata.common import dicom
+from strata.common.errors import Invalid, Unavailable
+from strata.common.events import envelope, timestamp
+from strata.ingest import statuses
+from strata.ingest.config import AEConfig
+from strata.ingest.quarantine import Quarantine
+from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 

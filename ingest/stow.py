@@ -16,8 +16,8 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from common import audit
-from query.dicomweb.base import DICOM_JSON, WebDeps, _error, is_uid
+from strata.common import audit
+from strata.query.dicomweb.base import DICOM_JSON, WebDeps, _error, is_uid
 
 
 class Stow:
@@ -117,7 +117,7 @@ class Stow:
     def _store_part(self, path: Path, study: str | None, peer: str) -> tuple[bool, dict]:
         from pydicom.filereader import read_file_meta_info
 
-        from ingest.store import Received
+        from strata.ingest.store import Received
 
         item = _stow_item
         try:

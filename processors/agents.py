@@ -15,10 +15,10 @@ import faust
 from google.protobuf.message import DecodeError
 from prometheus_client import Gauge
 
-from common.events import decode
-from common.settings import Settings
-from processors.index.projection import Batch
-from processors.index.store import IndexStore
+from strata.common.events import decode
+from strata.common.settings import Settings
+from strata.processors.index.projection import Batch
+from strata.processors.index.store import IndexStore
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import faust
 
-from common import kafka
-from common.auth import Authorizer, admin_middleware
-from common.settings import Settings
-from processors.agents import add_index_agents
-from processors.index import audit as audit_index
-from processors.index.store import IndexStore
-from processors.lifecycle import LifecycleProcessor
-from processors.timers import Barrier, add_timers, caught_up, index_lag
-from processors.web import active_holds, add_pages, add_pit_page, storage_locations
+from strata.common import kafka
+from strata.common.auth import Authorizer, admin_middleware
+from strata.common.settings import Settings
+from strata.processors.agents import add_index_agents
+from strata.processors.index import audit as audit_index
+from strata.processors.index.store import IndexStore
+from strata.processors.lifecycle import LifecycleProcessor
+from strata.processors.timers import Barrier, add_timers, caught_up, index_lag
+from strata.processors.web import active_holds, add_pages, add_pit_page, storage_locations
 
 __all__ = [
     "Barrier",

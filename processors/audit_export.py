@@ -32,8 +32,8 @@ from datetime import UTC
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from common.events import decode, event_time
-from proto.strata.v1 import events_pb2 as pb
+from strata.common.events import decode, event_time
+from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class Exporter:
     """Audit topic -> syslog receiver. ``run_once`` sends what is there and commits."""
 
     def __init__(self, settings: Any, consumer: Any = None) -> None:
-        from common import kafka
+        from strata.common import kafka
 
         if not settings.audit_syslog:
             raise ValueError("STRATA_AUDIT_SYSLOG (host:port of the receiver) is not set")

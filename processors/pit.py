@@ -20,10 +20,10 @@ from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from common import kafka
-from common.errors import Invalid, Unavailable
-from processors.index.store import IndexStore
-from processors.replay import Positions, ReplayResult, end_positions, replay
+from strata.common import kafka
+from strata.common.errors import Invalid, Unavailable
+from strata.processors.index.store import IndexStore
+from strata.processors.replay import Positions, ReplayResult, end_positions, replay
 
 DATABASE = re.compile(r"^asof_[a-z0-9_]{1,60}$")
 _lock = threading.Lock()  # one rebuild at a time

@@ -25,14 +25,14 @@ from typing import cast
 from confluent_kafka import KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
-from common import kafka
-from common.errors import Unavailable
-from common.events import decode
-from common.kafka import Cluster, record
-from common.kafka import Positions as Positions  # re-exported: its callers import it here
-from common.kafka import end_positions as end_positions  # ditto
-from processors.index.projection import Batch
-from processors.index.store import IndexStore, Layout, Prepared, prepare
+from strata.common import kafka
+from strata.common.errors import Unavailable
+from strata.common.events import decode
+from strata.common.kafka import Cluster, record
+from strata.common.kafka import Positions as Positions  # re-exported: its callers import it here
+from strata.common.kafka import end_positions as end_positions  # ditto
+from strata.processors.index.projection import Batch
+from strata.processors.index.store import IndexStore, Layout, Prepared, prepare
 
 
 @dataclass
@@ -286,7 +286,7 @@ def _replay_with_projector(
     shm = tempfile.mkdtemp(
         prefix="strata-replay-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     )
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).parents[2])  # the folder holding strata/ (checkout or install)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     procs: list[subprocess.Popen[bytes]] = []
     receivers: dict[Connection, subprocess.Popen[bytes]] = {}
@@ -301,7 +301,7 @@ def _replay_with_projector(
                 [
                     sys.executable,
                     "-c",
-                    "from processors.replay import _projector_main; _projector_main()",
+                    "from strata.processors.replay import _projector_main; _projector_main()",
                     str(w),
                 ],
                 stdin=subprocess.PIPE,

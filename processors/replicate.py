@@ -22,12 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from archive.hot import HotTier
-from common import kafka
-from common.errors import NotFound, Unavailable
-from common.events import decode, envelope
-from common.settings import Settings
-from proto.strata.v1 import events_pb2 as pb
+from strata.archive.hot import HotTier
+from strata.common import kafka
+from strata.common.errors import NotFound, Unavailable
+from strata.common.events import decode, envelope
+from strata.common.settings import Settings
+from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def fetch_many(
     returns sop -> (file, sha256) for those the peer sent (NOT_FOUND: none of them yet)."""
     import grpc
 
-    from proto.strata.v1 import query_pb2 as q
+    from strata.proto.strata.v1 import query_pb2 as q
 
     files: dict[str, tuple[Any, Any, Path]] = {}
     req = q.RetrieveRequest(
@@ -83,7 +83,7 @@ class Copier:
     def __init__(self, settings: Settings) -> None:
         import grpc
 
-        from proto.strata.v1 import query_pb2_grpc as q_grpc
+        from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 
         self.settings = settings
         self.hot = HotTier(settings.hot_dir, "dr-copier")

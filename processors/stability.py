@@ -13,10 +13,10 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common import kafka
-from common.events import envelope, timestamp
-from processors.index.port import Index
-from proto.strata.v1 import events_pb2 as pb
+from strata.common import kafka
+from strata.common.events import envelope, timestamp
+from strata.processors.index.port import Index
+from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 import faust
 from prometheus_client import Gauge
 
-from common import kafka
-from common.settings import Settings
-from processors.index import checksum
-from processors.index.store import IndexStore
-from processors.lifecycle import LifecycleProcessor
+from strata.common import kafka
+from strata.common.settings import Settings
+from strata.processors.index import checksum
+from strata.processors.index.store import IndexStore
+from strata.processors.lifecycle import LifecycleProcessor
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,11 @@ def add_timers(
 ) -> threading.Event:
     """The lag/stability timer and the lifecycle loop on ``app``; returns the event set once
     the index has caught up with the log (read by the health page)."""
-    from processors.replay import end_positions
+    from strata.processors.replay import end_positions
 
     # one client for the per-second lag check, not one per tick
     probe = kafka.consumer(settings, "strata-index-probe", "index-lag")
-    from processors.stability import StabilityEmitter
+    from strata.processors.stability import StabilityEmitter
 
     emitter = StabilityEmitter(
         settings,

@@ -11,11 +11,11 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common import audit
-from common.settings import Settings
-from processors.index import checksum, routing
-from processors.index.port import Index
-from processors.index.store import IndexStore
+from strata.common import audit
+from strata.common.settings import Settings
+from strata.processors.index import checksum, routing
+from strata.processors.index.port import Index
+from strata.processors.index.store import IndexStore
 
 
 def add_pages(
@@ -96,11 +96,11 @@ def add_pages(
 def add_pit_page(app: faust.App, settings: Settings, index: IndexStore) -> None:
     """POST /replay?until=TIME|OFFSET&database=asof_x: the index as of then, rebuilt into a
     database of this engine that the SQL endpoint reads (processors/pit.py)."""
-    from processors import pit
+    from strata.processors import pit
 
     class Replay(faust.web.View):
         async def post(self, request: Any) -> Any:
-            from common.errors import Invalid, StrataError
+            from strata.common.errors import Invalid, StrataError
 
             q = request.query
             try:

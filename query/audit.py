@@ -15,15 +15,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import audit
-from proto.strata.v1 import events_pb2 as pb
+from strata.common import audit
+from strata.proto.strata.v1 import events_pb2 as pb
 
 VIEW_WINDOW = 300.0
 _QR_FIND, _QR_MOVE, _QR_GET = 0x0020, 0x0021, 0x0010  # C-FIND-RQ, C-MOVE-RQ, C-GET-RQ
 
 
 def _patients(index: Any, studies: list[str]) -> list[str]:
-    from processors.index.audit import patients_of
+    from strata.processors.index.audit import patients_of
 
     try:
         return patients_of(index, studies)
@@ -54,7 +54,7 @@ def qr_begin(
     """A C-FIND/C-MOVE/C-GET request with its identifier (query keys as asked)."""
     if not audit.enabled() or assoc.rq is None:
         return None
-    from dicomnet import dul
+    from strata.dicomnet import dul
 
     field_ = dul.us(cmd, dul.COMMAND_FIELD)
     keys: dict[str, str] = {}

@@ -20,9 +20,9 @@ from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
-from common.errors import Invalid
-from processors.index.matching import ATTRIBUTES, LEVELS, Attr
-from processors.index.port import FindQuery, Index
+from strata.common.errors import Invalid
+from strata.processors.index.matching import ATTRIBUTES, LEVELS, Attr
+from strata.processors.index.port import FindQuery, Index
 
 
 def parse_identifier(identifier: Dataset, limit: int) -> FindQuery:

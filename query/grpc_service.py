@@ -23,19 +23,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common import kafka
-from common.auth import grpc_interceptor
-from common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
-from common.events import decode
-from common.kafka import record
-from processors.index.matching import ATTRIBUTES
-from processors.index.port import Index
-from processors.index.search import columns
-from proto.strata.v1 import query_pb2 as q
-from proto.strata.v1 import query_pb2_grpc as q_grpc
-from query.audit import grpc_interceptor as audit_interceptor
-from query.find import FindQuery, to_json
-from query.retrieve import ObjectSource, local_paths, locate
+from strata.common import kafka
+from strata.common.auth import grpc_interceptor
+from strata.common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
+from strata.common.events import decode
+from strata.common.kafka import record
+from strata.processors.index.matching import ATTRIBUTES
+from strata.processors.index.port import Index
+from strata.processors.index.search import columns
+from strata.proto.strata.v1 import query_pb2 as q
+from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
+from strata.query.audit import grpc_interceptor as audit_interceptor
+from strata.query.find import FindQuery, to_json
+from strata.query.retrieve import ObjectSource, local_paths, locate
 
 log = logging.getLogger(__name__)
 

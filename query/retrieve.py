@@ -17,10 +17,10 @@ from itertools import islice
 from pathlib import Path
 
 # Tier access lives in archive/source.py; re-exported for the readers that import it from here.
-from archive.source import HotSource, ObjectSource, TieredSource
-from common.errors import Invalid
-from processors.index.matching import LEVELS
-from processors.index.port import Index, Located
+from strata.archive.source import HotSource, ObjectSource, TieredSource
+from strata.common.errors import Invalid
+from strata.processors.index.matching import LEVELS
+from strata.processors.index.port import Index, Located
 
 __all__ = [
     "HotSource",

@@ -42,11 +42,11 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from archive import transcode
-from common import audit
-from common.errors import DeadlineExceeded, Invalid, NotFound, Unavailable
-from dicomnet import acceptor, dul
-from dicomnet.requestor import (
+from strata.archive import transcode
+from strata.common import audit
+from strata.common.errors import DeadlineExceeded, Invalid, NotFound, Unavailable
+from strata.dicomnet import acceptor, dul
+from strata.dicomnet.requestor import (
     EXPLICIT_BE,
     EXPLICIT_LE,
     IMPLICIT_LE,
@@ -54,10 +54,10 @@ from dicomnet.requestor import (
     send_store,
     store_command,
 )
-from processors.index.port import Index
-from query import audit as qaudit
-from query.find import find_rows, parse_identifier, to_bytes
-from query.retrieve import Located, ObjectSource, local_paths, locate
+from strata.processors.index.port import Index
+from strata.query import audit as qaudit
+from strata.query.find import find_rows, parse_identifier, to_bytes
+from strata.query.retrieve import Located, ObjectSource, local_paths, locate
 
 log = logging.getLogger(__name__)
 

@@ -604,6 +604,6 @@ def _error(
 
 def serve(pool: Pool, users: Users, display_name: str, host: str, port: int) -> threading.Thread:
     """Serve the endpoint on its own event loop in a daemon thread (as DICOMweb is)."""
-    from query.dicomweb import serve_in_thread
+    from strata.query.dicomweb import serve_in_thread
 
     return serve_in_thread(create_app(pool, users, display_name), host, port)

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import Unavailable
-from stack.procs import Proc
+from strata.common.errors import Unavailable
+from strata.stack.procs import Proc
 
 BINARIES = (
     "ceph-mon",
@@ -448,7 +448,7 @@ def _ensure_user_and_bucket(data_dir: Path, h: CephHandle, state: dict[str, obje
         _run(["radosgw-admin", "-c", conf, "-n", RGW_NAME, "user", "create", "--uid", S3_USER,
               "--display-name", "Strata cold tier", "--access-key", str(state["access_key"]),
               "--secret-key", str(state["secret_key"])])  # fmt: skip
-    from archive.cold import s3_client
+    from strata.archive.cold import s3_client
 
     client = s3_client(h.endpoint, h.access_key, h.secret_key, str(h.ca_path), h.region)
     deadline = time.monotonic() + 60
@@ -474,7 +474,7 @@ def ensure_tls(tls_dir: Path) -> tuple[Path, Path, Path]:
     """RGW's certificate: the project CA's server certificate for 127.0.0.1/localhost
     (common/pki.py, made once and cached in ``tls_dir``). Returns (ca.pem, server.pem,
     server.key); clients verify with ca.pem."""
-    from common.pki import ensure_pki
+    from strata.common.pki import ensure_pki
 
     pki = ensure_pki(tls_dir)
     return pki.ca, pki.server_cert, pki.server_key

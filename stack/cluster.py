@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.settings import Settings
+from strata.common.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ClusterState:
 
 def cluster_state(settings: Settings, timeout: float = 5.0) -> ClusterState | None:
     """The cluster's view of itself, or None when no broker answers."""
-    from common import kafka
+    from strata.common import kafka
 
     admin = kafka.admin(settings, "cluster-state")
     try:
@@ -54,7 +54,7 @@ def cluster_state(settings: Settings, timeout: float = 5.0) -> ClusterState | No
 def broker_rows(settings: Settings, state: ClusterState) -> list[list[object]]:
     """One row per configured node: up (listening and registered), DOWN (not listening) or
     fenced (listening, not registered); how many partitions it leads, in how many ISRs."""
-    from stack.kafka import broker
+    from strata.stack.kafka import broker
 
     by_addr = {addr: nid for nid, addr in state.brokers.items()}
     rows: list[list[object]] = []

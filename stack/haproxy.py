@@ -24,9 +24,9 @@ import shutil
 import socket
 from pathlib import Path
 
-from common.errors import Unavailable
-from common.settings import Settings
-from stack.nodes import Node
+from strata.common.errors import Unavailable
+from strata.common.settings import Settings
+from strata.stack.nodes import Node
 
 # (frontend, public port setting, node kind, node port name)
 ROUTES = (

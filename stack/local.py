@@ -17,14 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import Unavailable
-from common.kafka import ensure_topics
-from common.settings import Settings
-from dicomnet.tls import dicom_security
-from stack import ceph, haproxy, nodes
-from stack.kafka import broker
-from stack.kafka import security as kafka_security
-from stack.procs import Proc
+from strata.common.errors import Unavailable
+from strata.common.kafka import ensure_topics
+from strata.common.settings import Settings
+from strata.dicomnet.tls import dicom_security
+from strata.stack import ceph, haproxy, nodes
+from strata.stack.kafka import broker
+from strata.stack.kafka import security as kafka_security
+from strata.stack.procs import Proc
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,8 @@ def services(settings: Settings) -> list[Service]:
 
 def _dr_services(settings: Settings) -> list[Service]:
     """Geo-redundancy processes (docs/dr.md), shown while running so that down stops them."""
-    from cli.dr import copier_proc
-    from stack import mirror
+    from strata.cli.dr import copier_proc
+    from strata.stack import mirror
 
     m, c = mirror.proc(settings), copier_proc(settings)
     return [
@@ -133,7 +133,7 @@ def _up_nodes(settings: Settings, timeout: float) -> None:
                 **nodes.env(settings, n),
                 **kafka_security.principal_env(settings, n.kind),
             }
-            procs[n.name].start([python, "-m", "cli.main", "serve", cmd[kind]], env=env)
+            procs[n.name].start([python, "-m", "strata.cli.main", "serve", cmd[kind]], env=env)
         for n in group:
             if kind == "index":
                 wait_echo(h, n.ports["qr"], settings.qr_ae_title, procs[n.name], timeout)
@@ -174,7 +174,7 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
     env = {**_base_env(), **settings.to_env()}
     python = sys.executable
     svc["index"].proc.start(
-        [python, "-m", "cli.main", "serve", "index"],
+        [python, "-m", "strata.cli.main", "serve", "index"],
         env={**env, **kafka_security.principal_env(settings, "index")},
     )
     sec = dicom_security(settings)
@@ -191,7 +191,7 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
             settings.bind_host, settings.qr_port, settings.qr_ae_title, svc["index"].proc, timeout
         )
     svc["ingest"].proc.start(
-        [python, "-m", "cli.main", "serve", "ingest"],
+        [python, "-m", "strata.cli.main", "serve", "ingest"],
         env={**env, **kafka_security.principal_env(settings, "ingest")},
     )
     # Readiness through /healthz, not C-ECHO: the calling-AE allow-list may refuse our probe.
@@ -212,7 +212,9 @@ def _up_router(settings: Settings, svc: dict[str, Service], timeout: float) -> N
             **settings.to_env(),
             **kafka_security.principal_env(settings, "router"),
         }
-        svc["router"].proc.start([sys.executable, "-m", "cli.main", "serve", "router"], env=env)
+        svc["router"].proc.start(
+            [sys.executable, "-m", "strata.cli.main", "serve", "router"], env=env
+        )
         wait_router(settings.bind_host, settings.router_http_port, svc["router"].proc, timeout)
 
 
@@ -316,7 +318,7 @@ def wait_echo(host: str, port: int, ae_title: str, proc: Proc, timeout: float) -
 
 def log_status(settings: Settings) -> list[list[object]]:
     """Per topic: log end, indexed position and lag of the index; the ingest outbox depth."""
-    from processors.replay import end_positions
+    from strata.processors.replay import end_positions
 
     try:
         indexed = index_positions(settings.bind_host, settings.index_http_port, settings.token)
@@ -347,7 +349,7 @@ def index_positions(host: str, http_port: int, token: str) -> dict[str, Any] | N
     import json
     import urllib.request
 
-    from common.auth import bearer_request
+    from strata.common.auth import bearer_request
 
     try:
         url = f"http://{host}:{http_port}/positions"

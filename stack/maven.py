@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.errors import Unavailable
+from strata.common.errors import Unavailable
 
 
 def fetch_jars(pom: Path, libs: Path, marker: str, what: str, props: dict[str, str]) -> Path:

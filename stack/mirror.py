@@ -12,10 +12,10 @@ import os
 import re
 from pathlib import Path
 
-from common.errors import Unavailable
-from common.settings import Settings
-from stack.maven import fetch_jars
-from stack.procs import Proc
+from strata.common.errors import Unavailable
+from strata.common.settings import Settings
+from strata.stack.maven import fetch_jars
+from strata.stack.procs import Proc
 
 POM = Path(__file__).with_name("mirror.pom.xml")
 MAIN = "org.apache.kafka.connect.mirror.MirrorMaker"
@@ -39,7 +39,7 @@ def ensure_jars(settings: Settings) -> Path:
 
 def topics(settings: Settings) -> list[str]:
     """The topics mirrored: every source-of-truth topic (common.kafka.source_of_truth_topics)."""
-    from common.kafka import source_of_truth_topics
+    from strata.common.kafka import source_of_truth_topics
 
     return [t.name for t in source_of_truth_topics(settings)]
 
@@ -102,8 +102,8 @@ def properties(settings: Settings, source: str, target: str) -> str:
 def _security(settings: Settings, source: str, target: str) -> list[str]:
     """SASL_SSL (SCRAM-SHA-512) to both sites' brokers as the mirror's principal, when Kafka
     security is on (docs/security.md); the password is the mirror's password file's."""
-    from common import kafka
-    from stack.kafka import security
+    from strata.common import kafka
+    from strata.stack.kafka import security
 
     sec = kafka.security(security.as_principal(settings, security.MIRROR))
     if not sec.sasl:

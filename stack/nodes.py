@@ -18,7 +18,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.settings import Settings
+from strata.common.settings import Settings
 
 INDEX_PORTS = ("qr", "grpc", "dicomweb", "http")
 INGEST_PORTS = ("dicom", "http")

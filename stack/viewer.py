@@ -11,7 +11,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from common.errors import Unavailable
+from strata.common.errors import Unavailable
 
 OHIF_VERSION = "3.13.2"
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from common.events import decode, event_time
-from proto.strata.v1 import events_pb2 as pb
+from strata.common.events import decode, event_time
+from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ def attach(app: Any, settings: Any, index: Any) -> AuditIndex:
 
 def _reading_recorded(request: Any) -> None:
     """PS3.15 A.5.3.2 "Audit Log Used": who read the audit trail, and for what."""
-    from common import audit
+    from strata.common import audit
 
     q = request.query
     what = pb.AuditWhat(method="GET /audit")
@@ -293,7 +293,7 @@ def deletes_recorder(index: Any, events: list[tuple[Any, Any]]) -> Any:
     """For the lifecycle processor (processors/lifecycle/): the audit records of a pass's
     deletions, one per study, with the patients looked up NOW (before the index applies the
     deletions); call the result once the deletions are acknowledged by Kafka."""
-    from common import audit
+    from strata.common import audit
 
     by_study: dict[str, list[Any]] = {}
     for _p, env in events:

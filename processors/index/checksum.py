@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from processors.index.port import Index
+from strata.processors.index.port import Index
 
 
 def positions(index: Index) -> dict[str, dict[int, int]]:

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from archive.lifecycle import Policy
+    from strata.archive.lifecycle import Policy
 
 
 # Columns of a lifecycle candidate row (Index.lifecycle_candidates): the facts the policy needs

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from common.events import event_time
-from processors.index.routing import routing_rows
-from proto.strata.v1 import events_pb2 as pb
+from strata.common.events import event_time
+from strata.processors.index.routing import routing_rows
+from strata.proto.strata.v1 import events_pb2 as pb
 
 Row = dict[str, Any]
 Rows = dict[str, list[Row]]

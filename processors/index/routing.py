@@ -9,9 +9,9 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from common.events import event_time as _ts
-from processors.index.port import Index
-from proto.strata.v1 import events_pb2 as pb
+from strata.common.events import event_time as _ts
+from strata.processors.index.port import Index
+from strata.proto.strata.v1 import events_pb2 as pb
 
 Rows = dict[str, list[dict[str, Any]]]
 

@@ -19,7 +19,7 @@ Invariants encoded here:
 
 from __future__ import annotations
 
-from processors.index import views
+from strata.processors.index import views
 
 PATIENT_COLUMNS = """
     patient_id String,

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from common.errors import Invalid
-from processors.index.matching import ATTRIBUTES, LEVELS, MatchError, Params, condition
-from processors.index.port import FindQuery
-from processors.index.schema import CARD_COLUMNS
+from strata.common.errors import Invalid
+from strata.processors.index.matching import ATTRIBUTES, LEVELS, MatchError, Params, condition
+from strata.processors.index.port import FindQuery
+from strata.processors.index.schema import CARD_COLUMNS
 
 _STUDY_COLS = (
     "patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex, "

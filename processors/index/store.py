@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from common.errors import DeadlineExceeded, Unavailable
-from common.redact import redact
-from processors.index import search
-from processors.index.port import CANDIDATE_COLUMNS, FindQuery, Located, Page
-from processors.index.projection import Batch, ticks_ms
-from processors.index.schema import (
+from strata.common.errors import DeadlineExceeded, Unavailable
+from strata.common.redact import redact
+from strata.processors.index import search
+from strata.processors.index.port import CANDIDATE_COLUMNS, FindQuery, Located, Page
+from strata.processors.index.projection import Batch, ticks_ms
+from strata.processors.index.schema import (
     DELETABLE,
     STATS_ADDED_TYPES,
     TABLES,
@@ -30,7 +30,7 @@ from processors.index.schema import (
 )
 
 if TYPE_CHECKING:
-    from archive.lifecycle import Policy, Rule
+    from strata.archive.lifecycle import Policy, Rule
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ archive/lifecycle.py). Its parts:
   StudyAccessed), with the common/events.py envelope.
 """
 
-from processors.lifecycle.candidates import Candidate, candidates
-from processors.lifecycle.emitter import AccessRecorder, event_id, wrap
-from processors.lifecycle.journal import Journal, Pending
-from processors.lifecycle.processor import LifecycleProcessor, PassResult
+from strata.processors.lifecycle.candidates import Candidate, candidates
+from strata.processors.lifecycle.emitter import AccessRecorder, event_id, wrap
+from strata.processors.lifecycle.journal import Journal, Pending
+from strata.processors.lifecycle.processor import LifecycleProcessor, PassResult
 
 __all__ = [
     "AccessRecorder",

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from archive.lifecycle import Decision, InstanceFacts, Policy, decide
-from common.events import timestamp
-from processors.index.port import CANDIDATE_COLUMNS, Index
-from proto.strata.v1 import events_pb2 as pb
+from strata.archive.lifecycle import Decision, InstanceFacts, Policy, decide
+from strata.common.events import timestamp
+from strata.processors.index.port import CANDIDATE_COLUMNS, Index
+from strata.proto.strata.v1 import events_pb2 as pb
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
 

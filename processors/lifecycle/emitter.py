@@ -13,12 +13,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from common import kafka
-from common.events import envelope, timestamp
-from processors.index.port import Index
-from processors.lifecycle.candidates import Candidate
-from processors.lifecycle.journal import Pending
-from proto.strata.v1 import events_pb2 as pb
+from strata.common import kafka
+from strata.common.events import envelope, timestamp
+from strata.processors.index.port import Index
+from strata.processors.lifecycle.candidates import Candidate
+from strata.processors.lifecycle.journal import Pending
+from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import os
 import uuid
 from pathlib import Path
 
-from archive.tiers import Tier
-from archive.verify import stream_sha256
-from common.errors import Conflict, NotFound, StrataError, Unavailable
-from processors.lifecycle.candidates import Candidate
-from processors.lifecycle.journal import Pending
+from strata.archive.tiers import Tier
+from strata.archive.verify import stream_sha256
+from strata.common.errors import Conflict, NotFound, StrataError, Unavailable
+from strata.processors.lifecycle.candidates import Candidate
+from strata.processors.lifecycle.journal import Pending
 
 
 class TierExecutor:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common.fs import fsync_dir
+from strata.common.fs import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -46,17 +46,17 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from archive.lifecycle import Policy, load_policy
-from archive.tiers import Tier
-from common import kafka
-from common.errors import StrataError, Unavailable
-from processors.index import audit as audit_index
-from processors.index.port import Index
-from processors.lifecycle.candidates import _COLS, Candidate, _candidate, candidates
-from processors.lifecycle.emitter import Emitter, event_id
-from processors.lifecycle.executor import TierExecutor
-from processors.lifecycle.journal import Journal, Pending
-from proto.strata.v1 import events_pb2 as pb
+from strata.archive.lifecycle import Policy, load_policy
+from strata.archive.tiers import Tier
+from strata.common import kafka
+from strata.common.errors import StrataError, Unavailable
+from strata.processors.index import audit as audit_index
+from strata.processors.index.port import Index
+from strata.processors.lifecycle.candidates import _COLS, Candidate, _candidate, candidates
+from strata.processors.lifecycle.emitter import Emitter, event_id
+from strata.processors.lifecycle.executor import TierExecutor
+from strata.processors.lifecycle.journal import Journal, Pending
+from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 

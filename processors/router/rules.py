@@ -48,7 +48,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from common.errors import Invalid
+from strata.common.errors import Invalid
 
 # Transcoding targets by name (or give the transfer syntax UID). All are lossless.
 TRANSCODE_TARGETS: dict[str, str] = {

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from archive import transcode
-from dicomnet import dul
-from dicomnet.requestor import Requestor
-from dicomnet.tls import client_context
-from processors.index.port import Located
-from processors.router.rules import Destination, Member
-from proto.strata.v1 import events_pb2 as pb
+from strata.archive import transcode
+from strata.dicomnet import dul
+from strata.dicomnet.requestor import Requestor
+from strata.dicomnet.tls import client_context
+from strata.processors.index.port import Located
+from strata.processors.router.rules import Destination, Member
+from strata.proto.strata.v1 import events_pb2 as pb
 
 VERIFICATION = "1.2.840.10008.1.1"
 

@@ -31,13 +31,13 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from common import kafka
-from common.events import decode, envelope
-from common.kafka import record
-from processors.router import sender
-from processors.router.rules import Destination, Member, RouterConfig
-from processors.router.state import Route, RouterState, Trigger, event_id
-from proto.strata.v1 import events_pb2 as pb
+from strata.common import kafka
+from strata.common.events import decode, envelope
+from strata.common.kafka import record
+from strata.processors.router import sender
+from strata.processors.router.rules import Destination, Member, RouterConfig
+from strata.processors.router.state import Route, RouterState, Trigger, event_id
+from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -508,7 +508,7 @@ class Router:
 def serve_http(router: Router, host: str, port: int, authz: Any = None) -> ThreadingHTTPServer:
     """/healthz and /metrics (probes: open); /routes (admin: loopback clients only with auth
     off, the admin scope with auth on; common.auth)."""
-    from common.auth import admin_refusal
+    from strata.common.auth import admin_refusal
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:  # no access log (identifiers only anyway)

@@ -18,9 +18,9 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from processors.index.projection import json_value
-from processors.router.rules import Arrival, RouterConfig, explain, select
-from proto.strata.v1 import events_pb2 as pb
+from strata.processors.index.projection import json_value
+from strata.processors.router.rules import Arrival, RouterConfig, explain, select
+from strata.proto.strata.v1 import events_pb2 as pb
 
 _NS = uuid.UUID("5d9f2b1c-7f0e-4c55-9a61-3c7f1f9b8e20")
 

@@ -12,9 +12,9 @@ the process wiring (cli/serve.py) hands it to ``create_app``. An unknown path un
 DICOMweb root answers 404 with a JSON body.
 """
 
-from query.dicomweb.app import DicomWeb, create_app, serve_in_thread
-from query.dicomweb.base import WebDeps, is_uid, parse_frames
-from query.dicomweb.viewer import add_viewer
+from strata.query.dicomweb.app import DicomWeb, create_app, serve_in_thread
+from strata.query.dicomweb.base import WebDeps, is_uid, parse_frames
+from strata.query.dicomweb.viewer import add_viewer
 
 __all__ = [
     "DicomWeb",

@@ -12,9 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
-from query.dicomweb.base import WebDeps, _cors, _error, _errors
-from query.dicomweb.qido import Qido
-from query.dicomweb.rendered import Rendered
+from strata.query.dicomweb.base import WebDeps, _cors, _error, _errors
+from strata.query.dicomweb.qido import Qido
+from strata.query.dicomweb.rendered import Rendered
 
 
 class DicomWeb(Qido, Rendered):
@@ -35,11 +35,11 @@ def create_app(
     """``auth``: a common.auth.Authorizer (bearer tokens required under the prefix), or None.
     ``stow``: the STOW-RS handler class (ingest/stow.py ``Stow``), built with ``deps`` and the
     app's worker pool; None: POST answers 503 (this node does not accept STOW-RS)."""
-    from common.auth import dicomweb_middleware, no_store
+    from strata.common.auth import dicomweb_middleware, no_store
 
     dw = DicomWeb(deps)
     stow_handler = stow(deps, dw.pool).stow if stow is not None else _read_only
-    from query.audit import web_middleware
+    from strata.query.audit import web_middleware
 
     middlewares = [_errors, web_middleware(deps.index, prefix)]  # audit: inside auth
     if auth is not None:

@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from archive.keys import UnsafeKey, check_key
-from common.errors import Invalid, StrataError
-from processors.index.port import Index
-from query.retrieve import Located, ObjectSource
+from strata.archive.keys import UnsafeKey, check_key
+from strata.common.errors import Invalid, StrataError
+from strata.processors.index.port import Index
+from strata.query.retrieve import Located, ObjectSource
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from common.errors import DeadlineExceeded, Invalid, Unavailable
-from processors.index.matching import ATTRIBUTES
-from query.dicomweb.base import DICOM_JSON, Handlers, _error, _keyword, _timed_out
-from query.find import FindQuery, to_identifier
-from query.grpc_service import DEFAULT_KEYS
+from strata.common.errors import DeadlineExceeded, Invalid, Unavailable
+from strata.processors.index.matching import ATTRIBUTES
+from strata.query.dicomweb.base import DICOM_JSON, Handlers, _error, _keyword, _timed_out
+from strata.query.find import FindQuery, to_identifier
+from strata.query.grpc_service import DEFAULT_KEYS
 
 
 class Qido(Handlers):

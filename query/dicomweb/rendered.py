@@ -6,10 +6,10 @@ import io
 
 from aiohttp import web
 
-from common.errors import Invalid, NotFound
-from query.dicomweb.base import _error, _header_safe, parse_frames
-from query.dicomweb.wado import Wado
-from query.retrieve import Located
+from strata.common.errors import Invalid, NotFound
+from strata.query.dicomweb.base import _error, _header_safe, parse_frames
+from strata.query.dicomweb.wado import Wado
+from strata.query.retrieve import Located
 
 
 class Rendered(Wado):

@@ -12,7 +12,7 @@ from aiohttp import web
 def add_viewer(app: web.Application, dist: Path, prefix: str, oidc: Any = None) -> None:
     """Serve the OHIF viewer's static files at "/" with our app-config.js; unknown paths
     (the viewer's client-side routes, e.g. /viewer?StudyInstanceUIDs=...) get index.html."""
-    from stack.viewer import app_config
+    from strata.stack.viewer import app_config
 
     config = app_config(prefix.rstrip("/"), oidc).encode()  # oidc: the viewer's login
     index = (dist / "index.html").read_bytes()

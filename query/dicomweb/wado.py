@@ -17,10 +17,10 @@ from itertools import islice
 
 from aiohttp import web
 
-from archive import transcode
-from common.dicom import BULK_MARK
-from common.errors import DeadlineExceeded, Invalid, NotFound, Unavailable
-from query.dicomweb.base import (
+from strata.archive import transcode
+from strata.common.dicom import BULK_MARK
+from strata.common.errors import DeadlineExceeded, Invalid, NotFound, Unavailable
+from strata.query.dicomweb.base import (
     DICOM_JSON,
     EXPLICIT_LE,
     FRAME_MEDIA,
@@ -34,7 +34,7 @@ from query.dicomweb.base import (
     _timed_out,
     parse_frames,
 )
-from query.retrieve import Located, locate
+from strata.query.retrieve import Located, locate
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import Invalid, Unavailable
-from common.settings import Settings
-from stack.kafka import security
-from stack.maven import fetch_jars
-from stack.procs import Proc
+from strata.common.errors import Invalid, Unavailable
+from strata.common.settings import Settings
+from strata.stack.kafka import security
+from strata.stack.maven import fetch_jars
+from strata.stack.procs import Proc
 
 POM = Path(__file__).with_name("pom.xml")
 
@@ -255,7 +255,7 @@ def _cluster_id(kdir: Path) -> str:
 
 def wait_ready(settings: Settings, timeout: float = 60.0) -> None:
     """Until every local node is registered as a broker of the cluster."""
-    from common import kafka
+    from strata.common import kafka
 
     ns = nodes(settings)
     admin = security.as_principal(settings, security.ADMIN)

@@ -26,10 +26,10 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from common import kafka
-from common.errors import Unavailable
-from common.pki import ensure_pki
-from common.settings import Settings
+from strata.common import kafka
+from strata.common.errors import Unavailable
+from strata.common.pki import ensure_pki
+from strata.common.settings import Settings
 
 ADMIN = "strata-admin"  # super user: creates topics, users and ACLs ('strata up')
 INGEST = "strata-ingest"

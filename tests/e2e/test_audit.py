@@ -18,11 +18,11 @@ import pydicom
 import pytest
 import requests
 
-from common.events import decode
-from common.kafka import read_log
-from common.settings import Settings
-from proto.strata.v1 import query_pb2 as q
-from proto.strata.v1 import query_pb2_grpc as q_grpc
+from strata.common.events import decode
+from strata.common.kafka import read_log
+from strata.common.settings import Settings
+from strata.proto.strata.v1 import query_pb2 as q
+from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 from tests.e2e.test_auth import _stow_body
 from tests.support.dcmtk import dcmtk_env, findscu, storescu
 from tests.support.idp import IdP, idp  # noqa: F401 - fixture

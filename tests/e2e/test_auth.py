@@ -17,9 +17,9 @@ import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.settings import Settings
-from proto.strata.v1 import query_pb2 as q
-from proto.strata.v1 import query_pb2_grpc as q_grpc
+from strata.common.settings import Settings
+from strata.proto.strata.v1 import query_pb2 as q
+from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 from tests.support.idp import IdP, idp, other_idp  # noqa: F401 - fixtures
 from tests.support.stack import make_stack
 from tests.support.synthetic import ct_series

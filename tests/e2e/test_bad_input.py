@@ -22,8 +22,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config, evt, pdu
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from common.dicom import check_structure
-from ingest import statuses
+from strata.common.dicom import check_structure
+from strata.ingest import statuses
 from tests.support.stack import Stack, make_stack
 
 pytestmark = pytest.mark.e2e

@@ -26,8 +26,8 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from common.pki import Pki, ensure_pki
-from dicomnet import dul, tls
+from strata.common.pki import Pki, ensure_pki
+from strata.dicomnet import dul, tls
 from tests.support.dcmtk import dcmtk_env
 from tests.support.stack import Stack, free_port, make_stack, require_tool
 from tests.support.synthetic import ct_series

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.dr import drill, holdings, setup
-from stack.local import health
+from strata.stack.local import health
 from tests.support.dcmtk import storescu
 from tests.support.sites import Sites
 from tests.support.synthetic import ct_series

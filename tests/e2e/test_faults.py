@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from proto.strata.v1 import events_pb2
+from strata.proto.strata.v1 import events_pb2
 from tests.support.dcmtk import dcmtk_env, findscu
 from tests.support.stack import Stack, make_stack, require_tool
 from tests.support.synthetic import ct_series

@@ -15,8 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from proto.strata.v1 import query_pb2 as q
-from proto.strata.v1 import query_pb2_grpc as q_grpc
+from strata.proto.strata.v1 import query_pb2 as q
+from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 from tests.support.stack import Stack, make_stack
 from tests.support.synthetic import ct_series
 from tests.support.wait import wait_for

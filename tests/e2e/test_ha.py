@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import Settings
-from ingest.outbox import Outbox
-from stack import cluster, haproxy, nodes
+from strata.common.settings import Settings
+from strata.ingest.outbox import Outbox
+from strata.stack import cluster, haproxy, nodes
 from tests.support.cluster import TimedStorescu, longest_gap, make_cluster_stack, sops_of
 from tests.support.consistency import assert_consistent, assert_serves
 from tests.support.dcmtk import dcmtk_env, storescu

@@ -19,10 +19,10 @@ import pydicom
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from common.events import decode
-from common.kafka import read_log
-from common.settings import Settings
-from ingest.outbox import Outbox
+from strata.common.events import decode
+from strata.common.kafka import read_log
+from strata.common.settings import Settings
+from strata.ingest.outbox import Outbox
 from tests.support.consistency import (
     assert_consistent,
     assert_serves,

@@ -23,10 +23,10 @@ import pytest
 import requests
 from confluent_kafka import Producer
 
-from common.events import envelope
-from proto.strata.v1 import events_pb2 as pb
-from proto.strata.v1 import query_pb2 as q
-from proto.strata.v1 import query_pb2_grpc as q_grpc
+from strata.common.events import envelope
+from strata.proto.strata.v1 import events_pb2 as pb
+from strata.proto.strata.v1 import query_pb2 as q
+from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 from tests.support.consistency import assert_consistent, assert_serves, indexed_sops
 from tests.support.stack import Stack, make_stack
 from tests.support.synthetic import ct_series

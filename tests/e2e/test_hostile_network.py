@@ -22,8 +22,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicomnet import dul
-from ingest import statuses
+from strata.dicomnet import dul
+from strata.ingest import statuses
 from tests.support.consistency import assert_consistent, assert_serves
 from tests.support.dcmtk import storescu
 from tests.support.events import of_type, read_all

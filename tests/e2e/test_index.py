@@ -58,7 +58,7 @@ def stable_events(stack: Stack) -> list[dict]:
     assert rows["tables"]["events"][0] > 0
     from confluent_kafka import Consumer, TopicPartition
 
-    from proto.strata.v1 import events_pb2
+    from strata.proto.strata.v1 import events_pb2
 
     topic = stack.settings.study_topic
     c = Consumer(
@@ -164,9 +164,9 @@ def test_awkward_log_replays_equal_to_live(istack: Stack, tmp_path: Path) -> Non
     per study; an in-process replay of the same log gives the same checksums too."""
     from confluent_kafka import Producer
 
-    from processors.index import checksum
-    from processors.index.store import IndexStore
-    from processors.replay import end_positions, replay
+    from strata.processors.index import checksum
+    from strata.processors.index.store import IndexStore
+    from strata.processors.replay import end_positions, replay
     from tests.support.awkward_log import records
 
     settings = istack.settings

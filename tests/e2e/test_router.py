@@ -31,7 +31,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from stack.procs import Proc
+from strata.stack.procs import Proc
 from tests.support.dcmtk import storescu
 from tests.support.events import of_type, read_all
 from tests.support.peers import OrthancPeer, StoreSCP
@@ -167,7 +167,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "STRATA_STUDY_QUIET_SECONDS": "2",
         }
     )
-    from common.settings import Settings
+    from strata.common.settings import Settings
 
     stack.settings = Settings.from_env(stack.env)
     peers = [orthanc, strict, j2k, slow, pool_up]
@@ -221,8 +221,8 @@ def test_down_destination_gets_everything_once_back(env: dict[str, Any], tmp_pat
     # The study's history (gRPC GetStudyHistory) shows its routing next to its arrivals.
     import grpc
 
-    from proto.strata.v1 import query_pb2 as q
-    from proto.strata.v1 import query_pb2_grpc as q_grpc
+    from strata.proto.strata.v1 import query_pb2 as q
+    from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{stack.settings.grpc_port}") as ch:
         stub = q_grpc.QueryServiceStub(ch)
@@ -355,7 +355,7 @@ def test_kill9_of_the_router_mid_study_still_delivers_every_instance(
     assert len(slow.received()) < 40, "the study finished before the kill: test is void"
     env_vars = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
     router.start(
-        [sys.executable, "-m", "cli.main", "serve", "router"],
+        [sys.executable, "-m", "strata.cli.main", "serve", "router"],
         env={**env_vars, **stack.settings.to_env()},
     )
     wait_for(lambda: want <= set(slow.received()), 120, "every instance after the restart")

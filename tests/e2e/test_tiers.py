@@ -24,9 +24,9 @@ import pydicom
 import pytest
 from pynetdicom.dsutils import split_dataset
 
-from proto.strata.v1 import events_pb2
-from proto.strata.v1 import query_pb2 as q
-from proto.strata.v1 import query_pb2_grpc as q_grpc
+from strata.proto.strata.v1 import events_pb2
+from strata.proto.strata.v1 import query_pb2 as q
+from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 from tests.support.ceph import CephRGW
 from tests.support.dcmtk import dcmtk_env, findscu
 from tests.support.events import read_all

@@ -20,8 +20,8 @@ from confluent_kafka import Consumer, TopicPartition
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AllStoragePresentationContexts
 
-from common.dicom import is_valid_uid
-from proto.strata.v1 import events_pb2
+from strata.common.dicom import is_valid_uid
+from strata.proto.strata.v1 import events_pb2
 from tests.support.dcmtk import findscu, storescu, storescu_config
 from tests.support.stack import Stack, make_stack
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from processors.index.store import IndexStore
+from strata.processors.index.store import IndexStore
 
 
 @pytest.fixture(scope="session")

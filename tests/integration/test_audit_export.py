@@ -21,12 +21,12 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from common import audit
-from common.pki import Pki, ensure_pki
-from common.settings import Settings
-from processors.audit_export import Exporter, wait_sent
-from proto.strata.v1 import events_pb2 as pb
-from stack.procs import free_port
+from strata.common import audit
+from strata.common.pki import Pki, ensure_pki
+from strata.common.settings import Settings
+from strata.processors.audit_export import Exporter, wait_sent
+from strata.proto.strata.v1 import events_pb2 as pb
+from strata.stack.procs import free_port
 from tests.integration.test_kafka_paths import kafka  # noqa: F401 - fixture
 from tests.support.wait import wait_for
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from common.events import envelope
-from processors.index.audit import AuditIndex, row
-from processors.index.store import IndexStore
-from proto.strata.v1 import events_pb2 as pb
+from strata.common.events import envelope
+from strata.processors.index.audit import AuditIndex, row
+from strata.processors.index.store import IndexStore
+from strata.proto.strata.v1 import events_pb2 as pb
 
 pytestmark = pytest.mark.integration
 

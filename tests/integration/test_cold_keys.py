@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from archive.keys import UnsafeKey
-from archive.recall import RecallCache
-from query.retrieve import Located, TieredSource
+from strata.archive.keys import UnsafeKey
+from strata.archive.recall import RecallCache
+from strata.query.retrieve import Located, TieredSource
 from tests.support.ceph import CephRGW
 
 pytestmark = pytest.mark.integration

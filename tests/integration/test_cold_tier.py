@@ -16,12 +16,12 @@ import boto3
 import botocore.exceptions
 import pytest
 
-from archive.cold import ColdTier, build_cold_tier, s3_client
-from archive.hot import HotTier
-from archive.tiers import Tier
-from common.errors import Conflict, NotFound, Unavailable
-from common.settings import Settings
-from stack import ceph
+from strata.archive.cold import ColdTier, build_cold_tier, s3_client
+from strata.archive.hot import HotTier
+from strata.archive.tiers import Tier
+from strata.common.errors import Conflict, NotFound, Unavailable
+from strata.common.settings import Settings
+from strata.stack import ceph
 from tests.support.ceph import CephRGW
 from tests.support.stack import free_port
 

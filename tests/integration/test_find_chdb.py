@@ -16,12 +16,12 @@ import pytest
 from pydicom import Dataset
 from pynetdicom.dsutils import decode, encode
 
-from common.dicom import header_json
-from common.errors import Invalid
-from common.events import envelope, timestamp
-from processors.index.store import IndexStore
-from proto.strata.v1 import events_pb2 as pb
-from query.find import FindQuery, find, parse_identifier
+from strata.common.dicom import header_json
+from strata.common.errors import Invalid
+from strata.common.events import envelope, timestamp
+from strata.processors.index.store import IndexStore
+from strata.proto.strata.v1 import events_pb2 as pb
+from strata.query.find import FindQuery, find, parse_identifier
 from tests.support.rows import batch_of
 
 pytestmark = pytest.mark.integration

@@ -10,12 +10,12 @@ import itertools
 
 import pytest
 
-from processors.index import checksum
-from processors.index.projection import Batch
-from processors.index.schema import STATS_ADDED_TYPES, TABLES
-from processors.index.search import build_sql
-from processors.index.store import IndexStore
-from query.find import FindQuery, find
+from strata.processors.index import checksum
+from strata.processors.index.projection import Batch
+from strata.processors.index.schema import STATS_ADDED_TYPES, TABLES
+from strata.processors.index.search import build_sql
+from strata.processors.index.store import IndexStore
+from strata.query.find import FindQuery, find
 from tests.integration.test_find_chdb import instance, uid
 from tests.support.rows import batch, batch_of, expected_rows
 
@@ -165,7 +165,7 @@ def test_find_reads_study_aggregates_from_study_stats(chdb_index: IndexStore) ->
 def _deleted(
     study: str, series: str, sop: str, series_emptied: bool, study_emptied: bool
 ) -> object:
-    from proto.strata.v1 import events_pb2 as pb
+    from strata.proto.strata.v1 import events_pb2 as pb
 
     env = pb.Envelope(event_id=f"del-{sop}", event_type="InstanceDeleted")
     env.study_instance_uid = study
@@ -276,7 +276,7 @@ def write_expected(index: IndexStore, rows: dict) -> None:
     """The expected rows (tests/support/rows.py: rows_for of each event, series/studies
     reduced to what FINAL keeps) inserted the plain way: every column pivoted from the row
     dicts (datetimes as they are) and inserted by the driver; study_stats; events last."""
-    from processors.index.schema import study_stats_sql
+    from strata.processors.index.schema import study_stats_sql
 
     for table, rs in rows.items():
         if table == "events" or not rs:
@@ -356,7 +356,7 @@ def test_arrow_refuses_what_it_would_not_carry_exactly() -> None:
     column, bools, naive datetimes, unknown types) send the table through the driver."""
     from datetime import UTC, datetime
 
-    from processors.index.store import _arrow_columns, _NotArrow
+    from strata.processors.index.store import _arrow_columns, _NotArrow
 
     ok = _arrow_columns(
         ["String", "Nullable(Int64)", "DateTime64(3, 'UTC')", "UInt8", "Array(String)"],

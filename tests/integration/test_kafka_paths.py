@@ -20,17 +20,17 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from common.events import decode
-from common.kafka import ensure_topics, read_log, record
-from common.settings import Settings
-from ingest.outbox import Outbox
-from ingest.relay import Relay
-from processors.index import checksum
-from processors.index.store import IndexStore
-from processors.replay import end_positions, replay
-from proto.strata.v1 import events_pb2 as pb
-from stack.kafka import broker
-from stack.procs import free_port
+from strata.common.events import decode
+from strata.common.kafka import ensure_topics, read_log, record
+from strata.common.settings import Settings
+from strata.ingest.outbox import Outbox
+from strata.ingest.relay import Relay
+from strata.processors.index import checksum
+from strata.processors.index.store import IndexStore
+from strata.processors.replay import end_positions, replay
+from strata.proto.strata.v1 import events_pb2 as pb
+from strata.stack.kafka import broker
+from strata.stack.procs import free_port
 from tests.integration.test_find_chdb import instance, uid
 from tests.integration.test_index_batch import other_database
 from tests.support.rows import batch

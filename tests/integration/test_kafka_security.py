@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Producer
 
-from common import kafka
-from common.settings import Settings
-from stack.kafka import broker, security
-from stack.procs import free_port
+from strata.common import kafka
+from strata.common.settings import Settings
+from strata.stack.kafka import broker, security
+from strata.stack.procs import free_port
 
 pytestmark = pytest.mark.integration
 

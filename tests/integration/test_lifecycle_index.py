@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from archive.lifecycle import parse_policy
-from processors.index.store import IndexStore
-from processors.lifecycle import candidates, wrap
-from proto.strata.v1 import events_pb2 as pb
+from strata.archive.lifecycle import parse_policy
+from strata.processors.index.store import IndexStore
+from strata.processors.lifecycle import candidates, wrap
+from strata.proto.strata.v1 import events_pb2 as pb
 from tests.support.rows import batch_of
 from tests.unit.test_projection import RECEIVED, SERIES, SOP, STUDY, stored
 

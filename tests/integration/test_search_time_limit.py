@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from common.errors import DeadlineExceeded
-from processors.index.search import time_limit
-from processors.index.store import IndexStore
-from query.find import FindQuery, find_rows
+from strata.common.errors import DeadlineExceeded
+from strata.processors.index.search import time_limit
+from strata.processors.index.store import IndexStore
+from strata.query.find import FindQuery, find_rows
 
 pytestmark = pytest.mark.integration
 

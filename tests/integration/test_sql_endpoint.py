@@ -12,8 +12,8 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from processors.index.store import IndexStore
-from query import sql_http
+from strata.processors.index.store import IndexStore
+from strata.query import sql_http
 from tests.support.stack import free_port
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from common.events import envelope, timestamp
-from processors.index.store import IndexStore
-from proto.strata.v1 import events_pb2 as pb
+from strata.common.events import envelope, timestamp
+from strata.processors.index.store import IndexStore
+from strata.proto.strata.v1 import events_pb2 as pb
 from tests.integration.test_find_chdb import instance, uid
 from tests.integration.test_index_batch import other_database
 from tests.support.rows import batch_of

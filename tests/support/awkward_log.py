@@ -18,8 +18,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.events import envelope, timestamp
-from proto.strata.v1 import events_pb2 as pb
+from strata.common.events import envelope, timestamp
+from strata.proto.strata.v1 import events_pb2 as pb
 
 T0 = datetime(2024, 3, 1, 8, 30, 15, 250000, tzinfo=UTC)
 ROOT = "1.2.826.0.1.3680043.10.543.77"

@@ -39,8 +39,8 @@ from typing import Any
 
 import pytest
 
-from archive.cold import ColdTier, s3_client
-from stack import ceph
+from strata.archive.cold import ColdTier, s3_client
+from strata.stack import ceph
 from tests.support.stack import free_port
 
 LC_DEBUG_INTERVAL = 10

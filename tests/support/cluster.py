@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pydicom
 
-from common.settings import Settings
+from strata.common.settings import Settings
 from tests.support.dcmtk import dcmtk_env
 from tests.support.stack import Stack, free_port, make_stack, require_tool
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pydicom
 
-from proto.strata.v1 import events_pb2
+from strata.proto.strata.v1 import events_pb2
 from tests.support.dcmtk import dcmtk_env, findscu, storescu
 from tests.support.events import read_all
 from tests.support.stack import Stack, require_tool

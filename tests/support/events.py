@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from common.events import decode
-from common.kafka import read_log
-from common.settings import Settings
-from proto.strata.v1 import events_pb2
+from strata.common.events import decode
+from strata.common.kafka import read_log
+from strata.common.settings import Settings
+from strata.proto.strata.v1 import events_pb2
 
 
 def read_all(settings: Settings, topic: str | None = None) -> list[events_pb2.Envelope]:

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from stack.maven import fetch_jars
-from stack.procs import free_port
+from strata.stack.maven import fetch_jars
+from strata.stack.procs import free_port
 from tests.support.wait import wait_for
 
 VERSION = "6.0.2"

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from operator import itemgetter
 from typing import Any
 
-from processors.index.projection import Batch, Rows, rows_for
-from processors.index.schema import KEYS, VERSIONS
-from proto.strata.v1 import events_pb2 as pb
+from strata.processors.index.projection import Batch, Rows, rows_for
+from strata.processors.index.schema import KEYS, VERSIONS
+from strata.proto.strata.v1 import events_pb2 as pb
 
 
 def batch_of(env: pb.Envelope, partition: int, offset: int, topic: str = "") -> Batch:

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.settings import Settings
-from stack.procs import free_port
+from strata.common.settings import Settings
+from strata.stack.procs import free_port
 from tests.support.stack import Stack, make_stack
 
 

@@ -9,8 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.settings import Settings
-from stack.procs import free_port
+from strata.common.settings import Settings
+from strata.stack.procs import free_port
 
 __all__ = ["Stack", "free_port", "make_stack", "require_tool"]
 
@@ -25,7 +25,7 @@ class Stack:
         self, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
+            [sys.executable, "-m", "strata.cli.main", *args],
             env=self.env,
             capture_output=True,
             text=True,

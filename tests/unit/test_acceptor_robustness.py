@@ -34,19 +34,19 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from archive.hot import HotTier
-from common.settings import Settings
-from dicomnet import dul
-from dicomnet.requestor import IMPLICIT_LE, Requestor, find_command
-from dicomnet.sockets import nodelay
-from ingest import statuses
-from ingest.config import AEConfig
-from ingest.outbox import Outbox
-from ingest.scp import Config, StoreServer
-from ingest.store import Limits, StoreService
-from proto.strata.v1 import events_pb2 as pb
-from query.retrieve import HotSource
-from query.scp import QueryServer, Services
+from strata.archive.hot import HotTier
+from strata.common.settings import Settings
+from strata.dicomnet import dul
+from strata.dicomnet.requestor import IMPLICIT_LE, Requestor, find_command
+from strata.dicomnet.sockets import nodelay
+from strata.ingest import statuses
+from strata.ingest.config import AEConfig
+from strata.ingest.outbox import Outbox
+from strata.ingest.scp import Config, StoreServer
+from strata.ingest.store import Limits, StoreService
+from strata.proto.strata.v1 import events_pb2 as pb
+from strata.query.retrieve import HotSource
+from strata.query.scp import QueryServer, Services
 from tests.support.stack import free_port
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from cli.audit import parse_time
-from common import audit
-from common.events import envelope
-from ingest.store import Outcome
-from processors.audit_export import audit_message, syslog_frame
-from processors.index.audit import COLUMNS, row
-from proto.strata.v1 import events_pb2 as pb
+from strata.cli.audit import parse_time
+from strata.common import audit
+from strata.common.events import envelope
+from strata.ingest.store import Outcome
+from strata.processors.audit_export import audit_message, syslog_frame
+from strata.processors.index.audit import COLUMNS, row
+from strata.proto.strata.v1 import events_pb2 as pb
 from tests.support.wait import wait_for
 
 
@@ -196,7 +196,7 @@ def test_since_forms() -> None:
 
 
 def test_lifecycle_deletes_make_one_record_per_study(monkeypatch: Any) -> None:
-    from processors.index import audit as audit_index
+    from strata.processors.index import audit as audit_index
 
     got: list[pb.AuditWhat] = []
     monkeypatch.setattr(audit, "enabled", lambda: True)

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from common.auth import (
+from strata.common.auth import (
     ADMIN,
     READ,
     WRITE,
@@ -25,7 +25,7 @@ from common.auth import (
     is_loopback,
     scopes_of,
 )
-from common.errors import Unavailable
+from strata.common.errors import Unavailable
 
 ISS, AUD = "https://idp.test/realm", "strata"
 NOW = 1_800_000_000.0
@@ -239,8 +239,8 @@ def test_router_http_routes_need_admin_probes_stay_open() -> None:
     import urllib.error
     import urllib.request
 
-    from processors.router.service import serve_http
-    from stack.procs import free_port
+    from strata.processors.router.service import serve_http
+    from strata.stack.procs import free_port
 
     class FakeRouter:
         def snapshot(self) -> dict[str, Any]:
@@ -277,7 +277,7 @@ def test_router_http_routes_need_admin_probes_stay_open() -> None:
 
 
 def test_viewer_config_logs_in_only_when_auth_is_on() -> None:
-    from stack.viewer import app_config, oidc_config
+    from strata.stack.viewer import app_config, oidc_config
 
     assert "oidc" not in app_config("/dicom-web")
     cfg = app_config("/dicom-web", oidc_config("https://idp.test/r", "viewer", "openid a b"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from processors.app import Barrier, caught_up
+from strata.processors.app import Barrier, caught_up
 
 T0 = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 

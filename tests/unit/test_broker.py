@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stack.kafka.broker import _cluster_id
+from strata.stack.kafka.broker import _cluster_id
 
 
 def test_cluster_id_never_starts_with_a_dash(tmp_path: Path) -> None:

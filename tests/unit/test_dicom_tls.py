@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from archive.hot import HotTier
-from common.pki import Pki, ensure_pki
-from common.settings import Settings
-from dicomnet import dul, tls
-from dicomnet.requestor import IMPLICIT_LE, AssociationRejected, Requestor
-from ingest.config import AEConfig, CallingAE
-from ingest.outbox import Outbox
-from ingest.scp import Config, StoreServer
-from ingest.store import Limits, StoreService
+from strata.archive.hot import HotTier
+from strata.common.pki import Pki, ensure_pki
+from strata.common.settings import Settings
+from strata.dicomnet import dul, tls
+from strata.dicomnet.requestor import IMPLICIT_LE, AssociationRejected, Requestor
+from strata.ingest.config import AEConfig, CallingAE
+from strata.ingest.outbox import Outbox
+from strata.ingest.scp import Config, StoreServer
+from strata.ingest.store import Limits, StoreService
 from tests.support.stack import free_port
 from tests.support.wait import wait_for
 
@@ -210,7 +210,7 @@ def test_plain_dicom_on_the_tls_port_gets_nothing(server: tuple[StoreServer, int
 
 
 def test_router_destination_tls_settings(pki: Pki) -> None:
-    from processors.router import rules, sender
+    from strata.processors.router import rules, sender
 
     cert, key = pki.client("STRATA")
     doc = {

@@ -10,15 +10,17 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import dicomnet
+from strata import dicomnet
 
 PACKAGE = Path(dicomnet.__file__).parent
-REPO = PACKAGE.parent
+REPO = PACKAGE.parent.parent  # the folder holding strata/
 # the archive's own packages the network layer must not reach up into
-ARCHIVE_PACKAGES = {"ingest", "query", "processors", "archive", "cli", "stack"}
+ARCHIVE_PACKAGES = {
+    f"strata.{p}" for p in ("ingest", "query", "processors", "archive", "cli", "stack")
+}
 # what it does not do: Kafka, the index, object storage
 FORBIDDEN = ARCHIVE_PACKAGES | {
-    "common.kafka",
+    "strata.common.kafka",
     "aiokafka",
     "confluent_kafka",
     "faust",

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from cli import dr
-from common import kafka
-from common.settings import Settings
-from proto.strata.v1 import events_pb2 as pb
-from stack import mirror
+from strata.cli import dr
+from strata.common import kafka
+from strata.common.settings import Settings
+from strata.proto.strata.v1 import events_pb2 as pb
+from strata.stack import mirror
 
 
 def _settings(**kw: object) -> Settings:
@@ -47,7 +47,7 @@ def test_mirror_properties_one_way_identity_exactly_once() -> None:
 
 
 def test_mirror_needs_a_peer() -> None:
-    from common.errors import Unavailable
+    from strata.common.errors import Unavailable
 
     with pytest.raises(Unavailable):
         mirror.properties(_settings(dr_peer_bootstrap=""), "A", "B")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pynetdicom.dsutils import encode
 
-from query.find import FindQuery, to_bytes, to_identifier
+from strata.query.find import FindQuery, to_bytes, to_identifier
 from tests.unit.test_find_json import STUDY_KEYS, row_strategy
 
 IMAGE_KEYS = ["SOPInstanceUID", "SOPClassUID", "InstanceNumber", "SeriesInstanceUID", "Modality"]

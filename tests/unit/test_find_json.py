@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pynetdicom.dsutils import encode
 
-from query.find import FindQuery, to_identifier, to_json
+from strata.query.find import FindQuery, to_identifier, to_json
 
 STUDY_KEYS = [
     "StudyInstanceUID",
@@ -91,8 +91,8 @@ def test_plain_row_and_header_keys() -> None:
 def test_non_ascii_names_are_written_directly(monkeypatch: pytest.MonkeyPatch) -> None:
     """A patient or physician name outside ASCII (common: MÜLLER, SØREN) is written without
     pydicom, as UTF-8 under the 'ISO_IR 192' pydicom would declare, with the same result."""
-    import query.find as find
-    from query.find import to_bytes
+    import strata.query.find as find
+    from strata.query.find import to_bytes
 
     row = {
         "patient_id": "MRN0001",

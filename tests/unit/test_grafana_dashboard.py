@@ -13,13 +13,13 @@ from prometheus_client import REGISTRY
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "strata.json"
 MODULES = (
-    "ingest.metrics",
-    "processors.app",
-    "processors.router.service",
-    "processors.lifecycle",
-    "archive.recall",
-    "query.scp",
-    "query.sql_http",
+    "strata.ingest.metrics",
+    "strata.processors.app",
+    "strata.processors.router.service",
+    "strata.processors.lifecycle",
+    "strata.archive.recall",
+    "strata.query.scp",
+    "strata.query.sql_http",
 )
 SUFFIXES = {
     "counter": ("_total",),

@@ -6,8 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from common.settings import Settings
-from stack import haproxy, nodes
+from strata.common.settings import Settings
+from strata.stack import haproxy, nodes
 
 
 def settings(tmp_path: Path, **kw: str) -> Settings:

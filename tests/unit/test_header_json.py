@@ -16,7 +16,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from common.dicom import header_json, header_json_pydicom, read_header
+from strata.common.dicom import header_json, header_json_pydicom, read_header
 
 CORPUS = sorted((Path(pydicom.__file__).parent / "data" / "test_files").rglob("*.dcm"))
 

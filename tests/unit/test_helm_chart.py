@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml  # a dev dependency (pyproject)
 
-from common.settings import Settings
+from strata.common.settings import Settings
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "strata"
 _ACTION = re.compile(r"(\s*)\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)

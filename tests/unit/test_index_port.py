@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import inspect
 
-from processors.index.port import Index
-from processors.index.store import IndexStore
+from strata.processors.index.port import Index
+from strata.processors.index.store import IndexStore
 
 
 def _methods(cls: type) -> dict[str, inspect.Signature]:

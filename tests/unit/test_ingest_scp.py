@@ -25,14 +25,14 @@ from pydicom.uid import (
 from pynetdicom import AE, build_role, evt, pdu
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from archive.hot import HotTier
-from dicomnet import dul
-from ingest import statuses
-from ingest.config import AEConfig, CallingAE
-from ingest.outbox import Outbox
-from ingest.scp import Config, StoreServer
-from ingest.store import Limits, StoreService
-from proto.strata.v1 import events_pb2 as pb
+from strata.archive.hot import HotTier
+from strata.dicomnet import dul
+from strata.ingest import statuses
+from strata.ingest.config import AEConfig, CallingAE
+from strata.ingest.outbox import Outbox
+from strata.ingest.scp import Config, StoreServer
+from strata.ingest.store import Limits, StoreService
+from strata.proto.strata.v1 import events_pb2 as pb
 from tests.support.stack import free_port
 from tests.support.wait import wait_for
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from common import kafka
-from common.settings import Settings
-from ingest.outbox import Outbox
-from ingest.relay import Relay
+from strata.common import kafka
+from strata.common.settings import Settings
+from strata.ingest.outbox import Outbox
+from strata.ingest.relay import Relay
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where Kafka clients may be used: the product packages and the benchmarks (tests/ builds its own
@@ -68,7 +68,7 @@ from confluent_kafka import Consumer, Producer as P
 from confluent_kafka.admin import AdminClient
 import confluent_kafka
 import confluent_kafka.admin as ka
-from proto.strata.v1 import events_pb2 as pb
+from strata.proto.strata.v1 import events_pb2 as pb
 
 Consumer({})
 P({})
@@ -214,7 +214,7 @@ def test_the_relay_produces_with_the_relay_profile(tmp_path: Path) -> None:
 
 
 def secured(tmp_path: Path, **kw: Any) -> Settings:
-    from common.pki import ensure_pki
+    from strata.common.pki import ensure_pki
 
     ensure_pki(tmp_path / "pki")  # the project CA the default STRATA_KAFKA_CA points at
     creds = tmp_path / "kafka" / "credentials"
@@ -271,7 +271,7 @@ def test_client_config_under_sasl_ssl(tmp_path: Path) -> None:
 
 
 def test_a_missing_password_file_is_said(tmp_path: Path) -> None:
-    from common.errors import Unavailable
+    from strata.common.errors import Unavailable
 
     s = secured(tmp_path, kafka_security="sasl_ssl", kafka_user="strata-router")
     with pytest.raises(Unavailable, match="strata-router"):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import Invalid
-from common.settings import Settings
-from stack.kafka.broker import _properties, nodes
+from strata.common.errors import Invalid
+from strata.common.settings import Settings
+from strata.stack.kafka.broker import _properties, nodes
 
 
 def props(text: str) -> dict[str, str]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from common.settings import Settings
-from stack.kafka import broker, security
+from strata.common.settings import Settings
+from strata.stack.kafka import broker, security
 
 
 def test_plaintext_broker_is_as_before(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_who_writes_which_topic() -> None:
 
 
 def test_mirror_maker_connects_to_both_sites_as_its_principal(tmp_path: Path) -> None:
-    from stack import mirror
+    from strata.stack import mirror
 
     s = Settings(home=tmp_path, dr_peer_bootstrap="127.0.0.1:9999", kafka_security="sasl_ssl")
     pw = security.ensure_passwords(s)[security.MIRROR].read_text().strip()

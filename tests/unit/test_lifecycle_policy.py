@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from archive.lifecycle import InstanceFacts, Policy, decide, load_policy, parse_policy, policy_path
-from common.errors import Invalid
+from strata.archive.lifecycle import (
+    InstanceFacts,
+    Policy,
+    decide,
+    load_policy,
+    parse_policy,
+    policy_path,
+)
+from strata.common.errors import Invalid
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

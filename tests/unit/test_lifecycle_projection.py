@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from processors.index.projection import rows_for
-from proto.strata.v1 import events_pb2 as pb
+from strata.processors.index.projection import rows_for
+from strata.proto.strata.v1 import events_pb2 as pb
 from tests.unit.test_projection import SERIES, SOP, STUDY, stored
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from common.errors import NotFound
-from query.retrieve import Located, local_paths
+from strata.common.errors import NotFound
+from strata.query.retrieve import Located, local_paths
 
 
 def loc(i: int) -> Located:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from processors.index.matching import (
+from strata.processors.index.matching import (
     ATTRIBUTES,
     MatchError,
     Params,

@@ -12,12 +12,12 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from archive.hot import HotTier
-from common.events import envelope
-from ingest import statuses
-from ingest.outbox import Outbox
-from ingest.peersync import Confirmations, Gate, confirmed_ids
-from proto.strata.v1 import events_pb2 as pb
+from strata.archive.hot import HotTier
+from strata.common.events import envelope
+from strata.ingest import statuses
+from strata.ingest.outbox import Outbox
+from strata.ingest.peersync import Confirmations, Gate, confirmed_ids
+from strata.proto.strata.v1 import events_pb2 as pb
 from tests.unit.test_store import rx, service, spool
 
 
@@ -144,8 +144,8 @@ def test_async_store_does_not_wait(tmp_path: Path, hot: HotTier) -> None:
 def test_copier_records_an_object_already_here(tmp_path: Path) -> None:
     """A re-delivered InstanceStored whose object is already at B (a crash between the copy
     and its record) is recorded all the same: else sync mode never sees it confirmed."""
-    from common.settings import Settings
-    from processors.replicate import Copier
+    from strata.common.settings import Settings
+    from strata.processors.replicate import Copier
 
     c = Copier(Settings(home=tmp_path, dr_site="B", dr_peer_site="A", dr_peer_grpc="127.0.0.1:1"))
     recorded: list[str] = []

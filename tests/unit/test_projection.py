@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import Dataset
 
-from common.dicom import header_json
-from common.events import envelope, timestamp
-from processors.index.projection import json_value, norm_time, rows_for
-from proto.strata.v1 import events_pb2 as pb
+from strata.common.dicom import header_json
+from strata.common.events import envelope, timestamp
+from strata.processors.index.projection import json_value, norm_time, rows_for
+from strata.proto.strata.v1 import events_pb2 as pb
 
 STUDY = "1.2.826.0.1.3680043.10.543.9000"
 SERIES = STUDY + ".1"
@@ -303,7 +303,7 @@ def test_norm_time(tm: str, norm: str) -> None:
     ],
 )
 def test_header_values_equal_json_value(text: str) -> None:
-    from processors.index.projection import _T, header_values
+    from strata.processors.index.projection import _T, header_values
 
     header = json.loads(text) if text else {}
     assert header_values(text) == {name: json_value(header, tag) for name, tag in _T.items()}
@@ -315,7 +315,7 @@ def test_header_values_equal_json_value(text: str) -> None:
 def _ticks(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """DateTime64 values as the insert encodes them (a Batch holds ticks where rows_for has
     datetimes)."""
-    from processors.index.projection import ticks_ms
+    from strata.processors.index.projection import ticks_ms
 
     return {
         t: [{k: ticks_ms(v) if isinstance(v, datetime) else v for k, v in r.items()} for r in rs]
@@ -332,7 +332,7 @@ def _expected_rows(records: list) -> dict[str, list[dict]]:
 
 
 def _batch_rows(records: list) -> dict[str, list[dict]]:
-    from processors.index.projection import Batch
+    from strata.processors.index.projection import Batch
 
     b = Batch()
     for part, off, topic, env in records:
@@ -349,7 +349,7 @@ def _batch_rows(records: list) -> dict[str, list[dict]]:
 
 
 def test_batch_columns_are_the_row_keys_of_rows_for() -> None:
-    from processors.index.projection import TUPLE_TABLES
+    from strata.processors.index.projection import TUPLE_TABLES
 
     rows = rows_for(stored(), 0, 1, "t")
     for t, names in TUPLE_TABLES.items():
@@ -376,7 +376,7 @@ def test_batch_equals_rows_for_on_real_headers() -> None:
     import pydicom
     from pydicom.data import get_testdata_files
 
-    from common.dicom import header_json as to_json
+    from strata.common.dicom import header_json as to_json
 
     log = []
     for i, path in enumerate(sorted(get_testdata_files("*.dcm"))[:80]):
@@ -404,8 +404,8 @@ def test_event_ticks_equal_the_ticks_of_event_time(seconds: int, nanos: int) -> 
     made of event_time's datetime (or the same error)."""
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from common.events import event_time
-    from processors.index.projection import event_ticks, ticks_ms
+    from strata.common.events import event_time
+    from strata.processors.index.projection import event_ticks, ticks_ms
 
     t = Timestamp(seconds=seconds, nanos=nanos)
     try:

@@ -32,15 +32,15 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from common.errors import Unavailable
-from dicomnet import dul
-from dicomnet.acceptor import Config
-from dicomnet.requestor import EXPLICIT_LE, IMPLICIT_LE, Requestor, find_command
-from processors.index.port import FindQuery, Located
-from processors.index.schema import CARD_COLUMNS
-from processors.index.search import build_sql, columns, row_dict
-from query.retrieve import HotSource
-from query.scp import QueryServer, Services
+from strata.common.errors import Unavailable
+from strata.dicomnet import dul
+from strata.dicomnet.acceptor import Config
+from strata.dicomnet.requestor import EXPLICIT_LE, IMPLICIT_LE, Requestor, find_command
+from strata.processors.index.port import FindQuery, Located
+from strata.processors.index.schema import CARD_COLUMNS
+from strata.processors.index.search import build_sql, columns, row_dict
+from strata.query.retrieve import HotSource
+from strata.query.scp import QueryServer, Services
 from tests.support.dcmtk import dcmtk_env
 from tests.support.stack import free_port, require_tool
 from tests.support.wait import wait_for

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-import archive.hot
-from archive.cold import ColdTier
-from archive.hot import HotTier
-from archive.keys import UnsafeKey, check_key, instance_key, key_path
-from archive.recall import RecallCache
-from common.errors import NotFound, Unavailable
-from common.redact import redact
-from processors.index.store import IndexStore
-from query.retrieve import HotSource, Located, TieredSource
+import strata.archive.hot
+from strata.archive.cold import ColdTier
+from strata.archive.hot import HotTier
+from strata.archive.keys import UnsafeKey, check_key, instance_key, key_path
+from strata.archive.recall import RecallCache
+from strata.common.errors import NotFound, Unavailable
+from strata.common.redact import redact
+from strata.processors.index.store import IndexStore
+from strata.query.retrieve import HotSource, Located, TieredSource
 
 SHA = "a" * 64
 GOOD = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.5", SHA)
@@ -153,13 +153,13 @@ def test_put_of_an_existing_key_fsyncs_its_directory(
     first.write_bytes(b"obj")
     assert hot.put_file(GOOD, first)
     synced: list[str] = []
-    real = archive.hot._fsync_dir
+    real = strata.archive.hot._fsync_dir
 
     def record(path: str) -> None:
         synced.append(path)
         real(path)
 
-    monkeypatch.setattr(archive.hot, "_fsync_dir", record)
+    monkeypatch.setattr(strata.archive.hot, "_fsync_dir", record)
     again = hot.incoming / "b"
     again.write_bytes(b"obj")
     assert not hot.put_file(GOOD, again)  # a duplicate: the key existed
@@ -186,8 +186,8 @@ def test_index_dsn_password_is_not_in_the_error() -> None:
 
 
 def test_nodes_sharing_a_hot_volume_keep_and_purge_only_their_own_spool(tmp_path: Path) -> None:
-    from common.settings import Settings
-    from ingest.node import _purge_incoming
+    from strata.common.settings import Settings
+    from strata.ingest.node import _purge_incoming
 
     a = HotTier(tmp_path / "hot", "ingest-0")
     b = HotTier(tmp_path / "hot", "ingest-1")

@@ -12,8 +12,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from ingest.outbox import Outbox
-from ingest.relay import Relay
+from strata.ingest.outbox import Outbox
+from strata.ingest.relay import Relay
 
 
 class FakeProducer:

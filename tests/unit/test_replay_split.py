@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processors.replay import _split, projector_count
+from strata.processors.replay import _split, projector_count
 
 
 def test_split_covers_every_partition_once_and_balances() -> None:

@@ -21,17 +21,17 @@ from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from common.errors import DeadlineExceeded, Invalid
-from dicomnet.acceptor import Config
-from ingest.stow import Stow
-from processors.index.port import Located, Page
-from proto.strata.v1 import query_pb2 as q
-from proto.strata.v1 import query_pb2_grpc as q_grpc
-from query import grpc_service
-from query.dicomweb import WebDeps, create_app, is_uid, parse_frames
-from query.grpc_service import Deps, QueryService
-from query.retrieve import HotSource
-from query.scp import QueryServer, Services
+from strata.common.errors import DeadlineExceeded, Invalid
+from strata.dicomnet.acceptor import Config
+from strata.ingest.stow import Stow
+from strata.processors.index.port import Located, Page
+from strata.proto.strata.v1 import query_pb2 as q
+from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
+from strata.query import grpc_service
+from strata.query.dicomweb import WebDeps, create_app, is_uid, parse_frames
+from strata.query.grpc_service import Deps, QueryService
+from strata.query.retrieve import HotSource
+from strata.query.scp import QueryServer, Services
 from tests.support.stack import free_port
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"

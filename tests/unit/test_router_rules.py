@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from common.errors import Invalid
-from common.events import envelope
-from processors.router.rules import Arrival, parse, select
-from processors.router.state import RouterState, route_id
-from proto.strata.v1 import events_pb2 as pb
+from strata.common.errors import Invalid
+from strata.common.events import envelope
+from strata.processors.router.rules import Arrival, parse, select
+from strata.processors.router.state import RouterState, route_id
+from strata.proto.strata.v1 import events_pb2 as pb
 
 CONFIG = {
     "destinations": {

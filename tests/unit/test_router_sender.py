@@ -12,9 +12,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pynetdicom.dsutils import decode
 
-from archive.transcode import DEFLATED_LE, IMPLICIT_LE, dataset_bytes
-from processors.router.rules import TRANSCODE_TARGETS
-from processors.router.sender import classify
+from strata.archive.transcode import DEFLATED_LE, IMPLICIT_LE, dataset_bytes
+from strata.processors.router.rules import TRANSCODE_TARGETS
+from strata.processors.router.sender import classify
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from query.sql_http import SqlError, Users, check, engine_error
+from strata.query.sql_http import SqlError, Users, check, engine_error
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cli.sql import table, unescape
-from common.errors import Invalid
-from processors.pit import DATABASE, parse_until
+from strata.cli.sql import table, unescape
+from strata.common.errors import Invalid
+from strata.processors.pit import DATABASE, parse_until
 
 
 def test_table_aligns_columns_and_unescapes_tsv() -> None:

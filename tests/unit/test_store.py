@@ -11,14 +11,14 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from archive.hot import HotTier
-from common.errors import Unavailable
-from common.events import decode
-from ingest import statuses
-from ingest.config import AEConfig, CallingAE
-from ingest.outbox import Outbox
-from ingest.quarantine import OVER_QUOTA, Quarantine, Usage
-from ingest.store import Limits, Received, StoreService
+from strata.archive.hot import HotTier
+from strata.common.errors import Unavailable
+from strata.common.events import decode
+from strata.ingest import statuses
+from strata.ingest.config import AEConfig, CallingAE
+from strata.ingest.outbox import Outbox
+from strata.ingest.quarantine import OVER_QUOTA, Quarantine, Usage
+from strata.ingest.store import Limits, Received, StoreService
 from tests.support.hostile import DEFLATED, ct_with_text, deflate_bomb
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
@@ -245,7 +245,7 @@ def test_refused_bytes_are_quarantined_with_an_event(tmp_path: Path, hot: HotTie
     assert out.status == statuses.CANNOT_UNDERSTAND_MISSING_UID
     [(topic, _key, value)] = log.records
     assert topic == "q"
-    from common.events import decode
+    from strata.common.events import decode
 
     q = decode(value).instance_quarantined
     assert q.reason == "missing-uid" and q.dimse_status == out.status
@@ -273,7 +273,7 @@ def test_refuse_mode_refuses_when_log_is_behind(
     p, ds = spool(tmp_path, hot)
     assert svc.store(rx(p, ds)).ok  # nothing pending yet: accepted, now pending
     # The outbox state is sampled at most every 100 ms: let the service's clock pass that.
-    from ingest import store as store_module
+    from strata.ingest import store as store_module
 
     later = store_module.time.monotonic() + 1.0
     monkeypatch.setattr(store_module.time, "monotonic", lambda: later)

@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pynetdicom.dsutils import decode
 
-from archive import transcode as t
+from strata.archive import transcode as t
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 MAY_CHANGE = {
@@ -161,7 +161,7 @@ def test_pool_workers_die_with_a_killed_server(tmp_path: Path) -> None:
     from tests.support.wait import wait_for
 
     script = (
-        "import sys; from archive import transcode as t; t.configure(2); t.warm(); "
+        "import sys; from strata.archive import transcode as t; t.configure(2); t.warm(); "
         "print(' '.join(str(p) for p in t.pool()._processes), flush=True); sys.stdin.read()"
     )
     root = Path(__file__).resolve().parents[2]

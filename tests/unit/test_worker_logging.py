@@ -7,7 +7,7 @@ import logging
 
 import faust
 
-from processors.app import make_worker
+from strata.processors.app import make_worker
 
 
 def test_worker_logging_leaves_debug_records_off() -> None:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.strata.v1 import query_pb2 as proto_dot_strata_dot_v1_dot_query__pb2
+from strata.proto.strata.v1 import query_pb2 as strata_dot_proto_dot_strata_dot_v1_dot_query__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/strata/v1/query_pb2_grpc.py depends on'
+        + ' but the generated code in strata/proto/strata/v1/query_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,38 +36,38 @@ class QueryServiceStub:
         """
         self.SearchStudies = channel.unary_unary(
                 '/strata.v1.QueryService/SearchStudies',
-                request_serializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
-                response_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
+                request_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
                 _registered_method=True)
         self.SearchSeries = channel.unary_unary(
                 '/strata.v1.QueryService/SearchSeries',
-                request_serializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
-                response_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
+                request_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
                 _registered_method=True)
         self.SearchInstances = channel.unary_unary(
                 '/strata.v1.QueryService/SearchInstances',
-                request_serializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
-                response_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
+                request_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
                 _registered_method=True)
         self.GetStudyMetadata = channel.unary_unary(
                 '/strata.v1.QueryService/GetStudyMetadata',
-                request_serializer=proto_dot_strata_dot_v1_dot_query__pb2.GetStudyMetadataRequest.SerializeToString,
-                response_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.StudyMetadata.FromString,
+                request_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.GetStudyMetadataRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.StudyMetadata.FromString,
                 _registered_method=True)
         self.RetrieveInstances = channel.unary_stream(
                 '/strata.v1.QueryService/RetrieveInstances',
-                request_serializer=proto_dot_strata_dot_v1_dot_query__pb2.RetrieveRequest.SerializeToString,
-                response_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.InstanceChunk.FromString,
+                request_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.RetrieveRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.InstanceChunk.FromString,
                 _registered_method=True)
         self.GetStudyHistory = channel.unary_unary(
                 '/strata.v1.QueryService/GetStudyHistory',
-                request_serializer=proto_dot_strata_dot_v1_dot_query__pb2.GetStudyHistoryRequest.SerializeToString,
-                response_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.StudyHistory.FromString,
+                request_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.GetStudyHistoryRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.StudyHistory.FromString,
                 _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/strata.v1.QueryService/WatchEvents',
-                request_serializer=proto_dot_strata_dot_v1_dot_query__pb2.WatchRequest.SerializeToString,
-                response_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.WatchedEvent.FromString,
+                request_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchedEvent.FromString,
                 _registered_method=True)
 
 
@@ -126,38 +126,38 @@ def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SearchStudies': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchStudies,
-                    request_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.FromString,
-                    response_serializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.SerializeToString,
             ),
             'SearchSeries': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchSeries,
-                    request_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.FromString,
-                    response_serializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.SerializeToString,
             ),
             'SearchInstances': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchInstances,
-                    request_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.FromString,
-                    response_serializer=proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.SerializeToString,
             ),
             'GetStudyMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStudyMetadata,
-                    request_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.GetStudyMetadataRequest.FromString,
-                    response_serializer=proto_dot_strata_dot_v1_dot_query__pb2.StudyMetadata.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.GetStudyMetadataRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.StudyMetadata.SerializeToString,
             ),
             'RetrieveInstances': grpc.unary_stream_rpc_method_handler(
                     servicer.RetrieveInstances,
-                    request_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.RetrieveRequest.FromString,
-                    response_serializer=proto_dot_strata_dot_v1_dot_query__pb2.InstanceChunk.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.RetrieveRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.InstanceChunk.SerializeToString,
             ),
             'GetStudyHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStudyHistory,
-                    request_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.GetStudyHistoryRequest.FromString,
-                    response_serializer=proto_dot_strata_dot_v1_dot_query__pb2.StudyHistory.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.GetStudyHistoryRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.StudyHistory.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
-                    request_deserializer=proto_dot_strata_dot_v1_dot_query__pb2.WatchRequest.FromString,
-                    response_serializer=proto_dot_strata_dot_v1_dot_query__pb2.WatchedEvent.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchedEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,8 +185,8 @@ class QueryService:
             request,
             target,
             '/strata.v1.QueryService/SearchStudies',
-            proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
-            proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -212,8 +212,8 @@ class QueryService:
             request,
             target,
             '/strata.v1.QueryService/SearchSeries',
-            proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
-            proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -239,8 +239,8 @@ class QueryService:
             request,
             target,
             '/strata.v1.QueryService/SearchInstances',
-            proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
-            proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchRequest.SerializeToString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -266,8 +266,8 @@ class QueryService:
             request,
             target,
             '/strata.v1.QueryService/GetStudyMetadata',
-            proto_dot_strata_dot_v1_dot_query__pb2.GetStudyMetadataRequest.SerializeToString,
-            proto_dot_strata_dot_v1_dot_query__pb2.StudyMetadata.FromString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.GetStudyMetadataRequest.SerializeToString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.StudyMetadata.FromString,
             options,
             channel_credentials,
             insecure,
@@ -293,8 +293,8 @@ class QueryService:
             request,
             target,
             '/strata.v1.QueryService/RetrieveInstances',
-            proto_dot_strata_dot_v1_dot_query__pb2.RetrieveRequest.SerializeToString,
-            proto_dot_strata_dot_v1_dot_query__pb2.InstanceChunk.FromString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.RetrieveRequest.SerializeToString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.InstanceChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -320,8 +320,8 @@ class QueryService:
             request,
             target,
             '/strata.v1.QueryService/GetStudyHistory',
-            proto_dot_strata_dot_v1_dot_query__pb2.GetStudyHistoryRequest.SerializeToString,
-            proto_dot_strata_dot_v1_dot_query__pb2.StudyHistory.FromString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.GetStudyHistoryRequest.SerializeToString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.StudyHistory.FromString,
             options,
             channel_credentials,
             insecure,
@@ -347,8 +347,8 @@ class QueryService:
             request,
             target,
             '/strata.v1.QueryService/WatchEvents',
-            proto_dot_strata_dot_v1_dot_query__pb2.WatchRequest.SerializeToString,
-            proto_dot_strata_dot_v1_dot_query__pb2.WatchedEvent.FromString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchRequest.SerializeToString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchedEvent.FromString,
             options,
             channel_credentials,
             insecure,
