@@ -53,13 +53,14 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def wait_full_isr(stack: Stack, timeout: float = 120.0) -> cluster.ClusterState:
-    deadline = time.monotonic() + timeout
-    while True:
+    def full() -> cluster.ClusterState | None:
         st = cluster.cluster_state(stack.settings)
-        if st and len(st.brokers) == 3 and all(p.state == "ok" for p in st.partitions):
-            return st
-        assert time.monotonic() < deadline, f"the cluster did not recover its ISR: {st}"
-        time.sleep(0.5)
+        ok = st and len(st.brokers) == 3 and all(p.state == "ok" for p in st.partitions)
+        return st if ok else None
+
+    st = wait_for(full, timeout, "the cluster to recover its ISR", step=0.5)
+    assert st is not None
+    return st
 
 
 def test_status_shows_brokers_isr_and_leaders(ha: Stack) -> None:
@@ -139,13 +140,14 @@ def kill_node(stack: Stack, name: str) -> None:
 
 def wait_lb(stack: Stack, backend: str, server: str, up: bool, timeout: float = 60.0) -> float:
     """Until HAProxy sees ``server`` of ``backend`` UP (or DOWN); returns when it did."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def seen() -> float | None:
         st = haproxy.servers(stack.settings).get((backend, server), "")
-        if st.startswith("UP") == up and st:
-            return time.monotonic()
-        assert time.monotonic() < deadline, f"HAProxy: {backend}/{server} is {st!r}"
-        time.sleep(0.1)
+        return time.monotonic() if st.startswith("UP") == up and st else None
+
+    when = wait_for(seen, timeout, f"HAProxy to see {backend}/{server} {'UP' if up else 'DOWN'}",
+                    step=0.1)  # fmt: skip
+    assert when is not None
+    return when
 
 
 def search(port: int, ae: str, patient_id: str) -> int | None:
@@ -195,10 +197,8 @@ def test_kill_index_replica_during_query_load(ha: Stack, tmp_path: Path) -> None
     acked = sops_of(files)
     for r in ("index-1", "index-2"):  # both replicas answer the whole series
         port = node(ha, r).ports["qr"]
-        deadline = time.monotonic() + 60
-        while search(port, ha.settings.qr_ae_title, "HA-QUERY") != 12:
-            assert time.monotonic() < deadline, f"{r} never indexed the series"
-            time.sleep(0.2)
+        wait_for(lambda port=port: search(port, ha.settings.qr_ae_title, "HA-QUERY") == 12, 60,
+                 f"{r} to index the series", step=0.2)  # fmt: skip
 
     results: list[tuple[float, float, bool]] = []  # (start, end, answered right)
     stop = threading.Event()
@@ -308,10 +308,9 @@ def test_kill_ingest_node_during_run(ha: Stack, tmp_path: Path) -> None:
     assert {seen[s] for s in resent_sops} == {f"{ha.settings.node_name}/ingest-2"}
 
     ha.up()  # restarts ingest-1: its relay publishes what its outbox still held
-    deadline = time.monotonic() + 60
-    while Outbox(victim.dir / "ingest" / "outbox.sqlite").depth():
-        assert time.monotonic() < deadline, "the restarted node did not publish its outbox"
-        time.sleep(0.2)
+    outbox = victim.dir / "ingest" / "outbox.sqlite"
+    wait_for(lambda: not Outbox(outbox).depth(), 60, "the restarted node to publish its outbox",
+             step=0.2)  # fmt: skip
     wait_lb(ha, "ingest_dicom", "ingest-1", up=True)
     assert_consistent(ha, sops_of(acked), timeout=120)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests.support.dcmtk import dcmtk_env, storescu
 from tests.support.peers import OrthancPeer, StoreSCP, _echo
 from tests.support.stack import Stack, free_port, make_stack, require_tool
 from tests.support.synthetic import ct_series
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -95,15 +95,11 @@ def _generated(out: Path, study: str, series_of: dict[str, str], n0: int) -> lis
 
 
 def _wait_indexed(url: str, study: str, n: int) -> None:
-    deadline = time.monotonic() + 60
-    got = -1
-    while time.monotonic() < deadline:
+    def indexed() -> bool:
         r = requests.get(f"{url}/studies/{study}/instances", timeout=10)
-        got = len(r.json()) if r.status_code == 200 and r.content else 0
-        if got >= n:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{got} of {n} instances of {study} indexed")
+        return (len(r.json()) if r.status_code == 200 and r.content else 0) >= n
+
+    wait_for(indexed, 60, f"{n} instances of {study} to be indexed", step=0.2)
 
 
 class UncompressedSCP(StoreSCP):
@@ -121,9 +117,7 @@ class UncompressedSCP(StoreSCP):
                  "--filename-extension", ".dcm", str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, env=dcmtk_env(), start_new_session=True,
             )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not _echo(self.port, self.ae):
-            time.sleep(0.1)
+        wait_for(lambda: _echo(self.port, self.ae), 20, step=0.1)  # not up: the test says so
 
 
 @pytest.fixture(scope="module")
