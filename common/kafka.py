@@ -246,10 +246,34 @@ def high_watermarks(c: Consumer, topic: str, timeout: float = 10) -> dict[int, i
     meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
     if meta is None or meta.error is not None:
         return {}
-    return {
-        p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-        for p in meta.partitions
+    return {p: end_offset(c, TopicPartition(topic, p), timeout) for p in meta.partitions}
+
+
+# Errors a partition answers while its leader is elected or moves (librdkafka does not mark
+# them retriable on this call's KafkaError, so they are named).
+_LEADER_MOVING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
     }
+)
+
+
+def end_offset(c: Consumer, tp: TopicPartition, timeout: float = 30) -> int:
+    """The end offset of one partition. A partition whose leader is still being elected (a
+    topic created a moment ago, a broker that just died) answers with a retriable error such
+    as NOT_LEADER_FOR_PARTITION: asked again until ``timeout``, then the error is raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(c.get_watermark_offsets(tp, timeout=max(deadline - time.monotonic(), 1))[1])
+        except KafkaException as exc:
+            if exc.args[0].code() not in _LEADER_MOVING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def assign_from(c: Consumer, topic: str, offsets: Mapping[int, int]) -> None:
@@ -268,8 +292,7 @@ def end_positions(cluster: Cluster, topics: list[str], probe: Consumer | None = 
             if t not in md.topics:
                 continue
             for p in md.topics[t].partitions:
-                _, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=30)
-                out.setdefault(t, {})[p] = hi
+                out.setdefault(t, {})[p] = end_offset(c, TopicPartition(t, p))
         return out
     except KafkaException as exc:
         raise Unavailable(f"Kafka unreachable at {bootstrap_of(cluster)}: {exc}") from exc

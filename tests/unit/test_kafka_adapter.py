@@ -318,3 +318,43 @@ def test_faust_settings_under_sasl_ssl(tmp_path: Path) -> None:
     assert auth["security_protocol"] == "SASL_SSL"
     assert auth["sasl_mechanism"] == "SCRAM-SHA-512"
     assert auth["sasl_plain_username"] == "strata-ingest"
+
+
+class _ElectingPartition:
+    """A consumer whose partition answers NOT_LEADER_FOR_PARTITION ``n`` times (a topic created a
+    moment ago: its leader is not elected yet), then its offsets."""
+
+    def __init__(self, n: int, code: int = 0) -> None:
+        from confluent_kafka import KafkaError
+
+        self.n = n
+        self.code = code or KafkaError.NOT_LEADER_FOR_PARTITION
+        self.calls = 0
+
+    def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.calls += 1
+        if self.calls <= self.n:
+            raise KafkaException(KafkaError(self.code))
+        return 0, 42
+
+
+def test_end_offset_waits_for_a_leader_to_be_elected() -> None:
+    from confluent_kafka import TopicPartition
+
+    c = _ElectingPartition(3)
+    assert kafka.end_offset(c, TopicPartition("t", 0), timeout=10) == 42  # type: ignore[arg-type]
+    assert c.calls == 4
+
+
+def test_end_offset_raises_what_is_not_a_leader_change_and_gives_up_at_the_deadline() -> None:
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    denied = _ElectingPartition(1, KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaException):
+        kafka.end_offset(denied, TopicPartition("t", 0), timeout=10)  # type: ignore[arg-type]
+    assert denied.calls == 1
+    never = _ElectingPartition(10**6)
+    with pytest.raises(KafkaException):
+        kafka.end_offset(never, TopicPartition("t", 0), timeout=0.5)  # type: ignore[arg-type]
