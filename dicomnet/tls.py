@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from strata.common.pki import ensure_pki
+# a peer certificate's identity is the PKI module's (the audit trail reads it too)
+from strata.common.pki import PeerCert, ensure_pki, peer_cert  # noqa: F401 - re-exported
 
 PROFILES = ("embedded", "hardened")
 CLIENT_CERT_MODES = ("none", "optional", "required")
@@ -113,29 +114,6 @@ def client_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContex
 
 
 # --------------------------------------------------------------------------- identity
-
-
-@dataclass(frozen=True)
-class PeerCert:
-    subject: str  # RFC 4514
-    common_name: str
-    fingerprint: str  # sha256, lower-case hex without colons
-
-
-def peer_cert(sock: Any) -> PeerCert | None:
-    """The verified certificate of a TLS peer (None: plain socket, or none was sent)."""
-    if not isinstance(sock, ssl.SSLSocket):
-        return None
-    der = sock.getpeercert(binary_form=True)
-    if not der:
-        return None
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    cert = x509.load_der_x509_certificate(der)
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    cn = str(cns[0].value) if cns else ""
-    return PeerCert(cert.subject.rfc4514_string(), cn, hashlib.sha256(der).hexdigest())
 
 
 def binding_matches(binding: str, cert: PeerCert) -> bool:

@@ -20,8 +20,8 @@ from aiohttp import web
 from strata.archive import transcode
 from strata.common.dicom import BULK_MARK
 from strata.common.errors import DeadlineExceeded, Invalid, NotFound, Unavailable
+from strata.common.web import DICOM_JSON
 from strata.query.dicomweb.base import (
-    DICOM_JSON,
     EXPLICIT_LE,
     FRAME_MEDIA,
     NATIVE,
