@@ -22,7 +22,7 @@ from strata.processors.agents import add_index_agents
 from strata.processors.index import audit as audit_index
 from strata.processors.index.store import IndexStore
 from strata.processors.lifecycle import LifecycleProcessor
-from strata.processors.timers import Barrier, add_timers, caught_up, index_lag
+from strata.processors.timers import Barrier, TimerClients, add_timers, caught_up, index_lag
 from strata.processors.web import active_holds, add_pages, add_pit_page, storage_locations
 
 __all__ = [
@@ -41,9 +41,11 @@ __all__ = [
 def create_app(
     settings: Settings,
     index: IndexStore,
+    clients: TimerClients,
     lifecycle: LifecycleProcessor | None = None,
     authz: Authorizer | None = None,
 ) -> faust.App:
+    """``clients``: the timers' Kafka probes and stability emitter (processors/timers.py)."""
     app = faust.App(
         settings.index_group,
         datadir=str(settings.node_home / "faust"),
@@ -61,7 +63,7 @@ def create_app(
     )
     applied = add_index_agents(app, settings, index)
     audit_index.attach(app, settings, index)  # the audit topic -> its table, /audit
-    caught_up_once = add_timers(app, settings, index, lifecycle)
+    caught_up_once = add_timers(app, settings, index, clients, lifecycle)
     add_pages(app, settings, index, applied, caught_up_once)
     return app
 

@@ -8,16 +8,18 @@ import asyncio
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import faust
+from confluent_kafka import Consumer
 from prometheus_client import Gauge
 
-from strata.common import kafka
 from strata.common.settings import Settings
 from strata.processors.index import checksum
 from strata.processors.index.store import IndexStore
 from strata.processors.lifecycle import LifecycleProcessor
+from strata.processors.stability import StabilityEmitter
 
 log = logging.getLogger(__name__)
 
@@ -58,26 +60,29 @@ class Barrier:
         return at
 
 
+@dataclass
+class TimerClients:
+    """The timers' own clients, built by the process wiring (cli/serve.py): one Kafka consumer
+    per loop asking the log's end offsets (one client for the per-second check, not one per
+    tick), and the emitter of stability announcements."""
+
+    lag_probe: Consumer
+    lifecycle_probe: Consumer | None  # None: no lifecycle loop
+    stability: StabilityEmitter
+
+
 def add_timers(
     app: faust.App,
     settings: Settings,
     index: IndexStore,
+    clients: TimerClients,
     lifecycle: LifecycleProcessor | None = None,
 ) -> threading.Event:
     """The lag/stability timer and the lifecycle loop on ``app``; returns the event set once
     the index has caught up with the log (read by the health page)."""
     from strata.processors.replay import end_positions
 
-    # one client for the per-second lag check, not one per tick
-    probe = kafka.consumer(settings, "strata-index-probe", "index-lag")
-    from strata.processors.stability import StabilityEmitter
-
-    emitter = StabilityEmitter(
-        settings,
-        settings.study_topic,
-        settings.node_name,
-        settings.study_quiet_seconds,
-    )
+    probe, emitter = clients.lag_probe, clients.stability
     topics = [settings.study_topic, settings.quarantine_topic]
 
     barrier = Barrier()
@@ -112,8 +117,8 @@ def add_timers(
         except Exception as exc:  # keep the timer alive; the next tick retries
             log.error("stability/lag check failed: %s", exc)
 
-    if lifecycle is not None and settings.index_decisions:
-        lc_probe = kafka.consumer(settings, "strata-lifecycle-probe", "lifecycle-lag")
+    if lifecycle is not None and clients.lifecycle_probe is not None and settings.index_decisions:
+        lc_probe = clients.lifecycle_probe
 
         def lifecycle_pass() -> None:
             # Only on a caught-up index, measured now: every event of the previous pass (and
