@@ -286,6 +286,7 @@ def serve_index(settings: Settings) -> None:
     relay = _replica_relay(settings)
     viewer_dist = Path(settings.viewer_dir) if settings.viewer_dir else viewer.installed()
     grpc_server: list[Any] = []
+    sql_pool: list[Any] = []
 
     def start_readers() -> None:
         web_app = create_web(
@@ -361,7 +362,7 @@ def serve_index(settings: Settings) -> None:
                 (settings.bind_host, settings.qr_port),
             )
         )
-        _start_sql(settings, index)
+        sql_pool.append(_start_sql(settings, index))
         log.info(
             "query SCP %s on %s:%d, gRPC :%d, DICOMweb :%d%s",
             settings.qr_ae_title,
@@ -381,6 +382,9 @@ def serve_index(settings: Settings) -> None:
             lifecycle.close()
         for g in grpc_server:
             g.stop(grace=5)
+        for pool in sql_pool:
+            if pool is not None:
+                pool.close()  # the analysts' sessions, before the engine they read
         index.close()
         if relay is not None:
             relay.stop()
@@ -421,16 +425,17 @@ def _replica_relay(settings: Settings) -> Any:
     return relay
 
 
-def _start_sql(settings: Settings, index: Any) -> None:
-    """The read-only ClickHouse HTTP interface over the embedded index (query/sql_http.py).
-    With a ClickHouse server (STRATA_CLICKHOUSE_DSN) analysts use the server itself."""
+def _start_sql(settings: Settings, index: Any) -> Any:
+    """The read-only ClickHouse HTTP interface over the embedded index (query/sql_http.py);
+    returns its session pool (closed at shutdown), None when off. With a ClickHouse server
+    (STRATA_CLICKHOUSE_DSN) analysts use the server itself."""
     from strata.query import sql_http
 
     path = index.embedded_path()
     if not settings.sql_port or not path:
         if settings.sql_port:
             log.info("SQL endpoint off: the index is a ClickHouse server (query it directly)")
-        return
+        return None
     limits = sql_http.Limits(
         max_execution_time=settings.sql_max_execution_time,
         max_result_rows=settings.sql_max_result_rows,
@@ -453,6 +458,7 @@ def _start_sql(settings: Settings, index: Any) -> None:
     users = sql_http.Users.parse(settings.sql_users)
     sql_http.serve(pool, users, settings.node_name, settings.bind_host, settings.sql_port)
     log.info("SQL (ClickHouse HTTP, read-only) on %s:%d", settings.bind_host, settings.sql_port)
+    return pool
 
 
 def _tiers(settings: Settings) -> tuple[Any, Any]:
