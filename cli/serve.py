@@ -56,22 +56,17 @@ def serve_ingest_worker(settings: Settings) -> None:
     from strata.common import audit
     from strata.dicomnet.tls import acceptor_security
     from strata.ingest.node import incoming_dir, run_worker
-    from strata.ingest.scp import Config, StoreServer
+    from strata.ingest.scp import StoreServer
 
     _logging()
     audit.configure(settings, "ingest")  # this worker's audit emitter (common/audit.py)
     try:
         service = build_store_service(settings)
         server = StoreServer(
-            Config(
-                max_pdu=settings.max_pdu,
-                network_timeout=settings.network_timeout,
-                acse_timeout=settings.acse_timeout,
-                max_associations=settings.max_associations,
-                max_per_peer=settings.max_associations_per_peer,
-                artim_timeout=settings.artim_timeout,
-                pdu_timeout=settings.pdu_timeout,
-                **acceptor_security(settings, service.aes, settings.ingest_ae_title),
+            acceptor_config(
+                settings,
+                settings.max_associations,
+                acceptor_security(settings, service.aes, settings.ingest_ae_title),
             ),
             service,
             incoming_dir(settings),
@@ -80,6 +75,23 @@ def serve_ingest_worker(settings: Settings) -> None:
         run_worker(settings, server)
     finally:
         audit.close()
+
+
+def acceptor_config(settings: Settings, max_associations: int, security: dict[str, Any]) -> Any:
+    """A DICOM SCP's acceptor configuration (dicomnet/acceptor.py): the network limits of the
+    settings, ``max_associations`` and the ``security`` fields (dicomnet/tls.py)."""
+    from strata.dicomnet.acceptor import Config
+
+    return Config(
+        max_pdu=settings.max_pdu,
+        network_timeout=settings.network_timeout,
+        acse_timeout=settings.acse_timeout,
+        max_associations=max_associations,
+        max_per_peer=settings.max_associations_per_peer,
+        artim_timeout=settings.artim_timeout,
+        pdu_timeout=settings.pdu_timeout,
+        **security,
+    )
 
 
 def build_quarantine(settings: Settings) -> Any:
@@ -249,7 +261,6 @@ def serve_index(settings: Settings) -> None:
     the embedded index (chDB allows one process per data path)."""
     from strata.common import audit
     from strata.common.auth import from_settings as auth_from_settings
-    from strata.dicomnet.acceptor import Config
     from strata.dicomnet.tls import acceptor_security, move_tls_contexts
     from strata.ingest.config import load as load_ae_config
     from strata.ingest.stow import Stow
@@ -334,15 +345,10 @@ def serve_index(settings: Settings) -> None:
         threading.Thread(target=transcode.warm, name="transcode-warm", daemon=True).start()
         qr_server.append(
             QueryServer(
-                Config(
-                    max_pdu=settings.max_pdu,
-                    network_timeout=settings.network_timeout,
-                    acse_timeout=settings.acse_timeout,
-                    max_associations=min(32, settings.max_associations),
-                    max_per_peer=settings.max_associations_per_peer,
-                    artim_timeout=settings.artim_timeout,
-                    pdu_timeout=settings.pdu_timeout,
-                    **acceptor_security(
+                acceptor_config(
+                    settings,
+                    min(32, settings.max_associations),
+                    acceptor_security(
                         settings,
                         load_ae_config(settings.ae_config),
                         settings.qr_ae_title,
