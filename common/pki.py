@@ -13,7 +13,6 @@ import fcntl
 import hashlib
 import ipaddress
 import os
-import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -208,7 +207,7 @@ class PeerCert:
 
 def peer_cert(sock: Any) -> PeerCert | None:
     """The verified certificate of a TLS peer (None: plain socket, or none was sent)."""
-    if not isinstance(sock, ssl.SSLSocket):
+    if not hasattr(sock, "getpeercert"):  # a plain socket
         return None
     der = sock.getpeercert(binary_form=True)
     if not der:
