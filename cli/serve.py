@@ -462,7 +462,14 @@ def _start_sql(settings: Settings, index: Any) -> Any:
         yield_seconds=settings.sql_yield_seconds,
     )
     users = sql_http.Users.parse(settings.sql_users)
-    sql_http.serve(pool, users, settings.node_name, settings.bind_host, settings.sql_port)
+    sql_http.serve(
+        pool,
+        users,
+        settings.node_name,
+        settings.bind_host,
+        settings.sql_port,
+        settings.audit_database,
+    )
     log.info("SQL (ClickHouse HTTP, read-only) on %s:%d", settings.bind_host, settings.sql_port)
     return pool
 
