@@ -62,6 +62,7 @@ def create_app(
     r.add_get(f"{p}/studies/{s}/series/{se}/metadata", dw.metadata)
     r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/metadata", dw.metadata)
     r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frames}}", dw.frames)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/bulkdata/{{tag}}", dw.bulkdata)
     r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/rendered", dw.rendered)
     r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frame}}/rendered", dw.rendered)
     r.add_post(f"{p}/studies", stow_handler)
