@@ -122,6 +122,11 @@ class _SocketRaw(io.RawIOBase):
 class Association:
     """One accepted connection, served by its own thread (``run``)."""
 
+    # Whether another thread writes while ``run`` reads (the Q/R SCP's worker): then a TLS
+    # connection is a tls.DuplexTLS, else a plain ssl.SSLSocket (one thread reads and writes
+    # in turn; cheaper: no copies through memory buffers).
+    full_duplex = False
+
     def __init__(self, sock: socket.socket, peer: tuple[str, int], server: Server) -> None:
         self.sock = sock
         self.peer = f"{peer[0]}:{peer[1]}"
@@ -577,14 +582,23 @@ class Server:
     def _handshake(self, rec: _Conn, peer: tuple[str, int]) -> bool:
         """The TLS handshake on the association's own thread (never the accept loop's), whole
         within the ARTIM deadline of the connect, however slowly a peer trickles its bytes. The
-        connection is a ``tls.DuplexTLS`` (an SCP may read while its worker writes). A failed
-        handshake (plain DICOM on a TLS port, an untrusted or missing client certificate)
+        connection is a ``tls.DuplexTLS`` when the association class is ``full_duplex``. A
+        failed handshake (plain DICOM on a TLS port, an untrusted or missing client certificate)
         closes the connection: nothing is served."""
         assert self.cfg.tls is not None
+        deadline = rec.since + self.cfg.artim_timeout
         try:
-            s = tls.DuplexTLS(rec.sock, self.cfg.tls)
-            rec.sock = s  # type: ignore[assignment]
-            s.do_handshake(rec.since + self.cfg.artim_timeout)
+            if getattr(self._association, "full_duplex", False):
+                s = tls.DuplexTLS(rec.sock, self.cfg.tls)
+                rec.sock = s  # type: ignore[assignment]
+                s.do_handshake(deadline)
+            else:  # CPython bounds do_handshake by the socket timeout as one deadline
+                rec.sock.settimeout(max(0.1, deadline - time.monotonic()))
+                ssock = self.cfg.tls.wrap_socket(
+                    rec.sock, server_side=True, do_handshake_on_connect=False
+                )
+                rec.sock = ssock
+                ssock.do_handshake()
             return True
         except (OSError, ValueError) as exc:
             why = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else type(exc).__name__

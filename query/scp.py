@@ -217,6 +217,7 @@ class StoreChannel(Protocol):
 
 
 class QueryAssociation(acceptor.Association):
+    full_duplex = True  # the worker writes responses while the acceptor thread reads
     server: QueryServer
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], server: QueryServer) -> None:

@@ -177,13 +177,14 @@ def test_stalled_handshake_cannot_stall_the_accept_loop(
     srv, port = server
     assert srv.cfg.tls is not None
     threads: list[str] = []
-    wrap = srv.cfg.tls.wrap_bio
+    # the ingest SCP's connections are SSLSockets (the Q/R SCP's DuplexTLS: wrap_bio)
+    wrap = srv.cfg.tls.wrap_socket
 
-    def spy(*args: Any, **kwargs: Any) -> ssl.SSLObject:
+    def spy(*args: Any, **kwargs: Any) -> ssl.SSLSocket:
         threads.append(threading.current_thread().name)
         return wrap(*args, **kwargs)
 
-    monkeypatch.setattr(srv.cfg.tls, "wrap_bio", spy)
+    monkeypatch.setattr(srv.cfg.tls, "wrap_socket", spy)
     silent = socket.create_connection(("127.0.0.1", port), timeout=30)
     silent.sendall(opening)
     try:
