@@ -11,6 +11,7 @@ of the started gateway. Without it the stack runs with no cold tier.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -40,6 +41,7 @@ def services(settings: Settings) -> list[Service]:
 
     h = settings.bind_host
     router = p("router")
+    exporter = p("audit-export")
     cold: list[Service] = []
     cp = ceph.procs(settings.ceph_dir)
     # shown when wanted, or when still running (so that down stops it whatever the settings)
@@ -64,6 +66,12 @@ def services(settings: Settings) -> list[Service]:
         *(
             [Service("router", router, f"http://{h}:{settings.router_http_port}/routes")]
             if settings.router_config or router.pid()
+            else []
+        ),
+        # the audit trail to syslog (processors/audit_export.py), when a receiver is set
+        *(
+            [Service("audit-export", exporter, f"syslog+tls://{settings.audit_syslog}")]
+            if settings.audit_syslog or exporter.pid()
             else []
         ),
         *_dr_services(settings),
@@ -170,6 +178,7 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
     if nodes.enabled(settings):
         _up_nodes(settings, timeout)
         _up_router(settings, svc, timeout)
+        _up_audit_export(settings, svc, timeout)
         return
     env = {**_base_env(), **settings.to_env()}
     python = sys.executable
@@ -203,6 +212,7 @@ def up(settings: Settings, timeout: float = 120.0) -> None:
         timeout,
     )
     _up_router(settings, svc, timeout)
+    _up_audit_export(settings, svc, timeout)
 
 
 def _up_router(settings: Settings, svc: dict[str, Service], timeout: float) -> None:
@@ -216,6 +226,41 @@ def _up_router(settings: Settings, svc: dict[str, Service], timeout: float) -> N
             [sys.executable, "-m", "strata.cli.main", "serve", "router"], env=env
         )
         wait_router(settings.bind_host, settings.router_http_port, svc["router"].proc, timeout)
+
+
+def _up_audit_export(settings: Settings, svc: dict[str, Service], timeout: float) -> None:
+    """``strata audit export`` as a service of the stack when STRATA_AUDIT_SYSLOG names a
+    receiver: its own process, pid file and log like the others (``down`` stops it, ``status``
+    shows it), under the operator's Kafka principal (the ACLs give it the audit topic and
+    STRATA_AUDIT_EXPORT_GROUP). Ready once it has its consumer and logged its destination; a
+    receiver that is down is retried by the exporter itself (with backoff), not an error here."""
+    if not settings.audit_syslog:
+        return
+    proc = svc["audit-export"].proc
+    env = {
+        **_base_env(),
+        **settings.to_env(),
+        **kafka_security.principal_env(settings, "audit-export"),
+    }
+    if proc.pid():
+        return  # already running (up twice)
+    start = proc.log_file.stat().st_size if proc.log_file.exists() else 0
+    proc.start([sys.executable, "-m", "strata.cli.main", "audit", "export"], env=env)
+    wait_logged(proc, start, "exporting the audit trail to", timeout)
+
+
+def wait_logged(proc: Proc, offset: int, marker: str, timeout: float) -> None:
+    """Until ``proc``'s log, past ``offset``, holds ``marker`` (the process says it is ready)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError), open(proc.log_file, "rb") as f:
+            f.seek(offset)
+            if marker.encode() in f.read():
+                return
+        if not proc.pid():
+            raise Unavailable(f"{proc.name} exited during start-up; log tail:\n{proc.tail(30)}")
+        time.sleep(0.2)
+    raise Unavailable(f"{proc.name} not ready within {timeout:.0f}s:\n{proc.tail(30)}")
 
 
 def embedded_s3(settings: Settings) -> str:

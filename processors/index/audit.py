@@ -15,14 +15,19 @@ read the index's PHI. It is PHI (patient ids, query keys): no curated analyst vi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
 from datetime import datetime
 from typing import Any
 
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from google.protobuf.message import DecodeError
 
+from strata.common.errors import Unavailable
 from strata.common.events import decode, event_time
+from strata.common.redact import redact
 from strata.proto.strata.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -132,21 +137,44 @@ def row(env: pb.Envelope, partition: int, offset: int) -> tuple[Any, ...] | None
 
 
 class AuditIndex:
-    """The audit table on the index's ClickHouse client (``IndexStore``)."""
+    """The audit table, on a ClickHouse client of its own (``IndexStore.sibling_client``).
+
+    Off the projection's critical path: every query is an audit event (a C-FIND poller makes a
+    hundred a second), and an insert on the index store's own client would hold the
+    projection's write lock and that client's handle lock, which every C-FIND, QIDO-RS and
+    gRPC search waits for. On its own chDB handle (its own session and handle lock; chDB runs
+    the handles of one engine side by side, as the read-only SQL endpoint's do) an audit
+    insert or ``/audit`` search waits only for other audit calls (``self.lock``)."""
 
     def __init__(self, index: Any, database: str) -> None:
-        self.index = index
         self.db = database
+        self.client = index.sibling_client()
+        self.lock = threading.Lock()
 
     def migrate(self) -> None:
-        for stmt in ddl(self.db):
-            self.index.client.command(stmt)
+        with self.lock:
+            for stmt in ddl(self.db):
+                self.client.command(stmt)
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        with self.index.write_lock:
-            self.index.client.insert(f"{self.db}.audit", rows, column_names=list(COLUMNS))
+        try:
+            with self.lock:
+                self.client.insert(f"{self.db}.audit", rows, column_names=list(COLUMNS))
+        except ClickHouseError as exc:
+            raise Unavailable(redact(f"audit write failed: {exc}")) from exc
+
+    def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        try:
+            with self.lock:
+                return [tuple(r) for r in self.client.query(sql, parameters=parameters).result_rows]
+        except ClickHouseError as exc:
+            raise Unavailable(redact(f"audit query failed: {exc}")) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # best effort at shutdown
+            self.client.close()
 
     def search(
         self,
@@ -183,7 +211,7 @@ class AuditIndex:
         if until is not None:
             conds.append("occurred_at < {until:DateTime64(3, 'UTC')}")
             params["until"] = until
-        rows = self.index.query(
+        rows = self.query(
             f"SELECT {', '.join(COLUMNS[:-2])} FROM {self.db}.audit FINAL "
             f"WHERE {' AND '.join(conds)} ORDER BY occurred_at, event_id "
             f"LIMIT {max(1, min(int(limit), 100_000))}",

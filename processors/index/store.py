@@ -195,20 +195,32 @@ def _rule_sql(i: int, r: Rule, now: datetime, day_seconds: float, params: dict) 
     return "(" + " AND ".join(conds) + ")"
 
 
+def _open_client(dsn: str) -> Any:
+    try:
+        return clickhouse_connect.get_client(dsn=dsn)
+    except Exception as exc:  # chDB lock errors, connection refused...
+        # The DSN may carry a password: never in a message (nor the driver's text of it).
+        raise Unavailable(redact(f"cannot open the index at {dsn}: {exc}")) from None
+
+
 class IndexStore:
     """The index adapter (processors/index/port.py's Index), over clickhouse-connect."""
 
     def __init__(self, dsn: str, database: str) -> None:
         self.database = database
-        try:
-            self.client = clickhouse_connect.get_client(dsn=dsn)
-        except Exception as exc:  # chDB lock errors, connection refused...
-            # The DSN may carry a password: never in a message (nor the driver's text of it).
-            raise Unavailable(redact(f"cannot open the index at {dsn}: {exc}")) from None
+        self._dsn = dsn
+        self.client = _open_client(dsn)
         self._columns: dict[str, list[str]] = {}
         self._types: dict[str, dict[str, str]] = {}
         self.write_lock = threading.Lock()
         self._arrow: Any = None  # see use_arrow()
+
+    def sibling_client(self) -> Any:
+        """A client of its own on the same engine and DSN: on chDB a handle of its own (its own
+        session and its own handle lock: its calls never wait for this store's, nor the
+        store's for its), on a ClickHouse server a connection of its own. For a writer whose
+        tables are not the index's (the audit table: processors/index/audit.py)."""
+        return _open_client(self._dsn)
 
     def embedded_path(self) -> str:
         """chDB's connection string of this index ('' for a ClickHouse server): other

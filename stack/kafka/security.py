@@ -48,6 +48,7 @@ SERVICE_PRINCIPALS = {
     "router": ROUTER,
     "dr-copier": DR_COPIER,
     "mirror": MIRROR,
+    "audit-export": OPERATOR,  # strata audit export under strata up (stack/local.py)
 }
 
 

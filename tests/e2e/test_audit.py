@@ -2,7 +2,9 @@
 real peers (storescu, findscu, getscu, HTTP QIDO/WADO/STOW, a gRPC search, refused tokens, an
 unknown calling AE, a legal hold), then every one of them is in the audit table EXACTLY ONCE
 with the right who / what / outcome, every event of the audit topic is in the table once, and
-no log file of the stack names the test patient."""
+no log file of the stack names the test patient. With STRATA_AUDIT_SYSLOG set, ``strata up``
+runs the audit exporter too: every event of the topic reaches a real rsyslog receiver (RFC
+5425, mutual TLS) as a PS3.15 A.5 message."""
 
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ import requests
 
 from strata.common.events import decode
 from strata.common.kafka import read_log
+from strata.common.pki import ensure_pki
 from strata.common.settings import Settings
 from strata.proto.strata.v1 import query_pb2 as q
 from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
+from strata.stack.procs import free_port
 from tests.e2e.test_auth import _stow_body
+from tests.integration.test_audit_export import Rsyslog, _check_message
 from tests.support.dcmtk import dcmtk_env, findscu, storescu
 from tests.support.idp import IdP, idp  # noqa: F401 - fixture
 from tests.support.stack import make_stack, require_tool
@@ -53,8 +58,19 @@ def run(tmp_path_factory: pytest.TempPathFactory, idp: IdP) -> Iterator[dict[str
     s = make_stack(home)
     ae_config = home.parent / "audit-aes.json"
     ae_config.write_text(json.dumps({"allow_unknown": False, "aes": {"MODALITY": {}}}))
+    # the syslog receiver of the audit exporter that strata up starts (outside the home: its
+    # messages are the audit trail, PHI by design, not a log of the stack)
+    syslog = tmp_path_factory.mktemp("audit-syslog")
+    pki = ensure_pki(syslog / "pki")
+    receiver = Rsyslog(syslog / "rsyslog", free_port(), pki)
+    receiver.start()
+    cert, key = pki.client("strata-audit")
     s.env.update(
         {
+            "STRATA_AUDIT_SYSLOG": f"127.0.0.1:{receiver.port}",
+            "STRATA_AUDIT_SYSLOG_CA": str(pki.ca),
+            "STRATA_AUDIT_SYSLOG_CERT": str(cert),
+            "STRATA_AUDIT_SYSLOG_KEY": str(key),
             "STRATA_AUTH_MODE": "oidc",
             "STRATA_OIDC_ISSUER": idp.issuer,
             "STRATA_OIDC_AUDIENCE": "strata",
@@ -71,8 +87,18 @@ def run(tmp_path_factory: pytest.TempPathFactory, idp: IdP) -> Iterator[dict[str
     web = f"http://127.0.0.1:{st.dicomweb_port}{st.dicomweb_prefix}"
     channel = grpc.insecure_channel(f"127.0.0.1:{st.grpc_port}")
     stub = q_grpc.QueryServiceStub(channel)
-    s.up()
-    out: dict[str, Any] = {"stack": s, "study": study, "stow_study": stow_study, "cli": []}
+    try:
+        s.up()
+    except BaseException:
+        receiver.stop()
+        raise
+    out: dict[str, Any] = {
+        "stack": s,
+        "study": study,
+        "stow_study": stow_study,
+        "cli": [],
+        "syslog": receiver,
+    }
     try:
         # 1. C-STORE: one association, three instances of one study
         rc, statuses, text = storescu(st.ingest_port, st.ingest_ae_title, files)
@@ -148,6 +174,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, idp: IdP) -> Iterator[dict[str
     finally:
         channel.close()
         s.down()
+        receiver.stop()
 
 
 def _table(s: Any, *args: str) -> list[dict[str, Any]]:
@@ -259,6 +286,24 @@ def test_every_operation_is_in_the_audit_table_exactly_once(run: dict[str, Any])
     )
     assert {(e["user"], e["interface"]) for e in reads} == {("auditor", "http")}
     assert {e["query_keys"]["patient"] for e in reads} == {PID} and reads[0]["patient_ids"] == [PID]
+
+
+def test_strata_up_runs_the_audit_exporter(run: dict[str, Any]) -> None:
+    """STRATA_AUDIT_SYSLOG set: ``strata up`` started ``strata audit export`` as a service of
+    the stack, and every event of the audit topic arrives at the receiver (at least once: the
+    exporter's contract; each checked as a PS3.15 A.5 message)."""
+    s, receiver = run["stack"], run["syslog"]
+    st: Settings = s.settings
+    status = s.cli("status", check=False).stdout
+    assert re.search(r"^audit-export +running ", status, re.M), status
+
+    def delivered() -> set[str] | None:
+        ids = {decode(v).event_id for v in read_log(st.kafka_bootstrap, st.audit_topic)}
+        got = {_check_message(m)[0] for m in receiver.messages()}
+        return got if ids and got >= ids else None
+
+    got = wait_for(delivered, 90, "every audit event of the run at the syslog receiver")
+    assert len(got) >= 11  # the run's operations (test_every_operation_...) at least
 
 
 # Kafka's own data files are named *.log too: they hold the events (PHI by design), not logs.
