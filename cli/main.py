@@ -449,8 +449,10 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     port = args.port or settings.ingest_port
     called = args.called_ae or settings.ingest_ae_title
 
+    from strata.common.pynet import open_association
+
     def connect() -> Any:
-        a = ae.associate(host, port, ae_title=called)
+        a = open_association(ae, host, port, called)
         if a.is_established and a.dul.socket is not None:
             nodelay(a.dul.socket.socket)
         return a
@@ -519,7 +521,9 @@ def cmd_find(settings: Settings, args: argparse.Namespace) -> int:
     ds.NumberOfStudyRelatedInstances = ""
     ae = AE(ae_title=args.calling_ae)
     ae.add_requested_context(FIND)
-    assoc = ae.associate(settings.bind_host, settings.qr_port, ae_title=settings.qr_ae_title)
+    from strata.common.pynet import open_association
+
+    assoc = open_association(ae, settings.bind_host, settings.qr_port, settings.qr_ae_title)
     if not assoc.is_established:
         print("query SCP did not accept the association", file=sys.stderr)
         return 1

@@ -334,7 +334,9 @@ def echo(host: str, port: int, ae_title: str) -> bool:
     ae.add_requested_context(Verification)
     ae.acse_timeout = 5
     ae.network_timeout = 5
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    from strata.common.pynet import open_association
+
+    assoc = open_association(ae, host, port, ae_title)
     if not assoc.is_established:
         return False
     try:

@@ -1,6 +1,7 @@
-"""The benchmarks' DICOM client (benchmarks/common.py ``associate``) against a real peer (a
-pynetdicom Q/R SCP on loopback): a C-FIND response that is queued while the association's
-reactor thread runs its loop stays for the caller.
+"""The project's pynetdicom requestors (strata/common/pynet.py: the CLI's and the
+benchmarks' ``associate``) against a real peer (a pynetdicom Q/R SCP on loopback): a C-FIND
+response that is queued while the association's reactor thread runs its loop stays for the
+caller.
 
 This is the race behind the benchmarks' "10 s C-FIND stall" (pydicom/pynetdicom#875): the
 reactor of pynetdicom's requestor took the answer off the DIMSE queue and dropped it
