@@ -289,9 +289,13 @@ def wait_following(sites: Sites, timeout: float = 300.0) -> float:
     raise AssertionError(f"B did not receive A's epoch within {timeout:.0f}s (mirror not running)")
 
 
-def setup(root: Path, mode: str = "async") -> Sites:
-    """Two sites, A primary (epoch 1) in ``mode`` (STRATA_DR_MODE), B following it."""
+def setup(root: Path, mode: str = "async", env: dict[str, str] | None = None) -> Sites:
+    """Two sites, A primary (epoch 1) in ``mode`` (STRATA_DR_MODE), B following it; ``env``:
+    more settings for both sites."""
     sites = make_sites(root)
+    for s in (sites.a, sites.b):
+        s.env.update(env or {})
+        s.settings = Settings.from_env(s.env)
     sites.a.env["STRATA_DR_MODE"] = mode
     sites.a.settings = Settings.from_env(sites.a.env)
     sites.up()

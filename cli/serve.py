@@ -65,8 +65,11 @@ def serve_router(settings: Settings, stop: threading.Event | None = None) -> Non
         settings.bind_host,
         settings.router_http_port,
     )
+    from strata.cli.dr import Role
+
+    role = Role(settings)  # geo-redundancy: only the primary site routes (docs/dr.md)
     try:
-        router.run(stop)
+        router.run(stop, role.primary if settings.dr_site else None)
     finally:
         http.shutdown()
 
@@ -137,8 +140,12 @@ def serve_index(settings: Settings) -> None:
     authz = auth_from_settings(settings)  # None with STRATA_AUTH_MODE=off
     index = IndexStore(settings.index_dsn, settings.clickhouse_database)
     index.migrate()
-    lifecycle, source = _tiers(settings)
-    app = create_app(settings, index, lifecycle, authz)
+    from strata.cli.dr import Role
+
+    # geo-redundancy: only the primary site's index node writes decisions (docs/dr.md)
+    role = Role(settings)
+    lifecycle, source = _tiers(settings, role.primary)
+    app = create_app(settings, index, lifecycle, authz, decides=role.primary)
     destinations = parse_destinations(settings.move_destinations)
     qr_server: list[QueryServer] = []
     # STOW-RS: the same store contract as C-STORE, into the outbox of this home, which the
@@ -300,9 +307,10 @@ def _start_sql(settings: Settings, index: Any) -> None:
     log.info("SQL (ClickHouse HTTP, read-only) on %s:%d", settings.bind_host, settings.sql_port)
 
 
-def _tiers(settings: Settings) -> tuple[Any, Any]:
+def _tiers(settings: Settings, decides: Any = None) -> tuple[Any, Any]:
     """The tiers, the lifecycle processor (None without rules or recall promotion) and the
-    retrieve source reading every tier (hot in place, cold through the recall cache)."""
+    retrieve source reading every tier (hot in place, cold through the recall cache).
+    ``decides()`` false (a DR follower): reads record no StudyAccessed event."""
 
     from strata.archive.cold import build_cold_tier
     from strata.archive.hot import HotTier
@@ -350,5 +358,13 @@ def _tiers(settings: Settings) -> tuple[Any, Any]:
             lc.request_promotion(loc.study_uid, loc.series_uid, loc.sop_uid)
 
     remote = {name: t for name, t in tiers.items() if name != "hot"}
-    source = TieredSource(settings.hot_dir, remote, cache, "", access.record, promote)
+    record = access.record
+    if decides is not None:
+
+        def record(study_uid: str, via: str) -> None:
+            # a follower's log is the primary's mirror: its reads are not written into it
+            if decides():
+                access.record(study_uid, via)
+
+    source = TieredSource(settings.hot_dir, remote, cache, "", record, promote)
     return lifecycle, source

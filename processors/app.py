@@ -11,6 +11,7 @@ authorizer) from the process wiring, cli/serve.py; ``run_worker`` runs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -43,7 +44,10 @@ def create_app(
     index: IndexStore,
     lifecycle: LifecycleProcessor | None = None,
     authz: Authorizer | None = None,
+    decides: Callable[[], bool] | None = None,
 ) -> faust.App:
+    """``decides()``: whether this node writes decisions now (geo-redundancy: only at the
+    primary site, cli/dr.py Role); None = always (with STRATA_INDEX_DECISIONS)."""
     app = faust.App(
         settings.index_group,
         datadir=str(settings.node_home / "faust"),
@@ -61,7 +65,7 @@ def create_app(
     )
     applied = add_index_agents(app, settings, index)
     audit_index.attach(app, settings, index)  # the audit topic -> its table, /audit
-    caught_up_once = add_timers(app, settings, index, lifecycle)
+    caught_up_once = add_timers(app, settings, index, lifecycle, decides)
     add_pages(app, settings, index, applied, caught_up_once)
     return app
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import faust
@@ -63,9 +64,12 @@ def add_timers(
     settings: Settings,
     index: IndexStore,
     lifecycle: LifecycleProcessor | None = None,
+    decides: Callable[[], bool] | None = None,
 ) -> threading.Event:
     """The lag/stability timer and the lifecycle loop on ``app``; returns the event set once
-    the index has caught up with the log (read by the health page)."""
+    the index has caught up with the log (read by the health page). ``decides()`` false (a
+    geo-redundancy follower, cli/dr.py Role): no StudyStable, no lifecycle pass."""
+    decide: Callable[[], bool] = decides or (lambda: True)
     from strata.processors.replay import end_positions
 
     # one client for the per-second lag check, not one per tick
@@ -79,6 +83,9 @@ def add_timers(
         settings.study_quiet_seconds,
     )
     topics = [settings.study_topic, settings.quarantine_topic]
+    # a site of a DR pair has mirrored logs, whose partitions may end with a transaction
+    # marker: caught up there means at the last record (common/kafka.py Tails)
+    tails = kafka.Tails(settings, "index") if settings.dr_site else None
 
     barrier = Barrier()
     # A replica behind a balancer reports ready only once it has applied the log up to an end
@@ -89,6 +96,8 @@ def add_timers(
         now = datetime.now(UTC)
         ends = end_positions(settings, topics, probe)
         done = checksum.positions(index)
+        if tails is not None:
+            ends = tails.lowered(ends, done)
         for t, parts in ends.items():
             lag = sum(o - min(done.get(t, {}).get(p, 0), o) for p, o in parts.items())
             LAG.labels(t).set(lag)
@@ -100,7 +109,7 @@ def add_timers(
         as_of = barrier.passed(done, ends, now)
         if as_of is not None:
             caught_up_once.set()
-        if as_of is not None and settings.index_decisions:
+        if as_of is not None and settings.index_decisions and decide():
             n = emitter.run_once(index, as_of)
             if n:
                 log.info("announced %d stable studies", n)
@@ -114,15 +123,22 @@ def add_timers(
 
     if lifecycle is not None and settings.index_decisions:
         lc_probe = kafka.consumer(settings, "strata-lifecycle-probe", "lifecycle-lag")
+        lc_tails = kafka.Tails(settings, "lifecycle") if settings.dr_site else None
+
+        def lc_caught_up(ends: dict[str, dict[int, int]]) -> bool:
+            done = checksum.positions(index)
+            return caught_up(done, lc_tails.lowered(ends, done) if lc_tails else ends)
 
         def lifecycle_pass() -> None:
             # Only on a caught-up index, measured now: every event of the previous pass (and
             # every arrival so far) is applied, so the index is the record of what moved.
             # Waits (a bounded time) until the index has applied the log up to its end as read
             # now, rather than for a moment with no lag at all (rare under continuous ingest).
+            if not decide():
+                return
             ends = end_positions(settings, [settings.study_topic], lc_probe)
             deadline = time.monotonic() + 60
-            while not caught_up(checksum.positions(index), ends):
+            while not lc_caught_up(ends):
                 if time.monotonic() > deadline:
                     log.warning("lifecycle pass skipped: the index is more than 60 s behind")
                     return
