@@ -814,3 +814,52 @@ def git_revision() -> str:
         return rev + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+@dataclass
+class WriteRounds:
+    """Acknowledged writes to the log, measured two ways (``write_rounds``)."""
+
+    burst: list[float]  # delivery latency (s) of each record of the burst
+    burst_seconds: float  # the burst's wall time
+    single: list[float]  # round trip (s) of each record written alone
+
+
+def write_rounds(producer: Any, topic: str, n_burst: int, n_single: int) -> WriteRounds:
+    """``n_burst`` 2 KB records as fast as ``producer`` goes (records/s, delivery latency),
+    then ``n_single`` one at a time, each flushed (the round trip of one acknowledged write).
+    A record the broker refused raises (a benchmark of failures would measure nothing)."""
+    payload = os.urandom(1024) * 2
+    lat: list[float] = []
+    errors: list[Any] = []
+
+    def done(err: Any, sent: float) -> None:
+        if err is None:
+            lat.append(time.perf_counter() - sent)
+        else:
+            errors.append(err)
+
+    t0 = time.perf_counter()
+    for i in range(n_burst):
+        while True:
+            try:
+                sent = time.perf_counter()
+                producer.produce(
+                    topic, payload, str(i).encode(), on_delivery=lambda e, _m, t=sent: done(e, t)
+                )
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(300)
+    burst_s = time.perf_counter() - t0
+    burst, lat[:] = list(lat), []
+    for i in range(n_single):
+        sent = time.perf_counter()
+        producer.produce(
+            topic, payload, str(i).encode(), on_delivery=lambda e, _m, t=sent: done(e, t)
+        )
+        producer.flush(30)
+    if errors:
+        raise RuntimeError(f"{len(errors)} records failed, e.g. {errors[0]}")
+    return WriteRounds(burst, burst_s, list(lat))

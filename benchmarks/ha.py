@@ -66,6 +66,7 @@ from benchmarks.common import (
     storescu,
     table,
     write_json,
+    write_rounds,
 )
 from benchmarks.common import SIZES as _SIZES
 from benchmarks.ingest import latency_run, throughput_run
@@ -197,41 +198,8 @@ def log_produce(t: HAStrata, n_burst: int, n_single: int) -> dict[str, Any]:
         fut.result(30)
     # The settings this benchmark has always measured (a subset of the relay's profile).
     p = kafka.producer(s, "durable", "bench", {"linger.ms": 2, "compression.type": "lz4"})
-    payload = os.urandom(1024) * 2
-    lat: list[float] = []
-
-    def done(err: Any, msg: Any, t0: float) -> None:
-        if err is None:
-            lat.append(time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    for i in range(n_burst):
-        while True:
-            try:
-                sent = time.perf_counter()
-                p.produce(
-                    topic,
-                    key=str(i).encode(),
-                    value=payload,
-                    on_delivery=lambda e, m, sent=sent: done(e, m, sent),
-                )
-                break
-            except BufferError:
-                p.poll(0.01)
-        p.poll(0)
-    p.flush(120)
-    burst_s = time.perf_counter() - t0
-    burst_lat, lat[:] = list(lat), []
-    for i in range(n_single):
-        sent = time.perf_counter()
-        p.produce(
-            topic,
-            key=str(i).encode(),
-            value=payload,
-            on_delivery=lambda e, m, sent=sent: done(e, m, sent),
-        )
-        p.flush(30)
-    single = list(lat)
+    r = write_rounds(p, topic, n_burst, n_single)
+    burst_lat, burst_s, single = r.burst, r.burst_seconds, r.single
     return {
         "events": n_burst,
         "events_per_s": round(len(burst_lat) / burst_s, 1),

@@ -15,7 +15,6 @@ elsewhere on the machine falls on both alike; the table gives the median of the 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ from benchmarks.common import (
     percentile,
     table,
     write_json,
+    write_rounds,
 )
 
 MODES = ("plaintext", "sasl_ssl")
@@ -62,50 +62,13 @@ def round_of(s: Any, records: int, single: int) -> dict[str, float]:
     from strata.stack.kafka import security
 
     writer = security.as_principal(s, security.INGEST)
-    payload = os.urandom(1024) * 2
-    lat: list[float] = []
-    errors: list[Any] = []
-
-    def done(err: Any, sent: float) -> None:
-        if err is None:
-            lat.append(time.perf_counter() - sent)
-        else:
-            errors.append(err)
-
     t0 = time.perf_counter()
     p = kafka.producer(writer, "relay", "bench")
-    sent = time.perf_counter()
-    p.produce(s.study_topic, payload, b"first", on_delivery=lambda e, _m: done(e, sent))
-    p.flush(60)
+    first_write = write_rounds(p, s.study_topic, 0, 1)  # a new client's first record
     first = time.perf_counter() - t0
-    lat.clear()
-    t0 = time.perf_counter()
-    for i in range(records):
-        while True:
-            try:
-                sent = time.perf_counter()
-                p.produce(
-                    s.study_topic,
-                    payload,
-                    str(i).encode(),
-                    on_delivery=lambda e, _m, sent=sent: done(e, sent),
-                )
-                break
-            except BufferError:
-                p.poll(0.01)
-        p.poll(0)
-    p.flush(300)
-    burst_s = time.perf_counter() - t0
-    burst, lat[:] = list(lat), []
-    for i in range(single):
-        sent = time.perf_counter()
-        p.produce(
-            s.study_topic, payload, str(i).encode(), on_delivery=lambda e, _m, t=sent: done(e, t)
-        )
-        p.flush(30)
-    one = list(lat)
-    if errors:
-        raise RuntimeError(f"{len(errors)} records failed, e.g. {errors[0]}")
+    assert first_write.single, "the first record was not acknowledged"
+    r = write_rounds(p, s.study_topic, records, single)
+    burst, burst_s, one = r.burst, r.burst_seconds, r.single
     return {
         "records_per_s": len(burst) / burst_s,
         "delivery_p50_ms": percentile(burst, 50) * 1000,

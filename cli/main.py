@@ -193,7 +193,7 @@ def _nodes_status(settings: Settings) -> None:
 
 def _ingest_state(settings: Settings) -> str:
     """Set-aside events and quarantine use, read from the node's files (no service needed)."""
-    from strata.ingest.node import build_quarantine
+    from strata.cli.serve import build_quarantine
     from strata.ingest.outbox import Outbox
 
     aside = Outbox(settings.outbox_path).set_aside_count() if settings.outbox_path.is_file() else 0

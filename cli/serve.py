@@ -23,24 +23,168 @@ def _logging() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
+# ---------------------------------------------------------------------------- ingest
+
+
 def serve_ingest(settings: Settings) -> None:
     """The ingest node: workers (C-STORE SCP), relay (outbox -> Kafka), health and metrics."""
-    from strata.ingest.node import run_node
+    from strata.ingest.node import NodeParts, prepare_metrics_dir, purge_incoming, run_node
 
     _logging()
-    run_node(settings)
+    metrics_dir = prepare_metrics_dir(settings)  # before prometheus_client is imported
+    from strata.ingest import metrics
+    from strata.ingest.outbox import Outbox
+    from strata.ingest.relay import Relay
+
+    purge_incoming(settings)  # partial receptions of killed workers: never acknowledged
+    outbox = Outbox(settings.outbox_path)
+    relay = Relay(
+        outbox,
+        settings,
+        on_published=metrics.PUBLISHED.inc,
+        on_set_aside=metrics.SET_ASIDE.inc,
+    )
+    relay.start()
+    parts = NodeParts(
+        outbox, relay, build_quarantine(settings), _dr_sync_watcher(settings), metrics_dir
+    )
+    run_node(settings, parts)
 
 
 def serve_ingest_worker(settings: Settings) -> None:
+    """One worker of the ingest node: the C-STORE SCP over the store feature."""
     from strata.common import audit
-    from strata.ingest.node import run_worker
+    from strata.dicomnet.tls import acceptor_security
+    from strata.ingest.node import incoming_dir, run_worker
+    from strata.ingest.scp import StoreServer
 
     _logging()
     audit.configure(settings, "ingest")  # this worker's audit emitter (common/audit.py)
     try:
-        run_worker(settings)
+        service = build_store_service(settings)
+        server = StoreServer(
+            acceptor_config(
+                settings,
+                settings.max_associations,
+                acceptor_security(settings, service.aes, settings.ingest_ae_title),
+            ),
+            service,
+            incoming_dir(settings),
+            (settings.bind_host, settings.ingest_port),
+        )
+        run_worker(settings, server)
     finally:
         audit.close()
+
+
+def acceptor_config(settings: Settings, max_associations: int, security: dict[str, Any]) -> Any:
+    """A DICOM SCP's acceptor configuration (dicomnet/acceptor.py): the network limits of the
+    settings, ``max_associations`` and the ``security`` fields (dicomnet/tls.py)."""
+    from strata.dicomnet.acceptor import Config
+
+    return Config(
+        max_pdu=settings.max_pdu,
+        network_timeout=settings.network_timeout,
+        acse_timeout=settings.acse_timeout,
+        max_associations=max_associations,
+        max_per_peer=settings.max_associations_per_peer,
+        artim_timeout=settings.artim_timeout,
+        pdu_timeout=settings.pdu_timeout,
+        **security,
+    )
+
+
+def build_quarantine(settings: Settings) -> Any:
+    """The quarantine of this home (its quota and retention)."""
+    from strata.ingest.quarantine import Quarantine
+
+    return Quarantine(
+        settings.quarantine_dir,
+        max_bytes=settings.quarantine_max_bytes,
+        retention_s=settings.quarantine_retention_days * 86400.0,
+    )
+
+
+def build_store_service(settings: Settings) -> Any:
+    """The store feature wired to this node's hot tier, outbox and configuration (used by the
+    C-STORE workers and by STOW-RS: one contract for both)."""
+    from strata.archive.hot import HotTier
+    from strata.ingest import config
+    from strata.ingest.node import spool_name
+    from strata.ingest.outbox import Outbox
+    from strata.ingest.store import Limits, StoreService
+
+    return StoreService(
+        tier=HotTier(settings.hot_dir, spool_name(settings)),
+        outbox=Outbox(settings.outbox_path),
+        topic=settings.study_topic,
+        quarantine_topic=settings.quarantine_topic,
+        quarantine_dir=settings.quarantine_dir,
+        node=settings.node_name,
+        aes=config.load(settings.ae_config),
+        limits=Limits(
+            max_object_bytes=settings.max_object_bytes,
+            refuse_when_log_down=settings.outbox_mode == "refuse",
+            refuse_after_s=settings.outbox_refuse_after,
+            max_outbox_depth=settings.outbox_max_depth,
+            event_element_max_bytes=settings.event_element_max_bytes,
+            event_header_max_bytes=settings.event_header_max_bytes,
+            max_inflated_bytes=settings.max_inflated_bytes,
+        ),
+        cold=_cold_tier(settings),
+        quarantine=build_quarantine(settings),
+        fence=_dr_fence(settings),
+        sync=_dr_sync_gate(settings),
+    )
+
+
+def _dr_sync_gate(settings: Settings) -> Any:
+    """Sync mode: what an acknowledgement waits on (the peer's confirmation)."""
+    from strata.ingest.node import peer_confirmed_path, sync_mode
+
+    if not settings.dr_site or sync_mode(settings) != "sync":
+        return None
+    from strata.ingest.peersync import Confirmations, Gate
+
+    return Gate(
+        Confirmations(peer_confirmed_path(settings)),
+        settings.dr_sync_timeout,
+        settings.dr_peer_site,
+    )
+
+
+def _dr_fence(settings: Settings) -> Any:
+    """Geo-redundancy: a site that is not the primary of the latest epoch refuses ingest."""
+    if not settings.dr_site:
+        return None
+    from strata.cli.dr import Fence
+
+    return Fence(settings)
+
+
+def _cold_tier(settings: Settings) -> Any:
+    """The cold tier when configured (asked only whether a duplicate's object is there)."""
+    if not settings.s3_endpoint:
+        return None
+    from strata.archive.cold import build_cold_tier
+
+    return build_cold_tier(settings)
+
+
+def _dr_sync_watcher(settings: Settings) -> Any:
+    """Sync mode: the node's one watcher of the peer's confirmations (ingest/peersync.py)."""
+    from strata.ingest.node import peer_confirmed_path, sync_mode
+
+    if not settings.dr_site or sync_mode(settings) != "sync":
+        return None
+    from strata.ingest.peersync import Confirmations, Watcher
+
+    w = Watcher(settings, Confirmations(peer_confirmed_path(settings)))
+    w.start()
+    return w
+
+
+# ---------------------------------------------------------------------------- router
 
 
 def serve_router(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -120,10 +264,8 @@ def serve_index(settings: Settings) -> None:
     the embedded index (chDB allows one process per data path)."""
     from strata.common import audit
     from strata.common.auth import from_settings as auth_from_settings
-    from strata.dicomnet.acceptor import Config
     from strata.dicomnet.tls import acceptor_security, move_tls_contexts
     from strata.ingest.config import load as load_ae_config
-    from strata.ingest.node import build_store_service
     from strata.ingest.stow import Stow
     from strata.processors.app import create_app, run_worker
     from strata.processors.index.store import IndexStore
@@ -145,33 +287,38 @@ def serve_index(settings: Settings) -> None:
     # geo-redundancy: only the primary site's index node writes decisions (docs/dr.md)
     role = Role(settings)
     lifecycle, source = _tiers(settings, role.primary)
-    app = create_app(settings, index, lifecycle, authz, decides=role.primary)
+    app = create_app(settings, index, _timer_clients(settings, lifecycle, role), lifecycle, authz)
     destinations = parse_destinations(settings.move_destinations)
     qr_server: list[QueryServer] = []
     # STOW-RS: the same store contract as C-STORE, into the outbox of this home, which the
     # ingest node's relay publishes (the local stack). Off where no relay reads it (helm).
-    stow = build_store_service(settings) if settings.stow_enabled else None
+    stow = None
+    if settings.stow_enabled:
+        store = build_store_service(settings)
+        stow = Stow(
+            store,
+            store.tier.incoming,  # type: ignore[attr-defined]
+            max_part_bytes=settings.stow_max_part_bytes,
+            max_parts=settings.stow_max_parts,
+        )
     relay = _replica_relay(settings)
     viewer_dist = Path(settings.viewer_dir) if settings.viewer_dir else viewer.installed()
     grpc_server: list[Any] = []
+    sql_pool: list[Any] = []
 
     def start_readers() -> None:
         web_app = create_web(
             WebDeps(
                 index,
                 source.with_via("dicomweb"),
-                stow,
-                stow.tier.incoming if stow is not None else None,  # type: ignore[attr-defined]
                 settings.dicomweb_cors_origins,
                 settings.find_limit,
                 query_timeout=settings.query_timeout,
-                max_part_bytes=settings.stow_max_part_bytes,
-                max_parts=settings.stow_max_parts,
                 max_frames=settings.wado_max_frames,
             ),
             settings.dicomweb_prefix,
             authz,
-            stow=Stow,
+            stow=stow,
         )
         if viewer_dist is not None:
             oidc = None
@@ -205,15 +352,10 @@ def serve_index(settings: Settings) -> None:
         threading.Thread(target=transcode.warm, name="transcode-warm", daemon=True).start()
         qr_server.append(
             QueryServer(
-                Config(
-                    max_pdu=settings.max_pdu,
-                    network_timeout=settings.network_timeout,
-                    acse_timeout=settings.acse_timeout,
-                    max_associations=min(32, settings.max_associations),
-                    max_per_peer=settings.max_associations_per_peer,
-                    artim_timeout=settings.artim_timeout,
-                    pdu_timeout=settings.pdu_timeout,
-                    **acceptor_security(
+                acceptor_config(
+                    settings,
+                    min(32, settings.max_associations),
+                    acceptor_security(
                         settings,
                         load_ae_config(settings.ae_config),
                         settings.qr_ae_title,
@@ -233,7 +375,7 @@ def serve_index(settings: Settings) -> None:
                 (settings.bind_host, settings.qr_port),
             )
         )
-        _start_sql(settings, index)
+        sql_pool.append(_start_sql(settings, index))
         log.info(
             "query SCP %s on %s:%d, gRPC :%d, DICOMweb :%d%s",
             settings.qr_ae_title,
@@ -253,10 +395,39 @@ def serve_index(settings: Settings) -> None:
             lifecycle.close()
         for g in grpc_server:
             g.stop(grace=5)
+        for pool in sql_pool:
+            if pool is not None:
+                pool.close()  # the analysts' sessions, before the engine they read
         index.close()
         if relay is not None:
             relay.stop()
         audit.close()
+
+
+def _timer_clients(settings: Settings, lifecycle: Any, role: Any) -> Any:
+    """The index node's timers' clients (processors/timers.py): a Kafka probe of the log's end
+    per loop, and the stability emitter; at a DR site, whether it decides now (``role``) and
+    the log ends past transaction markers (common/kafka.py Tails)."""
+    from strata.common import kafka
+    from strata.processors.stability import StabilityEmitter
+    from strata.processors.timers import TimerClients
+
+    return TimerClients(
+        lag_probe=kafka.consumer(settings, "strata-index-probe", "index-lag"),
+        lifecycle_probe=(
+            None
+            if lifecycle is None
+            else kafka.consumer(settings, "strata-lifecycle-probe", "lifecycle-lag")
+        ),
+        stability=StabilityEmitter(
+            settings, settings.study_topic, settings.node_name, settings.study_quiet_seconds
+        ),
+        decides=role.primary,
+        lag_tails=kafka.Tails(settings, "index") if settings.dr_site else None,
+        lifecycle_tails=(
+            kafka.Tails(settings, "lifecycle") if settings.dr_site and lifecycle else None
+        ),
+    )
 
 
 def _replica_relay(settings: Settings) -> Any:
@@ -273,16 +444,17 @@ def _replica_relay(settings: Settings) -> Any:
     return relay
 
 
-def _start_sql(settings: Settings, index: Any) -> None:
-    """The read-only ClickHouse HTTP interface over the embedded index (query/sql_http.py).
-    With a ClickHouse server (STRATA_CLICKHOUSE_DSN) analysts use the server itself."""
+def _start_sql(settings: Settings, index: Any) -> Any:
+    """The read-only ClickHouse HTTP interface over the embedded index (query/sql_http.py);
+    returns its session pool (closed at shutdown), None when off. With a ClickHouse server
+    (STRATA_CLICKHOUSE_DSN) analysts use the server itself."""
     from strata.query import sql_http
 
     path = index.embedded_path()
     if not settings.sql_port or not path:
         if settings.sql_port:
             log.info("SQL endpoint off: the index is a ClickHouse server (query it directly)")
-        return
+        return None
     limits = sql_http.Limits(
         max_execution_time=settings.sql_max_execution_time,
         max_result_rows=settings.sql_max_result_rows,
@@ -303,8 +475,16 @@ def _start_sql(settings: Settings, index: Any) -> None:
         yield_seconds=settings.sql_yield_seconds,
     )
     users = sql_http.Users.parse(settings.sql_users)
-    sql_http.serve(pool, users, settings.node_name, settings.bind_host, settings.sql_port)
+    sql_http.serve(
+        pool,
+        users,
+        settings.node_name,
+        settings.bind_host,
+        settings.sql_port,
+        settings.audit_database,
+    )
     log.info("SQL (ClickHouse HTTP, read-only) on %s:%d", settings.bind_host, settings.sql_port)
+    return pool
 
 
 def _tiers(settings: Settings, decides: Any = None) -> tuple[Any, Any]:

@@ -425,7 +425,7 @@ def http_outcome(status: int) -> str:
 def who_dicom(calling_ae: str, called_ae: str, sock: Any = None) -> pb.AuditWho:
     who = pb.AuditWho(calling_ae_title=calling_ae, called_ae_title=called_ae)
     if sock is not None:
-        from strata.dicomnet.tls import peer_cert
+        from strata.common.pki import peer_cert
 
         with contextlib.suppress(Exception):
             cert = peer_cert(sock)

@@ -19,13 +19,13 @@ from strata.common.errors import Invalid
 # VRs whose values can be large binary blobs: omitted from the stored header.
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 BULK_THRESHOLD = 1024
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def is_valid_uid(uid: str) -> bool:
     """PS3.5 9.1 UID syntax: digits and dots, at most 64 characters. (Leading zeros inside a
     component are tolerated: real equipment sends them and rejecting them loses images.)"""
-    return bool(uid) and len(uid) <= 64 and bool(_UID_RE.match(uid))
+    return len(uid) <= 64 and _UID_RE.fullmatch(uid) is not None
 
 
 def read_header(path: Path) -> Dataset:

@@ -263,13 +263,19 @@ _LEADER_MOVING = frozenset(
 
 
 def end_offset(c: Consumer, tp: TopicPartition, timeout: float = 30) -> int:
-    """The end offset of one partition. A partition whose leader is still being elected (a
-    topic created a moment ago, a broker that just died) answers with a retriable error such
-    as NOT_LEADER_FOR_PARTITION: asked again until ``timeout``, then the error is raised."""
+    """The end offset of one partition (see ``watermarks``)."""
+    return watermarks(c, tp, timeout)[1]
+
+
+def watermarks(c: Consumer, tp: TopicPartition, timeout: float = 30) -> tuple[int, int]:
+    """The first and end offsets of one partition. A partition whose leader is still being
+    elected (a topic created a moment ago, a broker that just died) answers with an error
+    such as NOT_LEADER_FOR_PARTITION: asked again until ``timeout``, then the error is raised."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return int(c.get_watermark_offsets(tp, timeout=max(deadline - time.monotonic(), 1))[1])
+            lo, hi = c.get_watermark_offsets(tp, timeout=max(deadline - time.monotonic(), 1))
+            return int(lo), int(hi)
         except KafkaException as exc:
             if exc.args[0].code() not in _LEADER_MOVING or time.monotonic() > deadline:
                 raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import ipaddress
 import os
 import threading
@@ -192,3 +193,29 @@ def _write_key(path: Path, key: Any) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+# --------------------------------------------------------------------------- peer identity
+
+
+@dataclass(frozen=True)
+class PeerCert:
+    subject: str  # RFC 4514
+    common_name: str
+    fingerprint: str  # sha256, lower-case hex without colons
+
+
+def peer_cert(sock: Any) -> PeerCert | None:
+    """The verified certificate of a TLS peer (None: plain socket, or none was sent)."""
+    if not hasattr(sock, "getpeercert"):  # a plain socket
+        return None
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        return None
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_der_x509_certificate(der)
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = str(cns[0].value) if cns else ""
+    return PeerCert(cert.subject.rfc4514_string(), cn, hashlib.sha256(der).hexdigest())

@@ -341,6 +341,11 @@ class Association:
                 self.pdv(pc_id, 0x02 if last else 0x00, memoryview(dul.read_exact(f, n)))
 
 
+def _plain(sock: Any) -> socket.socket:
+    """The TCP socket under a connection (tls.DuplexTLS keeps it as ``raw``)."""
+    return getattr(sock, "raw", sock)  # type: ignore[no-any-return]
+
+
 def _close_gracefully(sock: socket.socket, f: Any = None, linger: float = _LINGER) -> None:
     """The end of a connection after our last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP, A-ABORT):
     half-close (the peer reads the PDU, then EOF), drain what the peer still sends until its
@@ -348,8 +353,8 @@ def _close_gracefully(sock: socket.socket, f: Any = None, linger: float = _LINGE
     reset the connection, and a reset discards what the peer has not read yet: the last PDU
     (PS3.8 Sta13: the requestor closes; the acceptor waits for that, within ARTIM)."""
     with contextlib.suppress(OSError):
-        # the plain socket's shutdown: SSLSocket.shutdown would drop its TLS state first
-        socket.socket.shutdown(sock, socket.SHUT_WR)
+        # the plain socket's half-close (a TLS connection's ``raw``)
+        socket.socket.shutdown(_plain(sock), socket.SHUT_WR)
     with contextlib.suppress(OSError, ValueError):
         deadline = time.monotonic() + linger
         while (left := deadline - time.monotonic()) > 0:
@@ -529,7 +534,7 @@ class Server:
                 self.connection_counted("evicted")
                 # The victim's blocked read returns EOF; its own thread sends the A-ABORT.
                 with contextlib.suppress(OSError):
-                    socket.socket.shutdown(victim.sock, socket.SHUT_RD)
+                    socket.socket.shutdown(_plain(victim.sock), socket.SHUT_RD)
             rec = _Conn(sock, host)
             mine.add(rec)
             self._count += 1
@@ -571,17 +576,15 @@ class Server:
 
     def _handshake(self, rec: _Conn, peer: tuple[str, int]) -> bool:
         """The TLS handshake on the association's own thread (never the accept loop's), whole
-        within the ARTIM deadline of the connect (CPython bounds do_handshake by the socket
-        timeout as one deadline, however slowly a peer trickles its bytes). A failed one (plain
-        DICOM on a TLS port, an untrusted or missing client certificate) closes the connection:
-        nothing is served."""
+        within the ARTIM deadline of the connect, however slowly a peer trickles its bytes. The
+        connection is a ``tls.DuplexTLS`` (an SCP may read while its worker writes). A failed
+        handshake (plain DICOM on a TLS port, an untrusted or missing client certificate)
+        closes the connection: nothing is served."""
         assert self.cfg.tls is not None
-        raw = rec.sock
         try:
-            raw.settimeout(max(0.1, rec.since + self.cfg.artim_timeout - time.monotonic()))
-            s = self.cfg.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-            rec.sock = s
-            s.do_handshake()
+            s = tls.DuplexTLS(rec.sock, self.cfg.tls)
+            rec.sock = s  # type: ignore[assignment]
+            s.do_handshake(rec.since + self.cfg.artim_timeout)
             return True
         except (OSError, ValueError) as exc:
             why = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else type(exc).__name__

@@ -10,13 +10,17 @@ SHA-256 fingerprint (``sha256:<hex>``, colons allowed) or by its subject, either
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from strata.common.pki import ensure_pki
+# a peer certificate's identity is the PKI module's (the audit trail reads it too)
+from strata.common.pki import PeerCert, ensure_pki, peer_cert  # noqa: F401 - re-exported
 
 PROFILES = ("embedded", "hardened")
 CLIENT_CERT_MODES = ("none", "optional", "required")
@@ -89,9 +93,9 @@ def server_context(
     ``ca`` when sent), required (a connection without a trusted one fails its handshake)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    # No TLS 1.3 session tickets: nothing is written after the handshake but our PDUs (an
-    # association's reader and its responder threads share the connection; resumption is
-    # not needed by DICOM peers holding one association per operation batch).
+    # No TLS 1.3 session tickets: nothing is written after the handshake but our PDUs
+    # (resumption is not needed by DICOM peers holding one association per operation batch;
+    # the acceptor's reader and writer threads share the connection through DuplexTLS).
     ctx.num_tickets = 0
     ctx.load_cert_chain(cert, key)
     if client_certs != "none":
@@ -113,29 +117,6 @@ def client_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContex
 
 
 # --------------------------------------------------------------------------- identity
-
-
-@dataclass(frozen=True)
-class PeerCert:
-    subject: str  # RFC 4514
-    common_name: str
-    fingerprint: str  # sha256, lower-case hex without colons
-
-
-def peer_cert(sock: Any) -> PeerCert | None:
-    """The verified certificate of a TLS peer (None: plain socket, or none was sent)."""
-    if not isinstance(sock, ssl.SSLSocket):
-        return None
-    der = sock.getpeercert(binary_form=True)
-    if not der:
-        return None
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    cert = x509.load_der_x509_certificate(der)
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    cn = str(cns[0].value) if cns else ""
-    return PeerCert(cert.subject.rfc4514_string(), cn, hashlib.sha256(der).hexdigest())
 
 
 def binding_matches(binding: str, cert: PeerCert) -> bool:
@@ -188,3 +169,147 @@ def move_tls_contexts(settings: Any) -> dict[str, ssl.SSLContext]:
         cert, key, ca = cert or str(pki.server_cert), key or str(pki.server_key), ca or str(pki.ca)
     ctx = client_context(ca, cert, key)
     return dict.fromkeys(titles, ctx)
+
+
+# --------------------------------------------------------------------------- full duplex
+
+
+class DuplexTLS:
+    """A TLS connection (the server side unless told) that one thread may read while another
+    writes.
+
+    OpenSSL forbids concurrent calls on one SSL object, and ``ssl.SSLSocket`` calls SSL_read
+    and SSL_write with no lock of its own (the GIL is released inside both). The Q/R SCP reads
+    (C-CANCEL, C-GET's C-STORE responses) while its worker writes (responses, sub-operations),
+    so its TLS must not be an SSLSocket. Here the TLS state is an ``ssl.SSLObject`` over memory
+    BIOs: every call into it holds ``_ssl`` (in-memory work, never a socket wait), and the
+    socket is read and written outside that lock, so a blocked send (a slow peer) never stops
+    the reader, and a blocked read never stops a writer. Records reach the socket in the order
+    they were encrypted: writers send under ``_send``; what a read produces (an alert, a key
+    update) waits in ``_late`` for the next send.
+
+    It offers what the acceptor uses of a socket: ``recv_into``, ``recv``, ``sendall``,
+    ``settimeout``, ``close``, ``getpeercert`` and ``raw`` (the plain socket, for a half-close)."""
+
+    def __init__(
+        self, raw: Any, ctx: ssl.SSLContext, server_side: bool = True, server_hostname: str = ""
+    ) -> None:
+        self.raw = raw
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(
+            self._in, self._out, server_side=server_side, server_hostname=server_hostname or None
+        )
+        self._ssl = threading.Lock()
+        self._send = threading.Lock()
+        self._late = bytearray()
+
+    # ------------------------------------------------------------------ handshake
+    def do_handshake(self, deadline: float) -> None:
+        """The handshake, whole by the monotonic ``deadline`` (however slowly a peer trickles
+        its bytes). A refusal (an untrusted or missing client certificate) sends the alert
+        OpenSSL wrote before the error is raised, so that the client can tell why."""
+        while True:
+            try:
+                with self._ssl:
+                    self._obj.do_handshake()
+                self._send_pending()
+                return
+            except ssl.SSLWantReadError:
+                self._send_pending()
+            except ssl.SSLError:
+                with contextlib.suppress(OSError):
+                    self._send_pending()
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("TLS handshake not done in time")
+            self.raw.settimeout(left)
+            data = self.raw.recv(65536)
+            if not data:
+                raise ConnectionResetError("the peer closed during the TLS handshake")
+            with self._ssl:
+                self._in.write(data)
+
+    # ------------------------------------------------------------------ reading
+    def recv_into(self, b: Any, nbytes: int = 0) -> int:
+        view = memoryview(b).cast("B")
+        n = nbytes or len(view)
+        while True:
+            with self._ssl:
+                try:
+                    data: bytes | None = self._obj.read(n)
+                except ssl.SSLWantReadError:
+                    data = None
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    data = b""  # close_notify, or the peer's EOF fed below
+                late = self._out.read()
+                if late:
+                    self._late += late
+            if late:
+                self._send_late_if_idle()
+            if data is not None:
+                view[: len(data)] = data
+                return len(data)
+            raw = self.raw.recv(65536)  # the socket's timeout applies
+            with self._ssl:
+                if raw:
+                    self._in.write(raw)
+                else:
+                    self._in.write_eof()
+
+    def recv(self, n: int) -> bytes:
+        buf = bytearray(n)
+        k = self.recv_into(buf)
+        return bytes(buf[:k])
+
+    # ------------------------------------------------------------------ writing
+    def sendall(self, data: Any) -> None:
+        with self._send:
+            with self._ssl:
+                self._obj.write(data)  # into memory: never blocks, takes all
+                out = self._take_locked()
+            self.raw.sendall(out)
+
+    def _take_locked(self) -> bytes:
+        """Everything encrypted and not yet sent, oldest first (``_ssl`` held)."""
+        out = bytes(self._late) + self._out.read()
+        self._late.clear()
+        return out
+
+    def _send_pending(self) -> None:
+        with self._send:
+            with self._ssl:
+                out = self._take_locked()
+            if out:
+                self.raw.sendall(out)
+
+    def _send_late_if_idle(self) -> None:
+        """Send what a read produced now, unless a writer is busy (it sends it next)."""
+        if self._send.acquire(blocking=False):
+            try:
+                with self._ssl:
+                    out = self._take_locked()
+                if out:
+                    with contextlib.suppress(OSError):
+                        self.raw.sendall(out)
+            finally:
+                self._send.release()
+
+    # ------------------------------------------------------------------ the rest
+    def settimeout(self, seconds: float | None) -> None:
+        self.raw.settimeout(seconds)
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        with self._ssl:
+            return self._obj.getpeercert(binary_form)
+
+    def version(self) -> str | None:
+        with self._ssl:
+            return self._obj.version()
+
+    def fileno(self) -> int:
+        return int(self.raw.fileno())
+
+    def close(self) -> None:
+        self.raw.close()

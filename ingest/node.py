@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,11 @@ from typing import TYPE_CHECKING, Any
 from strata.common.settings import Settings
 
 if TYPE_CHECKING:
+    from strata.ingest.outbox import Outbox
+    from strata.ingest.peersync import Watcher
     from strata.ingest.quarantine import Quarantine
-    from strata.ingest.store import StoreService
+    from strata.ingest.relay import Relay
+    from strata.ingest.scp import StoreServer
 
 log = logging.getLogger("strata.ingest")
 
@@ -43,23 +47,22 @@ def prepare_metrics_dir(settings: Settings) -> str:
     return str(d)
 
 
-def run_node(settings: Settings) -> None:
-    metrics_dir = prepare_metrics_dir(settings)  # before prometheus_client is imported
-    from strata.ingest import metrics
-    from strata.ingest.outbox import Outbox
-    from strata.ingest.relay import Relay
+@dataclass
+class NodeParts:
+    """What the node process supervises, built by its bootstrap (cli/serve.py)."""
 
-    _purge_incoming(settings)
-    outbox = Outbox(settings.outbox_path)
-    relay = Relay(
-        outbox,
-        settings,
-        on_published=metrics.PUBLISHED.inc,
-        on_set_aside=metrics.SET_ASIDE.inc,
-    )
-    relay.start()
-    watcher = _dr_sync_watcher(settings)
-    quarantine = build_quarantine(settings)
+    outbox: Outbox
+    relay: Relay  # started
+    quarantine: Quarantine
+    watcher: Watcher | None  # sync mode: the peer's confirmations (ingest/peersync.py)
+    metrics_dir: str  # the workers' shared Prometheus multiprocess directory
+
+
+def run_node(settings: Settings, parts: NodeParts) -> None:
+    from strata.ingest import metrics
+
+    outbox, relay, quarantine, watcher = parts.outbox, parts.relay, parts.quarantine, parts.watcher
+    metrics_dir = parts.metrics_dir
     quarantine_use = [quarantine.sweep()]  # retention applied here too, every ~10 s
     n = settings.ingest_workers or os.cpu_count() or 1
     env = {**os.environ, **settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
@@ -142,7 +145,7 @@ def run_node(settings: Settings) -> None:
     log.info("ingest node stopped (outbox depth %d)", outbox.depth())
 
 
-def _purge_incoming(settings: Settings) -> None:
+def purge_incoming(settings: Settings) -> None:
     """Partial receptions left by a killed worker: never acknowledged, so never stored. Safe to
     remove at node start, before any worker runs."""
     incoming = incoming_dir(settings)
@@ -178,17 +181,6 @@ def _metric_total(name: str) -> float:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
-
-
-def _dr_sync_watcher(settings: Settings) -> Any:
-    """Sync mode: the node's one watcher of the peer's confirmations (ingest/peersync.py)."""
-    if not settings.dr_site or sync_mode(settings) != "sync":
-        return None
-    from strata.ingest.peersync import Confirmations, Watcher
-
-    w = Watcher(settings, Confirmations(peer_confirmed_path(settings)))
-    w.start()
-    return w
 
 
 def sync_mode(settings: Settings) -> str:
@@ -240,100 +232,9 @@ def _http_server(settings: Settings, health: Any) -> ThreadingHTTPServer:
     return server
 
 
-def build_quarantine(settings: Settings) -> Quarantine:
-    from strata.ingest.quarantine import Quarantine
-
-    return Quarantine(
-        settings.quarantine_dir,
-        max_bytes=settings.quarantine_max_bytes,
-        retention_s=settings.quarantine_retention_days * 86400.0,
-    )
-
-
-def build_store_service(settings: Settings) -> StoreService:
-    """The store feature wired to this node's hot tier, outbox and configuration (used by the
-    C-STORE workers and by STOW-RS: one contract for both)."""
-    from strata.archive.hot import HotTier
-    from strata.ingest import config
-    from strata.ingest.outbox import Outbox
-    from strata.ingest.store import Limits, StoreService
-
-    return StoreService(
-        tier=HotTier(settings.hot_dir, spool_name(settings)),
-        outbox=Outbox(settings.outbox_path),
-        topic=settings.study_topic,
-        quarantine_topic=settings.quarantine_topic,
-        quarantine_dir=settings.quarantine_dir,
-        node=settings.node_name,
-        aes=config.load(settings.ae_config),
-        limits=Limits(
-            max_object_bytes=settings.max_object_bytes,
-            refuse_when_log_down=settings.outbox_mode == "refuse",
-            refuse_after_s=settings.outbox_refuse_after,
-            max_outbox_depth=settings.outbox_max_depth,
-            event_element_max_bytes=settings.event_element_max_bytes,
-            event_header_max_bytes=settings.event_header_max_bytes,
-            max_inflated_bytes=settings.max_inflated_bytes,
-        ),
-        cold=_cold_tier(settings),
-        quarantine=build_quarantine(settings),
-        fence=_dr_fence(settings),
-        sync=_dr_sync_gate(settings),
-    )
-
-
-def _dr_sync_gate(settings: Settings) -> Any:
-    """Sync mode: what an acknowledgement waits on (the peer's confirmation)."""
-    if not settings.dr_site or sync_mode(settings) != "sync":
-        return None
-    from strata.ingest.peersync import Confirmations, Gate
-
-    return Gate(
-        Confirmations(peer_confirmed_path(settings)),
-        settings.dr_sync_timeout,
-        settings.dr_peer_site,
-    )
-
-
-def _dr_fence(settings: Settings) -> Any:
-    """Geo-redundancy: a site that is not the primary of the latest epoch refuses ingest."""
-    if not settings.dr_site:
-        return None
-    from strata.cli.dr import Fence
-
-    return Fence(settings)
-
-
-def _cold_tier(settings: Settings) -> Any:
-    """The cold tier when configured (asked only whether a duplicate's object is there)."""
-    if not settings.s3_endpoint:
-        return None
-    from strata.archive.cold import build_cold_tier
-
-    return build_cold_tier(settings)
-
-
-def run_worker(settings: Settings) -> None:
-    """One ingest worker: the C-STORE SCP writing to the hot tier and the outbox."""
-    from strata.dicomnet.tls import acceptor_security
-    from strata.ingest.scp import Config, StoreServer
-
-    service = build_store_service(settings)
-    server = StoreServer(
-        Config(
-            max_pdu=settings.max_pdu,
-            network_timeout=settings.network_timeout,
-            acse_timeout=settings.acse_timeout,
-            max_associations=settings.max_associations,
-            max_per_peer=settings.max_associations_per_peer,
-            artim_timeout=settings.artim_timeout,
-            pdu_timeout=settings.pdu_timeout,
-            **acceptor_security(settings, service.aes, settings.ingest_ae_title),
-        ),
-        service,
-        incoming_dir(settings),
-        (settings.bind_host, settings.ingest_port),
-    )
+def run_worker(settings: Settings, server: StoreServer) -> None:
+    """One ingest worker: serves ``server`` (the C-STORE SCP writing to the hot tier and the
+    outbox, built by cli/serve.py) until SIGTERM, then drains it."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

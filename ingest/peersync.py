@@ -194,6 +194,8 @@ class Watcher:
     def _tail(self) -> None:
         from confluent_kafka import OFFSET_END, TopicPartition
 
+        from strata.common import kafka
+
         topic = self.settings.study_topic
         c = self._consumer(f"strata-dr-sync-{self.settings.node_name}")
         try:
@@ -207,8 +209,7 @@ class Watcher:
                 # First start: tail from the end now; read the history once beside it.
                 ends = {}
                 for p in parts:
-                    _lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                    ends[p] = hi
+                    ends[p] = kafka.end_offset(c, TopicPartition(topic, p), timeout=10)
                 self.confirmations.record([], {(topic, p): e for p, e in ends.items()})
                 known = self.confirmations.positions()
             if not self._history_started and self.confirmations.get_meta("history") != "done":

@@ -243,9 +243,7 @@ class Relay:
             ends: dict[tuple[str | None, int | None], int] = {}
             assign = []
             for tp in starts:
-                _lo, hi = c.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=30
-                )
+                hi = kafka.end_offset(c, TopicPartition(tp.topic, tp.partition))
                 start = tp.offset if tp.offset >= 0 else hi
                 if start < hi:
                     ends[(tp.topic, tp.partition)] = hi

@@ -35,7 +35,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
 from strata.common import audit
 from strata.dicomnet import acceptor, dul
-from strata.dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config  # noqa: F401 - Config: the ingest node builds it from here
+from strata.dicomnet.acceptor import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, Config
 from strata.ingest import metrics, statuses
 from strata.ingest.store import Received, StoreService
 

@@ -1,8 +1,8 @@
 """STOW-RS (PS3.18 10.5): an ingest interface over HTTP. It goes through the very same store
 feature as C-STORE (ingest/store.py): same validation, same durability contract (object
 fsync'd + event in the fsync'd outbox before 200), same events, same quarantine. The DICOMweb
-application (query/dicomweb/app.py) routes POST .../studies here when the process wiring
-(cli/serve.py) passes ``Stow``; without it the archive's DICOMweb is read-only."""
+application (query/dicomweb/app.py) routes POST .../studies to ``Stow.stow`` when the process
+wiring (cli/serve.py) passes one; without it the archive's DICOMweb is read-only."""
 
 from __future__ import annotations
 
@@ -11,30 +11,44 @@ import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from strata.common import audit
-from strata.query.dicomweb.base import DICOM_JSON, WebDeps, _error, is_uid
+from strata.common.dicom import is_valid_uid as is_uid
+from strata.common.web import DICOM_JSON
+from strata.common.web import error as _error
+
+if TYPE_CHECKING:
+    from strata.ingest.store import StoreService
 
 
 class Stow:
-    """The STOW-RS handler; ``deps.store`` is the ingest.store.StoreService, ``pool`` the
-    DICOMweb application's worker pool."""
+    """The STOW-RS handler over the store feature ``store`` (ingest/store.py): parts are
+    spooled into ``incoming`` (the hot tier's spool, so that keeping one is a rename), at most
+    ``max_parts`` per request and ``max_part_bytes`` each; stores run on ``pool``."""
 
-    def __init__(self, deps: WebDeps, pool: ThreadPoolExecutor) -> None:
-        self.d = deps
-        self.pool = pool
+    def __init__(
+        self,
+        store: StoreService,
+        incoming: Path,
+        max_part_bytes: int = 4 * 1024**3,
+        max_parts: int = 1000,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.store = store
+        self.incoming = incoming
+        self.max_part_bytes = max_part_bytes
+        self.max_parts = max_parts
+        self.pool = pool or ThreadPoolExecutor(max_workers=4, thread_name_prefix="stow")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     # ------------------------------------------------------------------ STOW-RS
     async def stow(self, request: web.Request) -> web.Response:
-        if self.d.store is None or self.d.incoming is None:
-            return _error(503, "this node does not accept STOW-RS")
         ctype = request.headers.get("Content-Type", "")
         if not ctype.startswith("multipart/related") or "application/dicom" not in ctype:
             return _error(415, 'expected multipart/related; type="application/dicom"')
@@ -55,20 +69,20 @@ class Stow:
             if part is None:
                 break
             parts += 1
-            if parts > self.d.max_parts:
+            if parts > self.max_parts:
                 return self._stow_response(
-                    referenced, failed, 413, f"more than {self.d.max_parts} parts in one request"
+                    referenced, failed, 413, f"more than {self.max_parts} parts in one request"
                 )
             if not isinstance(part, BodyPartReader):  # a nested multipart: not an object
                 failed.append(_stow_item("", "", 0xC000, "a nested multipart is not an object"))
                 continue
-            tmp = self.d.incoming / f"stow-{uuid.uuid4().hex}.dcm"
+            tmp = self.incoming / f"stow-{uuid.uuid4().hex}.dcm"
             try:
                 size = 0
                 with open(tmp, "wb") as f:
                     while chunk := await part.read_chunk(1 << 20):
                         size += len(chunk)
-                        if size > self.d.max_part_bytes:
+                        if size > self.max_part_bytes:
                             break
                         f.write(chunk)
             except (ValueError, BadHttpMessage) as exc:  # a malformed body
@@ -77,10 +91,10 @@ class Stow:
             except BaseException:  # the client gone mid-upload, a cancelled handler
                 tmp.unlink(missing_ok=True)
                 raise
-            if size > self.d.max_part_bytes:
+            if size > self.max_part_bytes:
                 tmp.unlink(missing_ok=True)
                 return self._stow_response(
-                    referenced, failed, 413, f"a part is larger than {self.d.max_part_bytes} bytes"
+                    referenced, failed, 413, f"a part is larger than {self.max_part_bytes} bytes"
                 )
             res = await self._run(audit.in_context(self._store_one), tmp, study, peer)
             (referenced if res[0] else failed).append(res[1])
@@ -150,7 +164,7 @@ class Stow:
                 got = ""
             if got != study:
                 return False, item(cls, sop, 0xA900, "StudyInstanceUID differs from the URL")
-        out = self.d.store.store(
+        out = self.store.store(
             Received(
                 path=path,
                 sop_class_uid=cls,

@@ -11,7 +11,6 @@ authorizer) from the process wiring, cli/serve.py; ``run_worker`` runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -23,7 +22,7 @@ from strata.processors.agents import add_index_agents
 from strata.processors.index import audit as audit_index
 from strata.processors.index.store import IndexStore
 from strata.processors.lifecycle import LifecycleProcessor
-from strata.processors.timers import Barrier, add_timers, caught_up, index_lag
+from strata.processors.timers import Barrier, TimerClients, add_timers, caught_up, index_lag
 from strata.processors.web import active_holds, add_pages, add_pit_page, storage_locations
 
 __all__ = [
@@ -42,12 +41,11 @@ __all__ = [
 def create_app(
     settings: Settings,
     index: IndexStore,
+    clients: TimerClients,
     lifecycle: LifecycleProcessor | None = None,
     authz: Authorizer | None = None,
-    decides: Callable[[], bool] | None = None,
 ) -> faust.App:
-    """``decides()``: whether this node writes decisions now (geo-redundancy: only at the
-    primary site, cli/dr.py Role); None = always (with STRATA_INDEX_DECISIONS)."""
+    """``clients``: the timers' Kafka probes and stability emitter (processors/timers.py)."""
     app = faust.App(
         settings.index_group,
         datadir=str(settings.node_home / "faust"),
@@ -65,7 +63,7 @@ def create_app(
     )
     applied = add_index_agents(app, settings, index)
     audit_index.attach(app, settings, index)  # the audit topic -> its table, /audit
-    caught_up_once = add_timers(app, settings, index, lifecycle, decides)
+    caught_up_once = add_timers(app, settings, index, clients, lifecycle)
     add_pages(app, settings, index, applied, caught_up_once)
     return app
 

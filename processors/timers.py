@@ -9,16 +9,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import faust
+from confluent_kafka import Consumer
 from prometheus_client import Gauge
 
-from strata.common import kafka
+from strata.common.kafka import Tails
 from strata.common.settings import Settings
 from strata.processors.index import checksum
 from strata.processors.index.store import IndexStore
 from strata.processors.lifecycle import LifecycleProcessor
+from strata.processors.stability import StabilityEmitter
 
 log = logging.getLogger(__name__)
 
@@ -59,33 +62,36 @@ class Barrier:
         return at
 
 
+@dataclass
+class TimerClients:
+    """The timers' own clients, built by the process wiring (cli/serve.py): one Kafka consumer
+    per loop asking the log's end offsets (one client for the per-second check, not one per
+    tick), and the emitter of stability announcements. Geo-redundancy (docs/dr.md):
+    ``decides()`` false while this site follows (cli/dr.py Role: no StudyStable, no lifecycle
+    pass), and the ``*_tails`` that see past the transaction markers of a mirrored log."""
+
+    lag_probe: Consumer
+    lifecycle_probe: Consumer | None  # None: no lifecycle loop
+    stability: StabilityEmitter
+    decides: Callable[[], bool] = field(default=lambda: True)
+    lag_tails: Tails | None = None  # None: not a DR site (no markers to see past)
+    lifecycle_tails: Tails | None = None
+
+
 def add_timers(
     app: faust.App,
     settings: Settings,
     index: IndexStore,
+    clients: TimerClients,
     lifecycle: LifecycleProcessor | None = None,
-    decides: Callable[[], bool] | None = None,
 ) -> threading.Event:
     """The lag/stability timer and the lifecycle loop on ``app``; returns the event set once
-    the index has caught up with the log (read by the health page). ``decides()`` false (a
-    geo-redundancy follower, cli/dr.py Role): no StudyStable, no lifecycle pass."""
-    decide: Callable[[], bool] = decides or (lambda: True)
+    the index has caught up with the log (read by the health page)."""
     from strata.processors.replay import end_positions
 
-    # one client for the per-second lag check, not one per tick
-    probe = kafka.consumer(settings, "strata-index-probe", "index-lag")
-    from strata.processors.stability import StabilityEmitter
-
-    emitter = StabilityEmitter(
-        settings,
-        settings.study_topic,
-        settings.node_name,
-        settings.study_quiet_seconds,
-    )
+    probe, emitter = clients.lag_probe, clients.stability
+    decide, tails = clients.decides, clients.lag_tails
     topics = [settings.study_topic, settings.quarantine_topic]
-    # a site of a DR pair has mirrored logs, whose partitions may end with a transaction
-    # marker: caught up there means at the last record (common/kafka.py Tails)
-    tails = kafka.Tails(settings, "index") if settings.dr_site else None
 
     barrier = Barrier()
     # A replica behind a balancer reports ready only once it has applied the log up to an end
@@ -121,9 +127,8 @@ def add_timers(
         except Exception as exc:  # keep the timer alive; the next tick retries
             log.error("stability/lag check failed: %s", exc)
 
-    if lifecycle is not None and settings.index_decisions:
-        lc_probe = kafka.consumer(settings, "strata-lifecycle-probe", "lifecycle-lag")
-        lc_tails = kafka.Tails(settings, "lifecycle") if settings.dr_site else None
+    if lifecycle is not None and clients.lifecycle_probe is not None and settings.index_decisions:
+        lc_probe, lc_tails = clients.lifecycle_probe, clients.lifecycle_tails
 
         def lc_caught_up(ends: dict[str, dict[int, int]]) -> bool:
             done = checksum.positions(index)

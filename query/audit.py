@@ -126,10 +126,11 @@ _ACTIONS = {
     "retrieve": audit.RETRIEVE,
     "metadata": audit.VIEW,
     "frames": audit.VIEW,
+    "bulkdata": audit.VIEW,
     "rendered": audit.VIEW,
     "stow": audit.STORE,
 }
-_COALESCED = ("frames", "rendered")
+_COALESCED = ("frames", "rendered", "bulkdata")
 
 
 class _Recent:

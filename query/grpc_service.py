@@ -360,7 +360,7 @@ class QueryService(q_grpc.QueryServiceServicer):
             assign = []
             for t in self.d.topics:
                 for p in md.topics[t].partitions if t in md.topics else []:
-                    lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+                    lo, hi = kafka.watermarks(c, TopicPartition(t, p), timeout=10)
                     if start is not None:
                         off = int(start.get(t, {}).get(str(p), lo))
                     else:

@@ -507,7 +507,60 @@ class Pool:
 # ------------------------------------------------------------------ the HTTP interface
 
 
-def create_app(pool: Pool, users: Users, display_name: str) -> web.Application:
+# The longest SQL text kept in an audit record (the query's keys, PS3.15 A.5.3.10).
+AUDIT_SQL_CHARS = 4096
+
+
+def audit_query(
+    user: str,
+    peer: str,
+    sql: str,
+    database: str,
+    query_id: str,
+    status: int,
+    audit_database: str = "",
+    code: int = 0,
+) -> None:
+    """One analyst query in the audit trail (common/audit.py): who (the SQL user), the SQL text
+    and database (what was asked; the index holds patient data), the outcome. A query naming
+    the audit trail's own database is an audit-read. A refused login is an auth-failure."""
+    from strata.common import audit
+
+    if code == AUTHENTICATION_FAILED[0]:
+        audit.record(
+            audit.AUTH_FAILURE,
+            audit.SERIOUS,
+            interface="sql",
+            peer=peer,
+            who=audit.pb.AuditWho(user=user),
+            what=audit.pb.AuditWhat(detail="SQL login refused", method="sql"),
+            http_status=status,
+        )
+        return
+    reads_audit = bool(audit_database) and (
+        database == audit_database or audit_database in sql
+    )
+    audit.record(
+        audit.AUDIT_READ if reads_audit else audit.QUERY,
+        audit.http_outcome(status),
+        interface="sql",
+        peer=peer,
+        who=audit.pb.AuditWho(user=user),
+        what=audit.pb.AuditWhat(
+            query_level="SQL",
+            query_keys={"sql": sql[:AUDIT_SQL_CHARS], "database": database},
+            detail=f"query id {query_id}",
+            method="sql",
+        ),
+        http_status=status,
+    )
+
+
+def create_app(
+    pool: Pool, users: Users, display_name: str, audit_database: str = ""
+) -> web.Application:
+    """``audit_database``: the audit trail's database (reading it is an audit-read)."""
+
     async def ping(request: web.Request) -> web.Response:
         return web.Response(text="Ok.\n", content_type="text/plain", charset="UTF-8")
 
@@ -523,6 +576,9 @@ def create_app(pool: Pool, users: Users, display_name: str) -> web.Application:
         }
         t0 = time.monotonic()
         user = ""
+        sql = ""
+        database = pool.default_database
+        peer = request.remote or ""
         try:
             user, password = credentials(request)
             users.authenticate(user, password, request.remote or "")
@@ -552,9 +608,12 @@ def create_app(pool: Pool, users: Users, display_name: str) -> web.Application:
             res = await asyncio.to_thread(pool.run, sql, fmt, params, database, url_settings)
         except UnicodeDecodeError:
             err = SqlError(SYNTAX_ERROR, "The query is not valid UTF-8")
+            audit_query(user, peer, sql, database, query_id, err.status, audit_database, err.code)
             return _error(err, headers, user, query_id, t0, pool.version)
         except SqlError as err:
+            audit_query(user, peer, sql, database, query_id, err.status, audit_database, err.code)
             return _error(err, headers, user, query_id, t0, pool.version)
+        audit_query(user, peer, sql, database, query_id, 200, audit_database)
         elapsed = time.monotonic() - t0
         headers["X-ClickHouse-Format"] = fmt
         headers["X-ClickHouse-Summary"] = json.dumps(
@@ -602,8 +661,15 @@ def _error(
     )
 
 
-def serve(pool: Pool, users: Users, display_name: str, host: str, port: int) -> threading.Thread:
+def serve(
+    pool: Pool,
+    users: Users,
+    display_name: str,
+    host: str,
+    port: int,
+    audit_database: str = "",
+) -> threading.Thread:
     """Serve the endpoint on its own event loop in a daemon thread (as DICOMweb is)."""
     from strata.query.dicomweb import serve_in_thread
 
-    return serve_in_thread(create_app(pool, users, display_name), host, port)
+    return serve_in_thread(create_app(pool, users, display_name, audit_database), host, port)

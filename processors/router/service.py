@@ -138,7 +138,7 @@ class Router:
             p = tp.partition
             self.state.forget_partition(p)
             self.deferred = [t for t in self.deferred if t.partition != p]
-            lo, hi = consumer.get_watermark_offsets(tp, timeout=30)
+            lo, hi = kafka.watermarks(consumer, tp)
             start = committed.get(p, -1)
             start = lo if start < 0 else start
             self.positions[p] = start

@@ -13,7 +13,7 @@ DICOMweb root answers 404 with a JSON body.
 """
 
 from strata.query.dicomweb.app import DicomWeb, create_app, serve_in_thread
-from strata.query.dicomweb.base import WebDeps, is_uid, parse_frames
+from strata.query.dicomweb.base import WebDeps, parse_frames
 from strata.query.dicomweb.viewer import add_viewer
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "WebDeps",
     "add_viewer",
     "create_app",
-    "is_uid",
     "parse_frames",
     "serve_in_thread",
 ]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -30,15 +28,15 @@ def create_app(
     deps: WebDeps,
     prefix: str = "/dicom-web",
     auth: Any = None,
-    stow: Callable[[WebDeps, ThreadPoolExecutor], Any] | None = None,
+    stow: Any = None,
 ) -> web.Application:
     """``auth``: a common.auth.Authorizer (bearer tokens required under the prefix), or None.
-    ``stow``: the STOW-RS handler class (ingest/stow.py ``Stow``), built with ``deps`` and the
-    app's worker pool; None: POST answers 503 (this node does not accept STOW-RS)."""
+    ``stow``: the STOW-RS handler (ingest/stow.py ``Stow``, built by the process wiring);
+    None: POST answers 503 (this node does not accept STOW-RS)."""
     from strata.common.auth import dicomweb_middleware, no_store
 
     dw = DicomWeb(deps)
-    stow_handler = stow(deps, dw.pool).stow if stow is not None else _read_only
+    stow_handler = stow.stow if stow is not None else _read_only
     from strata.query.audit import web_middleware
 
     middlewares = [_errors, web_middleware(deps.index, prefix)]  # audit: inside auth
@@ -64,6 +62,7 @@ def create_app(
     r.add_get(f"{p}/studies/{s}/series/{se}/metadata", dw.metadata)
     r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/metadata", dw.metadata)
     r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frames}}", dw.frames)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/bulkdata/{{tag}}", dw.bulkdata)
     r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/rendered", dw.rendered)
     r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frame}}/rendered", dw.rendered)
     r.add_post(f"{p}/studies", stow_handler)

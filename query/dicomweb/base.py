@@ -1,6 +1,6 @@
 """What every DICOMweb handler shares: the dependencies (``WebDeps``), the handlers' base
 class (``Handlers``: the deps and a worker pool for blocking index and tier reads), media
-type constants, argument parsing (``is_uid``, ``parse_frames``, ``_accept_param``) and the
+type constants, argument parsing (``parse_frames``, ``_accept_param``) and the
 error and CORS middlewares. The handlers: qido.py, wado.py, rendered.py; STOW-RS is
 ingest/stow.py; the application and its routes: app.py."""
 
@@ -11,19 +11,18 @@ import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from strata.archive.keys import UnsafeKey, check_key
 from strata.common.errors import Invalid, StrataError
+from strata.common.web import error as _error
 from strata.processors.index.port import Index
 from strata.query.retrieve import Located, ObjectSource
 
 log = logging.getLogger(__name__)
 
-DICOM_JSON = "application/dicom+json"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 NATIVE = {"1.2.840.10008.1.2", EXPLICIT_LE, "1.2.840.10008.1.2.2"}
 # Media types of compressed frames (PS3.18 Table 8.7.3-5)
@@ -44,13 +43,9 @@ FRAME_MEDIA = {
 class WebDeps:
     index: Index  # the index port (processors/index/port.py)
     source: ObjectSource
-    store: Any  # ingest.store.StoreService for STOW (None: read-only)
-    incoming: Path | None
     cors_origins: str = ""
     limit: int = 10000
     query_timeout: float = 0.0  # s, the server's limit on one search (0 = none)
-    max_part_bytes: int = 4 * 1024**3  # STOW-RS: largest part
-    max_parts: int = 1000  # STOW-RS: most parts in one request
     max_frames: int = 1000  # WADO-RS: most frame numbers in one request
 
 
@@ -64,10 +59,6 @@ def _keyword(name: str) -> str | None:
         return kw or None
     except ValueError:
         return None
-
-
-def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
 
 
 def _timed_out(seconds: float) -> web.Response:
@@ -92,14 +83,6 @@ class Handlers:
 class _NotAcceptable(Exception):
     pass
 
-
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros tolerated, as archive.keys does
-
-
-def is_uid(value: str) -> bool:
-    """Whether ``value`` has UID syntax: dot-separated numbers of at most 64 characters
-    (PS3.5 9.1)."""
-    return len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 _FRAME_NUMBER = re.compile(r"[1-9][0-9]{0,9}")

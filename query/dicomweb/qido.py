@@ -9,8 +9,9 @@ from typing import Any
 from aiohttp import web
 
 from strata.common.errors import DeadlineExceeded, Invalid, Unavailable
+from strata.common.web import DICOM_JSON
 from strata.processors.index.matching import ATTRIBUTES
-from strata.query.dicomweb.base import DICOM_JSON, Handlers, _error, _keyword, _timed_out
+from strata.query.dicomweb.base import Handlers, _error, _keyword, _timed_out
 from strata.query.find import FindQuery, to_identifier
 from strata.query.grpc_service import DEFAULT_KEYS
 

@@ -8,8 +8,10 @@ If-None-Match with 304. Rendered images: rendered.py."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import re
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -20,8 +22,8 @@ from aiohttp import web
 from strata.archive import transcode
 from strata.common.dicom import BULK_MARK
 from strata.common.errors import DeadlineExceeded, Invalid, NotFound, Unavailable
+from strata.common.web import DICOM_JSON
 from strata.query.dicomweb.base import (
-    DICOM_JSON,
     EXPLICIT_LE,
     FRAME_MEDIA,
     NATIVE,
@@ -38,6 +40,16 @@ from strata.query.retrieve import Located, locate
 
 log = logging.getLogger(__name__)
 
+
+# An element marked as bulk data in a stored header (common/dicom.py BULK_MARK): its tag and VR.
+_BULK_ELEMENT = re.compile(r'"([0-9A-F]{8})":\{"vr":"([A-Z]{2})",' + re.escape(BULK_MARK) + r"\}")
+_TAG = re.compile(r"[0-9A-F]{8}")
+
+
+def _bulk_uri(instance_url: str, m: re.Match[str]) -> str:
+    """A marked element with the URI of its bulk data resource."""
+    uri = json.dumps(f"{instance_url}/bulkdata/{m[1]}")
+    return '"' + m[1] + '":{"vr":"' + m[2] + '","BulkDataURI":' + uri + "}"
 
 class Wado(Handlers):
     # ------------------------------------------------------------------ WADO-RS
@@ -162,9 +174,9 @@ class Wado(Handlers):
         if not rows:
             return _error(404, "not found")
         # Splice the stored JSON text (no re-encoding): add the transfer syntax, which viewers
-        # need to decode frames, as (0002,0010). Values left out of the event's header at
-        # ingest (too large, common/dicom.py BULK_MARK) point at the instance's retrieve URL,
-        # which serves the object holding them.
+        # need to decode frames, as (0002,0010). A value left out of the event's header at
+        # ingest (too large: a top-level element marked with common/dicom.py BULK_MARK) gets
+        # the URI of its bulk data resource (``bulkdata`` below).
         url = str(request.url.with_query(None))
         root = url[: url.rindex("/studies/")]
         parts = []
@@ -172,7 +184,7 @@ class Wado(Handlers):
             inner = header.strip()[1:-1]
             if BULK_MARK in inner:
                 where_uri = f"{root}/studies/{mi['study']}/series/{series}/instances/{sop}"
-                inner = inner.replace(BULK_MARK, f'"BulkDataURI":{json.dumps(where_uri)}')
+                inner = _BULK_ELEMENT.sub(functools.partial(_bulk_uri, where_uri), inner)
             ts_elem = f'"00020010":{{"vr":"UI","Value":[{json.dumps(ts)}]}}'
             parts.append("{" + ts_elem + ("," + inner if inner else "") + "}")
         return web.Response(
@@ -180,6 +192,55 @@ class Wado(Handlers):
             content_type=DICOM_JSON,
             headers={"Cache-Control": "private, max-age=60"},
         )
+
+    async def bulkdata(self, request: web.Request) -> web.StreamResponse:
+        """The value of one top-level element of an instance (the BulkDataURI that metadata
+        gives an element too large for the stored header), as ``multipart/related;
+        type="application/octet-stream"`` with one part: the value's bytes as stored."""
+        tag = request.match_info["tag"].upper()
+        if not _TAG.fullmatch(tag):
+            return _error(400, "a bulk data tag is 8 hexadecimal digits")
+        if tag == "7FE00010":
+            return _error(404, "pixel data is served by the frames resource")
+        accept = request.headers.get("Accept", "")
+        if accept and not any(
+            m in accept for m in ("multipart/related", "application/octet-stream", "*/*")
+        ):
+            return _error(406, 'bulk data is multipart/related; type="application/octet-stream"')
+        try:
+            [loc] = await self._run(self._locate, request)
+            data = await self._run(self._element_value, loc, int(tag, 16))
+        except NotFound as exc:
+            return _error(404, str(exc))
+        boundary = uuid.uuid4().hex
+        body = (
+            f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        return web.Response(
+            body=body,
+            headers={
+                "Content-Type": 'multipart/related; type="application/octet-stream"; '
+                f"boundary={boundary}",
+                "ETag": f'"{_header_safe(loc.sha256)}-{tag}"',
+                "Cache-Control": "private, max-age=3600",
+            },
+        )
+
+    def _element_value(self, loc: Located, tag: int) -> bytes:
+        import pydicom
+
+        path = self.d.source.local_path(loc)
+        ds = pydicom.dcmread(str(path), specific_tags=[tag], defer_size=None)
+        if tag not in ds._dict:
+            raise NotFound(f"the instance has no element {tag:08X}")
+        raw = ds.get_item(tag)
+        value = getattr(raw, "value", None)
+        if isinstance(value, bytes | bytearray):
+            return bytes(value)
+        raise NotFound(f"element {tag:08X} has no value served as bulk data")
 
     async def frames(self, request: web.Request) -> web.StreamResponse:
         try:

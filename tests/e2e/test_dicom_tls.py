@@ -65,7 +65,39 @@ def hstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Pk
         ],
         env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    # the router's destination: another storescp over TLS, requiring the router's certificate
+    routed_port = free_port()
+    (home / "routed").mkdir()
+    routed = subprocess.Popen(
+        [
+            require_tool("storescp"), "-aet", "TLSROUTED", "+tls", str(pki.server_key),
+            str(pki.server_cert), "+cf", str(pki.ca), "-od", str(home / "routed"),
+            str(routed_port),
+        ],
+        env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    router_cert, router_key = pki.client("STRATA")
+    routes = home / "routes.json"
+    routes.write_text(
+        json.dumps(
+            {
+                "destinations": {
+                    "routed": {
+                        "pool": [f"TLSROUTED@127.0.0.1:{routed_port}"],
+                        "tls": True,
+                        "tls_ca": str(pki.ca),
+                        "tls_cert": str(router_cert),
+                        "tls_key": str(router_key),
+                        "backoff_initial": 0.5,
+                    }
+                },
+                "rules": [{"name": "tls", "when": {"calling_ae": "WORKSTATION"}, "to": "routed"}],
+            }
+        )
+    )
     s = make_stack(home)
+    s.env["STRATA_ROUTER_CONFIG"] = str(routes)
+    s.env["STRATA_ROUTER_HTTP_PORT"] = str(free_port())
     s.env["STRATA_PROFILE"] = "hardened"
     s.env["STRATA_AE_CONFIG"] = str(aes)
     s.env["STRATA_INGEST_WORKERS"] = "1"
@@ -82,8 +114,9 @@ def hstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Pk
         yield s, pki
     finally:
         s.down()
-        dest.terminate()
-        dest.wait(30)
+        for p in (dest, routed):
+            p.terminate()
+            p.wait(30)
 
 
 def _tls_args(pki: Pki, ae: str) -> list[str]:
@@ -177,6 +210,27 @@ def test_dcmtk_store_find_get_over_tls(hstack: tuple[Stack, Pki], tmp_path: Path
     assert last.Status == 0x0000, last
     moved = sorted(str(pydicom.dcmread(str(p)).SOPInstanceUID) for p in dest_dir.iterdir())
     assert moved == sops
+
+
+def test_the_router_forwards_over_tls_presenting_its_certificate(
+    hstack: tuple[Stack, Pki], tmp_path: Path
+) -> None:
+    """A routing rule sends what WORKSTATION stores to a DCMTK storescp that speaks only TLS
+    and requires a client certificate of the project CA: every instance arrives there."""
+    s, pki = hstack
+    files = ct_series(tmp_path / "in", 2, patient_id="TLS0002")
+    r = _storescu(s, _tls_args(pki, "WORKSTATION"), files, aet="WORKSTATION")
+    assert r.returncode == 0, r.stdout + r.stderr
+    sops = sorted(str(pydicom.dcmread(str(f)).SOPInstanceUID) for f in files)
+    routed = s.home / "routed"
+
+    def arrived() -> list[str]:
+        try:
+            return sorted(str(pydicom.dcmread(str(p)).SOPInstanceUID) for p in routed.iterdir())
+        except Exception:  # noqa: BLE001 - a file storescp is still writing: ask again
+            return []
+
+    wait_for(lambda: arrived() == sops, 120, "both instances forwarded over TLS")
 
 
 def test_plain_storescu_on_the_tls_port_is_not_served(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,12 +110,25 @@ def test_a_2mb_header_image_does_not_stop_the_images_after_it(
     instance = f"{base}/studies/{study}/series/{series}/instances/{big_sop}"
     _, body = http_get(f"{instance}/metadata", "application/dicom+json")
     [meta] = json.loads(body)
-    assert meta["0040A160"] == {"vr": "UT", "BulkDataURI": instance}
+    assert meta["0040A160"] == {"vr": "UT", "BulkDataURI": f"{instance}/bulkdata/0040A160"}
     assert meta["00100020"]["Value"] == ["BIG-HEADER"]
-    status, data = http_get(
-        meta["0040A160"]["BulkDataURI"], 'multipart/related; type="application/dicom"'
+    # The bulk data resource: one part holding the value's bytes, exactly as stored.
+    req = urllib.request.Request(
+        meta["0040A160"]["BulkDataURI"],
+        headers={"Accept": 'multipart/related; type="application/octet-stream"'},
     )
-    assert status == 200 and b"2 MB of legal report text. " * 1000 in data
+    with urllib.request.urlopen(req, timeout=30) as r:
+        status, ctype, data = r.status, r.headers["Content-Type"], r.read()
+    assert status == 200 and 'type="application/octet-stream"' in ctype
+    boundary = ctype.split("boundary=")[1].encode()
+    [part] = [p for p in data.split(b"--" + boundary) if p.strip() not in (b"", b"--")]
+    head, _, value = part.partition(b"\r\n\r\n")
+    expected = pydicom.dcmread(big).get_item(0x0040A160).value  # the raw bytes
+    assert value[:-2] == expected and b"Content-Type: application/octet-stream" in head
+    bad = f"{instance}/bulkdata/0040A16"  # not a tag: 7 digits
+    with pytest.raises(urllib.error.HTTPError) as err:
+        http_get(bad, "*/*")
+    assert err.value.code == 400
     assert_consistent(stack, acked)
     acked.add(assert_serves(stack))
 

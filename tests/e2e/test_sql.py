@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import clickhouse_connect
 import pytest
@@ -141,3 +142,40 @@ def test_status_shows_the_operators_glance(sstack: Stack) -> None:
     sstack.cli("verify", "-q")
     r = sstack.cli("status", check=False)
     assert "last verify: equal at " in r.stdout
+
+
+def test_analyst_queries_and_refused_logins_are_audited(sstack: Stack) -> None:
+    """The index holds patient data: each analyst query is in the audit trail with who asked
+    and the SQL text, a query of the audit trail's own database is an audit-read, and a wrong
+    password is an auth-failure (common/audit.py, docs/security.md)."""
+    import uuid
+
+    from strata.common.events import decode
+    from strata.common.kafka import read_log
+
+    st = sstack.settings
+    marker = f"probe-{uuid.uuid4().hex}"
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=st.sql_port, username="analyst")
+    client.query(f"SELECT '{marker}' AS m, count() FROM instances FINAL")
+    client.query(f"SELECT '{marker}' AS m, count() FROM {st.audit_database}.audit FINAL")
+    with pytest.raises(DatabaseError):
+        clickhouse_connect.get_client(
+            host="127.0.0.1", port=st.sql_port, username=f"nobody-{marker}", password="x"
+        )
+
+    def records() -> list[Any] | None:
+        evs = [decode(v).audit_event for v in read_log(st.kafka_bootstrap, st.audit_topic)]
+        sql = [a for a in evs if a.where.interface == "sql"]
+        mine = [a for a in sql if marker in a.what.query_keys.get("sql", "") + a.who.user]
+        return mine if len(mine) >= 3 else None
+
+    got = wait_for(records, 60, "the analyst's queries and the refused login audited")
+    by_action = {a.action: a for a in got}
+    assert set(by_action) == {"query", "audit-read", "auth-failure"}, [a.action for a in got]
+    actions = [a.action for a in got]
+    assert actions.count("query") == 1 and actions.count("audit-read") == 1, actions
+    q = by_action["query"]
+    assert q.who.user == "analyst" and q.outcome == "success" and q.http_status == 200
+    assert "FROM instances" in q.what.query_keys["sql"]
+    assert by_action["auth-failure"].who.user == f"nobody-{marker}"
+    assert by_action["auth-failure"].http_status == 403  # ClickHouse's status for code 516

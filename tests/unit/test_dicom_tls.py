@@ -177,13 +177,13 @@ def test_stalled_handshake_cannot_stall_the_accept_loop(
     srv, port = server
     assert srv.cfg.tls is not None
     threads: list[str] = []
-    wrap = srv.cfg.tls.wrap_socket
+    wrap = srv.cfg.tls.wrap_bio
 
-    def spy(*args: Any, **kwargs: Any) -> ssl.SSLSocket:
+    def spy(*args: Any, **kwargs: Any) -> ssl.SSLObject:
         threads.append(threading.current_thread().name)
         return wrap(*args, **kwargs)
 
-    monkeypatch.setattr(srv.cfg.tls, "wrap_socket", spy)
+    monkeypatch.setattr(srv.cfg.tls, "wrap_bio", spy)
     silent = socket.create_connection(("127.0.0.1", port), timeout=30)
     silent.sendall(opening)
     try:
@@ -234,3 +234,100 @@ def test_router_destination_tls_settings(pki: Pki) -> None:
     assert sender._tls(plain) is None
     with pytest.raises(Exception, match="unknown settings"):
         rules.parse({**doc, "destinations": {"x": {"pool": ["D@h:1"], "tls_verify": False}}})
+
+
+# --------------------------------------------------------------------------- full duplex
+
+
+def _duplex_pair(pki: Pki) -> tuple[tls.DuplexTLS, tls.DuplexTLS]:
+    """A server and a client DuplexTLS over a real loopback TCP connection, handshake done."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client_raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    server_raw, _ = listener.accept()
+    listener.close()
+    server_ctx = tls.server_context(str(pki.server_cert), str(pki.server_key), str(pki.ca))
+    srv = tls.DuplexTLS(server_raw, server_ctx)
+    cli = tls.DuplexTLS(client_raw, _client(pki, "MODALITY"), False, "localhost")
+    done = threading.Thread(target=srv.do_handshake, args=(time_after(20),))
+    done.start()
+    cli.do_handshake(time_after(20))
+    done.join(30)
+    server_raw.settimeout(30)
+    return srv, cli
+
+
+def time_after(seconds: float) -> float:
+    import time
+
+    return time.monotonic() + seconds
+
+
+def _read_exactly(conn: tls.DuplexTLS, n: int) -> bytes:
+    buf = bytearray()
+    chunk = bytearray(65536)
+    while len(buf) < n:
+        k = conn.recv_into(chunk)
+        assert k, f"EOF after {len(buf)} of {n} bytes"
+        buf += chunk[:k]
+    return bytes(buf)
+
+
+def test_duplex_tls_reads_and_writes_at_once_in_both_directions(pki: Pki) -> None:
+    """Each side writes 8 MB while it reads the other's 8 MB, from two threads (the Q/R SCP's
+    reader and worker): every byte arrives, in order, both ways."""
+    import os
+
+    srv, cli = _duplex_pair(pki)
+    a, b = os.urandom(8 << 20), os.urandom(8 << 20)
+    got: dict[str, bytes] = {}
+    errors: list[BaseException] = []
+
+    def run(fn: Any, *args: Any) -> threading.Thread:
+        def body() -> None:
+            try:
+                fn(*args)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        t = threading.Thread(target=body)
+        t.start()
+        return t
+
+    def read(name: str, conn: tls.DuplexTLS, n: int) -> None:
+        got[name] = _read_exactly(conn, n)
+
+    threads = [
+        run(srv.sendall, a),
+        run(cli.sendall, b),
+        run(read, "at client", cli, len(a)),
+        run(read, "at server", srv, len(b)),
+    ]
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert hashlib.sha256(got["at client"]).digest() == hashlib.sha256(a).digest()
+    assert hashlib.sha256(got["at server"]).digest() == hashlib.sha256(b).digest()
+    srv.close()
+    cli.close()
+
+
+def test_a_blocked_writer_does_not_stop_the_reader(pki: Pki) -> None:
+    """The peer reads nothing while it sends (a C-GET requestor answering sub-operations):
+    our writer blocks once the socket buffers are full, and our reader must still receive
+    what the peer sends (a C-CANCEL); the writer finishes once the peer reads."""
+    import os
+
+    srv, cli = _duplex_pair(pki)
+    big = os.urandom(32 << 20)  # far more than loopback's socket buffers
+    writer = threading.Thread(target=srv.sendall, args=(big,))
+    writer.start()
+    wait_for(lambda: srv._send.locked(), 10, "the server's writer to be sending")
+    cli.sendall(b"C-CANCEL")
+    assert _read_exactly(srv, 8) == b"C-CANCEL"  # read while the writer is stuck
+    assert writer.is_alive()  # still blocked: nothing has been read at the client yet
+    assert _read_exactly(cli, len(big)) == big
+    writer.join(30)
+    assert not writer.is_alive()
+    srv.close()
+    cli.close()

@@ -140,3 +140,24 @@ def test_index_pods_do_not_serve_stow_and_read_the_hot_tier() -> None:
     assert env["STRATA_SPOOL_DIR"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["hot"] == str(Settings(home=Path(env["STRATA_HOME"])).hot_dir)
+
+
+def test_the_query_service_exposes_qr_grpc_and_dicomweb_on_the_ports_the_pods_use() -> None:
+    kinds = {d["kind"]: d for d in docs("index.yaml")}
+    (c,) = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    settings = Settings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {
+        "dicom-qr": settings.qr_port,
+        "grpc": settings.grpc_port,
+        "dicomweb": settings.dicomweb_port,
+        "http": settings.index_http_port,
+    }
+    service = {p["name"]: (p["port"], p["targetPort"]) for p in kinds["Service"]["spec"]["ports"]}
+    assert service == {
+        "dicom-qr": (settings.qr_port, "dicom-qr"),
+        "grpc": (settings.grpc_port, "grpc"),
+        "dicomweb": (settings.dicomweb_port, "dicomweb"),
+    }
+    assert c["readinessProbe"] == {"httpGet": {"path": "/healthz", "port": "http"}}

@@ -346,6 +346,7 @@ def test_end_offset_waits_for_a_leader_to_be_elected() -> None:
     c = _ElectingPartition(3)
     assert kafka.end_offset(c, TopicPartition("t", 0), timeout=10) == 42  # type: ignore[arg-type]
     assert c.calls == 4
+    assert kafka.watermarks(_ElectingPartition(1), TopicPartition("t", 0)) == (0, 42)  # type: ignore[arg-type]
 
 
 def test_end_offset_raises_what_is_not_a_leader_change_and_gives_up_at_the_deadline() -> None:

@@ -182,7 +182,7 @@ def test_stow_unconfirmed_is_refused_and_counted(tmp_path: Path, hot: HotTier) -
     from tests.unit.test_request_limits import SlowIndex, multipart, part10
 
     svc, _conf = _sync_service(tmp_path, hot, timeout=0.2)
-    app = create_app(WebDeps(SlowIndex(), HotSource(tmp_path), svc, hot.incoming), stow=Stow)
+    app = create_app(WebDeps(SlowIndex(), HotSource(tmp_path)), stow=Stow(svc, hot.incoming))
     body, ctype = multipart([part10(tmp_path)])
 
     def count() -> float:

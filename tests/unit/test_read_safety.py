@@ -187,17 +187,17 @@ def test_index_dsn_password_is_not_in_the_error() -> None:
 
 def test_nodes_sharing_a_hot_volume_keep_and_purge_only_their_own_spool(tmp_path: Path) -> None:
     from strata.common.settings import Settings
-    from strata.ingest.node import _purge_incoming
+    from strata.ingest.node import purge_incoming
 
     a = HotTier(tmp_path / "hot", "ingest-0")
     b = HotTier(tmp_path / "hot", "ingest-1")
     assert a.incoming != b.incoming and a.incoming.parent == b.incoming.parent
     (a.incoming / "rx-a").write_bytes(b"partial")
     (b.incoming / "rx-b").write_bytes(b"in flight on the other pod")
-    _purge_incoming(Settings(home=tmp_path, spool_dir="ingest-0"))  # ingest-0 restarts
+    purge_incoming(Settings(home=tmp_path, spool_dir="ingest-0"))  # ingest-0 restarts
     assert not (a.incoming / "rx-a").exists()
     assert (b.incoming / "rx-b").exists()
-    _purge_incoming(Settings(home=tmp_path))  # a node without its own spool: files only
+    purge_incoming(Settings(home=tmp_path))  # a node without its own spool: files only
     assert (b.incoming / "rx-b").exists()
     first = b.incoming / "obj"
     first.write_bytes(b"obj")

@@ -21,6 +21,7 @@ from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from strata.common.dicom import is_valid_uid as is_uid
 from strata.common.errors import DeadlineExceeded, Invalid
 from strata.dicomnet.acceptor import Config
 from strata.ingest.stow import Stow
@@ -28,7 +29,7 @@ from strata.processors.index.port import Located, Page
 from strata.proto.strata.v1 import query_pb2 as q
 from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 from strata.query import grpc_service
-from strata.query.dicomweb import WebDeps, create_app, is_uid, parse_frames
+from strata.query.dicomweb import WebDeps, create_app, parse_frames
 from strata.query.grpc_service import Deps, QueryService
 from strata.query.retrieve import HotSource
 from strata.query.scp import QueryServer, Services
@@ -161,8 +162,9 @@ def web_client(tmp_path: Path, index: Any = None, **kw: Any) -> tuple[web.Applic
     incoming = tmp_path / "incoming"
     incoming.mkdir(exist_ok=True)
     store = FakeStore()
-    deps = WebDeps(index or SlowIndex(), HotSource(tmp_path), store, incoming, **kw)
-    return create_app(deps, stow=Stow), store
+    stow_kw = {k: kw.pop(k) for k in ("max_part_bytes", "max_parts") if k in kw}
+    deps = WebDeps(index or SlowIndex(), HotSource(tmp_path), **kw)
+    return create_app(deps, stow=Stow(store, incoming, **stow_kw)), store  # type: ignore[arg-type]
 
 
 def multipart(parts: list[bytes]) -> tuple[bytes, str]:
@@ -381,7 +383,7 @@ def test_retrieve_chunks_are_bounded_and_uid_lists_too(
 
 
 def test_web_app_still_builds_without_stow(tmp_path: Path) -> None:
-    deps = WebDeps(SlowIndex(), HotSource(tmp_path), None, None)
+    deps = WebDeps(SlowIndex(), HotSource(tmp_path))
     assert isinstance(create_app(deps), web.Application)
 
 
