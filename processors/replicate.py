@@ -93,6 +93,9 @@ class Copier:
         self.channel = grpc.insecure_channel(settings.dr_peer_grpc)
         self.stub = q_grpc.QueryServiceStub(self.channel)
         self._lock = threading.Lock()
+        # event ids recorded since the last offset commit: a batch retried after a failure
+        # (the peer gone mid-batch) does not record again what it already recorded
+        self._recorded: set[str] = set()
         self.pool = ThreadPoolExecutor(
             max(1, settings.dr_copy_workers), thread_name_prefix="dr-copy"
         )
@@ -130,12 +133,15 @@ class Copier:
         """One object: here already (recorded), or fetched, verified, stored and recorded; or
         given up after NOT_FOUND_PATIENCE; or left as it is when the copier stops."""
         st = env.instance_stored
+        with self._lock:
+            if env.event_id in self._recorded:
+                return
         if self.hot.exists(st.location.key):
             # Here already (a re-copy after a crash between the copy and its record, a rebuilt
             # log): recorded all the same, else the fact is never in the log (sync mode waits
             # for it; fail-back would list the instance as missing).
             self._count("present")
-            self._record(env, st)
+            self._recorded_now(env, st)
             return
         study, series, sop = st.study_instance_uid, st.series_instance_uid, st.sop_instance_uid
         since = time.monotonic()
@@ -156,7 +162,7 @@ class Copier:
                     if digest == st.sha256:
                         self.hot.put_file(st.location.key, path)
                         self._count("copied")
-                        self._record(env, st)
+                        self._recorded_now(env, st)
                         return
                     log.error(
                         "copy of %s has sha256 %s, not the recorded %s: not stored",
@@ -205,6 +211,17 @@ class Copier:
         if p.flush(30) or errors:
             raise Unavailable(f"InstanceReplicated not confirmed: {errors[:1] or 'timeout'}")
 
+    def _recorded_now(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
+        self._record(env, st)
+        with self._lock:
+            self._recorded.add(env.event_id)
+
+    def committed(self) -> None:
+        """The batch's offsets are committed: a redelivery from now on (a restart, a rebuilt
+        log) records an object already here again, as the contract says."""
+        with self._lock:
+            self._recorded.clear()
+
     _producer: Any = None
 
     def run(self) -> None:
@@ -244,6 +261,7 @@ class Copier:
                 if self.stop_event.is_set():
                     break  # offsets not committed: the next run copies (idempotently) again
                 c.commit(asynchronous=False)
+                self.committed()
         finally:
             self.pool.shutdown(wait=True)  # stop_event set: the workers return within 0.1 s
             c.close()

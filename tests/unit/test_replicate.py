@@ -156,3 +156,24 @@ def test_the_batch_raises_unavailable_when_the_peer_is_down(tmp_path: Path) -> N
         c.pool.shutdown()
         c.channel.close()
     assert recorded == []
+
+
+def test_a_retried_batch_does_not_record_again_until_committed(
+    tmp_path: Path, peer: tuple[Peer, str]
+) -> None:
+    """The batch is retried after a failure (the peer gone mid-batch): what it already
+    recorded is not recorded twice; once its offsets are committed, a redelivery of an object
+    already here is recorded (a crash between the copy and its record)."""
+    servicer, target = peer
+    envs = [_stored(sop, servicer.objects[sop]) for sop in ("1.2.3.0", "1.2.3.1")]
+    c, recorded = _copier(tmp_path, target, workers=2)
+    try:
+        c.copy_batch(envs)
+        c.copy_batch(envs)  # the retry
+        assert sorted(recorded) == sorted(e.event_id for e in envs)
+        c.committed()
+        c.copy_batch(envs[:1])  # redelivered after the commit: here already, recorded
+    finally:
+        c.pool.shutdown()
+        c.channel.close()
+    assert recorded.count(envs[0].event_id) == 2 and c.result.present == 1
