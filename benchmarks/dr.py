@@ -193,6 +193,7 @@ def drill(
     kill_after: float = 0.6,
     rate: float = 4.0,
     senders: int = 2,
+    batch: int = 5,
 ) -> dict[str, Any]:
     """Run the drill on started sites (A primary of epoch 1, B following); returns the numbers.
     ``senders`` storescu run at once, sharing the offered ``rate``."""
@@ -203,7 +204,9 @@ def drill(
     for i in range((instances + per_study - 1) // per_study):
         n = min(per_study, instances - i * per_study)
         files += ct_series(work / f"s{i}", n, patient_id=f"DR{i:04d}")
-    sender = Sender(int(a.env["STRATA_INGEST_PORT"]), files, rate=rate, senders=senders)
+    sender = Sender(
+        int(a.env["STRATA_INGEST_PORT"]), files, batch=batch, rate=rate, senders=senders
+    )
     t = threading.Thread(target=sender.run, daemon=True)
     t_start = time.time()
     t.start()
@@ -255,6 +258,7 @@ def drill(
         "acknowledged": len(acked),
         "rate_per_s": rate,
         "senders": senders,
+        "batch": batch,
         "ingest_seconds_before_kill": round(t_dead - t_start, 1),
         # acknowledged instances per second from the first acknowledgement to the kill
         "ingest_rate_per_s": round((len(acked) - 1) / max(1e-3, t_dead - first), 2)
@@ -289,9 +293,13 @@ def wait_following(sites: Sites, timeout: float = 300.0) -> float:
     raise AssertionError(f"B did not receive A's epoch within {timeout:.0f}s (mirror not running)")
 
 
-def setup(root: Path, mode: str = "async") -> Sites:
-    """Two sites, A primary (epoch 1) in ``mode`` (STRATA_DR_MODE), B following it."""
+def setup(root: Path, mode: str = "async", env: dict[str, str] | None = None) -> Sites:
+    """Two sites, A primary (epoch 1) in ``mode`` (STRATA_DR_MODE), B following it; ``env``:
+    more settings for both sites."""
     sites = make_sites(root)
+    for s in (sites.a, sites.b):
+        s.env.update(env or {})
+        s.settings = Settings.from_env(s.env)
     sites.a.env["STRATA_DR_MODE"] = mode
     sites.a.settings = Settings.from_env(sites.a.env)
     sites.up()
@@ -311,6 +319,7 @@ def main() -> int:
     ap.add_argument("--kill-after", type=float, default=0.6)
     ap.add_argument("--rate", type=float, default=4.0, help="instances/s sent to A")
     ap.add_argument("--senders", type=int, default=2, help="storescu processes at once")
+    ap.add_argument("--batch", type=int, default=5, help="files per storescu association")
     ap.add_argument("--mode", choices=("async", "sync", "both"), default="both")
     ap.add_argument("--keep", help="directory of the two sites (kept); default a temp dir")
     args = ap.parse_args()
@@ -320,7 +329,13 @@ def main() -> int:
         sites = setup(root, mode)
         try:
             out = drill(
-                sites, root / "files", args.instances, args.kill_after, args.rate, args.senders
+                sites,
+                root / "files",
+                args.instances,
+                args.kill_after,
+                args.rate,
+                args.senders,
+                args.batch,
             )
             print(json.dumps(out, indent=2), flush=True)
             results.append(out)
@@ -336,6 +351,7 @@ def side_by_side(results: list[dict[str, Any]]) -> str:
     rows = [
         ("offered load (instances/s)", "rate_per_s"),
         ("storescu at once", "senders"),
+        ("files per association", "batch"),
         ("acknowledged before the kill", "acknowledged"),
         ("ingest rate (acknowledged/s)", "ingest_rate_per_s"),
         ("acknowledgement latency p50 (s)", "ack_latency_p50_s"),

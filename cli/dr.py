@@ -396,6 +396,73 @@ class Fence:
         return self._reason
 
 
+def takes_decisions(settings: Settings, epoch: Any, last: bool) -> bool:
+    """Whether this site writes decisions (StudyStable, lifecycle moves and deletes, access
+    records, routing) given the latest ``epoch`` read here or at the peer (None: none read).
+
+    A stand-alone archive always does. A site of a DR pair does only while the latest epoch
+    names it primary: a follower's log is the mirror of the primary's, and what it decided
+    itself would be a second decision on the same facts (mirrored back on fail-back). No
+    epoch read (none yet, or both logs unreachable for a moment) keeps the ``last`` answer:
+    a follower whose reads fail does not start deciding, and before the first promote of the
+    pair's life (set-up) no site decides."""
+    if not settings.dr_site:
+        return True
+    if epoch is None:
+        return last
+    return bool(epoch.primary_site == settings.dr_site)
+
+
+class Role:
+    """The index node's (and the router's) view of the epoch for its decisions: refreshed in
+    a background thread every STRATA_DR_FENCE_CHECK_SECONDS, so a promoted follower starts
+    deciding without a restart, and an old primary that learns of a newer epoch stops."""
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+
+        self.settings = settings
+        self._primary = not settings.dr_site
+        self._epoch = 0
+        self._checked = threading.Event()
+        if settings.dr_site:
+            threading.Thread(target=self._loop, name="dr-role", daemon=True).start()
+            self._checked.wait(15.0)  # the first answer before the first decision (bounded)
+
+    def _loop(self) -> None:
+        import logging
+
+        log = logging.getLogger(__name__)
+        while True:
+            try:
+                ep = latest_epoch(self.settings)
+            except Exception:  # keep the last answer; the logs may be briefly unreachable
+                ep = None
+            was = self._primary
+            self._primary = takes_decisions(self.settings, ep, was)
+            if ep is not None:
+                self._epoch = ep.epoch
+            if self._primary != was:
+                log.warning(
+                    "site %s %s decisions (epoch %d, primary %s)",
+                    self.settings.dr_site,
+                    "takes" if self._primary else "stops taking",
+                    self._epoch,
+                    ep.primary_site if ep is not None else "?",
+                )
+            self._checked.set()
+            time.sleep(self.settings.dr_fence_check_seconds)
+
+    def primary(self) -> bool:
+        return self._primary
+
+    def describe(self) -> str:
+        """For /healthz: 'primary' (or 'standalone'), or 'follower (epoch n)'."""
+        if not self.settings.dr_site:
+            return "standalone"
+        return "primary" if self._primary else f"follower (epoch {self._epoch})"
+
+
 def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
     """InstanceStored events of this site's log whose bytes the peer never recorded as copied
     (no InstanceReplicated at the peer with that source event id): what only this site has."""

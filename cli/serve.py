@@ -209,8 +209,11 @@ def serve_router(settings: Settings, stop: threading.Event | None = None) -> Non
         settings.bind_host,
         settings.router_http_port,
     )
+    from strata.cli.dr import Role
+
+    role = Role(settings)  # geo-redundancy: only the primary site routes (docs/dr.md)
     try:
-        router.run(stop)
+        router.run(stop, role.primary if settings.dr_site else None)
     finally:
         http.shutdown()
 
@@ -279,8 +282,12 @@ def serve_index(settings: Settings) -> None:
     authz = auth_from_settings(settings)  # None with STRATA_AUTH_MODE=off
     index = IndexStore(settings.index_dsn, settings.clickhouse_database)
     index.migrate()
-    lifecycle, source = _tiers(settings)
-    app = create_app(settings, index, _timer_clients(settings, lifecycle), lifecycle, authz)
+    from strata.cli.dr import Role
+
+    # geo-redundancy: only the primary site's index node writes decisions (docs/dr.md)
+    role = Role(settings)
+    lifecycle, source = _tiers(settings, role.primary)
+    app = create_app(settings, index, _timer_clients(settings, lifecycle, role), lifecycle, authz)
     destinations = parse_destinations(settings.move_destinations)
     qr_server: list[QueryServer] = []
     # STOW-RS: the same store contract as C-STORE, into the outbox of this home, which the
@@ -397,9 +404,10 @@ def serve_index(settings: Settings) -> None:
         audit.close()
 
 
-def _timer_clients(settings: Settings, lifecycle: Any) -> Any:
+def _timer_clients(settings: Settings, lifecycle: Any, role: Any) -> Any:
     """The index node's timers' clients (processors/timers.py): a Kafka probe of the log's end
-    per loop, and the stability emitter."""
+    per loop, and the stability emitter; at a DR site, whether it decides now (``role``) and
+    the log ends past transaction markers (common/kafka.py Tails)."""
     from strata.common import kafka
     from strata.processors.stability import StabilityEmitter
     from strata.processors.timers import TimerClients
@@ -413,6 +421,11 @@ def _timer_clients(settings: Settings, lifecycle: Any) -> Any:
         ),
         stability=StabilityEmitter(
             settings, settings.study_topic, settings.node_name, settings.study_quiet_seconds
+        ),
+        decides=role.primary,
+        lag_tails=kafka.Tails(settings, "index") if settings.dr_site else None,
+        lifecycle_tails=(
+            kafka.Tails(settings, "lifecycle") if settings.dr_site and lifecycle else None
         ),
     )
 
@@ -474,9 +487,10 @@ def _start_sql(settings: Settings, index: Any) -> Any:
     return pool
 
 
-def _tiers(settings: Settings) -> tuple[Any, Any]:
+def _tiers(settings: Settings, decides: Any = None) -> tuple[Any, Any]:
     """The tiers, the lifecycle processor (None without rules or recall promotion) and the
-    retrieve source reading every tier (hot in place, cold through the recall cache)."""
+    retrieve source reading every tier (hot in place, cold through the recall cache).
+    ``decides()`` false (a DR follower): reads record no StudyAccessed event."""
 
     from strata.archive.cold import build_cold_tier
     from strata.archive.hot import HotTier
@@ -524,5 +538,13 @@ def _tiers(settings: Settings) -> tuple[Any, Any]:
             lc.request_promotion(loc.study_uid, loc.series_uid, loc.sop_uid)
 
     remote = {name: t for name, t in tiers.items() if name != "hot"}
-    source = TieredSource(settings.hot_dir, remote, cache, "", access.record, promote)
+    record = access.record
+    if decides is not None:
+
+        def record(study_uid: str, via: str) -> None:
+            # a follower's log is the primary's mirror: its reads are not written into it
+            if decides():
+                access.record(study_uid, via)
+
+    source = TieredSource(settings.hot_dir, remote, cache, "", record, promote)
     return lifecycle, source

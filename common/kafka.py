@@ -307,6 +307,57 @@ def end_positions(cluster: Cluster, topics: list[str], probe: Consumer | None = 
             c.close()
 
 
+class Tails:
+    """Log ends as far as records go. A log written by a transactional producer has a
+    transaction marker after each committed batch: MirrorMaker 2 (exactly-once) writes one after
+    every batch it mirrors into a following site (docs/dr.md). No record is delivered at a
+    marker's offset, so a partition whose last entry is a marker ends one past the last
+    record: an index that applied every record is at its last record + 1, never at the end.
+    ``lowered(ends, done)`` lowers such an end to ``done`` when nothing but markers lies
+    between the two (one read_committed fetch from ``done`` per partition that looks behind)."""
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self._c: Consumer | None = None
+
+    def lowered(self, ends: Positions, done: Positions) -> Positions:
+        out: Positions = {}
+        for t, parts in ends.items():
+            for p, end in parts.items():
+                d = done.get(t, {}).get(p, 0)
+                out.setdefault(t, {})[p] = d if d < end and not self._record_at(t, p, d) else end
+        return out
+
+    def _record_at(self, topic: str, partition: int, offset: int) -> bool:
+        """Is there a committed record at or after ``offset``? (True when unsure: the caller
+        then waits as it would without this.)"""
+        if self._c is None:
+            self._c = consumer(
+                self.cluster,
+                f"strata-{self.name}-tails",
+                self.name,
+                {"enable.partition.eof": True},
+            )
+        self._c.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            m = self._c.poll(0.5)
+            if m is None:
+                continue
+            err = m.error()
+            if err is None:
+                return True
+            if err.code() == KafkaError._PARTITION_EOF:
+                return False
+        return True
+
+    def close(self) -> None:
+        if self._c is not None:
+            self._c.close()
+            self._c = None
+
+
 def faust_settings(settings: Settings) -> dict[str, Any]:
     """The Kafka side of the index node's faust app (processors/app.py), from the same settings:
     faust talks to the cluster through aiokafka, not librdkafka, so these are faust's names for

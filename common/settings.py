@@ -261,6 +261,11 @@ class Settings:
     dr_copy_group: str = _setting(
         "strata-dr-copier", "Kafka consumer group of the object copier (processors/replicate.py)."
     )
+    dr_copy_workers: int = _setting(
+        4,
+        "Objects the copier copies at once (fetch from the peer, verify, store, record each): "
+        "sized for a 2-core site; the peer's RetrieveInstances serves each in its own thread.",
+    )
     dr_fence_check_seconds: float = _setting(
         5.0,
         "How often the ingest node re-reads the epoch (its own and the peer's control topic): "

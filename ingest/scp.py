@@ -74,8 +74,6 @@ def respond(service: StoreService, rx: Received) -> tuple[int, str]:
     else:
         metrics.INSTANCES.labels("refused").inc()
         metrics.REFUSED.labels(outcome.reason or "other").inc()
-        if outcome.reason == "peer-unconfirmed":
-            metrics.DR_UNCONFIRMED.inc()
         log.warning(
             "refused sop=%s from %s: 0x%04X %s",
             rx.sop_instance_uid,

@@ -35,7 +35,7 @@ from strata.archive.keys import instance_key
 from strata.common import dicom
 from strata.common.errors import Invalid, Unavailable
 from strata.common.events import envelope, timestamp
-from strata.ingest import statuses
+from strata.ingest import metrics, statuses
 from strata.ingest.config import AEConfig
 from strata.ingest.quarantine import Quarantine
 from strata.proto.strata.v1 import events_pb2 as pb
@@ -184,6 +184,9 @@ class StoreService:
         if self.sync.wait(outcome.event_id):
             return outcome
         t = self.sync.timeout
+        # counted here, the one place both C-STORE (ingest/scp.py) and STOW-RS (ingest/stow.py,
+        # in the index node's process: its /metrics) come through
+        metrics.DR_UNCONFIRMED.inc()
         log.warning(
             "sync: %s did not confirm event %s within %gs: answered A730 (stored here)",
             self.sync.peer_site,

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,69 +92,92 @@ class Copier:
         self.result = CopyResult()
         self.channel = grpc.insecure_channel(settings.dr_peer_grpc)
         self.stub = q_grpc.QueryServiceStub(self.channel)
+        self._lock = threading.Lock()
+        # event ids recorded since the last offset commit: a batch retried after a failure
+        # (the peer gone mid-batch) does not record again what it already recorded
+        self._recorded: set[str] = set()
+        self.pool = ThreadPoolExecutor(
+            max(1, settings.dr_copy_workers), thread_name_prefix="dr-copy"
+        )
 
     def copy_batch(self, envs: list[pb.Envelope]) -> None:
         """Copy the objects of these InstanceStored events that are not here; returns when each
         is here, or was given up (NOT_FOUND for longer than NOT_FOUND_PATIENCE). Raises
-        Unavailable (the caller retries the batch: what is done stays done)."""
-        todo: dict[tuple[str, str], list[pb.Envelope]] = {}
+        Unavailable (the caller retries the batch: what is done stays done).
+
+        Objects are copied by a pool of STRATA_DR_COPY_WORKERS threads, each one object from
+        fetch to record, so a batch takes about its slowest object rather than their sum (and
+        one the peer has not indexed yet holds up no other). The caller commits the batch's
+        offsets only once every object is here and recorded, as before."""
+        jobs = []
         for env in envs:
             st = env.instance_stored
             if st.location.tier != "hot":
-                self.result.skipped += 1  # cold objects are shared through S3 (docs/dr.md)
-            elif self.hot.exists(st.location.key):
-                # Here already (a re-copy after a crash between the copy and its record, a
-                # rebuilt log): recorded all the same, else the fact is never in the log
-                # (sync mode waits for it; fail-back would list the instance as missing).
-                self.result.present += 1
-                self._record(env, st)
+                self._count("skipped")  # cold objects are shared through S3 (docs/dr.md)
             else:
-                todo.setdefault((st.study_instance_uid, st.series_instance_uid), []).append(env)
-        for (study, series), group in todo.items():
-            since = time.monotonic()
-            while group and not self.stop_event.is_set():
-                # One request per object: a request naming several SOP Instance UIDs came
-                # back NOT_FOUND in the drill while each of them was found alone (not
-                # understood yet; docs/dr.md).
-                got = {}
-                for e in group:
-                    sop = e.instance_stored.sop_instance_uid
-                    try:
-                        got.update(fetch_many(self.stub, study, series, [sop], self.hot.incoming))
-                    except NotFound:
-                        log.info("peer has not indexed %s yet", sop)
-                left = []
-                for env in group:
-                    st = env.instance_stored
-                    path, digest = got.pop(st.sop_instance_uid, (None, ""))
-                    if path is None:
-                        left.append(env)
-                        continue
-                    try:
-                        if digest != st.sha256:
-                            log.error(
-                                "copy of %s has sha256 %s, not the recorded %s: not stored",
-                                st.sop_instance_uid, digest[:12], st.sha256[:12],
-                            )  # fmt: skip
-                            left.append(env)
-                            continue
+                jobs.append(self.pool.submit(self._copy_one, env))
+        errors = []
+        for job in jobs:  # every job ends (done, given up, stopped or failed) before we return
+            try:
+                job.result()
+            except Unavailable as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self.result, what, getattr(self.result, what) + n)
+
+    def _copy_one(self, env: pb.Envelope) -> None:
+        """One object: here already (recorded), or fetched, verified, stored and recorded; or
+        given up after NOT_FOUND_PATIENCE; or left as it is when the copier stops."""
+        st = env.instance_stored
+        with self._lock:
+            if env.event_id in self._recorded:
+                return
+        if self.hot.exists(st.location.key):
+            # Here already (a re-copy after a crash between the copy and its record, a rebuilt
+            # log): recorded all the same, else the fact is never in the log (sync mode waits
+            # for it; fail-back would list the instance as missing).
+            self._count("present")
+            self._recorded_now(env, st)
+            return
+        study, series, sop = st.study_instance_uid, st.series_instance_uid, st.sop_instance_uid
+        since = time.monotonic()
+        while not self.stop_event.is_set():
+            # One request per object: a request naming several SOP Instance UIDs came back
+            # NOT_FOUND in the drill while each of them was found alone (not understood yet;
+            # docs/dr.md).
+            got: dict[str, tuple[Path, str]] = {}
+            try:
+                got = fetch_many(self.stub, study, series, [sop], self.hot.incoming)
+            except NotFound:
+                log.info("peer has not indexed %s yet", sop)
+            path, digest = got.pop(sop, (None, ""))
+            for other, _d in got.values():  # other versions the peer sent: not ours
+                other.unlink(missing_ok=True)
+            if path is not None:
+                try:
+                    if digest == st.sha256:
                         self.hot.put_file(st.location.key, path)
-                    finally:
-                        path.unlink(missing_ok=True)
-                    self.result.copied += 1
-                    self._record(env, st)
-                for path, _d in got.values():  # other versions the peer sent: not ours
+                        self._count("copied")
+                        self._recorded_now(env, st)
+                        return
+                    log.error(
+                        "copy of %s has sha256 %s, not the recorded %s: not stored",
+                        sop, digest[:12], st.sha256[:12],
+                    )  # fmt: skip
+                finally:
                     path.unlink(missing_ok=True)
-                group = left
-                if group:
-                    if time.monotonic() - since > NOT_FOUND_PATIENCE:
-                        log.warning(
-                            "not copied (the peer has no bytes after %.0fs): %d objects of %s",
-                            NOT_FOUND_PATIENCE, len(group), series,
-                        )  # fmt: skip
-                        self.result.skipped += len(group)
-                        break
-                    self.stop_event.wait(0.1)
+            if time.monotonic() - since > NOT_FOUND_PATIENCE:
+                log.warning(
+                    "not copied (the peer has no bytes after %.0fs): %s of series %s",
+                    NOT_FOUND_PATIENCE, sop, series,
+                )  # fmt: skip
+                self._count("skipped")
+                return
+            self.stop_event.wait(0.1)
 
     def _record(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
         rep = pb.InstanceReplicated(
@@ -174,8 +198,10 @@ class Copier:
             occurred_at=datetime.now(UTC),
         )
         errors: list[str] = []
-        p = self._producer or kafka.producer(self.settings, "durable", "dr-copier")
-        self._producer = p
+        with self._lock:
+            if self._producer is None:
+                self._producer = kafka.producer(self.settings, "durable", "dr-copier")
+            p = self._producer
         p.produce(
             self.settings.study_topic,
             key=st.study_instance_uid.encode(),
@@ -184,6 +210,17 @@ class Copier:
         )
         if p.flush(30) or errors:
             raise Unavailable(f"InstanceReplicated not confirmed: {errors[:1] or 'timeout'}")
+
+    def _recorded_now(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
+        self._record(env, st)
+        with self._lock:
+            self._recorded.add(env.event_id)
+
+    def committed(self) -> None:
+        """The batch's offsets are committed: a redelivery from now on (a restart, a rebuilt
+        log) records an object already here again, as the contract says."""
+        with self._lock:
+            self._recorded.clear()
 
     _producer: Any = None
 
@@ -224,7 +261,9 @@ class Copier:
                 if self.stop_event.is_set():
                     break  # offsets not committed: the next run copies (idempotently) again
                 c.commit(asynchronous=False)
+                self.committed()
         finally:
+            self.pool.shutdown(wait=True)  # stop_event set: the workers return within 0.1 s
             c.close()
             self.channel.close()
 

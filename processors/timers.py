@@ -8,13 +8,15 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import faust
 from confluent_kafka import Consumer
 from prometheus_client import Gauge
 
+from strata.common.kafka import Tails
 from strata.common.settings import Settings
 from strata.processors.index import checksum
 from strata.processors.index.store import IndexStore
@@ -64,11 +66,16 @@ class Barrier:
 class TimerClients:
     """The timers' own clients, built by the process wiring (cli/serve.py): one Kafka consumer
     per loop asking the log's end offsets (one client for the per-second check, not one per
-    tick), and the emitter of stability announcements."""
+    tick), and the emitter of stability announcements. Geo-redundancy (docs/dr.md):
+    ``decides()`` false while this site follows (cli/dr.py Role: no StudyStable, no lifecycle
+    pass), and the ``*_tails`` that see past the transaction markers of a mirrored log."""
 
     lag_probe: Consumer
     lifecycle_probe: Consumer | None  # None: no lifecycle loop
     stability: StabilityEmitter
+    decides: Callable[[], bool] = field(default=lambda: True)
+    lag_tails: Tails | None = None  # None: not a DR site (no markers to see past)
+    lifecycle_tails: Tails | None = None
 
 
 def add_timers(
@@ -83,6 +90,7 @@ def add_timers(
     from strata.processors.replay import end_positions
 
     probe, emitter = clients.lag_probe, clients.stability
+    decide, tails = clients.decides, clients.lag_tails
     topics = [settings.study_topic, settings.quarantine_topic]
 
     barrier = Barrier()
@@ -94,6 +102,8 @@ def add_timers(
         now = datetime.now(UTC)
         ends = end_positions(settings, topics, probe)
         done = checksum.positions(index)
+        if tails is not None:
+            ends = tails.lowered(ends, done)
         for t, parts in ends.items():
             lag = sum(o - min(done.get(t, {}).get(p, 0), o) for p, o in parts.items())
             LAG.labels(t).set(lag)
@@ -105,7 +115,7 @@ def add_timers(
         as_of = barrier.passed(done, ends, now)
         if as_of is not None:
             caught_up_once.set()
-        if as_of is not None and settings.index_decisions:
+        if as_of is not None and settings.index_decisions and decide():
             n = emitter.run_once(index, as_of)
             if n:
                 log.info("announced %d stable studies", n)
@@ -118,16 +128,22 @@ def add_timers(
             log.error("stability/lag check failed: %s", exc)
 
     if lifecycle is not None and clients.lifecycle_probe is not None and settings.index_decisions:
-        lc_probe = clients.lifecycle_probe
+        lc_probe, lc_tails = clients.lifecycle_probe, clients.lifecycle_tails
+
+        def lc_caught_up(ends: dict[str, dict[int, int]]) -> bool:
+            done = checksum.positions(index)
+            return caught_up(done, lc_tails.lowered(ends, done) if lc_tails else ends)
 
         def lifecycle_pass() -> None:
             # Only on a caught-up index, measured now: every event of the previous pass (and
             # every arrival so far) is applied, so the index is the record of what moved.
             # Waits (a bounded time) until the index has applied the log up to its end as read
             # now, rather than for a moment with no lag at all (rare under continuous ingest).
+            if not decide():
+                return
             ends = end_positions(settings, [settings.study_topic], lc_probe)
             deadline = time.monotonic() + 60
-            while not caught_up(checksum.positions(index), ends):
+            while not lc_caught_up(ends):
                 if time.monotonic() > deadline:
                     log.warning("lifecycle pass skipped: the index is more than 60 s behind")
                     return

@@ -213,10 +213,24 @@ class Router:
 
     # ------------------------------------------------------------------------- the loop
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, active: Callable[[], bool] | None = None) -> None:
+        """Route until ``stop``. ``active()`` false (a geo-redundancy follower, cli/dr.py
+        Role): no routing, and no subscription before it is first true, so the group's offsets
+        stay those MirrorMaker 2 syncs from the primary's router; a promoted site starts there
+        without a restart."""
+        if active is not None and not active():
+            log.info("router: idle while this site follows (routing is the primary's)")
+            while not active():
+                if stop.wait(1.0):
+                    self.shutdown()
+                    return
+            log.info("router: this site is primary: routing")
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not stop.is_set():
+                if active is not None and not active():
+                    stop.wait(1.0)  # demoted (a newer epoch names the peer): decide nothing
+                    continue
                 self.step()
         finally:
             self.shutdown()

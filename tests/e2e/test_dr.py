@@ -1,17 +1,24 @@
 """Geo-redundancy end to end (docs/dr.md): two sites on this machine, MirrorMaker 2 A -> B,
-the object copier at B, the fence, and the drill (kill -9 of site A mid-ingest, promote B)."""
+the object copier at B, the fence, the follower's silence (only the primary writes decisions),
+and the drill (kill -9 of site A mid-ingest, promote B)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from benchmarks.dr import _uids, drill, holdings, setup
+from strata.cli.dr import current_epoch
+from strata.common import kafka
+from strata.common.events import decode
+from strata.proto.strata.v1 import events_pb2 as pb
 from tests.support.dcmtk import storescu
 from tests.support.sites import Sites
+from tests.support.stack import Stack
 from tests.support.synthetic import ct_series
 from tests.support.wait import wait_for
 
@@ -20,7 +27,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
-    s = setup(tmp_path_factory.mktemp("dr"))
+    # a short quiet period: studies become stable (a decision) within the tests' time
+    s = setup(tmp_path_factory.mktemp("dr"), env={"STRATA_STUDY_QUIET_SECONDS": "2"})
     try:
         yield s
     finally:
@@ -36,6 +44,73 @@ def test_secondary_is_fenced(sites: Sites, tmp_path: Path) -> None:
     assert st["primary"] == "A" and st["accepts_ingest"] is False and st["mirror"] == "running"
 
 
+def _log(site: Stack) -> list[tuple[int, int, pb.Envelope]]:
+    """(partition, offset, envelope) of every committed event of the site's study topic."""
+    from confluent_kafka import KafkaError, TopicPartition
+
+    st = site.settings
+    c = kafka.consumer(st, kafka.fresh_group("test-dr-log"), "test", {"enable.partition.eof": True})
+    out: list[tuple[int, int, pb.Envelope]] = []
+    try:
+        parts = set(c.list_topics(st.study_topic, timeout=10).topics[st.study_topic].partitions)
+        c.assign([TopicPartition(st.study_topic, p, 0) for p in parts])
+        done: set[int] = set()
+        wait_for(lambda: _drain(c, out, done, KafkaError._PARTITION_EOF) >= parts, 60, "the log")
+    finally:
+        c.close()
+    return out
+
+
+def _drain(c: Any, out: list, done: set[int], eof: int) -> set[int]:  # noqa: ANN401
+    for m in c.consume(500, 0.5):
+        if m.error() is not None:
+            if m.error().code() == eof:
+                done.add(m.partition())
+            continue
+        out.append((m.partition(), m.offset(), decode(m.value())))
+    return done
+
+
+def _decisions_of(site: Stack, name: str) -> list[tuple[int, int, pb.Envelope]]:
+    """The events the site wrote into its own study topic that are not the copier's record
+    of a copy (InstanceReplicated) or an arrival (InstanceStored): its decisions."""
+    return [
+        (p, o, e)
+        for p, o, e in _log(site)
+        if e.producer.node == name
+        and e.WhichOneof("payload") not in ("instance_replicated", "instance_stored")
+    ]
+
+
+def _stable(site: Stack, study: str, node: str) -> bool:
+    return any(
+        e.WhichOneof("payload") == "study_stable"
+        and e.study_instance_uid == study
+        and e.producer.node == node
+        for _p, _o, e in _log(site)
+    )
+
+
+def test_follower_writes_no_decisions(sites: Sites, tmp_path: Path) -> None:
+    """B follows A: A decides (StudyStable of a quiet study) and B only mirrors it. B's index
+    runs the same stability timer on the same facts; it must not announce the study itself.
+    B's mirror is stopped while A decides, so B has the whole quiet period (and more: the
+    mirror's restart) to decide on its own were it allowed to."""
+    f = ct_series(tmp_path / "f", 2, patient_id="FOLLOWQUIET")
+    study = _uids(f[0])[0]
+    _rc, rsp, out = storescu(int(sites.a.env["STRATA_INGEST_PORT"]), "STRATA", f)
+    assert rsp == ["Success", "Success"], out[-2000:]
+    sops = {_uids(x)[2] for x in f}
+    wait_for(lambda: holdings(sites.b, [str(x) for x in f])[0] >= sops, 120, "the study at B")
+    sites.b.cli("dr", "unfollow")
+    try:
+        wait_for(lambda: _stable(sites.a, study, "site-a"), 120, "A's StudyStable")
+    finally:
+        sites.b.cli("dr", "follow")
+    wait_for(lambda: _stable(sites.b, study, "site-a"), 180, "A's StudyStable mirrored to B")
+    assert _decisions_of(sites.b, "site-b") == []
+
+
 def test_drill(sites: Sites, tmp_path: Path) -> None:
     out = drill(sites, tmp_path, instances=100, kill_after=0.6)
     print("DR drill:", json.dumps(out))
@@ -48,6 +123,26 @@ def test_drill(sites: Sites, tmp_path: Path) -> None:
     assert out["rto_seconds"] is not None and out["rto_seconds"] < 120, out
     st = json.loads(sites.b.cli("dr", "status", "--json").stdout)
     assert st["primary"] == "B" and st["epoch"] == 2 and st["accepts_ingest"] is True
+
+
+def test_promoted_site_takes_decisions_and_none_before(sites: Sites, tmp_path: Path) -> None:
+    """After the drill's promote (no restart of B): a study sent to B becomes stable at B, by
+    B; and every decision B ever wrote is after the promotion (past the log ends the epoch
+    recorded), none while it followed."""
+    ep = current_epoch(sites.b.settings, sites.b.settings.dr_topic)
+    assert ep is not None and ep.primary_site == "B", "runs after test_drill"
+    f = ct_series(tmp_path / "f", 1, patient_id="PROMOTEDQUIET")
+    study = _uids(f[0])[0]
+    _rc, rsp, out = storescu(int(sites.b.env["STRATA_INGEST_PORT"]), "STRATA", f)
+    assert rsp == ["Success"], out[-2000:]
+    wait_for(lambda: _stable(sites.b, study, "site-b"), 120, "B's StudyStable at B")
+    topic = sites.b.settings.study_topic
+    early = [
+        (p, o, e.WhichOneof("payload"))
+        for p, o, e in _decisions_of(sites.b, "site-b")
+        if o < ep.diverged_at[f"{topic}:{p}"]
+    ]
+    assert early == [], "decisions written by B while it followed"
 
 
 def test_old_primary_comes_back_fenced_and_resends_what_only_it_has(sites: Sites) -> None:

@@ -239,3 +239,32 @@ def test_replay_rebuilds_the_index_the_live_projection_wrote(
     assert sorted(r[0] for r in rows) == sorted(e.instance_stored.sop_instance_uid for e in written)
     names = {r[0]: r[1] for r in rows}
     assert names[again.instance_stored.sop_instance_uid] == "Doe^Jane"
+
+
+def test_tails_see_past_a_transaction_marker(kafka: Settings) -> None:
+    """A partition written by a transactional producer (as MirrorMaker 2 writes a following
+    site's log) ends with a marker no record is delivered at: an index that applied every
+    record is caught up there (common/kafka.py Tails; the index node's barrier uses it)."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import NewTopic
+
+    from strata.common.kafka import Tails, admin, client_config
+
+    topic = "strata.test-tails"
+    adm = admin(kafka)  # held: its futures fail when the client is collected
+    for f in adm.create_topics([NewTopic(topic, 1, 1)]).values():
+        f.result(30)
+    p = Producer({**client_config(kafka, "test-tx"), "transactional.id": "test-tails"})
+    p.init_transactions(60)
+    p.begin_transaction()
+    p.produce(topic, key=b"k", value=b"one record")
+    p.commit_transaction(60)
+    ends = end_positions(kafka, [topic])
+    assert ends == {topic: {0: 2}}  # the record at 0, the commit marker at 1
+    tails = Tails(kafka, "test")
+    try:
+        assert tails.lowered(ends, {topic: {0: 1}}) == {topic: {0: 1}}  # only the marker left
+        assert tails.lowered(ends, {topic: {0: 0}}) == ends  # the record not applied: behind
+        assert tails.lowered(ends, {}) == ends
+    finally:
+        tails.close()

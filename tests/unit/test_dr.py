@@ -10,6 +10,7 @@ from strata.common import kafka
 from strata.common.settings import Settings
 from strata.proto.strata.v1 import events_pb2 as pb
 from strata.stack import mirror
+from tests.support.wait import wait_for
 
 
 def _settings(**kw: object) -> Settings:
@@ -82,3 +83,45 @@ def test_fence(monkeypatch: pytest.MonkeyPatch, here, peer, site, ok) -> None:  
 
 def test_standalone_is_never_fenced() -> None:
     assert dr.accepts_ingest(Settings()) == (True, "")
+
+
+@pytest.mark.parametrize(
+    ("epoch", "site", "last", "decides"),
+    [
+        (_epoch(1, "A"), "B", True, False),  # B follows A: no decisions of its own
+        (_epoch(1, "A"), "A", False, True),
+        (_epoch(2, "B"), "B", False, True),  # promoted: B decides, without a restart
+        (_epoch(2, "B"), "A", True, False),  # A came back after B's promotion
+        (None, "B", False, False),  # no epoch read (unreachable, or before set-up): as before
+        (None, "A", True, True),
+    ],
+)
+def test_only_the_primary_takes_decisions(epoch, site, last, decides) -> None:  # noqa: ANN001
+    assert dr.takes_decisions(_settings(dr_site=site), epoch, last) is decides
+
+
+def test_standalone_always_takes_decisions() -> None:
+    assert dr.takes_decisions(Settings(), None, False) is True
+    role = dr.Role(Settings())  # no thread, no Kafka
+    assert role.primary() and role.describe() == "standalone"
+
+
+def test_role_follows_the_epoch_without_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The role is re-read in the background: a follower starts deciding once an epoch names
+    it, and stops again when a newer one names the peer."""
+    import threading
+
+    epochs = [_epoch(1, "A")]
+    read = threading.Event()
+
+    def fake(settings: Settings):  # noqa: ANN202
+        read.set()
+        return epochs[-1]
+
+    monkeypatch.setattr(dr, "latest_epoch", fake)
+    role = dr.Role(_settings(dr_site="B", dr_fence_check_seconds=0.01))
+    assert not role.primary() and role.describe() == "follower (epoch 1)"
+    epochs.append(_epoch(2, "B"))
+    assert wait_for(role.primary, 10)
+    epochs.append(_epoch(3, "A"))
+    assert wait_for(lambda: not role.primary(), 10)

@@ -165,3 +165,42 @@ def test_copier_records_an_object_already_here(tmp_path: Path) -> None:
     c.copy_batch([env])
     c.channel.close()
     assert recorded == [env.event_id] and c.result.present == 1
+
+
+def test_stow_unconfirmed_is_refused_and_counted(tmp_path: Path, hot: HotTier) -> None:
+    """STOW-RS goes through the same store service: in sync mode an instance the peer does
+    not confirm is answered A730 in the STOW response and counted in
+    strata_ingest_dr_unconfirmed_total, like a C-STORE's."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+    from prometheus_client import REGISTRY
+
+    from strata.ingest.stow import Stow
+    from strata.query.dicomweb import WebDeps, create_app
+    from strata.query.retrieve import HotSource
+    from tests.unit.test_request_limits import SlowIndex, multipart, part10
+
+    svc, _conf = _sync_service(tmp_path, hot, timeout=0.2)
+    app = create_app(WebDeps(SlowIndex(), HotSource(tmp_path)), stow=Stow(svc, hot.incoming))
+    body, ctype = multipart([part10(tmp_path)])
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("strata_ingest_dr_unconfirmed_total") or 0.0
+
+    async def go() -> tuple[int, dict]:
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            r = await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})
+            return r.status, await r.json()
+        finally:
+            await client.close()
+
+    before = count()
+    status, answer = asyncio.run(go())
+    assert status == 409, answer
+    (failure,) = answer["00081198"]["Value"]
+    assert failure["00081197"]["Value"] == [statuses.OUT_OF_RESOURCES_PEER_UNCONFIRMED]
+    assert count() == before + 1
+    assert [p.event_id for p in svc.outbox.pending(10)]  # stored here all the same

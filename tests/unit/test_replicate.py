@@ -1,0 +1,179 @@
+"""The object copier (processors/replicate.py) against a real gRPC peer served in this process
+(no Kafka: the record of each copy is captured): objects are copied by a bounded pool, each
+one verified against its recorded SHA-256 before it is stored, and recorded only once stored;
+a copy whose bytes do not match is never stored nor recorded."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from strata.common.events import envelope
+from strata.common.settings import Settings
+from strata.processors import replicate
+from strata.processors.replicate import Copier
+from strata.proto.strata.v1 import events_pb2 as pb
+from strata.proto.strata.v1 import query_pb2 as q
+from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
+from tests.support.stack import free_port
+
+
+class Peer(q_grpc.QueryServiceServicer):
+    """The primary's RetrieveInstances: ``objects`` sop -> bytes; each answer takes ``delay``
+    seconds (an object the primary streams from its disk); counts concurrent requests."""
+
+    def __init__(self, objects: dict[str, bytes], delay: float) -> None:
+        self.objects = objects
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+        self.requests = 0
+
+    def RetrieveInstances(self, request: Any, context: Any) -> Iterator[Any]:  # noqa: N802
+        with self.lock:
+            self.now += 1
+            self.requests += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(self.delay)  # the peer's work, not a synchronization
+            for sop in request.sop_instance_uids:
+                data = self.objects.get(sop)
+                if data is None:
+                    context.abort(grpc.StatusCode.NOT_FOUND, "no such instance")
+                yield q.InstanceChunk(sop_instance_uid=sop, offset=0, data=data)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.fixture
+def peer() -> Iterator[tuple[Peer, str]]:
+    objects = {f"1.2.3.{i}": f"object {i} ".encode() * 1000 for i in range(12)}
+    servicer = Peer(objects, delay=0.2)
+    server = grpc.server(futures.ThreadPoolExecutor(16))
+    q_grpc.add_QueryServiceServicer_to_server(servicer, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+def _stored(sop: str, data: bytes) -> pb.Envelope:
+    sha = hashlib.sha256(data).hexdigest()
+    st = pb.InstanceStored(
+        study_instance_uid="1.2",
+        series_instance_uid="1.2.3",
+        sop_instance_uid=sop,
+        sha256=sha,
+        size_bytes=len(data),
+        location=pb.StorageLocation(tier="hot", key=f"studies/1.2/1.2.3/{sop}.{sha}.dcm"),
+    )
+    return envelope(st, study_uid="1.2", service="ingest", node="a")
+
+
+def _copier(tmp_path: Path, target: str, workers: int) -> tuple[Copier, list[str]]:
+    c = Copier(
+        Settings(
+            home=tmp_path,
+            dr_site="B",
+            dr_peer_site="A",
+            dr_peer_grpc=target,
+            dr_copy_workers=workers,
+        )
+    )
+    recorded: list[str] = []
+    lock = threading.Lock()
+
+    def record(env: pb.Envelope, st: pb.InstanceStored) -> None:
+        assert c.hot.exists(st.location.key), "recorded before it was stored"
+        with lock:
+            recorded.append(env.event_id)
+
+    c._record = record  # type: ignore[method-assign]
+    return c, recorded
+
+
+def test_copies_in_parallel_within_the_pool_size(tmp_path: Path, peer: tuple[Peer, str]) -> None:
+    servicer, target = peer
+    envs = [_stored(sop, data) for sop, data in servicer.objects.items()]
+    c, recorded = _copier(tmp_path, target, workers=4)
+    try:
+        c.copy_batch(envs)
+    finally:
+        c.pool.shutdown()
+        c.channel.close()
+    assert sorted(recorded) == sorted(e.event_id for e in envs)  # each recorded once
+    for e in envs:
+        st = e.instance_stored
+        with c.hot.open(st.location.key) as f:
+            assert f.read() == servicer.objects[st.sop_instance_uid]
+    assert c.result.copied == len(envs)
+    assert 1 < servicer.most <= 4, servicer.most  # parallel, and bounded by the pool
+    assert not list(c.hot.incoming.iterdir())  # no spool file left behind
+
+
+def test_a_copy_that_does_not_match_is_neither_stored_nor_recorded(
+    tmp_path: Path, peer: tuple[Peer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servicer, target = peer
+    good = _stored("1.2.3.0", servicer.objects["1.2.3.0"])
+    bad = _stored("1.2.3.1", b"what ingest stored at A")  # the peer now sends other bytes
+    monkeypatch.setattr(replicate, "NOT_FOUND_PATIENCE", 0.5)  # give up soon
+    c, recorded = _copier(tmp_path, target, workers=2)
+    try:
+        c.copy_batch([good, bad])
+    finally:
+        c.pool.shutdown()
+        c.channel.close()
+    assert recorded == [good.event_id]
+    assert not c.hot.exists(bad.instance_stored.location.key)
+    assert c.result.copied == 1 and c.result.skipped == 1
+    assert not list(c.hot.incoming.iterdir())
+
+
+def test_the_batch_raises_unavailable_when_the_peer_is_down(tmp_path: Path) -> None:
+    """Unreachable peer: the batch fails (the caller retries it, holding the offsets)."""
+    from strata.common.errors import Unavailable
+
+    env = _stored("1.2.3.0", b"x")
+    c, recorded = _copier(tmp_path, f"127.0.0.1:{free_port()}", workers=2)
+    try:
+        with pytest.raises(Unavailable):
+            c.copy_batch([env])
+    finally:
+        c.pool.shutdown()
+        c.channel.close()
+    assert recorded == []
+
+
+def test_a_retried_batch_does_not_record_again_until_committed(
+    tmp_path: Path, peer: tuple[Peer, str]
+) -> None:
+    """The batch is retried after a failure (the peer gone mid-batch): what it already
+    recorded is not recorded twice; once its offsets are committed, a redelivery of an object
+    already here is recorded (a crash between the copy and its record)."""
+    servicer, target = peer
+    envs = [_stored(sop, servicer.objects[sop]) for sop in ("1.2.3.0", "1.2.3.1")]
+    c, recorded = _copier(tmp_path, target, workers=2)
+    try:
+        c.copy_batch(envs)
+        c.copy_batch(envs)  # the retry
+        assert sorted(recorded) == sorted(e.event_id for e in envs)
+        c.committed()
+        c.copy_batch(envs[:1])  # redelivered after the commit: here already, recorded
+    finally:
+        c.pool.shutdown()
+        c.channel.close()
+    assert recorded.count(envs[0].event_id) == 2 and c.result.present == 1
