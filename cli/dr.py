@@ -168,6 +168,17 @@ def accepts_ingest(settings: Settings) -> tuple[bool, str]:
     )
 
 
+def require_primary(settings: Settings, what: str) -> None:
+    """Refuse a decision an operator asks of a follower site: it would be written into the
+    follower's log only, which the primary never reads (a legal hold placed at B would not stop
+    A's retention; a re-driven route would wait for a router that runs only at the primary)."""
+    from strata.common.errors import StrataError
+
+    ok, reason = accepts_ingest(settings)
+    if not ok:
+        raise StrataError(f"{what} refused: {reason}; do it at the primary site")
+
+
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     from strata.common.events import envelope
     from strata.processors.replay import end_positions

@@ -639,6 +639,9 @@ def cmd_hold(settings: Settings, args: argparse.Namespace) -> int:
     instance_key(args.study, "1", "1", "0" * 64)  # validates the UID (precise error if not)
     if not args.reason:
         raise StrataError("--reason is required (it is recorded in the event)")
+    from strata.cli.dr import require_primary
+
+    require_primary(settings, f"hold {args.action}")
     if args.action == "place":
         payload: Any = pb.LegalHoldPlaced(
             hold_id=args.hold_id, reason=args.reason, placed_by=_operator(args)

@@ -122,10 +122,12 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
     from google.protobuf.json_format import ParseDict
 
+    from strata.cli.dr import require_primary
     from strata.common import kafka
     from strata.common.events import envelope
     from strata.proto.strata.v1 import events_pb2 as pb
 
+    require_primary(settings, "route redrive")
     d = _get(settings, f"/routes/{urllib.parse.quote(args.route_id)}")
     if d["state"] != "dead-lettered":
         raise StrataError(f"route {args.route_id} is {d['state']}, not dead-lettered")

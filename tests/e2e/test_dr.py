@@ -42,6 +42,14 @@ def test_secondary_is_fenced(sites: Sites, tmp_path: Path) -> None:
     assert rsp and rsp[0] != "Success", out[-2000:]
     st = json.loads(sites.b.cli("dr", "status", "--json").stdout)
     assert st["primary"] == "A" and st["accepts_ingest"] is False and st["mirror"] == "running"
+    # An operator's decision at the follower would live in B's log only, which A never reads
+    # (a hold that does not stop A's retention): refused, and nothing written.
+    study = "1.2.826.0.1.3680043.8.498.77"
+    r = sites.b.cli("hold", "place", study, "--reason", "litigation", check=False)
+    assert r.returncode == 2 and "hold place refused" in r.stderr and "primary" in r.stderr, r
+    assert not [
+        e for _p, _o, e in _log(sites.b) if e.WhichOneof("payload") == "legal_hold_placed"
+    ]
 
 
 def _log(site: Stack) -> list[tuple[int, int, pb.Envelope]]:
