@@ -46,6 +46,20 @@ _BULK_ELEMENT = re.compile(r'"([0-9A-F]{8})":\{"vr":"([A-Z]{2})",' + re.escape(B
 _TAG = re.compile(r"[0-9A-F]{8}")
 
 
+async def _write_part(resp: web.StreamResponse, boundary: str, ctype: str, data: bytes) -> None:
+    """One part of a multipart/related response (``ctype`` already header-safe)."""
+    await resp.write(
+        f"--{boundary}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+    )
+    await resp.write(data)
+    await resp.write(b"\r\n")
+
+
+async def _end_parts(resp: web.StreamResponse, boundary: str) -> None:
+    await resp.write(f"--{boundary}--\r\n".encode())
+    await resp.write_eof()
+
+
 def _bulk_uri(instance_url: str, m: re.Match[str]) -> str:
     """A marked element with the URI of its bulk data resource."""
     uri = json.dumps(f"{instance_url}/bulkdata/{m[1]}")
@@ -113,15 +127,9 @@ class Wado(Handlers):
             except Exception as exc:  # noqa: BLE001 - a codec failure: this part is left out
                 log.error("WADO-RS: %s cannot be transcoded: %s", loc.sop_uid, exc)
                 continue
-            await resp.write(
-                f"--{boundary}\r\nContent-Type: application/dicom; "
-                f"transfer-syntax={_header_safe(ts)}\r\n"
-                f"Content-Length: {len(data)}\r\n\r\n".encode()
-            )
-            await resp.write(data)
-            await resp.write(b"\r\n")
-        await resp.write(f"--{boundary}--\r\n".encode())
-        await resp.write_eof()
+            ctype = f"application/dicom; transfer-syntax={_header_safe(ts)}"
+            await _write_part(resp, boundary, ctype, data)
+        await _end_parts(resp, boundary)
         return resp
 
     async def _object_bytes(self, loc: Located, wanted_ts: str) -> tuple[bytes, str]:
@@ -213,14 +221,7 @@ class Wado(Handlers):
         except NotFound as exc:
             return _error(404, str(exc))
         boundary = uuid.uuid4().hex
-        body = (
-            f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n".encode()
-            + data
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        return web.Response(
-            body=body,
+        resp = web.StreamResponse(
             headers={
                 "Content-Type": 'multipart/related; type="application/octet-stream"; '
                 f"boundary={boundary}",
@@ -228,6 +229,10 @@ class Wado(Handlers):
                 "Cache-Control": "private, max-age=3600",
             },
         )
+        await resp.prepare(request)
+        await _write_part(resp, boundary, "application/octet-stream", data)
+        await _end_parts(resp, boundary)
+        return resp
 
     def _element_value(self, loc: Located, tag: int) -> bytes:
         import pydicom
@@ -269,14 +274,8 @@ class Wado(Handlers):
         )
         await resp.prepare(request)
         for data in parts:
-            await resp.write(
-                f"--{boundary}\r\nContent-Type: {_header_safe(media)}\r\n"
-                f"Content-Length: {len(data)}\r\n\r\n".encode()
-            )
-            await resp.write(data)
-            await resp.write(b"\r\n")
-        await resp.write(f"--{boundary}--\r\n".encode())
-        await resp.write_eof()
+            await _write_part(resp, boundary, _header_safe(media), data)
+        await _end_parts(resp, boundary)
         return resp
 
     def _frames(
