@@ -104,19 +104,7 @@ class Emitter:
                 series_emptied=left_series[k] <= 0,
                 study_emptied=left_study[c.study_uid] <= 0,
             )
-            p = Pending(
-                eid,
-                "delete",
-                c.study_uid,
-                c.series_uid,
-                c.sop_uid,
-                c.sha256,
-                c.size_bytes,
-                c.tier,
-                c.storage_key,
-                "",
-                c.log_offset,
-            )
+            p = Pending.of(eid, "delete", c)
             out.append((p, wrap(d, c.study_uid, eid, self.node, now)))
         return out
 

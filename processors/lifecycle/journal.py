@@ -11,8 +11,12 @@ import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from strata.common.fs import fsync_dir
+
+if TYPE_CHECKING:
+    from strata.processors.lifecycle.candidates import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,23 @@ class Pending:
     key: str
     target_tier: str  # "" for a delete
     basis_offset: int  # log offset of the index row the decision was made on
+
+    @classmethod
+    def of(cls, event_id: str, kind: str, c: Candidate, target_tier: str = "") -> Pending:
+        """The entry of a decision on candidate ``c`` (candidates.py)."""
+        return cls(
+            event_id,
+            kind,
+            c.study_uid,
+            c.series_uid,
+            c.sop_uid,
+            c.sha256,
+            c.size_bytes,
+            c.tier,
+            c.storage_key,
+            target_tier,
+            c.log_offset,
+        )
 
 
 class Journal:

@@ -204,19 +204,7 @@ class LifecycleProcessor(TierExecutor, Emitter):
             supersedes = ""  # filled below
             events.append(
                 (
-                    Pending(
-                        eid,
-                        "move",
-                        c.study_uid,
-                        c.series_uid,
-                        c.sop_uid,
-                        c.sha256,
-                        c.size_bytes,
-                        c.tier,
-                        c.storage_key,
-                        target,
-                        c.log_offset,
-                    ),
+                    Pending.of(eid, "move", c, target),
                     self._moved_event(c, target, rule, eid, now, supersedes),
                 )
             )
