@@ -8,6 +8,7 @@ finding by C-FIND over SASL_SSL with these ACLs, is tests/e2e/test_dicom_tls.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,20 @@ from strata.stack.procs import free_port
 pytestmark = pytest.mark.integration
 
 
+@contextlib.contextmanager
+def running_secured(s: Settings, ready_within: float) -> Iterator[Settings]:
+    """The broker(s) of ``s`` up with SASL_SSL, the credentials and ACLs applied, the topics
+    made; stopped afterwards."""
+    broker.start(s)
+    try:
+        broker.wait_ready(s, ready_within)
+        security.apply(s)
+        kafka.ensure_topics(security.as_principal(s, security.ADMIN))
+        yield s
+    finally:
+        broker.stop(s)
+
+
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     home = tmp_path_factory.mktemp("kafka-sasl")
@@ -34,14 +49,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         kafka_security="sasl_ssl",
         node_name="sasl-test",
     )
-    broker.start(s)
-    try:
-        broker.wait_ready(s, 120)
-        security.apply(s)
-        kafka.ensure_topics(security.as_principal(s, security.ADMIN))
+    with running_secured(s, 120):
         yield s
-    finally:
-        broker.stop(s)
 
 
 def produce(config: dict[str, Any], topic: str, timeout: float = 20) -> tuple[Any, list[Any]]:
@@ -209,14 +218,8 @@ def test_a_cluster_replicates_over_sasl_ssl(tmp_path: Path) -> None:
         kafka_security="sasl_ssl",
         node_name="sasl-cluster",
     )
-    broker.start(s)
-    try:
-        broker.wait_ready(s, 180)
-        security.apply(s)
-        kafka.ensure_topics(security.as_principal(s, security.ADMIN))
+    with running_secured(s, 180):
         err, _ = produce(config_of(s, security.INGEST), s.study_topic, 60)
         assert err is None
         err, _ = produce(config_of(s, security.ROUTER), s.quarantine_topic)
         assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
-    finally:
-        broker.stop(s)
