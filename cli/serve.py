@@ -338,6 +338,7 @@ def serve_index(settings: Settings) -> None:
                     max_chunk_bytes=settings.grpc_max_chunk_bytes,
                     max_watch_streams=settings.grpc_max_watch_streams,
                     max_retrieve_streams=settings.grpc_max_retrieve_streams,
+                    hot_root=settings.hot_dir,
                 ),
                 settings.bind_host,
                 settings.grpc_port,

@@ -41,6 +41,61 @@ class CopyResult:
 
 
 NOT_FOUND_PATIENCE = 120.0  # seconds a peer may answer NOT_FOUND (its index lags its log)
+FETCH_GROUP = 50  # objects of one FetchObjects request at most
+
+
+class Unsupported(Exception):
+    """The peer does not serve FetchObjects (an older version): fetch through the index."""
+
+
+def fetch_objects(
+    stub: Any, envs: list[pb.Envelope], spool: Path, timeout: float = 120.0
+) -> tuple[dict[str, tuple[Path, str]], set[str]]:
+    """Stream the objects of these InstanceStored events from the peer's hot tier by storage
+    key (FetchObjects: one request, no index lookup at the peer) into files under ``spool``.
+    Returns key -> (file, sha256) of those sent, and the keys the peer's hot tier lacks."""
+    import grpc
+
+    from strata.proto.strata.v1 import query_pb2 as q
+
+    refs: dict[str, Any] = {}
+    for env in envs:
+        st = env.instance_stored
+        refs.setdefault(
+            st.location.key,
+            q.ObjectRef(
+                key=st.location.key,
+                study_instance_uid=st.study_instance_uid,
+                sop_instance_uid=st.sop_instance_uid,
+            ),
+        )
+    files: dict[str, tuple[Any, Any, Path]] = {}
+    missing: set[str] = set()
+    try:
+        req = q.FetchObjectsRequest(objects=list(refs.values()))
+        for chunk in stub.FetchObjects(req, timeout=timeout):
+            if chunk.missing:
+                missing.add(chunk.key)
+                continue
+            if chunk.key not in files:
+                path = spool / f"{uuid.uuid4().hex}.part"
+                files[chunk.key] = (open(path, "wb"), hashlib.sha256(), path)  # noqa: SIM115
+            f, h, _ = files[chunk.key]
+            f.write(chunk.data)
+            h.update(chunk.data)
+    except grpc.RpcError as exc:
+        code = exc.code()  # type: ignore[attr-defined]
+        for f, _h, path in files.values():
+            f.close()
+            path.unlink(missing_ok=True)
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            raise Unsupported(str(exc.details())) from exc  # type: ignore[attr-defined]
+        raise Unavailable(f"peer: {code.name}") from exc
+    out = {}
+    for key, (f, h, path) in files.items():
+        f.close()
+        out[key] = (path, h.hexdigest())
+    return out, missing
 
 
 def fetch_many(
@@ -93,35 +148,50 @@ class Copier:
         self.channel = grpc.insecure_channel(settings.dr_peer_grpc)
         self.stub = q_grpc.QueryServiceStub(self.channel)
         self._lock = threading.Lock()
-        # event ids recorded since the last offset commit: a batch retried after a failure
-        # (the peer gone mid-batch) does not record again what it already recorded
+        # event ids whose InstanceReplicated Kafka confirmed since the last offset commit: a
+        # batch retried after a failure (the peer gone mid-batch) does not record them again
         self._recorded: set[str] = set()
+        self._unconfirmed: list[str] = []  # delivery errors of the batch's records
+        self._by_key = True  # the peer serves FetchObjects (False: an older peer)
         self.pool = ThreadPoolExecutor(
             max(1, settings.dr_copy_workers), thread_name_prefix="dr-copy"
         )
 
     def copy_batch(self, envs: list[pb.Envelope]) -> None:
         """Copy the objects of these InstanceStored events that are not here; returns when each
-        is here, or was given up (NOT_FOUND for longer than NOT_FOUND_PATIENCE). Raises
-        Unavailable (the caller retries the batch: what is done stays done).
+        is here and its InstanceReplicated confirmed by Kafka, or was given up (NOT_FOUND for
+        longer than NOT_FOUND_PATIENCE). Raises Unavailable (the caller retries the batch:
+        what is done stays done).
 
-        Objects are copied by a pool of STRATA_DR_COPY_WORKERS threads, each one object from
-        fetch to record, so a batch takes about its slowest object rather than their sum (and
-        one the peer has not indexed yet holds up no other). The caller commits the batch's
-        offsets only once every object is here and recorded, as before."""
-        jobs = []
+        The batch is split into up to STRATA_DR_COPY_WORKERS groups of at most FETCH_GROUP
+        objects, each fetched by one FetchObjects request (by storage key, from the peer's hot
+        tier: no index lookup or audit record per object at the peer) by a thread of the pool,
+        verified, stored and its records produced; the records are flushed once for the batch.
+        An object the peer's hot tier lacks (moved to cold since) is fetched alone through
+        RetrieveInstances, which finds it in any tier. The caller commits the batch's offsets
+        only once this returns."""
+        todo = []
         for env in envs:
-            st = env.instance_stored
-            if st.location.tier != "hot":
+            if env.instance_stored.location.tier != "hot":
                 self._count("skipped")  # cold objects are shared through S3 (docs/dr.md)
-            else:
-                jobs.append(self.pool.submit(self._copy_one, env))
+                continue
+            with self._lock:
+                if env.event_id in self._recorded:
+                    continue
+            todo.append(env)
+        workers = max(1, self.settings.dr_copy_workers)
+        size = min(FETCH_GROUP, max(1, -(-len(todo) // workers)))
+        jobs = [
+            self.pool.submit(self._copy_group, todo[i : i + size])
+            for i in range(0, len(todo), size)
+        ]
         errors = []
         for job in jobs:  # every job ends (done, given up, stopped or failed) before we return
             try:
                 job.result()
             except Unavailable as exc:
                 errors.append(exc)
+        self._confirm()
         if errors:
             raise errors[0]
 
@@ -129,19 +199,61 @@ class Copier:
         with self._lock:
             setattr(self.result, what, getattr(self.result, what) + n)
 
+    def _copy_group(self, envs: list[pb.Envelope]) -> None:
+        """Objects here already are recorded; the others fetched by key in one request,
+        verified, stored and recorded; what that does not bring is copied one by one."""
+        want = []
+        for env in envs:
+            if self.hot.exists(env.instance_stored.location.key):
+                # Here already (a re-copy after a crash between the copy and its record, a
+                # rebuilt log): recorded all the same, else the fact is never in the log
+                # (sync mode waits for it; fail-back would list the instance as missing).
+                self._count("present")
+                self._record(env, env.instance_stored)
+            else:
+                want.append(env)
+        if not want:
+            return
+        got: dict[str, tuple[Path, str]] = {}
+        if self._by_key:
+            try:
+                got, missing = fetch_objects(self.stub, want, self.hot.incoming)
+                if missing:
+                    log.info("%d objects not in the peer's hot tier: via its index", len(missing))
+            except Unsupported as exc:
+                log.warning("peer has no FetchObjects (%s): fetching through its index", exc)
+                self._by_key = False
+        try:
+            for env in want:
+                st = env.instance_stored
+                path, digest = got.pop(st.location.key, (None, ""))
+                if path is not None and digest == st.sha256:
+                    try:
+                        self.hot.put_file(st.location.key, path)
+                    finally:
+                        path.unlink(missing_ok=True)
+                    self._count("copied")
+                    self._record(env, st)
+                    continue
+                if path is not None:
+                    path.unlink(missing_ok=True)
+                    log.error(
+                        "copy of %s has sha256 %s, not the recorded %s: not stored",
+                        st.sop_instance_uid, digest[:12], st.sha256[:12],
+                    )  # fmt: skip
+                self._copy_one(env)
+        finally:
+            for path, _d in got.values():  # not used (a stop, an error): no spool file left
+                path.unlink(missing_ok=True)
+
     def _copy_one(self, env: pb.Envelope) -> None:
-        """One object: here already (recorded), or fetched, verified, stored and recorded; or
-        given up after NOT_FOUND_PATIENCE; or left as it is when the copier stops."""
+        """One object through the peer's index (RetrieveInstances, any tier): fetched,
+        verified, stored and recorded; or given up after NOT_FOUND_PATIENCE; or left as it is
+        when the copier stops."""
         st = env.instance_stored
-        with self._lock:
-            if env.event_id in self._recorded:
-                return
         if self.hot.exists(st.location.key):
-            # Here already (a re-copy after a crash between the copy and its record, a rebuilt
-            # log): recorded all the same, else the fact is never in the log (sync mode waits
-            # for it; fail-back would list the instance as missing).
             self._count("present")
-            self._recorded_now(env, st)
+            self._record(env, st)
             return
         study, series, sop = st.study_instance_uid, st.series_instance_uid, st.sop_instance_uid
         since = time.monotonic()
@@ -162,7 +274,7 @@ class Copier:
                     if digest == st.sha256:
                         self.hot.put_file(st.location.key, path)
                         self._count("copied")
-                        self._recorded_now(env, st)
+                        self._record(env, st)
                         return
                     log.error(
                         "copy of %s has sha256 %s, not the recorded %s: not stored",
@@ -180,6 +292,8 @@ class Copier:
             self.stop_event.wait(0.1)
 
     def _record(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
+        """Produce the InstanceReplicated of a copy that is here (not flushed: ``_confirm``
+        waits for the batch's records at once); Kafka's confirmation marks it recorded."""
         rep = pb.InstanceReplicated(
             sop_instance_uid=st.sop_instance_uid,
             series_instance_uid=st.series_instance_uid,
@@ -197,7 +311,15 @@ class Copier:
             node=self.settings.node_name,
             occurred_at=datetime.now(UTC),
         )
-        errors: list[str] = []
+        source = env.event_id
+
+        def delivered(err: Any, _msg: Any) -> None:
+            with self._lock:
+                if err:
+                    self._unconfirmed.append(str(err))
+                else:
+                    self._recorded.add(source)
+
         with self._lock:
             if self._producer is None:
                 self._producer = kafka.producer(self.settings, "durable", "dr-copier")
@@ -206,15 +328,19 @@ class Copier:
             self.settings.study_topic,
             key=st.study_instance_uid.encode(),
             value=out.SerializeToString(),
-            on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
+            on_delivery=delivered,
         )
-        if p.flush(30) or errors:
-            raise Unavailable(f"InstanceReplicated not confirmed: {errors[:1] or 'timeout'}")
 
-    def _recorded_now(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
-        self._record(env, st)
+    def _confirm(self) -> None:
+        """Wait until Kafka confirmed every record produced; raises Unavailable otherwise (the
+        batch is retried: a record not confirmed is produced again)."""
+        if self._producer is None:
+            return
+        left = self._producer.flush(30)
         with self._lock:
-            self._recorded.add(env.event_id)
+            errors, self._unconfirmed = self._unconfirmed, []
+        if left or errors:
+            raise Unavailable(f"InstanceReplicated not confirmed: {errors[:1] or 'timeout'}")
 
     def committed(self) -> None:
         """The batch's offsets are committed: a redelivery from now on (a restart, a rebuilt

@@ -245,6 +245,7 @@ _GRPC_ACTIONS = {
     "GetStudyMetadata": (audit.VIEW, ""),
     "GetStudyHistory": (audit.VIEW, ""),
     "RetrieveInstances": (audit.RETRIEVE, ""),
+    "FetchObjects": (audit.RETRIEVE, ""),  # the second site's copier: one event per request
     "WatchEvents": (audit.QUERY, ""),
 }
 
@@ -271,9 +272,13 @@ def grpc_interceptor(index: Any) -> Any:
             what.patient_ids.extend(_uids(match.get("PatientID", "")))
             what.study_instance_uids.extend(_uids(match.get("StudyInstanceUID", "")))
         study = getattr(request, "study_instance_uid", "")
-        if study:
-            what.study_instance_uids.append(study)
-            what.patient_ids.extend(_patients(index, [study]))
+        studies = [study] if study else []
+        for ref in getattr(request, "objects", ()):  # FetchObjects
+            if ref.study_instance_uid and ref.study_instance_uid not in studies:
+                studies.append(ref.study_instance_uid)
+        if studies:
+            what.study_instance_uids.extend(studies)
+            what.patient_ids.extend(_patients(index, studies))
         what.instances = len(call.sops)
         audit.record(
             action,
@@ -327,7 +332,7 @@ def grpc_interceptor(index: Any) -> Any:
                     try:
                         for item in inner_s(request, context):
                             sop = getattr(item, "sop_instance_uid", "")
-                            if sop:
+                            if sop and not getattr(item, "missing", False):
                                 call.sops.add(sop)
                             yield item
                         code = "OK"

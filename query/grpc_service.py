@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from strata.archive.keys import UnsafeKey, key_path
 from strata.common import kafka
 from strata.common.auth import grpc_interceptor
 from strata.common.errors import DeadlineExceeded, Invalid, NotFound, StrataError, Unavailable
@@ -79,6 +82,7 @@ NUMERIC = {"IS"}
 
 
 MAX_SOP_UIDS = 10_000  # sop_instance_uids of one RetrieveInstances request
+MAX_FETCH_OBJECTS = 1000  # objects of one FetchObjects request
 
 
 @dataclass
@@ -90,7 +94,8 @@ class Deps:
     query_timeout: float = 0.0  # s, the server's limit on one search (0 = none)
     max_chunk_bytes: int = 4 * 1024**2  # largest RetrieveInstances chunk
     max_watch_streams: int = 8  # concurrent WatchEvents streams
-    max_retrieve_streams: int = 8  # concurrent RetrieveInstances streams
+    max_retrieve_streams: int = 8  # concurrent RetrieveInstances (and FetchObjects) streams
+    hot_root: Path | None = None  # the hot tier FetchObjects reads (None: not served)
 
 
 class _Slots:
@@ -308,6 +313,58 @@ class QueryService(q_grpc.QueryServiceServicer):
                     msg.last = offset >= loc.size_bytes
                     yield msg
         except (StrataError, _Deadline) as exc:
+            _abort(context, exc)
+
+    # ------------------------------------------------------------------ objects by key
+    def FetchObjects(  # noqa: N802
+        self, request: q.FetchObjectsRequest, context: Any
+    ) -> Iterator[q.ObjectChunk]:
+        """The second site's copier (docs/dr.md): objects by storage key from the hot tier,
+        no index lookup (the event that names the key is the reference; the copier verifies
+        the SHA-256 it recorded). Shares the retrieve streams' slots."""
+        self._retrieves.acquire(context)
+        try:
+            yield from self._fetch(request, context)
+        finally:
+            self._retrieves.release()
+
+    def _fetch(self, request: q.FetchObjectsRequest, context: Any) -> Iterator[q.ObjectChunk]:
+        try:
+            if self.d.hot_root is None:
+                raise Unavailable("this node serves no hot tier")
+            if len(request.objects) > MAX_FETCH_OBJECTS:
+                raise Invalid(f"at most {MAX_FETCH_OBJECTS} objects in one request")
+            # every key is checked before any byte is sent: an unsafe one fails the request
+            try:
+                paths = [key_path(self.d.hot_root, o.key) for o in request.objects]
+            except UnsafeKey as exc:
+                raise Invalid(f"unsafe storage key: {exc}") from exc
+            size = min(request.chunk_size or (1 << 20), self.d.max_chunk_bytes)
+            for ref, path in zip(request.objects, paths, strict=True):
+                try:
+                    f = open(path, "rb")  # noqa: SIM115
+                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                    yield q.ObjectChunk(key=ref.key, sop_instance_uid=ref.sop_instance_uid,
+                                        missing=True, last=True)  # fmt: skip
+                    continue
+                with f:
+                    total = os.fstat(f.fileno()).st_size
+                    offset = 0
+                    while True:
+                        if not context.is_active():
+                            return
+                        data = f.read(size)
+                        msg = q.ObjectChunk(
+                            key=ref.key, sop_instance_uid=ref.sop_instance_uid, offset=offset,
+                            data=data, last=offset + len(data) >= total,
+                        )  # fmt: skip
+                        if offset == 0:
+                            msg.size_bytes = total
+                        offset += len(data)
+                        yield msg
+                        if msg.last:
+                            break
+        except StrataError as exc:
             _abort(context, exc)
 
     # ------------------------------------------------------------------ history

@@ -1,7 +1,9 @@
 """The object copier (processors/replicate.py) against a real gRPC peer served in this process
-(no Kafka: the record of each copy is captured): objects are copied by a bounded pool, each
-one verified against its recorded SHA-256 before it is stored, and recorded only once stored;
-a copy whose bytes do not match is never stored nor recorded."""
+(no Kafka: a fake producer captures the record of each copy and confirms it at flush): objects
+are fetched by storage key in a few requests run by a bounded pool, each one verified against
+its recorded SHA-256 before it is stored, and recorded only once stored; a copy whose bytes do
+not match is never stored nor recorded; a peer without FetchObjects, or whose hot tier lacks
+an object, is asked through RetrieveInstances."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from strata.common.events import envelope
+from strata.common.events import decode, envelope
 from strata.common.settings import Settings
 from strata.processors import replicate
 from strata.processors.replicate import Copier
@@ -26,9 +28,10 @@ from strata.proto.strata.v1 import query_pb2_grpc as q_grpc
 from tests.support.stack import free_port
 
 
-class Peer(q_grpc.QueryServiceServicer):
-    """The primary's RetrieveInstances: ``objects`` sop -> bytes; each answer takes ``delay``
-    seconds (an object the primary streams from its disk); counts concurrent requests."""
+class OldPeer(q_grpc.QueryServiceServicer):
+    """The primary's RetrieveInstances only (an older version: FetchObjects answers
+    UNIMPLEMENTED): ``objects`` sop -> bytes; each answer takes ``delay`` seconds (an object
+    the primary streams from its disk); counts concurrent requests."""
 
     def __init__(self, objects: dict[str, bytes], delay: float) -> None:
         self.objects = objects
@@ -37,12 +40,17 @@ class Peer(q_grpc.QueryServiceServicer):
         self.now = 0
         self.most = 0
         self.requests = 0
+        self.fetches = 0
+        self.hot: dict[str, bytes] = {}  # key -> bytes: what FetchObjects serves
 
-    def RetrieveInstances(self, request: Any, context: Any) -> Iterator[Any]:  # noqa: N802
+    def _begin(self) -> None:
         with self.lock:
             self.now += 1
             self.requests += 1
             self.most = max(self.most, self.now)
+
+    def RetrieveInstances(self, request: Any, context: Any) -> Iterator[Any]:  # noqa: N802
+        self._begin()
         try:
             time.sleep(self.delay)  # the peer's work, not a synchronization
             for sop in request.sop_instance_uids:
@@ -55,10 +63,29 @@ class Peer(q_grpc.QueryServiceServicer):
                 self.now -= 1
 
 
-@pytest.fixture
-def peer() -> Iterator[tuple[Peer, str]]:
-    objects = {f"1.2.3.{i}": f"object {i} ".encode() * 1000 for i in range(12)}
-    servicer = Peer(objects, delay=0.2)
+class Peer(OldPeer):
+    """And FetchObjects, from ``hot`` (key -> bytes), each request taking ``delay``."""
+
+    def FetchObjects(self, request: Any, context: Any) -> Iterator[Any]:  # noqa: N802
+        self._begin()
+        with self.lock:
+            self.fetches += 1
+        try:
+            time.sleep(self.delay)  # the peer's work, not a synchronization
+            for ref in request.objects:
+                data = self.hot.get(ref.key)
+                if data is None:
+                    yield q.ObjectChunk(key=ref.key, missing=True, last=True)
+                    continue
+                for i in range(0, len(data), 4096):  # several chunks per object
+                    part = data[i : i + 4096]
+                    yield q.ObjectChunk(key=ref.key, offset=i, data=part)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def _serve(servicer: OldPeer) -> Iterator[tuple[Any, str]]:
     server = grpc.server(futures.ThreadPoolExecutor(16))
     q_grpc.add_QueryServiceServicer_to_server(servicer, server)
     port = free_port()
@@ -68,6 +95,22 @@ def peer() -> Iterator[tuple[Peer, str]]:
         yield servicer, f"127.0.0.1:{port}"
     finally:
         server.stop(0)
+
+
+OBJECTS = {f"1.2.3.{i}": f"object {i} ".encode() * 1000 for i in range(12)}
+
+
+@pytest.fixture
+def peer() -> Iterator[tuple[Peer, str]]:
+    """A current peer whose hot tier holds every object."""
+    servicer = Peer(dict(OBJECTS), delay=0.2)
+    servicer.hot = {_stored(s, d).instance_stored.location.key: d for s, d in OBJECTS.items()}
+    yield from _serve(servicer)
+
+
+@pytest.fixture
+def old_peer() -> Iterator[tuple[OldPeer, str]]:
+    yield from _serve(OldPeer(dict(OBJECTS), delay=0.2))
 
 
 def _stored(sop: str, data: bytes) -> pb.Envelope:
@@ -83,6 +126,35 @@ def _stored(sop: str, data: bytes) -> pb.Envelope:
     return envelope(st, study_uid="1.2", service="ingest", node="a")
 
 
+class FakeProducer:
+    """Kafka's producer as the copier uses it: records are confirmed (or refused, while
+    ``refuse`` is set) at flush; ``sent`` lists the source event id of each confirmed one."""
+
+    def __init__(self, copier: Copier) -> None:
+        self.copier = copier
+        self.lock = threading.Lock()
+        self.pending: list[tuple[str, Any]] = []
+        self.sent: list[str] = []
+        self.refuse = False
+
+    def produce(self, topic: str, key: bytes, value: bytes, on_delivery: Any) -> None:
+        rep = decode(value).instance_replicated
+        assert self.copier.hot.exists(rep.location.key), "recorded before it was stored"
+        with self.lock:
+            self.pending.append((rep.source_event_id, on_delivery))
+
+    def flush(self, timeout: float) -> int:
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for source, cb in pending:
+            if self.refuse:
+                cb("NOT_ENOUGH_REPLICAS", None)
+            else:
+                self.sent.append(source)
+                cb(None, None)
+        return 0
+
+
 def _copier(tmp_path: Path, target: str, workers: int) -> tuple[Copier, list[str]]:
     c = Copier(
         Settings(
@@ -93,16 +165,8 @@ def _copier(tmp_path: Path, target: str, workers: int) -> tuple[Copier, list[str
             dr_copy_workers=workers,
         )
     )
-    recorded: list[str] = []
-    lock = threading.Lock()
-
-    def record(env: pb.Envelope, st: pb.InstanceStored) -> None:
-        assert c.hot.exists(st.location.key), "recorded before it was stored"
-        with lock:
-            recorded.append(env.event_id)
-
-    c._record = record  # type: ignore[method-assign]
-    return c, recorded
+    c._producer = FakeProducer(c)
+    return c, c._producer.sent
 
 
 def test_copies_in_parallel_within_the_pool_size(tmp_path: Path, peer: tuple[Peer, str]) -> None:
@@ -121,7 +185,84 @@ def test_copies_in_parallel_within_the_pool_size(tmp_path: Path, peer: tuple[Pee
             assert f.read() == servicer.objects[st.sop_instance_uid]
     assert c.result.copied == len(envs)
     assert 1 < servicer.most <= 4, servicer.most  # parallel, and bounded by the pool
+    # by key, one request per group of the batch: no per-object request through the index
+    assert servicer.fetches == servicer.requests == 4
     assert not list(c.hot.incoming.iterdir())  # no spool file left behind
+
+
+def test_a_large_batch_takes_few_requests(tmp_path: Path, peer: tuple[Peer, str]) -> None:
+    servicer, target = peer
+    objects = {f"1.2.4.{i}": f"small {i}".encode() for i in range(120)}
+    envs = [_stored(sop, data) for sop, data in objects.items()]
+    servicer.hot = {e.instance_stored.location.key: objects[e.instance_stored.sop_instance_uid]
+                    for e in envs}  # fmt: skip
+    servicer.delay = 0.0
+    c, recorded = _copier(tmp_path, target, workers=2)
+    try:
+        c.copy_batch(envs)
+    finally:
+        c.pool.shutdown()
+        c.channel.close()
+    assert sorted(recorded) == sorted(e.event_id for e in envs)
+    assert servicer.fetches == 3  # groups of at most replicate.FETCH_GROUP (50)
+
+
+def test_an_older_peer_is_asked_through_its_index(
+    tmp_path: Path, old_peer: tuple[OldPeer, str]
+) -> None:
+    servicer, target = old_peer
+    envs = [_stored(sop, data) for sop, data in servicer.objects.items()]
+    c, recorded = _copier(tmp_path, target, workers=4)
+    try:
+        c.copy_batch(envs)
+    finally:
+        c.pool.shutdown()
+        c.channel.close()
+    assert sorted(recorded) == sorted(e.event_id for e in envs)
+    assert c.result.copied == len(envs) and servicer.requests == len(envs)
+    assert not list(c.hot.incoming.iterdir())
+
+
+def test_an_object_gone_from_the_peers_hot_tier_is_fetched_through_its_index(
+    tmp_path: Path, peer: tuple[Peer, str]
+) -> None:
+    """Moved to the peer's cold tier since its event: FetchObjects says missing, the copier
+    asks RetrieveInstances for that one (the peer's index finds it in any tier)."""
+    servicer, target = peer
+    envs = [_stored(sop, servicer.objects[sop]) for sop in ("1.2.3.0", "1.2.3.1")]
+    del servicer.hot[envs[1].instance_stored.location.key]
+    c, recorded = _copier(tmp_path, target, workers=1)
+    try:
+        c.copy_batch(envs)
+    finally:
+        c.pool.shutdown()
+        c.channel.close()
+    assert sorted(recorded) == sorted(e.event_id for e in envs)
+    with c.hot.open(envs[1].instance_stored.location.key) as f:
+        assert f.read() == servicer.objects["1.2.3.1"]
+    assert servicer.fetches == 1 and servicer.requests == 2  # one by key, one by UID
+
+
+def test_a_record_kafka_does_not_confirm_fails_the_batch_and_is_made_again(
+    tmp_path: Path, peer: tuple[Peer, str]
+) -> None:
+    from strata.common.errors import Unavailable
+
+    servicer, target = peer
+    envs = [_stored(sop, servicer.objects[sop]) for sop in ("1.2.3.0", "1.2.3.1")]
+    c, recorded = _copier(tmp_path, target, workers=2)
+    try:
+        c._producer.refuse = True
+        with pytest.raises(Unavailable, match="not confirmed"):
+            c.copy_batch(envs)
+        assert recorded == []
+        c._producer.refuse = False
+        c.copy_batch(envs)  # the retry: the objects are here, their records are made now
+    finally:
+        c.pool.shutdown()
+        c.channel.close()
+    assert sorted(recorded) == sorted(e.event_id for e in envs)
+    assert c.result.copied == 2 and c.result.present == 2
 
 
 def test_a_copy_that_does_not_match_is_neither_stored_nor_recorded(

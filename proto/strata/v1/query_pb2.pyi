@@ -87,6 +87,42 @@ class InstanceChunk(_message.Message):
     last: bool
     def __init__(self, sop_instance_uid: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., last: _Optional[bool] = ...) -> None: ...
 
+class ObjectRef(_message.Message):
+    __slots__ = ("key", "study_instance_uid", "sop_instance_uid")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    study_instance_uid: str
+    sop_instance_uid: str
+    def __init__(self, key: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ...) -> None: ...
+
+class FetchObjectsRequest(_message.Message):
+    __slots__ = ("objects", "chunk_size")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectRef]
+    chunk_size: int
+    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectRef, _Mapping]]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+
+class ObjectChunk(_message.Message):
+    __slots__ = ("key", "sop_instance_uid", "offset", "data", "size_bytes", "last", "missing")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    sop_instance_uid: str
+    offset: int
+    data: bytes
+    size_bytes: int
+    last: bool
+    missing: bool
+    def __init__(self, key: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ..., last: _Optional[bool] = ..., missing: _Optional[bool] = ...) -> None: ...
+
 class GetStudyHistoryRequest(_message.Message):
     __slots__ = ("study_instance_uid",)
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]

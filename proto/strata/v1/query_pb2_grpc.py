@@ -69,6 +69,11 @@ class QueryServiceStub:
                 request_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchRequest.SerializeToString,
                 response_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchedEvent.FromString,
                 _registered_method=True)
+        self.FetchObjects = channel.unary_stream(
+                '/strata.v1.QueryService/FetchObjects',
+                request_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.FetchObjectsRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.ObjectChunk.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -121,6 +126,16 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchObjects(self, request, context):
+        """Objects by their storage keys (the keys InstanceStored events carry), read from this
+        site's hot tier without the index: what a second site's object copier fetches
+        (docs/dr.md). An object that is not in the hot tier is answered by one chunk with
+        missing=true; the stream goes on with the next.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +173,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchRequest.FromString,
                     response_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchedEvent.SerializeToString,
+            ),
+            'FetchObjects': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchObjects,
+                    request_deserializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.FetchObjectsRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.ObjectChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +369,33 @@ class QueryService:
             '/strata.v1.QueryService/WatchEvents',
             strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchRequest.SerializeToString,
             strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.WatchedEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/strata.v1.QueryService/FetchObjects',
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.FetchObjectsRequest.SerializeToString,
+            strata_dot_proto_dot_strata_dot_v1_dot_query__pb2.ObjectChunk.FromString,
             options,
             channel_credentials,
             insecure,
