@@ -125,3 +125,13 @@ def test_role_follows_the_epoch_without_a_restart(monkeypatch: pytest.MonkeyPatc
     assert wait_for(role.primary, 10)
     epochs.append(_epoch(3, "A"))
     assert wait_for(lambda: not role.primary(), 10)
+
+
+def test_rpo_windows_is_the_age_of_the_oldest_acknowledged_instance_not_at_b() -> None:
+    from benchmarks.dr import rpo_windows
+
+    acked = {"a": 10.0, "b": 11.0, "c": 12.0}
+    at_b = {"a": 10.5, "b": 13.0}  # c never reached B
+    w = rpo_windows(acked, at_b, 10.0, 14.0, step=0.5)
+    #        t: 10   10.5 11   11.5 12   12.5 13   13.5 14
+    assert w == [0.0, 0.0, 0.0, 0.5, 1.0, 1.5, 1.0, 1.5, 2.0]
