@@ -21,7 +21,9 @@ from strata.proto.strata.v1 import events_pb2 as pb
 log = logging.getLogger(__name__)
 
 
-def due(index: Index, quiet_seconds: float, now: datetime) -> list[tuple[str, int, int, datetime]]:
+def due(
+    index: Index, quiet_seconds: float, now: datetime
+) -> list[tuple[str, int, int, datetime, str]]:
     """Studies quiet for ``quiet_seconds`` whose latest burst was not announced yet."""
     return index.unannounced_quiet_studies(now - timedelta(seconds=quiet_seconds))
 
@@ -45,11 +47,12 @@ class StabilityEmitter:
             if err is not None:
                 failures.append(str(err))
 
-        for study, partition, offset, last in studies:
+        for study, partition, offset, last, event_id in studies:
             ev = pb.StudyStable(
                 study_instance_uid=study,
                 through_partition=partition,
                 through_offset=offset,
+                through_event_id=event_id,
                 quiet_seconds=int(self.quiet),
                 last_arrival_at=timestamp(last if last.tzinfo else last.replace(tzinfo=UTC)),
             )

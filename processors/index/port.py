@@ -190,9 +190,10 @@ class Index(Protocol):
     # ---------------------------------------------------------------- stability
     def unannounced_quiet_studies(
         self, cutoff: datetime, limit: int = 10000
-    ) -> list[tuple[str, int, int, datetime]]:
-        """(study_uid, log_partition, log_offset, last_received_at) of studies whose last
-        instance arrived before ``cutoff`` and whose latest burst has no StudyStable yet."""
+    ) -> list[tuple[str, int, int, datetime, str]]:
+        """(study_uid, log_partition, log_offset, last_received_at, event_id) of studies whose
+        last instance arrived before ``cutoff`` and whose latest burst has no StudyStable yet
+        (event_id: of that last instance's event)."""
         ...
 
     # ---------------------------------------------------------------- routing

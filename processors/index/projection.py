@@ -280,6 +280,7 @@ def rows_for(env: pb.Envelope, partition: int, offset: int, topic: str = "") -> 
                 "quiet_seconds": st.quiet_seconds,
                 "last_arrival_at": _ts(st.last_arrival_at),
                 **log,
+                "through_event_id": st.through_event_id,
             }
         ]
         return out

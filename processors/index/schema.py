@@ -71,6 +71,11 @@ CARD_COLUMNS: tuple[str, ...] = (
 )
 # The columns study_stats got after its first version (migrate adds them in this order).
 STATS_ADDED_TYPES: dict[str, str] = {**STATS_STUDY_TYPES, "card": "String"}
+# Columns other tables got after their first version, last in their table (migrate adds them,
+# empty in the rows already there): (table, column, type).
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("study_stability", "through_event_id", "String"),
+)
 
 LOG_COLUMNS = """
     log_partition UInt32,
@@ -191,6 +196,7 @@ def ddl(db: str) -> list[str]:
             quiet_seconds UInt32,
             last_arrival_at DateTime64(3, 'UTC'),
             {LOG_COLUMNS}
+            through_event_id String
         ) {_engine("study_stability")}""",
         # One row per series: the series attributes of its latest instance event.
         f"""CREATE TABLE IF NOT EXISTS {db}.series (

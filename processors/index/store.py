@@ -22,6 +22,7 @@ from strata.processors.index import search
 from strata.processors.index.port import CANDIDATE_COLUMNS, FindQuery, Located, Page
 from strata.processors.index.projection import Batch, ticks_ms
 from strata.processors.index.schema import (
+    ADDED_COLUMNS,
     DELETABLE,
     STATS_ADDED_TYPES,
     TABLES,
@@ -312,6 +313,10 @@ class IndexStore:
             # inserted now supersede the old ones).
             self.client.command(study_stats_sql(self.database, "1"))
             log.info("index table study_stats filled from instances")
+        for table, column, kind in ADDED_COLUMNS:
+            self.client.command(
+                f"ALTER TABLE {self.database}.{table} ADD COLUMN IF NOT EXISTS {column} {kind}"
+            )
         for table in TABLES:
             described = self.client.query(
                 "SELECT name, type FROM system.columns WHERE database={db:String} "
@@ -601,26 +606,32 @@ class IndexStore:
 
     def unannounced_quiet_studies(
         self, cutoff: datetime, limit: int = 10000
-    ) -> list[tuple[str, int, int, datetime]]:
+    ) -> list[tuple[str, int, int, datetime, str]]:
         db = self.database
+        # An announcement covers the study's latest arrival when it names that arrival's event
+        # id: the same at every site of a DR pair, where log offsets are not (a mirrored
+        # partition has transaction markers the primary's has not, docs/dr.md). One made before
+        # event ids were named is compared by offset, as it was then.
         rows = self.query(
             f"""
-            SELECT s.study_uid, s.log_partition, s.log_offset, s.last_received_at
+            SELECT s.study_uid, s.log_partition, s.log_offset, s.last_received_at, s.event_id
             FROM (
-                SELECT study_uid, log_partition, log_offset, last_received_at
+                SELECT study_uid, log_partition, log_offset, last_received_at, event_id
                 FROM {db}.studies FINAL
                 WHERE last_received_at < {{cutoff:DateTime64(3, 'UTC')}}
             ) AS s
             LEFT JOIN (
-                SELECT study_uid, through_offset, 1 AS announced
+                SELECT study_uid, through_offset, through_event_id, 1 AS announced
                 FROM {db}.study_stability FINAL
             ) AS st USING (study_uid)
-            WHERE st.announced = 0 OR st.through_offset < s.log_offset
+            WHERE st.announced = 0
+               OR if(st.through_event_id != '', st.through_event_id != s.event_id,
+                     st.through_offset < s.log_offset)
             ORDER BY s.last_received_at
             LIMIT {int(limit)}""",
             {"cutoff": cutoff.replace(tzinfo=None)},
         )
-        return [(str(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows]
+        return [(str(r[0]), int(r[1]), int(r[2]), r[3], str(r[4])) for r in rows]
 
     def routes(
         self, state: str = "", study_uid: str = "", limit: int = 100

@@ -168,18 +168,20 @@ class InstanceQuarantined(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., detail: _Optional[str] = ..., dimse_status: _Optional[int] = ..., sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ..., calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., peer_address: _Optional[str] = ..., ingest_node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., series_instance_uid: _Optional[str] = ..., bytes_dropped: _Optional[bool] = ..., bytes_dropped_reason: _Optional[str] = ...) -> None: ...
 
 class StudyStable(_message.Message):
-    __slots__ = ("study_instance_uid", "through_partition", "through_offset", "quiet_seconds", "last_arrival_at")
+    __slots__ = ("study_instance_uid", "through_partition", "through_offset", "quiet_seconds", "last_arrival_at", "through_event_id")
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     THROUGH_PARTITION_FIELD_NUMBER: _ClassVar[int]
     THROUGH_OFFSET_FIELD_NUMBER: _ClassVar[int]
     QUIET_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LAST_ARRIVAL_AT_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     study_instance_uid: str
     through_partition: int
     through_offset: int
     quiet_seconds: int
     last_arrival_at: _timestamp_pb2.Timestamp
-    def __init__(self, study_instance_uid: _Optional[str] = ..., through_partition: _Optional[int] = ..., through_offset: _Optional[int] = ..., quiet_seconds: _Optional[int] = ..., last_arrival_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    through_event_id: str
+    def __init__(self, study_instance_uid: _Optional[str] = ..., through_partition: _Optional[int] = ..., through_offset: _Optional[int] = ..., quiet_seconds: _Optional[int] = ..., last_arrival_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., through_event_id: _Optional[str] = ...) -> None: ...
 
 class RoutedInstance(_message.Message):
     __slots__ = ("sop_instance_uid", "sop_class_uid", "series_instance_uid", "sha256", "transfer_syntax_uid", "size_bytes", "location")
