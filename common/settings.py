@@ -263,8 +263,16 @@ class Settings:
     )
     dr_copy_workers: int = _setting(
         4,
-        "Objects the copier copies at once (fetch from the peer, verify, store, record each): "
-        "sized for a 2-core site; the peer's RetrieveInstances serves each in its own thread.",
+        "Requests the copier has in flight at once (each fetches a group of a batch's objects "
+        "from the peer, verifies, stores and records them): sized for a 2-core site; the peer "
+        "serves each in its own thread (STRATA_GRPC_MAX_RETRIEVE_STREAMS there).",
+    )
+    dr_peer_token_file: str = _setting(
+        "",
+        "File holding the bearer token (an OAuth2 access token with the peer's read scope) "
+        "the copier presents to the peer's gRPC when the peer requires tokens "
+        "(STRATA_AUTH_MODE=oidc there). Read again for every request: whatever renews the "
+        "token (a sidecar, a timer) rewrites the file. Empty: no token.",
     )
     dr_fence_check_seconds: float = _setting(
         5.0,

@@ -48,8 +48,24 @@ class Unsupported(Exception):
     """The peer does not serve FetchObjects (an older version): fetch through the index."""
 
 
+def _refused(exc: Any) -> Unavailable:
+    """A failed call as the copier reports it: the code, and why when the peer refused us."""
+    import grpc
+
+    code = exc.code()
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return Unavailable(
+            f"peer: {code.name}: {exc.details()} (the copier's token: STRATA_DR_PEER_TOKEN_FILE)"
+        )
+    return Unavailable(f"peer: {code.name}")
+
+
 def fetch_objects(
-    stub: Any, envs: list[pb.Envelope], spool: Path, timeout: float = 120.0
+    stub: Any,
+    envs: list[pb.Envelope],
+    spool: Path,
+    timeout: float = 120.0,
+    metadata: list[tuple[str, str]] | None = None,
 ) -> tuple[dict[str, tuple[Path, str]], set[str]]:
     """Stream the objects of these InstanceStored events from the peer's hot tier by storage
     key (FetchObjects: one request, no index lookup at the peer) into files under ``spool``.
@@ -73,7 +89,7 @@ def fetch_objects(
     missing: set[str] = set()
     try:
         req = q.FetchObjectsRequest(objects=list(refs.values()))
-        for chunk in stub.FetchObjects(req, timeout=timeout):
+        for chunk in stub.FetchObjects(req, timeout=timeout, metadata=metadata):
             if chunk.missing:
                 missing.add(chunk.key)
                 continue
@@ -90,7 +106,7 @@ def fetch_objects(
             path.unlink(missing_ok=True)
         if code == grpc.StatusCode.UNIMPLEMENTED:
             raise Unsupported(str(exc.details())) from exc  # type: ignore[attr-defined]
-        raise Unavailable(f"peer: {code.name}") from exc
+        raise _refused(exc) from exc
     out = {}
     for key, (f, h, path) in files.items():
         f.close()
@@ -99,7 +115,13 @@ def fetch_objects(
 
 
 def fetch_many(
-    stub: Any, study: str, series: str, sops: list[str], spool: Path, timeout: float = 120.0
+    stub: Any,
+    study: str,
+    series: str,
+    sops: list[str],
+    spool: Path,
+    timeout: float = 120.0,
+    metadata: list[tuple[str, str]] | None = None,
 ) -> dict[str, tuple[Path, str]]:
     """Stream the objects ``sops`` of one series from the peer into files under ``spool``;
     returns sop -> (file, sha256) for those the peer sent (NOT_FOUND: none of them yet)."""
@@ -112,7 +134,7 @@ def fetch_many(
         study_instance_uid=study, series_instance_uid=series, sop_instance_uids=sops
     )
     try:
-        for chunk in stub.RetrieveInstances(req, timeout=timeout):
+        for chunk in stub.RetrieveInstances(req, timeout=timeout, metadata=metadata):
             sop = chunk.sop_instance_uid
             if sop not in files:
                 path = spool / f"{uuid.uuid4().hex}.part"
@@ -127,7 +149,7 @@ def fetch_many(
             path.unlink(missing_ok=True)
         if code == grpc.StatusCode.NOT_FOUND:
             raise NotFound(f"peer has none of {len(sops)} objects of series {series}") from exc
-        raise Unavailable(f"peer: {code.name}") from exc
+        raise _refused(exc) from exc
     out = {}
     for sop, (f, h, path) in files.items():
         f.close()
@@ -195,6 +217,18 @@ class Copier:
         if errors:
             raise errors[0]
 
+    def _metadata(self) -> list[tuple[str, str]] | None:
+        """The bearer token of STRATA_DR_PEER_TOKEN_FILE, read now (it may have been renewed).
+        A file that cannot be read fails the request (the batch is retried)."""
+        path = self.settings.dr_peer_token_file
+        if not path:
+            return None
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise Unavailable(f"the copier's token file cannot be read: {exc}") from exc
+        return [("authorization", f"Bearer {token}")]
+
     def _count(self, what: str, n: int = 1) -> None:
         with self._lock:
             setattr(self.result, what, getattr(self.result, what) + n)
@@ -217,7 +251,9 @@ class Copier:
         got: dict[str, tuple[Path, str]] = {}
         if self._by_key:
             try:
-                got, missing = fetch_objects(self.stub, want, self.hot.incoming)
+                got, missing = fetch_objects(
+                    self.stub, want, self.hot.incoming, metadata=self._metadata()
+                )
                 if missing:
                     log.info("%d objects not in the peer's hot tier: via its index", len(missing))
             except Unsupported as exc:
@@ -263,7 +299,9 @@ class Copier:
             # the peer's index has already projected, without saying which it lacks.
             got: dict[str, tuple[Path, str]] = {}
             try:
-                got = fetch_many(self.stub, study, series, [sop], self.hot.incoming)
+                got = fetch_many(
+                    self.stub, study, series, [sop], self.hot.incoming, metadata=self._metadata()
+                )
             except NotFound:
                 log.info("peer has not indexed %s yet", sop)
             path, digest = got.pop(sop, (None, ""))

@@ -201,6 +201,73 @@ def _stow_body(ds: pydicom.Dataset) -> tuple[bytes, str]:
     return body, f'multipart/related; type="application/dicom"; boundary={b}'
 
 
+def test_a_second_sites_copier_fetches_with_its_token(
+    a: dict,
+    idp: IdP,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A DR follower's object copier against this site (tokens required): without a token it
+    is refused and says which setting is missing; with STRATA_DR_PEER_TOKEN_FILE holding a
+    read token it fetches the study's objects by key (FetchObjects), byte-identical, and
+    records each copy in the log."""
+    from strata.common.errors import Unavailable
+    from strata.processors.replicate import Copier
+    from tests.support.events import read_all
+
+    stack = a["stack"]
+    envs = [
+        e
+        for e in read_all(stack.settings)
+        if e.WhichOneof("payload") == "instance_stored"
+        and e.instance_stored.study_instance_uid == a["study"]
+    ]
+    assert envs
+
+    def copier(home: Path, token_file: str) -> Copier:
+        return Copier(
+            Settings(
+                home=home,
+                kafka_bootstrap=stack.settings.kafka_bootstrap,  # records go to this log
+                dr_site="B",
+                dr_peer_site="A",
+                dr_peer_grpc=f"127.0.0.1:{stack.settings.grpc_port}",
+                dr_peer_token_file=token_file,
+                dr_copy_workers=2,
+            )
+        )
+
+    def run(c: Copier, batch: list) -> None:
+        try:
+            c.copy_batch(batch)
+        finally:
+            c.pool.shutdown()
+            c.channel.close()
+            if c._producer is not None:
+                c._producer.flush(10)
+
+    with pytest.raises(Unavailable, match="UNAUTHENTICATED.*STRATA_DR_PEER_TOKEN_FILE"):
+        run(copier(tmp_path / "no-token", ""), envs)
+    token = tmp_path / "token"
+    token.write_text(idp.token(READ) + "\n")
+    c = copier(tmp_path / "b", str(token))
+    run(c, envs)
+    assert c.result.copied == len(envs) and c._by_key  # by key (FetchObjects), not via the index
+    for e in envs:
+        st = e.instance_stored
+        with (
+            c.hot.open(st.location.key) as f,
+            open(stack.settings.hot_dir / st.location.key, "rb") as g,
+        ):
+            assert f.read() == g.read()
+    mine = {e.event_id for e in envs}
+    recorded = [
+        e.instance_replicated.source_event_id
+        for e in read_all(stack.settings)
+        if e.WhichOneof("payload") == "instance_replicated"
+    ]
+    assert sorted(x for x in recorded if x in mine) == sorted(mine)
+
+
 def test_stow_needs_the_write_scope(a: dict, idp: IdP, tmp_path: Path) -> None:  # noqa: F811
     f = ct_series(tmp_path / "stow", 1, patient_id="AUTH-STOW")[0]
     ds = pydicom.dcmread(str(f))

@@ -128,6 +128,8 @@ def test_drill(sites: Sites, tmp_path: Path) -> None:
     assert out["queryable_at_b"] >= out["identical_at_b"] > 0
     assert out["rpo_instances"] < out["acknowledged"]
     assert out["rpo_oldest_missing_age_at_kill"] < 30, out
+    # had A died at any moment of the run, it would have lost less than this much ingest
+    assert out["rpo_window_samples"] > 0 and out["rpo_window_max_s"] < 30, out
     assert out["rto_seconds"] is not None and out["rto_seconds"] < 120, out
     st = json.loads(sites.b.cli("dr", "status", "--json").stdout)
     assert st["primary"] == "B" and st["epoch"] == 2 and st["accepts_ingest"] is True

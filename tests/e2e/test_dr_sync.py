@@ -73,4 +73,6 @@ def test_drill_sync_rpo_zero(sites: Sites, tmp_path: Path) -> None:
     # RPO 0: every instance storescu logged as acknowledged is queryable and byte-identical at B
     assert out["rpo_instances"] == 0, out
     assert out["queryable_at_b"] == out["identical_at_b"] == out["acknowledged"], out
+    # and at every moment of the run: each acknowledgement came after B recorded the copy
+    assert out["rpo_window_samples"] > 0 and out["rpo_window_max_s"] == 0.0, out
     assert out["rto_seconds"] is not None and out["rto_seconds"] < 120, out
