@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +61,36 @@ def _refused(exc: Any) -> Unavailable:
     return Unavailable(f"peer: {code.name}")
 
 
+def _spool(
+    chunks: Iterable[Any], spool: Path, name_of: Callable[[Any], str | None]
+) -> dict[str, tuple[Path, str]]:
+    """Write a stream of chunks into one spool file per object (``name_of(chunk)``; None: a
+    chunk without bytes) and return name -> (file, sha256). If the call fails, every file of
+    it is removed and the error raised again."""
+    files: dict[str, tuple[Any, Any, Path]] = {}
+    try:
+        for chunk in chunks:
+            name = name_of(chunk)
+            if name is None:
+                continue
+            if name not in files:
+                path = spool / f"{uuid.uuid4().hex}.part"
+                files[name] = (open(path, "wb"), hashlib.sha256(), path)  # noqa: SIM115
+            f, h, _ = files[name]
+            f.write(chunk.data)
+            h.update(chunk.data)
+    except BaseException:
+        for f, _h, path in files.values():
+            f.close()
+            path.unlink(missing_ok=True)
+        raise
+    out = {}
+    for name, (f, h, path) in files.items():
+        f.close()
+        out[name] = (path, h.hexdigest())
+    return out
+
+
 def fetch_objects(
     stub: Any,
     envs: list[pb.Envelope],
@@ -85,33 +116,22 @@ def fetch_objects(
                 sop_instance_uid=st.sop_instance_uid,
             ),
         )
-    files: dict[str, tuple[Any, Any, Path]] = {}
     missing: set[str] = set()
+
+    def name_of(chunk: Any) -> str | None:
+        if chunk.missing:
+            missing.add(chunk.key)
+            return None
+        return str(chunk.key)
+
+    req = q.FetchObjectsRequest(objects=list(refs.values()))
     try:
-        req = q.FetchObjectsRequest(objects=list(refs.values()))
-        for chunk in stub.FetchObjects(req, timeout=timeout, metadata=metadata):
-            if chunk.missing:
-                missing.add(chunk.key)
-                continue
-            if chunk.key not in files:
-                path = spool / f"{uuid.uuid4().hex}.part"
-                files[chunk.key] = (open(path, "wb"), hashlib.sha256(), path)  # noqa: SIM115
-            f, h, _ = files[chunk.key]
-            f.write(chunk.data)
-            h.update(chunk.data)
+        got = _spool(stub.FetchObjects(req, timeout=timeout, metadata=metadata), spool, name_of)
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
-        for f, _h, path in files.values():
-            f.close()
-            path.unlink(missing_ok=True)
-        if code == grpc.StatusCode.UNIMPLEMENTED:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
             raise Unsupported(str(exc.details())) from exc  # type: ignore[attr-defined]
         raise _refused(exc) from exc
-    out = {}
-    for key, (f, h, path) in files.items():
-        f.close()
-        out[key] = (path, h.hexdigest())
-    return out, missing
+    return got, missing
 
 
 def fetch_many(
@@ -129,32 +149,19 @@ def fetch_many(
 
     from strata.proto.strata.v1 import query_pb2 as q
 
-    files: dict[str, tuple[Any, Any, Path]] = {}
     req = q.RetrieveRequest(
         study_instance_uid=study, series_instance_uid=series, sop_instance_uids=sops
     )
     try:
-        for chunk in stub.RetrieveInstances(req, timeout=timeout, metadata=metadata):
-            sop = chunk.sop_instance_uid
-            if sop not in files:
-                path = spool / f"{uuid.uuid4().hex}.part"
-                files[sop] = (open(path, "wb"), hashlib.sha256(), path)  # noqa: SIM115
-            f, h, _ = files[sop]
-            f.write(chunk.data)
-            h.update(chunk.data)
+        return _spool(
+            stub.RetrieveInstances(req, timeout=timeout, metadata=metadata),
+            spool,
+            lambda chunk: str(chunk.sop_instance_uid),
+        )
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
-        for f, _h, path in files.values():
-            f.close()
-            path.unlink(missing_ok=True)
-        if code == grpc.StatusCode.NOT_FOUND:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
             raise NotFound(f"peer has none of {len(sops)} objects of series {series}") from exc
         raise _refused(exc) from exc
-    out = {}
-    for sop, (f, h, path) in files.items():
-        f.close()
-        out[sop] = (path, h.hexdigest())
-    return out
 
 
 class Copier:

@@ -169,15 +169,20 @@ def _copier(tmp_path: Path, target: str, workers: int) -> tuple[Copier, list[str
     return c, c._producer.sent
 
 
-def test_copies_in_parallel_within_the_pool_size(tmp_path: Path, peer: tuple[Peer, str]) -> None:
-    servicer, target = peer
-    envs = [_stored(sop, data) for sop, data in servicer.objects.items()]
-    c, recorded = _copier(tmp_path, target, workers=4)
+def _run(c: Copier, envs: list[pb.Envelope]) -> None:
+    """One batch, then the copier's pool and channel closed."""
     try:
         c.copy_batch(envs)
     finally:
         c.pool.shutdown()
         c.channel.close()
+
+
+def test_copies_in_parallel_within_the_pool_size(tmp_path: Path, peer: tuple[Peer, str]) -> None:
+    servicer, target = peer
+    envs = [_stored(sop, data) for sop, data in servicer.objects.items()]
+    c, recorded = _copier(tmp_path, target, workers=4)
+    _run(c, envs)
     assert sorted(recorded) == sorted(e.event_id for e in envs)  # each recorded once
     for e in envs:
         st = e.instance_stored
@@ -198,11 +203,7 @@ def test_a_large_batch_takes_few_requests(tmp_path: Path, peer: tuple[Peer, str]
                     for e in envs}  # fmt: skip
     servicer.delay = 0.0
     c, recorded = _copier(tmp_path, target, workers=2)
-    try:
-        c.copy_batch(envs)
-    finally:
-        c.pool.shutdown()
-        c.channel.close()
+    _run(c, envs)
     assert sorted(recorded) == sorted(e.event_id for e in envs)
     assert servicer.fetches == 3  # groups of at most replicate.FETCH_GROUP (50)
 
@@ -213,11 +214,7 @@ def test_an_older_peer_is_asked_through_its_index(
     servicer, target = old_peer
     envs = [_stored(sop, data) for sop, data in servicer.objects.items()]
     c, recorded = _copier(tmp_path, target, workers=4)
-    try:
-        c.copy_batch(envs)
-    finally:
-        c.pool.shutdown()
-        c.channel.close()
+    _run(c, envs)
     assert sorted(recorded) == sorted(e.event_id for e in envs)
     assert c.result.copied == len(envs) and servicer.requests == len(envs)
     assert not list(c.hot.incoming.iterdir())
@@ -232,11 +229,7 @@ def test_an_object_gone_from_the_peers_hot_tier_is_fetched_through_its_index(
     envs = [_stored(sop, servicer.objects[sop]) for sop in ("1.2.3.0", "1.2.3.1")]
     del servicer.hot[envs[1].instance_stored.location.key]
     c, recorded = _copier(tmp_path, target, workers=1)
-    try:
-        c.copy_batch(envs)
-    finally:
-        c.pool.shutdown()
-        c.channel.close()
+    _run(c, envs)
     assert sorted(recorded) == sorted(e.event_id for e in envs)
     with c.hot.open(envs[1].instance_stored.location.key) as f:
         assert f.read() == servicer.objects["1.2.3.1"]
