@@ -7,6 +7,8 @@ patient ids, never by separate stores.
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -21,3 +23,15 @@ def chdb_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IndexStore]
     index.migrate()
     yield index
     index.close()
+
+
+_db = itertools.count(1)
+
+
+def other_database(index: IndexStore, prefix: str = "strata_test") -> IndexStore:
+    """The same chDB engine (one path per process), another database, migrated."""
+    other = copy.copy(index)
+    other.database = f"{prefix}_{next(_db)}"
+    other._columns = {}
+    other.migrate()
+    return other

@@ -5,9 +5,6 @@ stored header only when a requested key needs it.
 
 from __future__ import annotations
 
-import copy
-import itertools
-
 import pytest
 
 from strata.processors.index import checksum
@@ -16,21 +13,11 @@ from strata.processors.index.schema import STATS_ADDED_TYPES, TABLES
 from strata.processors.index.search import build_sql
 from strata.processors.index.store import IndexStore
 from strata.query.find import FindQuery, find
+from tests.integration.conftest import other_database
 from tests.integration.test_find_chdb import instance, uid
 from tests.support.rows import batch, batch_of, expected_rows
 
 pytestmark = pytest.mark.integration
-
-_db = itertools.count(1)
-
-
-def other_database(index: IndexStore) -> IndexStore:
-    """The same chDB engine (one path per process), another database."""
-    other = copy.copy(index)
-    other.database = f"strata_batch_{next(_db)}"
-    other._columns = {}
-    other.migrate()
-    return other
 
 
 def history() -> list[tuple[int, int, object]]:

@@ -3,8 +3,6 @@ accesses joined in, and the InstanceStored it rebuilds from a row projects to th
 
 from __future__ import annotations
 
-import copy
-import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,20 +11,16 @@ from strata.archive.lifecycle import parse_policy
 from strata.processors.index.store import IndexStore
 from strata.processors.lifecycle import candidates, wrap
 from strata.proto.strata.v1 import events_pb2 as pb
+from tests.integration.conftest import other_database
 from tests.support.rows import batch_of
 from tests.unit.test_projection import RECEIVED, SERIES, SOP, STUDY, stored
 
 pytestmark = pytest.mark.integration
-_db = itertools.count(1)
 
 
 @pytest.fixture
 def index(chdb_index: IndexStore) -> IndexStore:
-    other = copy.copy(chdb_index)
-    other.database = f"strata_lifecycle_{next(_db)}"
-    other._columns = {}
-    other.migrate()
-    return other
+    return other_database(chdb_index, "strata_lifecycle")
 
 
 POLICY = parse_policy(

@@ -5,8 +5,6 @@ the primary announced (processors/stability.py, docs/dr.md)."""
 
 from __future__ import annotations
 
-import copy
-import itertools
 from datetime import timedelta
 
 import pytest
@@ -15,21 +13,17 @@ from strata.common.events import envelope, timestamp
 from strata.processors.index.store import IndexStore
 from strata.processors.stability import due
 from strata.proto.strata.v1 import events_pb2 as pb
+from tests.integration.conftest import other_database
 from tests.support.rows import batch_of
 from tests.unit.test_projection import RECEIVED, STUDY, stored
 
 pytestmark = pytest.mark.integration
-_db = itertools.count(1)
 LATER = RECEIVED + timedelta(hours=1)  # "now": the study has been quiet long enough
 
 
 @pytest.fixture
 def index(chdb_index: IndexStore) -> IndexStore:
-    other = copy.copy(chdb_index)
-    other.database = f"strata_stability_{next(_db)}"
-    other._columns = {}
-    other.migrate()
-    return other
+    return other_database(chdb_index, "strata_stability")
 
 
 def _stable(offset: int, event_id: str) -> pb.Envelope:
