@@ -267,6 +267,17 @@ def lag(settings: Settings) -> dict[str, Any]:
     mirrored = mirrored_offsets(settings)
     try:
         peer_ends = end_positions(kafka.peer(settings), topics)
+        # A peer that once followed has transaction markers in its log (its own mirror's): a
+        # partition ending with one ends one past its last record, which MirrorMaker 2's source
+        # offset (last record + 1) never reaches. Count records, not markers.
+        upto: kafka.Positions = {}
+        for (t, p), o in mirrored.items():
+            upto.setdefault(t, {})[p] = o
+        tails = kafka.Tails(kafka.peer(settings), "dr-status")
+        try:
+            peer_ends = tails.lowered(peer_ends, upto)
+        finally:
+            tails.close()
     except Unavailable:
         return {"peer_log": "unreachable", "mirrored_events": sum(mirrored.values())}
     events = 0
@@ -304,9 +315,22 @@ def copier_backlog(settings: Settings) -> int:
     try:
         tps = [TopicPartition(t, p) for t, parts in ends.items() for p in parts]
         committed = c.committed(tps, timeout=10) if tps else []
-        return sum(max(0, ends[tp.topic][tp.partition] - max(tp.offset, 0)) for tp in committed)
     finally:
         c.close()
+    done: kafka.Positions = {}
+    for tp in committed:
+        done.setdefault(tp.topic, {})[tp.partition] = max(tp.offset, 0)
+    # a mirrored partition may end with a transaction marker, one past its last record
+    tails = kafka.Tails(settings, "dr-status")
+    try:
+        ends = tails.lowered(ends, done)
+    finally:
+        tails.close()
+    return sum(
+        max(0, end - done.get(t, {}).get(p, 0))
+        for t, parts in ends.items()
+        for p, end in parts.items()
+    )
 
 
 def status(settings: Settings) -> dict[str, Any]:
