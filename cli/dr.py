@@ -499,27 +499,47 @@ class Role:
 
 
 def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
-    """InstanceStored events of this site's log whose bytes the peer never recorded as copied
-    (no InstanceReplicated at the peer with that source event id): what only this site has."""
+    """InstanceStored events of this site's log whose instance the peer does not hold: the peer
+    recorded no copy of it (no InstanceReplicated by the peer with that source event id) and
+    has no arrival of its own of the same instance and bytes (an InstanceStored with the same
+    SOP Instance UID and sha256 that is not one of this site's events mirrored there: what
+    ``failback --resend`` C-STOREs to the peer is recorded so). What only this site has.
+
+    The peer's log unreadable (unreachable) reads as empty: everything is then an orphan, which
+    is the safe answer for a caller deciding whether this site's log may be set aside."""
     from strata.common.events import decode
 
-    copied: set[str] = set()
-    for raw in read_all(kafka.peer(settings), settings.study_topic, timeout):
-        try:
-            env = decode(raw)
-        except Exception:
-            continue
-        if env.WhichOneof("payload") == "instance_replicated":
-            copied.add(env.instance_replicated.source_event_id)
-    out = []
+    mine: list[Any] = []
+    my_ids: set[str] = set()
     for raw in read_all(settings, settings.study_topic, timeout):
         try:
             env = decode(raw)
         except Exception:
             continue
-        if env.WhichOneof("payload") == "instance_stored" and env.event_id not in copied:
-            out.append(env.instance_stored)
-    return out
+        my_ids.add(env.event_id)
+        if env.WhichOneof("payload") == "instance_stored":
+            mine.append(env)
+    copied: set[str] = set()
+    arrived: set[tuple[str, str]] = set()
+    for raw in read_all(kafka.peer(settings), settings.study_topic, timeout):
+        try:
+            env = decode(raw)
+        except Exception:
+            continue
+        kind = env.WhichOneof("payload")
+        if kind == "instance_replicated":
+            r = env.instance_replicated
+            if not r.site or not settings.dr_peer_site or r.site == settings.dr_peer_site:
+                copied.add(r.source_event_id)
+        elif kind == "instance_stored" and env.event_id not in my_ids:
+            st = env.instance_stored
+            arrived.add((st.sop_instance_uid, st.sha256))
+    return [
+        env.instance_stored
+        for env in mine
+        if env.event_id not in copied
+        and (env.instance_stored.sop_instance_uid, env.instance_stored.sha256) not in arrived
+    ]
 
 
 def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
@@ -543,18 +563,28 @@ def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
         time.sleep(0.5)
     hot = HotTier(settings.hot_dir)
     found = orphans(settings)
-    files = [hot.path(st.location.key) for st in found if st.location.tier == "hot"]
-    files = [f for f in files if f.is_file()]
-    print(f"{len(found)} instances only this site has; {len(files)} files in the hot tier")
-    if not args.resend or not files:
+    # Sent as their sender's AE: the stored file's meta names the calling AE (Source AE),
+    # so the peer then stores the same bytes (same sha256, same key) as this site did, and
+    # records an arrival of this very instance (what orphans() and rebuild look for).
+    by_ae: dict[str, list[str]] = {}
+    for st in found:
+        f = hot.path(st.location.key)
+        if st.location.tier == "hot" and f.is_file():
+            by_ae.setdefault(st.calling_ae_title or settings.ingest_ae_title, []).append(str(f))
+    n = sum(len(v) for v in by_ae.values())
+    print(f"{len(found)} instances only this site has; {n} files in the hot tier")
+    if not args.resend or not n:
         return 0
     host, _, port = args.to.rpartition(":")
-    send = argparse.Namespace(
-        paths=[str(f) for f in files],
-        host=host,
-        port=int(port),
-        called_ae=args.called_ae,
-        calling_ae=settings.ingest_ae_title,
-        quiet=True,
-    )
-    return cmd_send(settings, send)
+    rc = 0
+    for ae, files in sorted(by_ae.items()):
+        send = argparse.Namespace(
+            paths=files,
+            host=host,
+            port=int(port),
+            called_ae=args.called_ae,
+            calling_ae=ae,
+            quiet=True,
+        )
+        rc = max(rc, cmd_send(settings, send))
+    return rc
