@@ -232,12 +232,38 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ status
 
 
+def source_offset(key: bytes | None, value: bytes | None) -> tuple[str, int, int] | None:
+    """(topic, partition, next offset) of one record of MirrorMaker 2's offsets topic, when it
+    is the source connector's position in the peer's log; None otherwise. The checkpoint
+    connector keeps its own records there under keys that also name a topic and partition
+    (and a consumer group), with that group's offsets as values: read as the mirror's, they
+    made a fully mirrored partition look behind (lag_events never 0)."""
+    try:
+        k = json.loads(key or b"null")
+        v = json.loads(value or b"null")
+        part = k[1]
+        if k[0] != "MirrorSourceConnector" or v is None or "topic" not in part:
+            return None
+        return str(part["topic"]), int(part["partition"]), int(v["offset"]) + 1
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+
+
 def mirrored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     """(topic, partition) -> next offset of the peer's log MirrorMaker 2 has mirrored here,
-    from its source offsets (topic mm2-offsets.<peer>.internal at this site)."""
+    from its source offsets (topic mm2-offsets.<peer>.internal at this site). Read to each
+    partition's end-of-partition: the topic is written in transactions (exactly-once source),
+    so its partitions end with a marker, past the last record."""
+    from confluent_kafka import KafkaError
+
     topic = f"mm2-offsets.{settings.dr_peer_site or 'peer'}.internal"
     out: dict[tuple[str, int], int] = {}
-    c = kafka.consumer(settings, kafka.fresh_group("strata-dr-status"), "dr-status")
+    c = kafka.consumer(
+        settings,
+        kafka.fresh_group("strata-dr-status"),
+        "dr-status",
+        {"enable.partition.eof": True},
+    )
     try:
         ends = kafka.high_watermarks(c, topic)
         if not ends:
@@ -247,16 +273,16 @@ def mirrored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
         deadline = time.monotonic() + 15
         while len(done) < len(ends) and time.monotonic() < deadline:
             m = c.poll(0.5)
-            if m is None or m.error():
+            if m is None:
                 continue
-            try:
-                key = json.loads(m.key() or b"null")
-                val = json.loads(m.value() or b"null")
-                part = key[1]
-                if val is not None and "topic" in part:
-                    out[(part["topic"], int(part["partition"]))] = int(val["offset"]) + 1
-            except (ValueError, TypeError, KeyError, IndexError):
-                pass
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    done.add(m.partition() or 0)
+                continue
+            got = source_offset(m.key(), m.value())
+            if got is not None:
+                out[(got[0], got[1])] = got[2]
             if (m.offset() or 0) + 1 >= ends[m.partition() or 0]:
                 done.add(m.partition() or 0)
     finally:

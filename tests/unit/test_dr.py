@@ -277,3 +277,20 @@ def test_orphans_counts_a_copy_by_the_peer_or_its_own_arrival_as_held(
 
     monkeypatch.setattr(dr, "read_all", fake)
     assert [o.sop_instance_uid for o in dr.orphans(s)] == ["3", "4", "5"]
+
+
+def test_mirrored_offsets_are_the_source_connectors_only() -> None:
+    """MirrorMaker 2's offsets topic holds the source connector's positions in the peer's log
+    and the checkpoint connector's (per consumer group) under keys naming the same topic and
+    partition: only the first say how far the log is mirrored."""
+    src = (
+        b'["MirrorSourceConnector",{"cluster":"B","partition":0,"topic":"strata.study-events.v1"}]'
+    )
+    chk = (
+        b'["MirrorCheckpointConnector",{"partition":0,"topic":"strata.study-events.v1",'
+        b'"group":"strata-processors"}]'
+    )
+    assert dr.source_offset(src, b'{"offset":5}') == ("strata.study-events.v1", 0, 6)
+    assert dr.source_offset(chk, b'{"offset":0}') is None
+    assert dr.source_offset(src, None) is None  # a tombstone
+    assert dr.source_offset(b"not json", b"{}") is None
