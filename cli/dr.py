@@ -91,10 +91,14 @@ def cmd_copier(settings: Settings, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ epochs (the fence)
 
 
-def read_all(bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0) -> list[bytes]:
+def read_all(
+    bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0, strict: bool = False
+) -> list[bytes]:
     """Every committed record of ``topic`` (read_committed, to the partition ends). The end is
     known by the client's end-of-partition event, not by the high watermark: a mirrored topic
-    ends with transaction markers, offsets no record is delivered at. [] when unreachable."""
+    ends with transaction markers, offsets no record is delivered at. [] when unreachable;
+    with ``strict``, Unavailable when unreachable or not read to every end within
+    ``timeout`` (a caller deciding from what is absent must not take a part for the whole)."""
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
     c = kafka.consumer(
@@ -127,7 +131,15 @@ def read_all(bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0) -> lis
                     done.add(m.partition() or 0)
                 continue
             out.append(m.value() or b"")
-    except KafkaException:
+        if strict and done != parts:
+            raise Unavailable(
+                f"{topic} at {kafka.bootstrap_of(bootstrap)} not read to its end in {timeout:.0f}s"
+            )
+    except KafkaException as exc:
+        if strict:
+            raise Unavailable(
+                f"{topic} at {kafka.bootstrap_of(bootstrap)} cannot be read: {exc}"
+            ) from exc
         return []
     finally:
         c.close()
@@ -562,13 +574,13 @@ def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
     SOP Instance UID and sha256 that is not one of this site's events mirrored there: what
     ``failback --resend`` C-STOREs to the peer is recorded so). What only this site has.
 
-    The peer's log unreadable (unreachable) reads as empty: everything is then an orphan, which
-    is the safe answer for a caller deciding whether this site's log may be set aside."""
+    Either log unreachable, or not read to its end within ``timeout``: Unavailable (a caller
+    decides from this whether this site's log may be set aside)."""
     from strata.common.events import decode
 
     mine: list[Any] = []
     my_ids: set[str] = set()
-    for raw in read_all(settings, settings.study_topic, timeout):
+    for raw in read_all(settings, settings.study_topic, timeout, strict=True):
         try:
             env = decode(raw)
         except Exception:
@@ -578,7 +590,7 @@ def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
             mine.append(env)
     copied: set[str] = set()
     arrived: set[tuple[str, str]] = set()
-    for raw in read_all(kafka.peer(settings), settings.study_topic, timeout):
+    for raw in read_all(kafka.peer(settings), settings.study_topic, timeout, strict=True):
         try:
             env = decode(raw)
         except Exception:

@@ -272,7 +272,9 @@ def test_orphans_counts_a_copy_by_the_peer_or_its_own_arrival_as_held(
         _env(stored("4", "other"), "b4"),
     ]
 
-    def fake(cluster: kafka.Cluster, topic: str, timeout: float = 10.0) -> list[bytes]:
+    def fake(
+        cluster: kafka.Cluster, topic: str, timeout: float = 10.0, strict: bool = False
+    ) -> list[bytes]:
         return here if kafka.bootstrap_of(cluster) == s.kafka_bootstrap else peer
 
     monkeypatch.setattr(dr, "read_all", fake)
@@ -294,3 +296,13 @@ def test_mirrored_offsets_are_the_source_connectors_only() -> None:
     assert dr.source_offset(chk, b'{"offset":0}') is None
     assert dr.source_offset(src, None) is None  # a tombstone
     assert dr.source_offset(b"not json", b"{}") is None
+
+
+def test_orphans_unreadable_log_is_an_error_not_an_empty_answer() -> None:
+    """Neither log may be taken as empty when it cannot be read: rebuild would then set aside
+    a log whose instances were never compared with the peer's."""
+    from strata.common.errors import Unavailable
+
+    s = _settings(dr_site="A", dr_peer_site="B", kafka_bootstrap="127.0.0.1:1")
+    with pytest.raises(Unavailable):
+        dr.orphans(s, timeout=1.0)
