@@ -622,7 +622,10 @@ def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
         return rc
     say = _say
     say("fail-back 1/4 done: waiting until the peer's log holds what was re-sent")
-    deadline = time.monotonic() + args.timeout
+    # seconds (the peer's relay); bounded apart from --timeout: an instance that could not be
+    # re-sent (its file not in the hot tier) would otherwise be waited for until the timeout
+    limit = min(args.timeout, 120.0)
+    deadline = time.monotonic() + limit
     left = orphans(settings)
     while left and time.monotonic() < deadline:
         say(f"  {len(left)} instances not at the peer yet")
@@ -631,7 +634,8 @@ def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
     if left:
         raise StrataError(
             f"{len(left)} instances only this site has are still not in the peer's log after "
-            f"{args.timeout:.0f}s (first: {left[0].sop_instance_uid}); nothing was set aside"
+            f"{limit:.0f}s (first: {left[0].sop_instance_uid}); nothing was set aside "
+            "(see 'strata dr failback': files missing from the hot tier are not re-sent)"
         )
     say("fail-back 2/4: rebuilding this site as the peer's follower")
     rebuild(settings, force=False)
