@@ -1,6 +1,7 @@
 """Geo-redundancy end to end (docs/dr.md): two sites on this machine, MirrorMaker 2 A -> B,
 the object copier at B, the fence, the follower's silence (only the primary writes decisions),
-and the drill (kill -9 of site A mid-ingest, promote B)."""
+the drill (kill -9 of site A mid-ingest, promote B), and the fail-back (A re-sends what only it
+has, is rebuilt as B's follower, switches over; B is rebuilt as A's follower)."""
 
 from __future__ import annotations
 
