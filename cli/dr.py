@@ -5,6 +5,12 @@ unfollow  stop both (nothing else changes)
 status    epoch, primary, mirror lag (events, seconds), events not yet examined by the copier
 promote   this site becomes the primary: stop following, write a SiteEpoch (epoch+1) event
 copier    run the object copier in the foreground (what `follow` starts)
+failback  at the fenced old primary: re-send what only it has (--resend); --all: the whole
+          fail-back (re-send, rebuild, wait, switchover)
+rebuild   at a fenced site: set its log and index aside, start empty, follow the peer
+wait      until this follower is caught up (mirror lag 0, copier backlog 0)
+switchover at the caught-up follower: the planned switch of primacy to it, through the
+          current primary's log (RPO 0)
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from strata.common import kafka
@@ -84,10 +91,14 @@ def cmd_copier(settings: Settings, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ epochs (the fence)
 
 
-def read_all(bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0) -> list[bytes]:
+def read_all(
+    bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0, strict: bool = False
+) -> list[bytes]:
     """Every committed record of ``topic`` (read_committed, to the partition ends). The end is
     known by the client's end-of-partition event, not by the high watermark: a mirrored topic
-    ends with transaction markers, offsets no record is delivered at. [] when unreachable."""
+    ends with transaction markers, offsets no record is delivered at. [] when unreachable;
+    with ``strict``, Unavailable when unreachable or not read to every end within
+    ``timeout`` (a caller deciding from what is absent must not take a part for the whole)."""
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
     c = kafka.consumer(
@@ -120,7 +131,15 @@ def read_all(bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0) -> lis
                     done.add(m.partition() or 0)
                 continue
             out.append(m.value() or b"")
-    except KafkaException:
+        if strict and done != parts:
+            raise Unavailable(
+                f"{topic} at {kafka.bootstrap_of(bootstrap)} not read to its end in {timeout:.0f}s"
+            )
+    except KafkaException as exc:
+        if strict:
+            raise Unavailable(
+                f"{topic} at {kafka.bootstrap_of(bootstrap)} cannot be read: {exc}"
+            ) from exc
         return []
     finally:
         c.close()
@@ -225,12 +244,38 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ status
 
 
+def source_offset(key: bytes | None, value: bytes | None) -> tuple[str, int, int] | None:
+    """(topic, partition, next offset) of one record of MirrorMaker 2's offsets topic, when it
+    is the source connector's position in the peer's log; None otherwise. The checkpoint
+    connector keeps its own records there under keys that also name a topic and partition
+    (and a consumer group), with that group's offsets as values: read as the mirror's, they
+    made a fully mirrored partition look behind (lag_events never 0)."""
+    try:
+        k = json.loads(key or b"null")
+        v = json.loads(value or b"null")
+        part = k[1]
+        if k[0] != "MirrorSourceConnector" or v is None or "topic" not in part:
+            return None
+        return str(part["topic"]), int(part["partition"]), int(v["offset"]) + 1
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+
+
 def mirrored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     """(topic, partition) -> next offset of the peer's log MirrorMaker 2 has mirrored here,
-    from its source offsets (topic mm2-offsets.<peer>.internal at this site)."""
+    from its source offsets (topic mm2-offsets.<peer>.internal at this site). Read to each
+    partition's end-of-partition: the topic is written in transactions (exactly-once source),
+    so its partitions end with a marker, past the last record."""
+    from confluent_kafka import KafkaError
+
     topic = f"mm2-offsets.{settings.dr_peer_site or 'peer'}.internal"
     out: dict[tuple[str, int], int] = {}
-    c = kafka.consumer(settings, kafka.fresh_group("strata-dr-status"), "dr-status")
+    c = kafka.consumer(
+        settings,
+        kafka.fresh_group("strata-dr-status"),
+        "dr-status",
+        {"enable.partition.eof": True},
+    )
     try:
         ends = kafka.high_watermarks(c, topic)
         if not ends:
@@ -240,16 +285,16 @@ def mirrored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
         deadline = time.monotonic() + 15
         while len(done) < len(ends) and time.monotonic() < deadline:
             m = c.poll(0.5)
-            if m is None or m.error():
+            if m is None:
                 continue
-            try:
-                key = json.loads(m.key() or b"null")
-                val = json.loads(m.value() or b"null")
-                part = key[1]
-                if val is not None and "topic" in part:
-                    out[(part["topic"], int(part["partition"]))] = int(val["offset"]) + 1
-            except (ValueError, TypeError, KeyError, IndexError):
-                pass
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    done.add(m.partition() or 0)
+                continue
+            got = source_offset(m.key(), m.value())
+            if got is not None:
+                out[(got[0], got[1])] = got[2]
             if (m.offset() or 0) + 1 >= ends[m.partition() or 0]:
                 done.add(m.partition() or 0)
     finally:
@@ -267,6 +312,17 @@ def lag(settings: Settings) -> dict[str, Any]:
     mirrored = mirrored_offsets(settings)
     try:
         peer_ends = end_positions(kafka.peer(settings), topics)
+        # A peer that once followed has transaction markers in its log (its own mirror's): a
+        # partition ending with one ends one past its last record, which MirrorMaker 2's source
+        # offset (last record + 1) never reaches. Count records, not markers.
+        upto: kafka.Positions = {}
+        for (t, p), o in mirrored.items():
+            upto.setdefault(t, {})[p] = o
+        tails = kafka.Tails(kafka.peer(settings), "dr-status")
+        try:
+            peer_ends = tails.lowered(peer_ends, upto)
+        finally:
+            tails.close()
     except Unavailable:
         return {"peer_log": "unreachable", "mirrored_events": sum(mirrored.values())}
     events = 0
@@ -304,9 +360,22 @@ def copier_backlog(settings: Settings) -> int:
     try:
         tps = [TopicPartition(t, p) for t, parts in ends.items() for p in parts]
         committed = c.committed(tps, timeout=10) if tps else []
-        return sum(max(0, ends[tp.topic][tp.partition] - max(tp.offset, 0)) for tp in committed)
     finally:
         c.close()
+    done: kafka.Positions = {}
+    for tp in committed:
+        done.setdefault(tp.topic, {})[tp.partition] = max(tp.offset, 0)
+    # a mirrored partition may end with a transaction marker, one past its last record
+    tails = kafka.Tails(settings, "dr-status")
+    try:
+        ends = tails.lowered(ends, done)
+    finally:
+        tails.close()
+    return sum(
+        max(0, end - done.get(t, {}).get(p, 0))
+        for t, parts in ends.items()
+        for p, end in parts.items()
+    )
 
 
 def status(settings: Settings) -> dict[str, Any]:
@@ -373,7 +442,31 @@ def add_parser(sub: Any) -> None:
     fb.add_argument("--resend", action="store_true", help="C-STORE them to --to")
     fb.add_argument("--to", default="", help="HOST:PORT of the new primary's ingest")
     fb.add_argument("--called-ae", default="STRATA")
+    fb.add_argument(
+        "--all",
+        action="store_true",
+        help="the whole fail-back: re-send, rebuild as follower, wait caught up, switch over",
+    )
+    fb.add_argument("--timeout", type=float, default=1800.0, help="seconds each wait may take")
+    fb.add_argument("--reason", default="failback")
+    fb.add_argument("--by", default="", help="operator name (default: the login name)")
     fb.set_defaults(fn=cmd_failback)
+    rb = dsub.add_parser(
+        "rebuild",
+        help="at a fenced site: set its log and index aside, restart empty, follow the peer",
+    )
+    rb.add_argument("--force", action="store_true", help="even with instances only this site has")
+    rb.set_defaults(fn=cmd_rebuild)
+    w = dsub.add_parser("wait", help="until this follower is caught up (lag 0, copier backlog 0)")
+    w.add_argument("--timeout", type=float, default=1800.0)
+    w.set_defaults(fn=cmd_wait)
+    so = dsub.add_parser(
+        "switchover", help="at the caught-up follower: planned switch of primacy to it (RPO 0)"
+    )
+    so.add_argument("--reason", default="switchover")
+    so.add_argument("--by", default="", help="operator name (default: the login name)")
+    so.add_argument("--timeout", type=float, default=600.0, help="seconds each wait may take")
+    so.set_defaults(fn=cmd_switchover)
 
 
 class Fence:
@@ -475,31 +568,90 @@ class Role:
 
 
 def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
-    """InstanceStored events of this site's log whose bytes the peer never recorded as copied
-    (no InstanceReplicated at the peer with that source event id): what only this site has."""
+    """InstanceStored events of this site's log whose instance the peer does not hold: the peer
+    recorded no copy of it (no InstanceReplicated by the peer with that source event id) and
+    has no arrival of its own of the same instance and bytes (an InstanceStored with the same
+    SOP Instance UID and sha256 that is not one of this site's events mirrored there: what
+    ``failback --resend`` C-STOREs to the peer is recorded so). What only this site has.
+
+    Either log unreachable, or not read to its end within ``timeout``: Unavailable (a caller
+    decides from this whether this site's log may be set aside)."""
     from strata.common.events import decode
 
+    mine: list[Any] = []
+    my_ids: set[str] = set()
+    for raw in read_all(settings, settings.study_topic, timeout, strict=True):
+        try:
+            env = decode(raw)
+        except Exception:
+            continue
+        my_ids.add(env.event_id)
+        if env.WhichOneof("payload") == "instance_stored":
+            mine.append(env)
     copied: set[str] = set()
-    for raw in read_all(kafka.peer(settings), settings.study_topic, timeout):
+    arrived: set[tuple[str, str]] = set()
+    for raw in read_all(kafka.peer(settings), settings.study_topic, timeout, strict=True):
         try:
             env = decode(raw)
         except Exception:
             continue
-        if env.WhichOneof("payload") == "instance_replicated":
-            copied.add(env.instance_replicated.source_event_id)
-    out = []
-    for raw in read_all(settings, settings.study_topic, timeout):
-        try:
-            env = decode(raw)
-        except Exception:
-            continue
-        if env.WhichOneof("payload") == "instance_stored" and env.event_id not in copied:
-            out.append(env.instance_stored)
-    return out
+        kind = env.WhichOneof("payload")
+        if kind == "instance_replicated":
+            r = env.instance_replicated
+            if not r.site or not settings.dr_peer_site or r.site == settings.dr_peer_site:
+                copied.add(r.source_event_id)
+        elif kind == "instance_stored" and env.event_id not in my_ids:
+            st = env.instance_stored
+            arrived.add((st.sop_instance_uid, st.sha256))
+    return [
+        env.instance_stored
+        for env in mine
+        if env.event_id not in copied
+        and (env.instance_stored.sop_instance_uid, env.instance_stored.sha256) not in arrived
+    ]
 
 
 def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
-    """At the old primary, fenced: re-send to the new primary what only this site has."""
+    """At the old primary, fenced: re-send to the new primary what only this site has; with
+    ``--all`` the whole fail-back: re-send, rebuild as the peer's follower, wait until caught
+    up, switch over (docs/runbooks/dr-failback.md)."""
+    if args.all and not args.to:
+        raise StrataError("failback --all needs --to HOST:PORT (the new primary's ingest)")
+    rc = resend(settings, args.resend or args.all, args.to, args.called_ae)
+    if rc != 0 or not args.all:
+        return rc
+    say = _say
+    say("fail-back 1/4 done: waiting until the peer's log holds what was re-sent")
+    # seconds (the peer's relay); bounded apart from --timeout: an instance that could not be
+    # re-sent (its file not in the hot tier) would otherwise be waited for until the timeout
+    limit = min(args.timeout, 120.0)
+    deadline = time.monotonic() + limit
+    left = orphans(settings)
+    while left and time.monotonic() < deadline:
+        say(f"  {len(left)} instances not at the peer yet")
+        time.sleep(2.0)
+        left = orphans(settings)
+    if left:
+        raise StrataError(
+            f"{len(left)} instances only this site has are still not in the peer's log after "
+            f"{limit:.0f}s (first: {left[0].sop_instance_uid}); nothing was set aside "
+            "(see 'strata dr failback': files missing from the hot tier are not re-sent)"
+        )
+    say("fail-back 2/4: rebuilding this site as the peer's follower")
+    rebuild(settings, force=False)
+    say("fail-back 3/4: waiting until caught up with the peer")
+    wait_caught_up(settings, args.timeout)
+    say("fail-back 4/4: switching over")
+    switchover(settings, reason=args.reason, operator=args.by, timeout=args.timeout)
+    say(
+        f"fail-back done: site {settings.dr_site} is primary. Next, at site "
+        f"{settings.dr_peer_site}: 'strata dr rebuild' (it becomes this site's follower)"
+    )
+    return 0
+
+
+def resend(settings: Settings, send_them: bool, to: str, called_ae: str) -> int:
+    """List (and with ``send_them`` C-STORE to ``to``) what only this fenced site has."""
     from strata.archive.hot import HotTier
     from strata.cli.main import cmd_send
 
@@ -519,18 +671,319 @@ def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
         time.sleep(0.5)
     hot = HotTier(settings.hot_dir)
     found = orphans(settings)
-    files = [hot.path(st.location.key) for st in found if st.location.tier == "hot"]
-    files = [f for f in files if f.is_file()]
-    print(f"{len(found)} instances only this site has; {len(files)} files in the hot tier")
-    if not args.resend or not files:
+    # Sent as their sender's AE: the stored file's meta names the calling AE (Source AE),
+    # so the peer then stores the same bytes (same sha256, same key) as this site did, and
+    # records an arrival of this very instance (what orphans() and rebuild look for).
+    by_ae: dict[str, list[str]] = {}
+    for st in found:
+        f = hot.path(st.location.key)
+        if st.location.tier == "hot" and f.is_file():
+            by_ae.setdefault(st.calling_ae_title or settings.ingest_ae_title, []).append(str(f))
+    n = sum(len(v) for v in by_ae.values())
+    print(f"{len(found)} instances only this site has; {n} files in the hot tier")
+    if not send_them or not n:
         return 0
-    host, _, port = args.to.rpartition(":")
-    send = argparse.Namespace(
-        paths=[str(f) for f in files],
-        host=host,
-        port=int(port),
-        called_ae=args.called_ae,
-        calling_ae=settings.ingest_ae_title,
-        quiet=True,
+    host, _, port = to.rpartition(":")
+    rc = 0
+    for ae, files in sorted(by_ae.items()):
+        send = argparse.Namespace(
+            paths=files,
+            host=host,
+            port=int(port),
+            called_ae=called_ae,
+            calling_ae=ae,
+            quiet=True,
+        )
+        rc = max(rc, cmd_send(settings, send))
+    return rc
+
+
+# ------------------------------------------------------------------ fail-back: rebuild, switch
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def require_fenced(settings: Settings, what: str) -> Any:
+    """The latest epoch (here or at the peer), which must name the peer as primary: ``what``
+    is done only at a fenced site. Refused (StrataError, exit 2) otherwise."""
+    if not settings.dr_site or not settings.dr_peer_bootstrap:
+        raise StrataError(
+            f"{what} refused: STRATA_DR_SITE and STRATA_DR_PEER_BOOTSTRAP must be set "
+            "(this archive is not part of a DR pair)"
+        )
+    ep = latest_epoch(settings)
+    if ep is None:
+        raise StrataError(f"{what} refused: no epoch here or at the peer (no primary yet)")
+    if ep.primary_site == settings.dr_site:
+        raise StrataError(
+            f"{what} refused: site {settings.dr_site} is the primary of epoch {ep.epoch} "
+            f"(or the peer {settings.dr_peer_site} cannot be reached to read a newer one); "
+            "only a fenced site is rebuilt or switched over to"
+        )
+    return ep
+
+
+def _data_dirs(settings: Settings) -> list[Path]:
+    """What ``rebuild`` sets aside: every local Kafka node's data (its log) and the index
+    (the embedded chDB of the index node, or of each index replica). Kafka's cluster id,
+    credentials and TLS material, the hot tier and the ingest outbox stay in place."""
+    from strata.stack import nodes
+    from strata.stack.kafka import broker
+
+    if settings.clickhouse_dsn:
+        raise StrataError(
+            "rebuild sets aside the embedded chDB index; with STRATA_CLICKHOUSE_DSN set, drop "
+            "that database by hand and rebuild with 'strata reindex' (not automated)"
+        )
+    dirs = [n.dir / "data" for n in broker.nodes(settings)]
+    if nodes.enabled(settings):
+        dirs += [n.dir / "index" for n in nodes.nodes(settings) if n.kind == "index"]
+    else:
+        dirs.append(settings.node_home / "index")
+    return [d for d in dirs if d.exists()]
+
+
+def set_aside(settings: Settings, stamp: str | None = None) -> Path:
+    """Move this site's Kafka data and index into ``<home>/set-aside/<UTC time>/`` (same
+    relative paths). Never deleted: the hospital may need the old log."""
+    import shutil
+
+    stamp = stamp or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    dest = settings.home / "set-aside" / stamp
+    for d in _data_dirs(settings):
+        try:
+            rel = d.resolve().relative_to(settings.home.resolve())
+        except ValueError:
+            rel = Path(*d.resolve().parts[1:])  # outside the home: keep its full path below
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(d), str(target))
+    return dest
+
+
+def rebuild(settings: Settings, force: bool = False) -> Path:
+    """This fenced site becomes a fresh follower of its peer: stop the stack, set its log and
+    index aside, start the stack on empty topics, follow. Returns the set-aside directory."""
+    from strata.ingest.outbox import Outbox
+    from strata.stack import local
+
+    say = _say
+    ep = require_fenced(settings, "rebuild")
+    say(
+        f"rebuild: site {settings.dr_site} is fenced "
+        f"({ep.primary_site} is primary, epoch {ep.epoch})"
     )
-    return cmd_send(settings, send)
+    if not force:
+        say("rebuild: looking for instances only this site has (orphans) ...")
+        left = orphans(settings)
+        if left:
+            raise StrataError(
+                f"rebuild refused: {len(left)} instances of this site's log are not at "
+                f"{settings.dr_peer_site} (first: {left[0].sop_instance_uid}); re-send them "
+                f"first with 'strata dr failback --resend --to <{settings.dr_peer_site} "
+                "ingest HOST:PORT>' (or --force to set them aside with the log)"
+            )
+        if settings.outbox_path.exists():
+            ob = Outbox(settings.outbox_path)
+            try:
+                depth = ob.depth()
+            finally:
+                ob.close()
+            if depth:
+                raise StrataError(
+                    f"rebuild refused: {depth} events in this site's ingest outbox are not in "
+                    "its log yet (they would be published into the rebuilt log); start the "
+                    "stack and let the relay publish them, then re-send with 'strata dr "
+                    "failback --resend' (or --force)"
+                )
+        say("rebuild: none; the peer has every instance of this site's log")
+    say("rebuild: stopping the stack ...")
+    stopped = local.down(settings)
+    say("rebuild: stopped " + (", ".join(stopped) or "nothing"))
+    dest = set_aside(settings)
+    say(f"rebuild: Kafka data and index set aside in {dest} (the hot tier stays)")
+    say("rebuild: starting the stack on empty topics ...")
+    local.up(settings)
+    say("rebuild: stack up")
+    cmd_follow(settings, argparse.Namespace())
+    return dest
+
+
+def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    dest = rebuild(settings, force=args.force)
+    print(
+        f"site {settings.dr_site} is a fresh follower of {settings.dr_peer_site}; old log in "
+        f"{dest}. Wait until caught up: 'strata dr wait'"
+    )
+    return 0
+
+
+def caught_up(settings: Settings) -> tuple[bool, dict[str, Any]]:
+    """(lag_events == 0 and copier_backlog_events == 0, the figures) at this following site."""
+    from strata.stack import mirror
+
+    if not mirror.proc(settings).pid():
+        raise StrataError(
+            f"the mirror is not running at site {settings.dr_site}: it does not follow "
+            "('strata dr follow' or 'strata dr rebuild')"
+        )
+    out = lag(settings)
+    out["copier_backlog_events"] = copier_backlog(settings)
+    ok = out.get("lag_events") == 0 and out["copier_backlog_events"] == 0
+    return ok, out
+
+
+def wait_caught_up(settings: Settings, timeout: float, every: float = 5.0) -> dict[str, Any]:
+    """Until this site has mirrored the peer's whole log and the copier examined all of it
+    (progress every ``every`` s); StrataError after ``timeout`` s."""
+    t0 = time.monotonic()
+    last = -every
+    while True:
+        ok, fig = caught_up(settings)
+        took = time.monotonic() - t0
+        if ok:
+            _say(
+                f"caught up with {settings.dr_peer_site} in {took:.0f}s: lag_events 0, "
+                f"copier_backlog_events 0 ({fig.get('mirrored_events', 0)} events mirrored)"
+            )
+            return fig
+        if took - last >= every:
+            last = took
+            _say(
+                f"  {took:4.0f}s  lag_events {fig.get('lag_events', fig.get('peer_log'))}  "
+                f"lag_seconds {fig.get('lag_seconds', '-')}  "
+                f"copier_backlog_events {fig['copier_backlog_events']}"
+            )
+        if took > timeout:
+            raise StrataError(
+                f"not caught up with {settings.dr_peer_site} after {timeout:.0f}s: {fig}"
+            )
+        time.sleep(1.0)
+
+
+def cmd_wait(settings: Settings, args: argparse.Namespace) -> int:
+    wait_caught_up(settings, args.timeout)
+    return 0
+
+
+def _write_epoch(cluster: kafka.Cluster, settings: Settings, epoch: Any) -> None:
+    from strata.common.events import envelope
+
+    env = envelope(
+        epoch, study_uid="", service="dr", node=settings.node_name, occurred_at=datetime.now(UTC)
+    )
+    errors: list[str] = []
+    p = kafka.producer(cluster, "durable", "dr")
+    p.produce(
+        settings.dr_topic,
+        key=b"epoch",
+        value=env.SerializeToString(),
+        on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
+    )
+    if p.flush(30) or errors:
+        raise StrataError(f"the epoch event was not confirmed by Kafka: {errors[:1] or 'timeout'}")
+
+
+def switchover(
+    settings: Settings, reason: str = "switchover", operator: str = "", timeout: float = 600.0
+) -> int:
+    """Planned switch of primacy to this caught-up follower, through the current primary's log
+    (RPO 0): SiteEpoch{n+1, primary: here} written into the PEER's control topic (its fence and
+    Role read it there), then wait until the peer's log stops growing and all of it is mirrored
+    and examined here, then stop following. Returns the new epoch.
+
+    ``diverged_at`` of this epoch: the peer's log ends (``topic:partition`` -> offset, offsets
+    of the PEER's log) just before the epoch was written. What the peer appended after them
+    is the window's tail (acknowledged before its fence noticed), which still reaches this site
+    because the mirror runs until the peer's log is quiet; this site's own writes start after
+    all of it. Run again after a failure, it resumes (the epoch is written once)."""
+    from strata.processors.replay import end_positions
+    from strata.proto.strata.v1 import events_pb2 as pb
+
+    say = _say
+    peer = kafka.peer(settings)
+    topics = [settings.study_topic, settings.quarantine_topic]
+    at_peer = current_epoch(peer, settings.dr_topic)
+    if at_peer is not None and at_peer.primary_site == settings.dr_site:
+        n = at_peer.epoch  # written by an earlier run that stopped half-way: resume
+        before: kafka.Positions = {}
+        for tp, o in at_peer.diverged_at.items():
+            t, _, part = tp.rpartition(":")
+            before.setdefault(t, {})[int(part)] = o
+        say(
+            f"switchover: epoch {n} naming {settings.dr_site} is already in the peer's log; "
+            "resuming"
+        )
+    else:
+        ep = require_fenced(settings, "switchover")
+        say(
+            f"switchover: {ep.primary_site} is primary (epoch {ep.epoch}); "
+            "waiting until this site is caught up"
+        )
+        wait_caught_up(settings, timeout)
+        try:
+            before = end_positions(peer, topics)
+        except Unavailable as exc:
+            raise StrataError(f"switchover: the peer's log cannot be read: {exc}") from exc
+        n = ep.epoch + 1
+        epoch = pb.SiteEpoch(
+            epoch=n,
+            primary_site=settings.dr_site,
+            previous_primary=ep.primary_site,
+            reason=reason,
+            operator=operator or getpass.getuser(),
+            diverged_at={f"{t}:{p}": o for t, parts in before.items() for p, o in parts.items()},
+        )
+        _write_epoch(peer, settings, epoch)
+        say(
+            f"switchover: epoch {n} (primary {settings.dr_site}) written to "
+            f"{settings.dr_peer_site}'s log; it refuses ingest and stops deciding within "
+            f"{settings.dr_fence_check_seconds:g}s"
+        )
+    # The peer's log stops growing once its fence and Role have read the epoch (and its relay
+    # has published what its ingest acknowledged before): unchanged for a few fence periods.
+    quiet = max(3.0, 3 * settings.dr_fence_check_seconds)
+    say(f"switchover: waiting until {settings.dr_peer_site}'s log is unchanged for {quiet:g}s ...")
+    t0 = time.monotonic()
+    last = end_positions(peer, topics)
+    since = time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() - t0 > timeout:
+            raise StrataError(
+                f"switchover: {settings.dr_peer_site}'s log still grows after {timeout:.0f}s "
+                "(is its ingest fenced? 'strata dr status' there); run switchover again to resume"
+            )
+        time.sleep(min(1.0, quiet / 3))
+        now = end_positions(peer, topics)
+        if now != last:
+            last, since = now, time.monotonic()
+    tail = sum(
+        max(0, o - before.get(t, {}).get(p, 0))
+        for t, parts in last.items()
+        for p, o in parts.items()
+    )
+    say(
+        f"switchover: {settings.dr_peer_site}'s log is quiet; "
+        f"{tail} offsets written after the epoch"
+    )
+    while True:  # the epoch itself mirrored here, and everything before it
+        here = current_epoch(settings, settings.dr_topic)
+        if here is not None and here.epoch >= n:
+            break
+        if time.monotonic() - t0 > timeout:
+            raise StrataError(f"switchover: epoch {n} not mirrored here after {timeout:.0f}s")
+        time.sleep(1.0)
+    wait_caught_up(settings, max(30.0, timeout - (time.monotonic() - t0)))
+    cmd_unfollow(settings, argparse.Namespace())
+    say(
+        f"site {settings.dr_site} is primary from epoch {n}; {settings.dr_peer_site} is fenced "
+        f"(next, at {settings.dr_peer_site}: 'strata dr rebuild')"
+    )
+    return int(n)
+
+
+def cmd_switchover(settings: Settings, args: argparse.Namespace) -> int:
+    switchover(settings, reason=args.reason, operator=args.by or "", timeout=args.timeout)
+    return 0

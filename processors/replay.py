@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import cast
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
 from strata.common import kafka
@@ -108,6 +108,9 @@ def _batches(bootstrap: Cluster, todo: Todo, batch: int) -> Iterator[Batch]:
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
+            # the end of what is committed: a partition of a mirrored log (DR, docs/dr.md) may
+            # end with a transaction marker, at whose offset (``hi`` - 1) no record comes
+            "enable.partition.eof": True,
         },
     )
     try:
@@ -116,7 +119,12 @@ def _batches(bootstrap: Cluster, todo: Todo, batch: int) -> Iterator[Batch]:
         while remaining:
             pending = Batch()
             for m in c.consume(num_messages=batch, timeout=1.0):
-                if m.error():
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        # every committed record before ``hi`` has been read: what follows
+                        # up to ``hi`` is markers (a caller that needs more asks again)
+                        remaining.discard((m.topic() or "", m.partition() or 0))
                     continue
                 r = record(m)
                 topic, part, offset = r.topic, r.partition, r.offset

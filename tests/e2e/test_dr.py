@@ -1,6 +1,7 @@
 """Geo-redundancy end to end (docs/dr.md): two sites on this machine, MirrorMaker 2 A -> B,
 the object copier at B, the fence, the follower's silence (only the primary writes decisions),
-and the drill (kill -9 of site A mid-ingest, promote B)."""
+the drill (kill -9 of site A mid-ingest, promote B), and the fail-back (A re-sends what only it
+has, is rebuilt as B's follower, switches over; B is rebuilt as A's follower)."""
 
 from __future__ import annotations
 
@@ -47,9 +48,7 @@ def test_secondary_is_fenced(sites: Sites, tmp_path: Path) -> None:
     study = "1.2.826.0.1.3680043.8.498.77"
     r = sites.b.cli("hold", "place", study, "--reason", "litigation", check=False)
     assert r.returncode == 2 and "hold place refused" in r.stderr and "primary" in r.stderr, r
-    assert not [
-        e for _p, _o, e in _log(sites.b) if e.WhichOneof("payload") == "legal_hold_placed"
-    ]
+    assert not [e for _p, _o, e in _log(sites.b) if e.WhichOneof("payload") == "legal_hold_placed"]
 
 
 def _log(site: Stack) -> list[tuple[int, int, pb.Envelope]]:
@@ -175,3 +174,86 @@ def test_old_primary_comes_back_fenced_and_resends_what_only_it_has(sites: Sites
     want = set(uids.values())
     got = wait_for(lambda: holdings(sites.b, sites.acked)[1] >= want, 120)
     assert got, f"missing at B after fail-back: {want - holdings(sites.b, sites.acked)[1]}"
+
+
+def _index_sops(site: Stack) -> list[str]:
+    """Every SOP Instance UID the site's index answers, one entry per C-FIND match (IMAGE
+    level, study by study): an instance indexed twice appears twice."""
+    from tests.support.dcmtk import findscu
+
+    port = int(site.env["STRATA_QR_PORT"])
+    studies = {
+        str(r.StudyInstanceUID)
+        for r in findscu(port, "STRATA_QR", "STUDY", {"StudyInstanceUID": ""})
+    }
+    out: list[str] = []
+    for study in sorted(studies):
+        rows = findscu(
+            port,
+            "STRATA_QR",
+            "IMAGE",
+            {"StudyInstanceUID": study, "SeriesInstanceUID": "", "SOPInstanceUID": ""},
+        )
+        out += [str(r.SOPInstanceUID) for r in rows]
+    return out
+
+
+def _store(site: Stack, files: list[Path]) -> list[str]:
+    return storescu(int(site.env["STRATA_INGEST_PORT"]), "STRATA", files)[1]
+
+
+def test_fail_back_rebuild_switchover_and_the_other_site_follows(
+    sites: Sites, tmp_path: Path
+) -> None:
+    """After the re-send, `strata dr failback --all` at A: A is rebuilt as B's follower (its
+    old log set aside, not deleted), catches up, and takes primacy back through B's log
+    (switchover, epoch 3); A accepts C-STORE and B refuses; B is rebuilt as A's follower
+    (`strata dr rebuild`, `strata dr wait`) and catches up. Then at both sites the index
+    equals a replay of the log (`strata verify`) with no instance twice, and every instance A
+    acknowledged in the drill is byte-identical at A."""
+    assert sites.acked, "runs after test_drill"
+    a, b = sites.a, sites.b
+    # the primary is not rebuilt (exit 2, nothing stopped)
+    r = b.cli("dr", "rebuild", check=False)
+    assert r.returncode == 2 and "B is the primary of epoch 2" in r.stderr, r
+    assert json.loads(b.cli("dr", "status", "--json").stdout)["accepts_ingest"] is True
+
+    # the whole fail-back at A in one command: re-send (nothing left: the previous test did),
+    # rebuild as B's follower, wait until caught up, switch over
+    to = f"127.0.0.1:{b.env['STRATA_INGEST_PORT']}"
+    r = a.cli(
+        "dr", "failback", "--all", "--to", to, "--timeout", "600", "--by", "test", timeout=1800
+    )
+    print(r.stdout)
+    assert "none; the peer has every instance" in r.stdout, r.stdout
+    assert "site A is primary from epoch 3" in r.stdout, r.stdout
+    aside = list((a.home / "set-aside").iterdir())
+    assert len(aside) == 1 and (aside[0] / "kafka" / "data").is_dir(), aside
+    assert (aside[0] / "index").is_dir() and (a.home / "hot").is_dir(), aside
+    st = json.loads(a.cli("dr", "status", "--json").stdout)
+    assert st["primary"] == "A" and st["epoch"] == 3 and st["mirror"] == "stopped", st
+    assert st["accepts_ingest"] is True, st
+    st = json.loads(b.cli("dr", "status", "--json").stdout)
+    assert st["primary"] == "A" and st["epoch"] == 3 and st["accepts_ingest"] is False, st
+
+    after = ct_series(tmp_path / "after", 2, patient_id="FAILEDBACK")
+    assert wait_for(lambda: _store(a, after) == ["Success", "Success"], 30), "A refuses"
+    refused = _store(b, [after[0]])
+    assert refused and refused[0] != "Success", refused
+
+    r = b.cli("dr", "rebuild", timeout=900)
+    print(r.stdout)
+    r = b.cli("dr", "wait", "--timeout", "600", timeout=900)
+    print(r.stdout)
+    new = {_uids(x)[2] for x in after}
+    wait_for(lambda: holdings(b, [str(x) for x in after])[1] >= new, 120, "A's new study at B")
+
+    for site in (a, b):
+        r = site.cli("verify", "--quiet", timeout=900)
+        assert "verify: the live index equals the index rebuilt from the log" in r.stdout, r
+        sops = _index_sops(site)
+        twice = {s for s in sops if sops.count(s) > 1}
+        assert not twice, f"indexed twice at {site.settings.dr_site}: {sorted(twice)[:5]}"
+    want = {_uids(Path(f))[2] for f in sites.acked}
+    _found, identical = holdings(a, sites.acked)
+    assert want <= identical, f"not byte-identical at A: {sorted(want - identical)[:5]}"

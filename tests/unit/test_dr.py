@@ -67,6 +67,11 @@ def _epoch(n: int, primary: str) -> pb.SiteEpoch:
         (_epoch(1, "A"), _epoch(2, "B"), "A", False),  # A came back after B's promotion
         (_epoch(2, "B"), _epoch(1, "A"), "B", True),
         (_epoch(3, "A"), _epoch(2, "B"), "A", True),  # A promoted again after fail-back
+        # switchover: epoch 3 is written into B's log (the peer's, seen from A) and mirrored
+        # to A later; the highest epoch wins wherever it is read
+        (_epoch(2, "B"), _epoch(3, "A"), "A", True),
+        (_epoch(3, "A"), _epoch(2, "B"), "B", False),  # B reads epoch 3 in its own log
+        (_epoch(2, "B"), _epoch(3, "A"), "B", False),
     ],
 )
 def test_fence(monkeypatch: pytest.MonkeyPatch, here, peer, site, ok) -> None:  # noqa: ANN001
@@ -135,3 +140,179 @@ def test_rpo_windows_is_the_age_of_the_oldest_acknowledged_instance_not_at_b() -
     w = rpo_windows(acked, at_b, 10.0, 14.0, step=0.5)
     #        t: 10   10.5 11   11.5 12   12.5 13   13.5 14
     assert w == [0.0, 0.0, 0.0, 0.5, 1.0, 1.5, 1.0, 1.5, 2.0]
+
+
+# ------------------------------------------------------------------ fail-back refusals
+
+
+def _at(monkeypatch: pytest.MonkeyPatch, s: Settings, here, peer) -> None:  # noqa: ANN001
+    def fake(cluster: kafka.Cluster, topic: str, timeout: float = 10.0):  # noqa: ANN202
+        return here if kafka.bootstrap_of(cluster) == s.kafka_bootstrap else peer
+
+    monkeypatch.setattr(dr, "current_epoch", fake)
+
+
+def _nothing_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from strata.stack import local
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise AssertionError("the stack was touched")
+
+    monkeypatch.setattr(local, "down", boom)
+    monkeypatch.setattr(local, "up", boom)
+
+
+@pytest.mark.parametrize(
+    ("here", "peer"),
+    [
+        (_epoch(2, "B"), _epoch(1, "A")),  # B is the primary
+        (_epoch(2, "B"), None),  # the peer unreachable: its newer epoch cannot be known
+    ],
+)
+def test_rebuild_refused_at_the_primary(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path,  # noqa: ANN001
+    here,  # noqa: ANN001
+    peer,  # noqa: ANN001
+) -> None:
+    from strata.cli.main import main
+
+    env = {
+        "STRATA_HOME": str(tmp_path),
+        "STRATA_DR_SITE": "B",
+        "STRATA_DR_PEER_SITE": "A",
+        "STRATA_DR_PEER_BOOTSTRAP": "127.0.0.1:1",
+        "STRATA_KAFKA_BOOTSTRAP": "127.0.0.1:2",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    _at(monkeypatch, Settings.from_env(), here, peer)
+    _nothing_stopped(monkeypatch)
+    assert main(["dr", "rebuild"]) == 2
+    err = capsys.readouterr().err
+    assert "rebuild refused: site B is the primary of epoch 2" in err, err
+    assert main(["dr", "switchover"]) == 2
+    assert "switchover refused" in capsys.readouterr().err
+    assert not (tmp_path / "set-aside").exists()
+
+
+def test_rebuild_refused_while_this_site_has_orphans(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    from strata.common.errors import StrataError
+
+    s = _settings(dr_site="A", dr_peer_site="B", home=tmp_path)
+    _at(monkeypatch, s, _epoch(1, "A"), _epoch(2, "B"))
+    _nothing_stopped(monkeypatch)
+    lost = pb.InstanceStored(sop_instance_uid="1.2.3.4", sha256="ab")
+    monkeypatch.setattr(dr, "orphans", lambda _s, timeout=60.0: [lost])
+    with pytest.raises(StrataError, match=r"1 instances .* not at B \(first: 1\.2\.3\.4\)"):
+        dr.rebuild(s)
+    with pytest.raises(StrataError, match="failback --resend"):
+        dr.rebuild(s)
+    assert not (tmp_path / "set-aside").exists()
+
+
+def test_rebuild_refused_while_the_outbox_holds_unpublished_events(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    from strata.common.errors import StrataError
+    from strata.ingest.outbox import Outbox
+
+    s = _settings(dr_site="A", dr_peer_site="B", home=tmp_path)
+    _at(monkeypatch, s, _epoch(1, "A"), _epoch(2, "B"))
+    _nothing_stopped(monkeypatch)
+    monkeypatch.setattr(dr, "orphans", lambda _s, timeout=60.0: [])
+    ob = Outbox(s.outbox_path)
+    ob.append(
+        event_id="e1", topic=s.study_topic, key="1.2", value=b"x", sop_uid="1.2.3", sha256="ab"
+    )
+    ob.close()
+    with pytest.raises(StrataError, match="1 events in this site's ingest outbox"):
+        dr.rebuild(s)
+
+
+def test_set_aside_moves_the_log_and_the_index_and_keeps_the_rest(tmp_path) -> None:  # noqa: ANN001
+    s = _settings(dr_site="A", dr_peer_site="B", home=tmp_path)
+    for d in ("kafka/data", "index", "hot/ab", "ingest", "kafka/credentials"):
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "f").write_text(d)
+    dest = dr.set_aside(s, stamp="20261202T110000Z")
+    assert dest == tmp_path / "set-aside" / "20261202T110000Z"
+    assert (dest / "kafka" / "data" / "f").read_text() == "kafka/data"
+    assert (dest / "index" / "f").read_text() == "index"
+    assert not (tmp_path / "kafka" / "data").exists() and not (tmp_path / "index").exists()
+    for kept in ("hot/ab", "ingest", "kafka/credentials"):
+        assert (tmp_path / kept / "f").read_text() == kept
+
+
+def _env(payload, event_id: str) -> bytes:  # noqa: ANN001
+    from strata.common.events import envelope
+
+    return envelope(
+        payload, study_uid="1.2", service="t", node="n", event_id=event_id
+    ).SerializeToString()
+
+
+def test_orphans_counts_a_copy_by_the_peer_or_its_own_arrival_as_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What only this site (A) has: not copied by B (InstanceReplicated by B of that event),
+    and not arrived at B itself with the same bytes (what failback --resend C-STOREs)."""
+    s = _settings(dr_site="A", dr_peer_site="B")
+
+    def stored(sop: str, sha: str = "s") -> pb.InstanceStored:
+        return pb.InstanceStored(sop_instance_uid=sop, sha256=sha)
+
+    here = [
+        _env(stored("1"), "a1"),  # copied by B
+        _env(stored("2"), "a2"),  # re-sent: B's own arrival, same bytes
+        _env(stored("3"), "a3"),  # mirrored to B, bytes never copied (only A's copy record)
+        _env(stored("4"), "a4"),  # B has other bytes of it (a new version)
+        _env(stored("5"), "a5"),  # never mirrored
+    ]
+    peer = [
+        _env(pb.InstanceReplicated(source_event_id="a1", site="B"), "b1"),
+        _env(stored("2"), "b2"),
+        _env(stored("3"), "a3"),
+        _env(pb.InstanceReplicated(source_event_id="a3", site="A"), "b3"),
+        _env(stored("4", "other"), "b4"),
+    ]
+
+    def fake(
+        cluster: kafka.Cluster, topic: str, timeout: float = 10.0, strict: bool = False
+    ) -> list[bytes]:
+        return here if kafka.bootstrap_of(cluster) == s.kafka_bootstrap else peer
+
+    monkeypatch.setattr(dr, "read_all", fake)
+    assert [o.sop_instance_uid for o in dr.orphans(s)] == ["3", "4", "5"]
+
+
+def test_mirrored_offsets_are_the_source_connectors_only() -> None:
+    """MirrorMaker 2's offsets topic holds the source connector's positions in the peer's log
+    and the checkpoint connector's (per consumer group) under keys naming the same topic and
+    partition: only the first say how far the log is mirrored."""
+    src = (
+        b'["MirrorSourceConnector",{"cluster":"B","partition":0,"topic":"strata.study-events.v1"}]'
+    )
+    chk = (
+        b'["MirrorCheckpointConnector",{"partition":0,"topic":"strata.study-events.v1",'
+        b'"group":"strata-processors"}]'
+    )
+    assert dr.source_offset(src, b'{"offset":5}') == ("strata.study-events.v1", 0, 6)
+    assert dr.source_offset(chk, b'{"offset":0}') is None
+    assert dr.source_offset(src, None) is None  # a tombstone
+    assert dr.source_offset(b"not json", b"{}") is None
+
+
+def test_orphans_unreadable_log_is_an_error_not_an_empty_answer() -> None:
+    """Neither log may be taken as empty when it cannot be read: rebuild would then set aside
+    a log whose instances were never compared with the peer's."""
+    from strata.common.errors import Unavailable
+
+    s = _settings(dr_site="A", dr_peer_site="B", kafka_bootstrap="127.0.0.1:1")
+    with pytest.raises(Unavailable):
+        dr.orphans(s, timeout=1.0)
