@@ -9,7 +9,11 @@ Two parts, meeting in one small SQLite file beside the outbox (``peer-confirmed.
   topic (read_committed) and records the source event id of every InstanceReplicated whose
   source is this site, with its read position, in one transaction. It resumes from the recorded
   positions after a restart. On its first start it tails from the end, and a second consumer
-  reads the history once (up to those ends), so an instance replicated long ago is known too;
+  reads the history once (up to those ends), so an instance replicated long ago is known too.
+  Positions are offsets in one log: when the peer's topic is another one than the positions
+  were read in (its Kafka topic id changed: the peer was rebuilt by ``strata dr rebuild`` in
+  a fail-back), they are forgotten and the watcher starts as the first time (confirmations
+  already recorded stay: they were true);
 - the **gate** (in every worker, and in STOW-RS): after the object and its event are durable
   here, waits until its event id is recorded, polling the file (an indexed read every few
   milliseconds, no lock held: the outbox transaction is committed, other associations go on).
@@ -109,6 +113,14 @@ class Confirmations:
     def set_meta(self, k: str, v: str) -> None:
         self._db().execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?,?)", (k, v))
 
+    def forget_positions(self) -> None:
+        """Positions and the history mark dropped (the peer's log is another one now)."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("DELETE FROM position")
+        db.execute("DELETE FROM meta WHERE k='history'")
+        db.execute("COMMIT")
+
     def count(self) -> int:
         return int(self._db().execute("SELECT count(*) FROM confirmed").fetchone()[0])
 
@@ -204,6 +216,7 @@ class Watcher:
             if meta is None or meta.error is not None or not meta.partitions:
                 raise RuntimeError(f"topic {topic} not at the peer")
             parts = sorted(meta.partitions)
+            self._same_log(topic)
             known = self.confirmations.positions()
             if not any(t == topic for t, _p in known):
                 # First start: tail from the end now; read the history once beside it.
@@ -243,6 +256,28 @@ class Watcher:
                 )
         finally:
             c.close()
+
+    def _same_log(self, topic: str) -> None:
+        """Forget the positions if they were read in another incarnation of the peer's topic
+        (a rebuilt peer: its offsets restart, and a position in the old log would skip or
+        repeat records of the new one)."""
+        from confluent_kafka import TopicCollection
+
+        from strata.common import kafka
+
+        a = kafka.admin(kafka.peer(self.settings), "dr-sync-watch")
+        desc = a.describe_topics(TopicCollection([topic]), request_timeout=10)[topic].result(15)
+        tid = str(desc.topic_id)
+        was = self.confirmations.get_meta("peer_topic_id")
+        if was is not None and was != tid:
+            log.warning(
+                "sync watcher: the peer's %s is another log now (topic id %s, was %s: rebuilt); "
+                "reading it from the start",
+                topic, tid, was,
+            )  # fmt: skip
+            self.confirmations.forget_positions()
+            self._history_started = False
+        self.confirmations.set_meta("peer_topic_id", tid)
 
     def _history(self, ends: dict[int, int]) -> None:
         """Read the peer's topic from its beginning up to ``ends`` (where the tail started)."""

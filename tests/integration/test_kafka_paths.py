@@ -32,7 +32,7 @@ from strata.proto.strata.v1 import events_pb2 as pb
 from strata.stack.kafka import broker
 from strata.stack.procs import free_port
 from tests.integration.test_find_chdb import instance, uid
-from tests.integration.test_index_batch import other_database
+from tests.integration.conftest import other_database
 from tests.support.rows import batch
 from tests.support.wait import wait_for
 
