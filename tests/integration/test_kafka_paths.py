@@ -31,8 +31,8 @@ from strata.processors.replay import end_positions, replay
 from strata.proto.strata.v1 import events_pb2 as pb
 from strata.stack.kafka import broker
 from strata.stack.procs import free_port
-from tests.integration.test_find_chdb import instance, uid
 from tests.integration.conftest import other_database
+from tests.integration.test_find_chdb import instance, uid
 from tests.support.rows import batch
 from tests.support.wait import wait_for
 
