@@ -68,6 +68,11 @@ def properties(settings: Settings, source: str, target: str) -> str:
         f"{flow}.consumer.auto.offset.reset=earliest",
         "emit.checkpoints.enabled=true",
         "sync.group.offsets.enabled=true",
+        # Not the site-local groups: a copier's or a sync watcher's positions in the peer's log
+        # are facts about the peer's own following (a peer that followed once has them), and
+        # synced here they would move this site's copier past events it has not examined.
+        f"{flow}.groups.exclude=console-consumer-.*, connect-.*, __.*, "
+        f"{re.escape(settings.dr_copy_group)}, strata-dr-.*",
         "emit.heartbeats.enabled=true",
         "sync.topic.configs.enabled=false",  # the target created its topics itself
         "sync.topic.acls.enabled=false",

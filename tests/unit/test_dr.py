@@ -45,6 +45,13 @@ def test_mirror_properties_one_way_identity_exactly_once() -> None:
         assert rx.fullmatch(t)
     assert not rx.fullmatch("strataXstudy-events.v1")
     assert not rx.fullmatch("__consumer_offsets")
+    # the follower's own groups are never synced from the peer (a peer that once followed has
+    # a copier group whose positions would skip this site's copier ahead)
+    excluded = [re.compile(g.strip()) for g in props["A->B.groups.exclude"].split(",")]
+    for g in ("strata-dr-copier", "strata-dr-sync-site-a", "strata-dr-status-1"):
+        assert any(x.fullmatch(g) for x in excluded), g
+    for g in ("strata-router", "strata-index"):
+        assert not any(x.fullmatch(g) for x in excluded), g
 
 
 def test_mirror_needs_a_peer() -> None:
