@@ -403,6 +403,9 @@ def status(settings: Settings) -> dict[str, Any]:
         h = health(settings.bind_host, settings.ingest_http_port) or {}
         out["unconfirmed"] = h.get("dr_unconfirmed", "ingest not answering")
         out["sync_peer_log"] = h.get("dr_peer_log", "unknown")
+        # and STOW-RS, which the index node serves (its /healthz)
+        hi = health(settings.bind_host, settings.index_http_port) or {}
+        out["unconfirmed_stow"] = hi.get("dr_unconfirmed_stow", "index not answering")
     if out["mirror"] == "running" and settings.dr_peer_bootstrap:
         out.update(lag(settings))
     out["copier_backlog_events"] = copier_backlog(settings)

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 import faust
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from strata.common import audit
 from strata.common.settings import Settings
@@ -33,7 +33,15 @@ def add_pages(
         if settings.node_dir and not caught_up_once.is_set():
             return web.json({"status": "catching-up", "applied": applied["n"]}, status=503)
         spooled = audit.spool_files(settings)  # audit events not yet in Kafka (common/audit.py)
-        return web.json({"status": "ok", "applied": applied["n"], "audit_spool_files": spooled})
+        body: dict[str, Any] = {"status": "ok", "applied": applied["n"],
+                                "audit_spool_files": spooled}  # fmt: skip
+        if settings.dr_site and settings.dr_mode == "sync":
+            # STOW-RS instances this node answered A730 (the second site did not confirm in
+            # time): the same counter as the ingest node's, counted in this process
+            body["dr_unconfirmed_stow"] = (
+                REGISTRY.get_sample_value("strata_ingest_dr_unconfirmed_total") or 0.0
+            )
+        return web.json(body)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from benchmarks.dr import drill, holdings, setup
 from strata.stack.local import health
@@ -53,8 +54,22 @@ def test_unconfirmed_is_refused_and_the_retry_waits_for_b(sites: Sites, tmp_path
     assert rsp and rsp[0] != "Success", out[-2000:]  # A730 (tests/unit/test_peersync.py)
     h = _a_health(sites)
     assert h["dr_mode"] == "sync" and h["dr_unconfirmed"] >= 1, h
+    # STOW-RS, served by A's index node, waits the same way and is answered A730 in its response
+    stowed = ct_series(tmp_path / "stow", 1, patient_id="SYNCSTOW")
+    a = sites.a.settings
+    r = requests.post(
+        f"http://127.0.0.1:{a.dicomweb_port}{a.dicomweb_prefix}/studies",
+        data=b"--B0\r\nContent-Type: application/dicom\r\n\r\n"
+        + stowed[0].read_bytes()
+        + b"\r\n--B0--\r\n",
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=B0'},
+        timeout=60,
+    )
+    failed = r.json().get("00081198", {}).get("Value", [])
+    assert failed and failed[0]["00081197"]["Value"] == [0xA730], (r.status_code, r.text[:500])
     st = json.loads(sites.a.cli("dr", "status", "--json").stdout)
     assert st["mode"] == "sync" and st["unconfirmed"] >= 1, st
+    assert st["unconfirmed_stow"] >= 1, st
     sites.b.cli("dr", "follow")
     # the retry: refused while B catches up (its mirror restarts), acknowledged once B holds it
     got = wait_for(
