@@ -5,6 +5,7 @@ unfollow  stop both (nothing else changes)
 status    epoch, primary, mirror lag (events, seconds), events not yet examined by the copier
 promote   this site becomes the primary: stop following, write a SiteEpoch (epoch+1) event
 copier    run the object copier in the foreground (what `follow` starts)
+drill     the DR drill on two throwaway sites on this machine (benchmarks/dr.py)
 failback  at the fenced old primary: re-send what only it has (--resend); --all: the whole
           fail-back (re-send, rebuild, wait, switchover)
 rebuild   at a fenced site: set its log and index aside, start empty, follow the peer
@@ -79,6 +80,23 @@ def cmd_unfollow(settings: Settings, args: argparse.Namespace) -> int:
     ]
     print("stopped: " + (", ".join(stopped) or "nothing"))
     return 0
+
+
+def cmd_drill(settings: Settings, args: argparse.Namespace) -> int:
+    """The drill (docs/runbooks/dr-drill.md): ``benchmarks/dr.py`` of the source tree, which
+    makes its own two sites on this machine (never touches the configured ones)."""
+    import subprocess
+
+    import strata
+
+    root = Path(strata.__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "dr.py").is_file() or not (root / "tests" / "support").is_dir():
+        raise StrataError(
+            "the drill ships with the source repository (benchmarks/dr.py and tests/support/, "
+            "DCMTK's storescu, findscu and getscu): run 'strata dr drill' from a checkout"
+        )
+    cmd = [sys.executable, "-m", "benchmarks.dr", *args.drill_args]
+    return subprocess.run(cmd, cwd=root, env=_base_env()).returncode
 
 
 def cmd_copier(settings: Settings, args: argparse.Namespace) -> int:
@@ -432,6 +450,14 @@ def add_parser(sub: Any) -> None:
     dsub.add_parser("copier", help="run the object copier in the foreground").set_defaults(
         fn=cmd_copier
     )
+    dr = dsub.add_parser(
+        "drill",
+        help="the DR drill on two sites made on this machine (a test machine): ingest, kill -9 "
+        "of site A, promote B, RPO and RTO; arguments as 'python -m benchmarks.dr'",
+        add_help=False,  # --help is the drill's own
+    )
+    dr.set_defaults(drill_args=[])  # cli/main.py hands it every argument after 'dr drill'
+    dr.set_defaults(fn=cmd_drill)
     s = dsub.add_parser("status", help="epoch, primary, lag, copier backlog")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_status)

@@ -872,7 +872,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["dr", "drill"]:  # every argument after is the drill's own (--help too)
+        args = parser().parse_args(["dr", "drill"])
+        args.drill_args = argv[2:]
+    else:
+        args = parser().parse_args(argv)
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
     try:
         settings = Settings.from_env()

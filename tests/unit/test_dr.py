@@ -323,3 +323,15 @@ def test_orphans_unreadable_log_is_an_error_not_an_empty_answer() -> None:
     s = _settings(dr_site="A", dr_peer_site="B", kafka_bootstrap="127.0.0.1:1")
     with pytest.raises(Unavailable):
         dr.orphans(s, timeout=1.0)
+
+
+def test_strata_dr_drill_is_the_drill_with_its_own_arguments(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """`strata dr drill ...` runs benchmarks/dr.py of the source tree with every argument
+    after it, --help included (here only --help: the drill itself is tests/e2e/test_dr.py)."""
+    from strata.cli.main import main
+
+    assert main(["dr", "drill", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert "--kill-after" in out and "--mode" in out
