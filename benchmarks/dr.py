@@ -437,7 +437,7 @@ def setup(root: Path, mode: str = "async", env: dict[str, str] | None = None) ->
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(prog="strata dr drill", description=__doc__)
     ap.add_argument("--instances", type=int, default=200)
     ap.add_argument("--kill-after", type=float, default=0.6)
     ap.add_argument("--rate", type=float, default=4.0, help="instances/s sent to A")

@@ -217,7 +217,6 @@ def require_primary(settings: Settings, what: str) -> None:
 
 
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
-    from strata.common.events import envelope
     from strata.processors.replay import end_positions
     from strata.proto.strata.v1 import events_pb2 as pb
     from strata.stack import mirror
@@ -239,19 +238,7 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
         operator=args.by or getpass.getuser(),
         diverged_at={f"{t}:{p}": o for t, parts in ends.items() for p, o in parts.items()},
     )
-    env = envelope(
-        epoch, study_uid="", service="dr", node=settings.node_name, occurred_at=datetime.now(UTC)
-    )
-    errors: list[str] = []
-    p = kafka.producer(settings, "durable", "dr")
-    p.produce(
-        settings.dr_topic,
-        key=b"epoch",
-        value=env.SerializeToString(),
-        on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
-    )
-    if p.flush(30) or errors:
-        raise StrataError(f"the epoch event was not confirmed by Kafka: {errors[:1] or 'timeout'}")
+    _write_epoch(settings, settings, epoch)
     print(
         f"site {settings.dr_site} is primary from epoch {n} (was {prev or '-'}); "
         f"promoted in {time.monotonic() - t0:.1f}s"
