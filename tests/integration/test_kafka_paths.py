@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from strata.common.events import decode
-from strata.common.kafka import ensure_topics, read_log, record
+from strata.common.kafka import read_log, record
 from strata.common.settings import Settings
 from strata.ingest.outbox import Outbox
 from strata.ingest.relay import Relay
@@ -29,10 +29,9 @@ from strata.processors.index import checksum
 from strata.processors.index.store import IndexStore
 from strata.processors.replay import end_positions, replay
 from strata.proto.strata.v1 import events_pb2 as pb
-from strata.stack.kafka import broker
-from strata.stack.procs import free_port
 from tests.integration.conftest import other_database
 from tests.integration.test_find_chdb import instance, uid
+from tests.support.broker import standalone
 from tests.support.rows import batch
 from tests.support.wait import wait_for
 
@@ -42,21 +41,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A real single-node KRaft broker with the archive's topics (3 study partitions)."""
-    home = tmp_path_factory.mktemp("kafka-home")
-    settings = Settings.from_env(
-        {
-            "STRATA_HOME": str(home),
-            "STRATA_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-            "STRATA_KAFKA_CONTROLLER_PORT": str(free_port()),
-        }
-    )
-    broker.start(settings)
-    try:
-        broker.wait_ready(settings, timeout=120)
-        ensure_topics(settings)
+    with standalone(tmp_path_factory.mktemp("kafka-home")) as settings:
         yield settings
-    finally:
-        broker.proc(settings).stop()
 
 
 class _Crash(BaseException):

@@ -18,8 +18,7 @@ from strata.common.events import envelope
 from strata.common.settings import Settings
 from strata.ingest.peersync import Confirmations, Watcher
 from strata.proto.strata.v1 import events_pb2 as pb
-from strata.stack.kafka import broker
-from strata.stack.procs import free_port
+from tests.support.broker import standalone
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,20 +28,8 @@ TOPIC = "peer.study-events.v1"  # topic_prefix "peer"
 @pytest.fixture(scope="module")
 def peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A real single-node KRaft broker: the peer site's Kafka."""
-    home = tmp_path_factory.mktemp("peer-kafka")
-    s = Settings.from_env(
-        {
-            "STRATA_HOME": str(home),
-            "STRATA_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-            "STRATA_KAFKA_CONTROLLER_PORT": str(free_port()),
-        }
-    )
-    broker.start(s)
-    try:
-        broker.wait_ready(s, timeout=120)
+    with standalone(tmp_path_factory.mktemp("peer-kafka"), with_topics=False) as s:
         yield s
-    finally:
-        broker.proc(s).stop()
 
 
 def _make_topic(s: Settings) -> None:
