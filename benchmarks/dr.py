@@ -320,7 +320,8 @@ def drill(
     latencies = [sender.latency[f] for f in acked if f in sender.latency]
     # Fail over: promote B, then measure until B answers C-FIND, C-GET, gRPC and WADO-RS (for
     # the first instance A acknowledged: B has it) and accepts C-STORE.
-    b.cli("dr", "promote", "--reason", "drill: site A killed", "--by", "drill")
+    promoted = b.cli("dr", "promote", "--reason", "drill: site A killed", "--by", "drill")
+    t_promoted = time.time()
     probe = ct_series(work / "probe", 1, patient_id="DRPROBE")
     first = _uids(Path(min(acked, key=acked.__getitem__))) if acked else None
     checks: dict[str, Any] = {
@@ -395,6 +396,8 @@ def drill(
         "rpo_window_p99_s": _pct(windows, 0.99),
         "rpo_window_max_s": round(max(windows), 3) if windows else None,
         "rto_seconds": round(rto, 1) if rto is not None else None,
+        "promote_seconds": round(t_promoted - t_dead, 1),  # kill -> `strata dr promote` done
+        "promote_output": promoted.stdout.strip(),
         # each interface's own: seconds from the kill until it answered (None: never)
         **{
             f"rto_{n}_seconds": round(answered[n] - t_dead, 1) if n in answered else None

@@ -225,7 +225,9 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
         raise StrataError("STRATA_DR_SITE is not set: this archive is not part of a DR pair")
     t0 = time.monotonic()
     mirror.stop(settings)  # one direction at a time: nothing more arrives from the old primary
+    t_mirror = time.monotonic()
     copier_proc(settings).stop(grace=20.0)
+    t_copier = time.monotonic()
     ep = latest_epoch(settings)
     prev = ep.primary_site if ep else ""
     n = (ep.epoch if ep else 0) + 1
@@ -241,7 +243,9 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     _write_epoch(settings, settings, epoch)
     print(
         f"site {settings.dr_site} is primary from epoch {n} (was {prev or '-'}); "
-        f"promoted in {time.monotonic() - t0:.1f}s"
+        f"promoted in {time.monotonic() - t0:.1f}s (mirror stopped in {t_mirror - t0:.1f}s, "
+        f"copier in {t_copier - t_mirror:.1f}s, epoch written in "
+        f"{time.monotonic() - t_copier:.1f}s)"
     )
     return 0
 
