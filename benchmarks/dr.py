@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -174,34 +175,18 @@ def holdings(site: Stack, files: list[str]) -> tuple[set[str], set[str]]:
 
 def replicated_at(site: Stack, timeout: float = 120.0) -> dict[str, float]:
     """SOP Instance UID -> when the site's copier recorded its copy (the InstanceReplicated
-    record's timestamp in the site's log: bytes fsync'd there, event mirrored there), the
-    earliest if recorded more than once."""
-    from confluent_kafka import KafkaError, TopicPartition
-
-    from strata.common import kafka
+    event's time: bytes fsync'd there, event mirrored there), the earliest if recorded more
+    than once."""
     from strata.common.events import decode
+    from strata.common.kafka import read_log
 
-    st = site.settings
-    c = kafka.consumer(st, kafka.fresh_group("dr-rpo"), "bench", {"enable.partition.eof": True})
     out: dict[str, float] = {}
-    try:
-        parts = set(c.list_topics(st.study_topic, timeout=10).topics[st.study_topic].partitions)
-        c.assign([TopicPartition(st.study_topic, p, 0) for p in parts])
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while done < parts and time.monotonic() < deadline:
-            for m in c.consume(1000, 0.5):
-                if m.error() is not None:
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        done.add(m.partition())
-                    continue
-                env = decode(m.value() or b"")
-                if env.WhichOneof("payload") == "instance_replicated":
-                    sop = env.instance_replicated.sop_instance_uid
-                    at = m.timestamp()[1] / 1000.0
-                    out[sop] = min(at, out.get(sop, at))
-    finally:
-        c.close()
+    for raw in read_log(site.settings, site.settings.study_topic, timeout):
+        env = decode(raw)
+        if env.WhichOneof("payload") == "instance_replicated":
+            sop = env.instance_replicated.sop_instance_uid
+            at = env.occurred_at.ToDatetime().replace(tzinfo=UTC).timestamp()
+            out[sop] = min(at, out.get(sop, at))
     return out
 
 
@@ -470,7 +455,7 @@ def main() -> int:
             if not args.keep:
                 shutil.rmtree(root.parent, ignore_errors=True)
     print(side_by_side(results))
-    from datetime import UTC, datetime
+    from datetime import datetime
 
     from benchmarks.common import RESULTS_DIR, git_revision, machine, write_json
 

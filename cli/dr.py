@@ -112,56 +112,20 @@ def cmd_copier(settings: Settings, args: argparse.Namespace) -> int:
 def read_all(
     bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0, strict: bool = False
 ) -> list[bytes]:
-    """Every committed record of ``topic`` (read_committed, to the partition ends). The end is
-    known by the client's end-of-partition event, not by the high watermark: a mirrored topic
-    ends with transaction markers, offsets no record is delivered at. [] when unreachable;
-    with ``strict``, Unavailable when unreachable or not read to every end within
-    ``timeout`` (a caller deciding from what is absent must not take a part for the whole)."""
-    from confluent_kafka import KafkaError, KafkaException, TopicPartition
-
-    c = kafka.consumer(
-        bootstrap,
-        kafka.fresh_group("strata-dr-read"),
-        "dr-read",
-        {
-            "enable.partition.eof": True,
-            "socket.timeout.ms": int(timeout * 1000),
-            "log_level": 0,  # an unreachable peer is an answer here, not a log line per retry
-        },
-    )
-    out: list[bytes] = []
+    """Every committed record of ``topic`` (``kafka.read_log``: to the partitions' ends, a
+    mirrored topic's trailing transaction markers included). [] when unreachable; with
+    ``strict``, Unavailable when unreachable or not read to every end within ``timeout`` (a
+    caller deciding from what is absent must not take a part for the whole)."""
+    quiet = {
+        "socket.timeout.ms": int(timeout * 1000),
+        "log_level": 0,  # an unreachable peer is an answer here, not a log line per retry
+    }
     try:
-        md = c.list_topics(topic, timeout=timeout)
-        meta = md.topics.get(topic)
-        if meta is None or meta.error is not None:
-            return []
-        parts = set(meta.partitions)
-        c.assign([TopicPartition(topic, p, 0) for p in parts])
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while done != parts and time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    done.add(m.partition() or 0)
-                continue
-            out.append(m.value() or b"")
-        if strict and done != parts:
-            raise Unavailable(
-                f"{topic} at {kafka.bootstrap_of(bootstrap)} not read to its end in {timeout:.0f}s"
-            )
-    except KafkaException as exc:
+        return kafka.read_log(bootstrap, topic, timeout, quiet)
+    except Unavailable:
         if strict:
-            raise Unavailable(
-                f"{topic} at {kafka.bootstrap_of(bootstrap)} cannot be read: {exc}"
-            ) from exc
+            raise
         return []
-    finally:
-        c.close()
-    return out
 
 
 def current_epoch(bootstrap: kafka.Cluster, topic: str, timeout: float = 10.0) -> Any:

@@ -483,29 +483,48 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     return created
 
 
-def read_log(cluster: Cluster, topic: str, timeout: float = 60.0) -> list[bytes]:
-    """Every record value of ``topic`` from offset 0 up to its end at the time of the call,
-    in per-partition order (an auditor's or a test's read of the whole log; committed records
-    only). Raises Unavailable when the end is not reached within ``timeout`` seconds."""
-    c = consumer(cluster, fresh_group("strata-read"), "read-log")
+def read_log(
+    cluster: Cluster, topic: str, timeout: float = 60.0, config: dict[str, Any] | None = None
+) -> list[bytes]:
+    """Every record value of ``topic`` from offset 0 up to its end, in per-partition order
+    (an auditor's or a test's read of the whole log; committed records only; [] when the topic
+    does not exist). The end of a partition is the client's end-of-partition event, not a
+    record at the high watermark - 1: a mirrored topic (a DR site, docs/dr.md) may end with a
+    transaction marker, an offset no record is delivered at. ``config``: more consumer
+    settings. Raises Unavailable when the log cannot be read, or its end is not reached
+    within ``timeout`` seconds."""
+    c = consumer(
+        cluster,
+        fresh_group("strata-read"),
+        "read-log",
+        {"enable.partition.eof": True, **(config or {})},
+    )
     out: list[bytes] = []
     try:
-        ends = high_watermarks(c, topic)
-        assign_from(c, topic, dict.fromkeys(ends, 0))
-        done = {p for p, e in ends.items() if e == 0}
+        meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        parts = set(meta.partitions)
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        done: set[int] = set()
         deadline = time.monotonic() + timeout
-        while len(done) < len(ends):
+        while done != parts:
             if time.monotonic() > deadline:
-                raise Unavailable(f"reading {topic} did not reach its end in {timeout:.0f}s")
+                raise Unavailable(
+                    f"reading {topic} at {bootstrap_of(cluster)} did not reach its end "
+                    f"in {timeout:.0f}s"
+                )
             m = c.poll(0.5)
-            if m is None or m.error():
+            if m is None:
                 continue
-            r = record(m)
-            out.append(r.value)
-            if r.offset + 1 >= ends[r.partition]:
-                done.add(r.partition)
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    done.add(m.partition() or 0)
+                continue
+            out.append(m.value() or b"")
     except KafkaException as exc:
-        raise Unavailable(f"cannot read {topic}: {exc}") from exc
+        raise Unavailable(f"cannot read {topic} at {bootstrap_of(cluster)}: {exc}") from exc
     finally:
         c.close()
     return out
