@@ -268,23 +268,9 @@ class Copier:
                 self._by_key = False
         try:
             for env in want:
-                st = env.instance_stored
-                path, digest = got.pop(st.location.key, (None, ""))
-                if path is not None and digest == st.sha256:
-                    try:
-                        self.hot.put_file(st.location.key, path)
-                    finally:
-                        path.unlink(missing_ok=True)
-                    self._count("copied")
-                    self._record(env, st)
-                    continue
-                if path is not None:
-                    path.unlink(missing_ok=True)
-                    log.error(
-                        "copy of %s has sha256 %s, not the recorded %s: not stored",
-                        st.sop_instance_uid, digest[:12], st.sha256[:12],
-                    )  # fmt: skip
-                self._copy_one(env)
+                path, digest = got.pop(env.instance_stored.location.key, (None, ""))
+                if path is None or not self._store(env, path, digest):
+                    self._copy_one(env)
         finally:
             for path, _d in got.values():  # not used (a stop, an error): no spool file left
                 path.unlink(missing_ok=True)
@@ -314,19 +300,8 @@ class Copier:
             path, digest = got.pop(sop, (None, ""))
             for other, _d in got.values():  # other versions the peer sent: not ours
                 other.unlink(missing_ok=True)
-            if path is not None:
-                try:
-                    if digest == st.sha256:
-                        self.hot.put_file(st.location.key, path)
-                        self._count("copied")
-                        self._record(env, st)
-                        return
-                    log.error(
-                        "copy of %s has sha256 %s, not the recorded %s: not stored",
-                        sop, digest[:12], st.sha256[:12],
-                    )  # fmt: skip
-                finally:
-                    path.unlink(missing_ok=True)
+            if path is not None and self._store(env, path, digest):
+                return
             if time.monotonic() - since > NOT_FOUND_PATIENCE:
                 log.warning(
                     "not copied (the peer has no bytes after %.0fs): %s of series %s",
@@ -335,6 +310,24 @@ class Copier:
                 self._count("skipped")
                 return
             self.stop_event.wait(0.1)
+
+    def _store(self, env: pb.Envelope, path: Path, digest: str) -> bool:
+        """A fetched spool file: stored under the event's key and recorded when its SHA-256 is
+        the one recorded at ingest (True), else not stored (False); removed either way."""
+        st = env.instance_stored
+        try:
+            if digest != st.sha256:
+                log.error(
+                    "copy of %s has sha256 %s, not the recorded %s: not stored",
+                    st.sop_instance_uid, digest[:12], st.sha256[:12],
+                )  # fmt: skip
+                return False
+            self.hot.put_file(st.location.key, path)
+        finally:
+            path.unlink(missing_ok=True)
+        self._count("copied")
+        self._record(env, st)
+        return True
 
     def _record(self, env: pb.Envelope, st: pb.InstanceStored) -> None:
         """Produce the InstanceReplicated of a copy that is here (not flushed: ``_confirm``
