@@ -182,7 +182,6 @@ def require_primary(settings: Settings, what: str) -> None:
 
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     from strata.processors.replay import end_positions
-    from strata.proto.strata.v1 import events_pb2 as pb
     from strata.stack import mirror
 
     if not settings.dr_site:
@@ -196,15 +195,7 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     prev = ep.primary_site if ep else ""
     n = (ep.epoch if ep else 0) + 1
     ends = end_positions(settings, [settings.study_topic, settings.quarantine_topic])
-    epoch = pb.SiteEpoch(
-        epoch=n,
-        primary_site=settings.dr_site,
-        previous_primary=prev,
-        reason=args.reason,
-        operator=args.by or getpass.getuser(),
-        diverged_at={f"{t}:{p}": o for t, parts in ends.items() for p, o in parts.items()},
-    )
-    _write_epoch(settings, settings, epoch)
+    _write_epoch(settings, settings, n, prev, args.reason, args.by, ends)
     print(
         f"site {settings.dr_site} is primary from epoch {n} (was {prev or '-'}); "
         f"promoted in {time.monotonic() - t0:.1f}s (mirror stopped in {t_mirror - t0:.1f}s, "
@@ -852,9 +843,29 @@ def cmd_wait(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_epoch(cluster: kafka.Cluster, settings: Settings, epoch: Any) -> None:
+def _write_epoch(
+    cluster: kafka.Cluster,
+    settings: Settings,
+    n: int,
+    previous: str,
+    reason: str,
+    operator: str | None,
+    ends: kafka.Positions,
+) -> None:
+    """SiteEpoch{n, primary: this site} into the control topic of ``cluster`` (this site's at
+    a promote, the current primary's at a switchover); ``ends``: where that log ended before
+    it (``diverged_at``). Confirmed by Kafka, else StrataError."""
     from strata.common.events import envelope
+    from strata.proto.strata.v1 import events_pb2 as pb
 
+    epoch = pb.SiteEpoch(
+        epoch=n,
+        primary_site=settings.dr_site,
+        previous_primary=previous,
+        reason=reason,
+        operator=operator or getpass.getuser(),
+        diverged_at={f"{t}:{p}": o for t, parts in ends.items() for p, o in parts.items()},
+    )
     env = envelope(
         epoch, study_uid="", service="dr", node=settings.node_name, occurred_at=datetime.now(UTC)
     )
@@ -884,7 +895,6 @@ def switchover(
     because the mirror runs until the peer's log is quiet; this site's own writes start after
     all of it. Run again after a failure, it resumes (the epoch is written once)."""
     from strata.processors.replay import end_positions
-    from strata.proto.strata.v1 import events_pb2 as pb
 
     say = _say
     peer = kafka.peer(settings)
@@ -912,15 +922,7 @@ def switchover(
         except Unavailable as exc:
             raise StrataError(f"switchover: the peer's log cannot be read: {exc}") from exc
         n = ep.epoch + 1
-        epoch = pb.SiteEpoch(
-            epoch=n,
-            primary_site=settings.dr_site,
-            previous_primary=ep.primary_site,
-            reason=reason,
-            operator=operator or getpass.getuser(),
-            diverged_at={f"{t}:{p}": o for t, parts in before.items() for p, o in parts.items()},
-        )
-        _write_epoch(peer, settings, epoch)
+        _write_epoch(peer, settings, n, ep.primary_site, reason, operator, before)
         say(
             f"switchover: epoch {n} (primary {settings.dr_site}) written to "
             f"{settings.dr_peer_site}'s log; it refuses ingest and stops deciding within "
