@@ -204,15 +204,23 @@ def test_rebuild_refused_at_the_primary(
     assert not (tmp_path / "set-aside").exists()
 
 
+@pytest.fixture
+def fenced_a(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Settings:  # noqa: ANN001
+    """Site A, fenced (B is primary of epoch 2), whose stack must not be touched."""
+    s = _settings(dr_site="A", dr_peer_site="B", home=tmp_path)
+    _at(monkeypatch, s, _epoch(1, "A"), _epoch(2, "B"))
+    _nothing_stopped(monkeypatch)
+    return s
+
+
 def test_rebuild_refused_while_this_site_has_orphans(
     monkeypatch: pytest.MonkeyPatch,
+    fenced_a: Settings,
     tmp_path,  # noqa: ANN001
 ) -> None:
     from strata.common.errors import StrataError
 
-    s = _settings(dr_site="A", dr_peer_site="B", home=tmp_path)
-    _at(monkeypatch, s, _epoch(1, "A"), _epoch(2, "B"))
-    _nothing_stopped(monkeypatch)
+    s = fenced_a
     lost = pb.InstanceStored(sop_instance_uid="1.2.3.4", sha256="ab")
     monkeypatch.setattr(dr, "orphans", lambda _s, timeout=60.0: [lost])
     with pytest.raises(StrataError, match=r"1 instances .* not at B \(first: 1\.2\.3\.4\)"):
@@ -224,14 +232,12 @@ def test_rebuild_refused_while_this_site_has_orphans(
 
 def test_rebuild_refused_while_the_outbox_holds_unpublished_events(
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path,  # noqa: ANN001
+    fenced_a: Settings,
 ) -> None:
     from strata.common.errors import StrataError
     from strata.ingest.outbox import Outbox
 
-    s = _settings(dr_site="A", dr_peer_site="B", home=tmp_path)
-    _at(monkeypatch, s, _epoch(1, "A"), _epoch(2, "B"))
-    _nothing_stopped(monkeypatch)
+    s = fenced_a
     monkeypatch.setattr(dr, "orphans", lambda _s, timeout=60.0: [])
     ob = Outbox(s.outbox_path)
     ob.append(
