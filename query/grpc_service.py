@@ -341,29 +341,10 @@ class QueryService(q_grpc.QueryServiceServicer):
                 raise Invalid(f"unsafe storage key: {exc}") from exc
             size = min(request.chunk_size or (1 << 20), self.d.max_chunk_bytes)
             for ref, path in zip(request.objects, paths, strict=True):
-                try:
-                    f = open(path, "rb")  # noqa: SIM115
-                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                    yield q.ObjectChunk(key=ref.key, sop_instance_uid=ref.sop_instance_uid,
-                                        missing=True, last=True)  # fmt: skip
-                    continue
-                with f:
-                    total = os.fstat(f.fileno()).st_size
-                    offset = 0
-                    while True:
-                        if not context.is_active():
-                            return
-                        data = f.read(size)
-                        msg = q.ObjectChunk(
-                            key=ref.key, sop_instance_uid=ref.sop_instance_uid, offset=offset,
-                            data=data, last=offset + len(data) >= total,
-                        )  # fmt: skip
-                        if offset == 0:
-                            msg.size_bytes = total
-                        offset += len(data)
-                        yield msg
-                        if msg.last:
-                            break
+                for msg in _object_chunks(ref, path, size):
+                    if not context.is_active():
+                        return
+                    yield msg
         except StrataError as exc:
             _abort(context, exc)
 
@@ -490,6 +471,31 @@ def serve(deps: Deps, host: str, port: int, workers: int = 16, auth: Any = None)
     server.add_insecure_port(f"{host}:{port}")
     server.start()
     return server
+
+
+def _object_chunks(ref: q.ObjectRef, path: Path, size: int) -> Iterator[q.ObjectChunk]:
+    """One object of FetchObjects in chunks of ``size`` (the first with its size, the last
+    marked; one chunk for an empty file), or one ``missing`` chunk when the hot tier has no
+    file under its key."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        yield q.ObjectChunk(key=ref.key, sop_instance_uid=ref.sop_instance_uid, missing=True,
+                            last=True)  # fmt: skip
+        return
+    with f:
+        total = os.fstat(f.fileno()).st_size
+        offset = 0
+        while True:
+            data = f.read(size)
+            msg = q.ObjectChunk(key=ref.key, sop_instance_uid=ref.sop_instance_uid, offset=offset,
+                                data=data, last=offset + len(data) >= total)  # fmt: skip
+            if offset == 0:
+                msg.size_bytes = total
+            offset += len(data)
+            yield msg
+            if msg.last:
+                return
 
 
 def _file_chunks(path: Any, size: int) -> Iterator[bytes]:
