@@ -349,8 +349,9 @@ def drill(
     # instance's time and when B recorded its copy (one drill, many moments: a distribution).
     at_b = replicated_at(b)
     first_ack = min(acked.values()) if acked else t_start
-    windows = rpo_windows({f: acked[f] for f in acked}, {f: at_b[uids[f]] for f in acked
-                           if uids[f] in at_b}, first_ack, t_dead)  # fmt: skip
+    windows = rpo_windows(
+        acked, {f: at_b[uids[f]] for f in acked if uids[f] in at_b}, first_ack, t_dead
+    )
     span = (max(acked[f] for f in missing) - min(acked[f] for f in missing)) if missing else 0.0
     first = min(acked.values()) if acked else t_start
     return {
