@@ -542,27 +542,22 @@ class Role:
         return "primary" if self._primary else f"follower (epoch {self._epoch})"
 
 
-def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
+def orphans(settings: Settings, timeout: float = 60.0, mine: list[Any] | None = None) -> list[Any]:
     """InstanceStored events of this site's log whose instance the peer does not hold: the peer
     recorded no copy of it (no InstanceReplicated by the peer with that source event id) and
     has no arrival of its own of the same instance and bytes (an InstanceStored with the same
     SOP Instance UID and sha256 that is not one of this site's events mirrored there: what
     ``failback --resend`` C-STOREs to the peer is recorded so). What only this site has.
+    ``mine``: this site's log as ``own_log`` read it (a fenced site's log does not change: a
+    caller asking again reads only the peer's).
 
     Either log unreachable, or not read to its end within ``timeout``: Unavailable (a caller
     decides from this whether this site's log may be set aside)."""
     from strata.common.events import decode
 
-    mine: list[Any] = []
-    my_ids: set[str] = set()
-    for raw in read_all(settings, settings.study_topic, timeout, strict=True):
-        try:
-            env = decode(raw)
-        except Exception:
-            continue
-        my_ids.add(env.event_id)
-        if env.WhichOneof("payload") == "instance_stored":
-            mine.append(env)
+    if mine is None:
+        mine = own_log(settings, timeout)
+    my_ids = {env.event_id for env in mine}
     copied: set[str] = set()
     arrived: set[tuple[str, str]] = set()
     for raw in read_all(kafka.peer(settings), settings.study_topic, timeout, strict=True):
@@ -581,9 +576,24 @@ def orphans(settings: Settings, timeout: float = 60.0) -> list[Any]:
     return [
         env.instance_stored
         for env in mine
-        if env.event_id not in copied
+        if env.WhichOneof("payload") == "instance_stored"
+        and env.event_id not in copied
         and (env.instance_stored.sop_instance_uid, env.instance_stored.sha256) not in arrived
     ]
+
+
+def own_log(settings: Settings, timeout: float = 60.0) -> list[Any]:
+    """Every decodable event of this site's study topic (Unavailable if it cannot be read to
+    its end)."""
+    from strata.common.events import decode
+
+    out = []
+    for raw in read_all(settings, settings.study_topic, timeout, strict=True):
+        try:
+            out.append(decode(raw))
+        except Exception:
+            continue
+    return out
 
 
 def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
@@ -601,11 +611,12 @@ def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
     # re-sent (its file not in the hot tier) would otherwise be waited for until the timeout
     limit = min(args.timeout, 120.0)
     deadline = time.monotonic() + limit
-    left = orphans(settings)
+    mine = own_log(settings)  # fenced: this site's log does not change meanwhile
+    left = orphans(settings, mine=mine)
     while left and time.monotonic() < deadline:
         say(f"  {len(left)} instances not at the peer yet")
         time.sleep(2.0)
-        left = orphans(settings)
+        left = orphans(settings, mine=mine)
     if left:
         raise StrataError(
             f"{len(left)} instances only this site has are still not in the peer's log after "
