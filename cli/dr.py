@@ -227,42 +227,19 @@ def source_offset(key: bytes | None, value: bytes | None) -> tuple[str, int, int
 
 def mirrored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     """(topic, partition) -> next offset of the peer's log MirrorMaker 2 has mirrored here,
-    from its source offsets (topic mm2-offsets.<peer>.internal at this site). Read to each
-    partition's end-of-partition: the topic is written in transactions (exactly-once source),
-    so its partitions end with a marker, past the last record."""
-    from confluent_kafka import KafkaError
-
+    from its source offsets (topic mm2-offsets.<peer>.internal at this site, written in
+    transactions: ``kafka.read_keyed`` reads it to its ends, markers included). Not read
+    within 15 s: {} (everything looks unmirrored, never caught up by mistake)."""
     topic = f"mm2-offsets.{settings.dr_peer_site or 'peer'}.internal"
-    out: dict[tuple[str, int], int] = {}
-    c = kafka.consumer(
-        settings,
-        kafka.fresh_group("strata-dr-status"),
-        "dr-status",
-        {"enable.partition.eof": True},
-    )
     try:
-        ends = kafka.high_watermarks(c, topic)
-        if not ends:
-            return out
-        kafka.assign_from(c, topic, dict.fromkeys(ends, 0))
-        done = {p for p, e in ends.items() if e == 0}
-        deadline = time.monotonic() + 15
-        while len(done) < len(ends) and time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    done.add(m.partition() or 0)
-                continue
-            got = source_offset(m.key(), m.value())
-            if got is not None:
-                out[(got[0], got[1])] = got[2]
-            if (m.offset() or 0) + 1 >= ends[m.partition() or 0]:
-                done.add(m.partition() or 0)
-    finally:
-        c.close()
+        records = kafka.read_keyed(settings, topic, 15.0)
+    except Unavailable:
+        return {}
+    out: dict[tuple[str, int], int] = {}
+    for key, value in records:
+        got = source_offset(key, value)
+        if got is not None:
+            out[(got[0], got[1])] = got[2]
     return out
 
 

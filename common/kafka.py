@@ -486,9 +486,16 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
 def read_log(
     cluster: Cluster, topic: str, timeout: float = 60.0, config: dict[str, Any] | None = None
 ) -> list[bytes]:
-    """Every record value of ``topic`` from offset 0 up to its end, in per-partition order
-    (an auditor's or a test's read of the whole log; committed records only; [] when the topic
-    does not exist). The end of a partition is the client's end-of-partition event, not a
+    """Every record value of ``topic`` (``read_keyed``)."""
+    return [v for _k, v in read_keyed(cluster, topic, timeout, config)]
+
+
+def read_keyed(
+    cluster: Cluster, topic: str, timeout: float = 60.0, config: dict[str, Any] | None = None
+) -> list[tuple[bytes | None, bytes]]:
+    """(key, value) of every record of ``topic`` from offset 0 up to its end, in per-partition
+    order (an auditor's or a test's read of the whole log; committed records only; [] when the
+    topic does not exist). The end of a partition is the client's end-of-partition event, not a
     record at the high watermark - 1: a mirrored topic (a DR site, docs/dr.md) may end with a
     transaction marker, an offset no record is delivered at. ``config``: more consumer
     settings. Raises Unavailable when the log cannot be read, or its end is not reached
@@ -499,7 +506,7 @@ def read_log(
         "read-log",
         {"enable.partition.eof": True, **(config or {})},
     )
-    out: list[bytes] = []
+    out: list[tuple[bytes | None, bytes]] = []
     try:
         meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -522,7 +529,7 @@ def read_log(
                 if err.code() == KafkaError._PARTITION_EOF:
                     done.add(m.partition() or 0)
                 continue
-            out.append(m.value() or b"")
+            out.append((m.key(), m.value() or b""))
     except KafkaException as exc:
         raise Unavailable(f"cannot read {topic} at {bootstrap_of(cluster)}: {exc}") from exc
     finally:
